@@ -1,0 +1,69 @@
+//! `AdminService`: what this replica is doing, answered from memory.
+
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use super::{auth, pb::v1 as pb};
+use crate::{
+    metrics::Metrics,
+    readiness::Readiness,
+    storage::{PoolSnapshot, PoolState, Storage},
+};
+
+/// Handler state of `AdminService`.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminApi {
+    pub(crate) storage: Storage,
+    pub(crate) readiness: Readiness,
+    pub(crate) metrics: Metrics,
+    pub(crate) started_at: Instant,
+    pub(crate) concurrency_limit: u32,
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminApi {
+    async fn get_stats(
+        &self,
+        request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        auth::require_service(&request)?;
+        crate::failpoint::pause("admin.get_stats").await;
+        let in_flight = u32::try_from(self.metrics.rpc_in_flight.get()).unwrap_or(0);
+        Ok(Response::new(pb::GetStatsResponse {
+            version: crate::VERSION.to_owned(),
+            uptime_seconds: self.started_at.elapsed().as_secs(),
+            pools: self
+                .storage
+                .snapshot()
+                .into_iter()
+                .map(encode_pool)
+                .collect(),
+            rpc: Some(pb::RpcStats {
+                in_flight,
+                concurrency_limit: self.concurrency_limit,
+                shed_total: self.metrics.rpc_shed.get(),
+            }),
+            serving: self.readiness.current().serving(),
+        }))
+    }
+}
+
+fn encode_pool(pool: PoolSnapshot) -> pb::PoolStats {
+    let state = match pool.state {
+        PoolState::Connecting => pb::PoolState::Connecting,
+        PoolState::Up => pb::PoolState::Up,
+        PoolState::Down => pb::PoolState::Down,
+    };
+    pb::PoolStats {
+        name: pool.kind.name().to_owned(),
+        state: state.into(),
+        max_size: pool.max_size,
+        size: pool.size,
+        idle: pool.idle,
+        in_use: pool.in_use,
+        waiting: pool.waiting,
+        consecutive_failures: pool.consecutive_failures,
+        last_error: pool.last_error,
+    }
+}

@@ -1,0 +1,272 @@
+//! Caller authentication: `authorization: Bearer <JWT>` verified once per RPC by a tower layer, the
+//! resulting [`Caller`] put in the request's extensions, and the helpers handlers use to check it.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+use tower::{Layer, Service};
+
+use crate::{config::Config, domain::UserId};
+
+/// RPC paths callable without a token: probes and schema discovery carry no seller data.
+const PUBLIC_PATH_PREFIXES: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/// Who is calling, as proven by their token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Another internal service; may act for every seller.
+    Service {
+        /// The token's `sub`, for logs.
+        subject: String,
+    },
+    /// A seller; may act only for themselves.
+    Seller(UserId),
+    /// Authentication is switched off by configuration; treated as the service role.
+    Unauthenticated,
+}
+
+impl Caller {
+    /// Whether this caller may read or change `user`'s data.
+    pub fn may_act_for(&self, user: UserId) -> bool {
+        match self {
+            Caller::Service { .. } | Caller::Unauthenticated => true,
+            Caller::Seller(seller) => *seller == user,
+        }
+    }
+
+    /// Whether this caller holds the service role.
+    pub fn is_service(&self) -> bool {
+        matches!(self, Caller::Service { .. } | Caller::Unauthenticated)
+    }
+}
+
+/// The caller of `request`, or `UNAUTHENTICATED` when the auth layer did not run (a wiring bug).
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .ok_or_else(|| Status::unauthenticated("missing caller identity"))
+}
+
+/// Checks that the caller may act for `user`: `PERMISSION_DENIED` otherwise.
+pub fn require_user<T>(request: &tonic::Request<T>, user: UserId) -> Result<Caller, Status> {
+    let caller = caller(request)?;
+    if caller.may_act_for(user) {
+        Ok(caller.clone())
+    } else {
+        Err(Status::permission_denied(
+            "the caller may not act for this user",
+        ))
+    }
+}
+
+/// Checks that the caller holds the service role: `PERMISSION_DENIED` otherwise.
+pub fn require_service<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+    let caller = caller(request)?;
+    if caller.is_service() {
+        Ok(caller.clone())
+    } else {
+        Err(Status::permission_denied("this RPC needs the service role"))
+    }
+}
+
+/// The claims brx-sync reads from a caller token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// A seller's user UUID, or the calling service's name with the service role.
+    pub sub: String,
+    /// Expiry, seconds since the epoch; required.
+    pub exp: u64,
+    /// `service` (configurable) for the service role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// Verifies caller tokens; built once from configuration.
+#[derive(Clone)]
+pub struct Authenticator {
+    mode: Mode,
+    service_role: String,
+}
+
+#[derive(Clone)]
+enum Mode {
+    Disabled,
+    /// Auth is on but no key is configured: every token is refused (fail closed).
+    NoKey,
+    Verify(Box<(DecodingKey, Validation)>),
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.mode {
+            Mode::Disabled => "disabled",
+            Mode::NoKey => "no key",
+            Mode::Verify(_) => "verify",
+        };
+        f.debug_struct("Authenticator")
+            .field("mode", &mode)
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// From the `BRX_AUTH_*`/`BRX_JWT_*` settings; the RS256 key file was checked by `Config::validate`.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let mode = if config.auth_disabled {
+            tracing::warn!(
+                "caller authentication is DISABLED (BRX_AUTH_DISABLED): every caller acts as the service role"
+            );
+            Mode::Disabled
+        } else if let Some(secret) = &config.jwt_hs256_secret {
+            let key = DecodingKey::from_secret(secret.expose_secret().as_bytes());
+            Mode::Verify(Box::new((key, validation(Algorithm::HS256, config))))
+        } else if let Some(path) = &config.jwt_rs256_public_key_path {
+            let key = DecodingKey::from_rsa_pem(&std::fs::read(path)?)?;
+            Mode::Verify(Box::new((key, validation(Algorithm::RS256, config))))
+        } else {
+            tracing::warn!(
+                "no JWT key configured (BRX_JWT_HS256_SECRET or BRX_JWT_RS256_PUBLIC_KEY_PATH): every authenticated RPC will be refused"
+            );
+            Mode::NoKey
+        };
+        Ok(Self {
+            mode,
+            service_role: config.jwt_service_role.clone(),
+        })
+    }
+
+    /// The caller proven by the request's `authorization` header.
+    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, Status> {
+        let (key, validation) = match &self.mode {
+            Mode::Disabled => return Ok(Caller::Unauthenticated),
+            Mode::NoKey => {
+                return Err(Status::unauthenticated(
+                    "no token can be verified: the server has no JWT key configured",
+                ));
+            }
+            Mode::Verify(pair) => (&pair.0, &pair.1),
+        };
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+        let claims = jsonwebtoken::decode::<Claims>(token.trim(), key, validation)
+            .map_err(|err| Status::unauthenticated(format!("invalid token: {err}")))?
+            .claims;
+        if claims.role.as_deref() == Some(self.service_role.as_str()) {
+            return Ok(Caller::Service {
+                subject: claims.sub,
+            });
+        }
+        UserId::parse(&claims.sub)
+            .map(Caller::Seller)
+            .map_err(|_| Status::unauthenticated("token subject is not a user id"))
+    }
+}
+
+fn validation(algorithm: Algorithm, config: &Config) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.leeway = 30;
+    match &config.jwt_audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        None => validation.validate_aud = false,
+    }
+    validation
+}
+
+/// Signs an HS256 caller token: for `brx-sync token`, the demo and tests.
+pub fn mint_token(
+    secret: &str,
+    subject: Option<UserId>,
+    service_role: &str,
+    ttl: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let claims = Claims {
+        sub: subject.map_or_else(|| "brx-sync-cli".to_owned(), |user| user.to_string()),
+        exp: (now + ttl).as_secs(),
+        role: subject.is_none().then(|| service_role.to_owned()),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// Tower layer running [`Authenticator`] in front of every non-public RPC.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    /// A layer sharing one authenticator across connections.
+    pub fn new(authenticator: Authenticator) -> Self {
+        Self {
+            authenticator: Arc::new(authenticator),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] produces.
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, tower::BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        if !PUBLIC_PATH_PREFIXES
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+        {
+            match self.authenticator.authenticate(request.headers()) {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                }
+                Err(status) => return Box::pin(async move { Err(status.into()) }),
+            }
+        }
+        let future = self.inner.call(request);
+        Box::pin(async move { future.await.map_err(Into::into) })
+    }
+}

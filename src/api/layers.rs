@@ -1,0 +1,334 @@
+//! Tower layers around every RPC: metrics (outermost, so shed and refused calls are counted too), the
+//! per-RPC deadline, and the mapping of load-shed errors to `RESOURCE_EXHAUSTED`.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http_body::{Body, Frame};
+use tonic::{Code, Status};
+use tower::{BoxError, Layer, Service};
+
+use super::status::{code_of_layer_error, resource_exhausted};
+use crate::metrics::Metrics;
+
+/// Shed RPCs (tower's `Overloaded`) become `RESOURCE_EXHAUSTED` with a `retry-after-ms` hint.
+pub(crate) fn shed_to_status(
+    metrics: Metrics,
+    retry_after: Duration,
+) -> impl Fn(BoxError) -> BoxError + Clone {
+    move |err: BoxError| {
+        if err.is::<tower::load_shed::error::Overloaded>() {
+            metrics.rpc_shed.inc();
+            return resource_exhausted("server is at its concurrency limit", retry_after).into();
+        }
+        err
+    }
+}
+
+/// Bounds each RPC by the configured timeout, or by the caller's shorter `grpc-timeout`, answering
+/// `DEADLINE_EXCEEDED` (tonic's own timeout answers `CANCELLED`, which callers would not retry right).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeadlineLayer {
+    ceiling: Duration,
+}
+
+impl DeadlineLayer {
+    /// No RPC runs longer than `ceiling`.
+    pub(crate) fn new(ceiling: Duration) -> Self {
+        Self { ceiling }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            ceiling: self.ceiling,
+        }
+    }
+}
+
+/// The service [`DeadlineLayer`] produces.
+#[derive(Debug, Clone)]
+pub(crate) struct Deadline<S> {
+    inner: S,
+    ceiling: Duration,
+}
+
+impl<S, B> Service<http::Request<B>> for Deadline<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let budget = grpc_timeout(request.headers()).map_or(self.ceiling, |t| t.min(self.ceiling));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(budget, future).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Status::deadline_exceeded("deadline exceeded").into()),
+            }
+        })
+    }
+}
+
+/// Parses the `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Counts every RPC by method and final gRPC code, and times it until its response body ends.
+#[derive(Debug, Clone)]
+pub(crate) struct RpcMetricsLayer {
+    metrics: Metrics,
+}
+
+impl RpcMetricsLayer {
+    /// Records into `metrics`.
+    pub(crate) fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`RpcMetricsLayer`] produces.
+#[derive(Debug, Clone)]
+pub(crate) struct RpcMetrics<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<RecordedBody<ResBody>>;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let mut recorder = RpcRecorder::start(self.metrics.clone(), request.uri().path());
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match future.await.map_err(Into::into) {
+                Ok(response) => {
+                    // A trailers-only response (every error a handler returns) has its status in the
+                    // headers; otherwise it comes in the trailers at the end of the body.
+                    if let Some(code) = code_in(response.headers()) {
+                        recorder.finish(code);
+                    }
+                    Ok(response.map(|inner| RecordedBody {
+                        inner,
+                        recorder: Some(recorder),
+                    }))
+                }
+                Err(err) => {
+                    recorder.finish(code_of_layer_error(&*err));
+                    Err(err)
+                }
+            }
+        })
+    }
+}
+
+fn code_in(headers: &http::HeaderMap) -> Option<Code> {
+    let raw = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(Code::from_i32(raw))
+}
+
+/// Records one RPC exactly once: at its final code, or when dropped before one was seen (the caller
+/// went away mid-stream, counted as `Cancelled`).
+#[derive(Debug)]
+struct RpcRecorder {
+    metrics: Metrics,
+    method: String,
+    started: Instant,
+    code: Option<Code>,
+}
+
+impl RpcRecorder {
+    fn start(metrics: Metrics, method: &str) -> Self {
+        metrics.rpc_in_flight.inc();
+        Self {
+            metrics,
+            method: method.to_owned(),
+            started: Instant::now(),
+            code: None,
+        }
+    }
+
+    fn finish(&mut self, code: Code) {
+        self.code.get_or_insert(code);
+    }
+}
+
+impl Drop for RpcRecorder {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or(Code::Cancelled);
+        // Unknown paths would let any caller mint label values; they all share one.
+        let method = if code == Code::Unimplemented {
+            "unknown"
+        } else {
+            self.method.as_str()
+        };
+        let code_label = format!("{code:?}");
+        self.metrics
+            .rpc_requests
+            .with_label_values(&[method, code_label.as_str()])
+            .inc();
+        self.metrics
+            .rpc_duration
+            .with_label_values(&[method])
+            .observe(self.started.elapsed().as_secs_f64());
+        self.metrics.rpc_in_flight.dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports the RPC's final code to its recorder when the trailers pass.
+    pub(crate) struct RecordedBody<B> {
+        #[pin]
+        inner: B,
+        recorder: Option<RpcRecorder>,
+    }
+}
+
+impl<B> std::fmt::Debug for RecordedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordedBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for RecordedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(code_in) {
+                    if let Some(recorder) = this.recorder.as_mut() {
+                        recorder.finish(code);
+                    }
+                    this.recorder.take();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(recorder) = this.recorder.as_mut() {
+                    recorder.finish(Code::Internal);
+                }
+                this.recorder.take();
+            }
+            Poll::Ready(None) => {
+                // Body ended: a trailers-only response already recorded its code in the headers.
+                if let Some(recorder) = this.recorder.as_mut() {
+                    recorder.finish(Code::Ok);
+                }
+                this.recorder.take();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_with_timeout(value: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn grpc_timeout_units_parse() {
+        assert_eq!(
+            grpc_timeout(&headers_with_timeout("250m")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            grpc_timeout(&headers_with_timeout("2S")),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            grpc_timeout(&headers_with_timeout("1H")),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            grpc_timeout(&headers_with_timeout("5u")),
+            Some(Duration::from_micros(5))
+        );
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_ignored() {
+        assert_eq!(grpc_timeout(&headers_with_timeout("m")), None);
+        assert_eq!(grpc_timeout(&headers_with_timeout("123456789S")), None);
+        assert_eq!(grpc_timeout(&headers_with_timeout("10x")), None);
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+}

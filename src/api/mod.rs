@@ -1,0 +1,96 @@
+//! The gRPC transport, and the only one: proto ↔ domain conversion, authentication, the tower layers,
+//! and the mapping of errors to `Status`. Handlers are thin; the capabilities do the work.
+
+pub mod auth;
+pub mod pb;
+pub mod status;
+
+mod admin;
+mod health;
+mod layers;
+
+use std::{future::Future, time::Instant};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{server::NamedService, transport::Server};
+use tower::ServiceBuilder;
+
+pub use health::HealthBridge;
+
+use crate::{config::Config, metrics::Metrics, readiness::Readiness, storage::Storage};
+use admin::AdminApi;
+use pb::v1::admin_service_server::AdminServiceServer;
+
+/// What the gRPC server is built from.
+#[derive(Debug)]
+pub struct GrpcParts {
+    /// Storage pools.
+    pub storage: Storage,
+    /// Readiness flag.
+    pub readiness: Readiness,
+    /// Metric handles.
+    pub metrics: Metrics,
+    /// Caller token verification.
+    pub authenticator: auth::Authenticator,
+}
+
+/// Builds the health bridge and the server future; the server stops accepting when `shutdown`
+/// resolves and returns once in-flight RPCs have drained.
+pub fn grpc_server<F>(
+    listener: TcpListener,
+    config: &Config,
+    parts: GrpcParts,
+    shutdown: F,
+) -> anyhow::Result<(
+    HealthBridge,
+    impl Future<Output = Result<(), tonic::transport::Error>> + use<F>,
+)>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let admin = AdminServiceServer::new(AdminApi {
+        storage: parts.storage,
+        readiness: parts.readiness.clone(),
+        metrics: parts.metrics.clone(),
+        started_at: Instant::now(),
+        concurrency_limit: config.rpc_concurrency_limit,
+    });
+    let services = vec![<AdminServiceServer<AdminApi> as NamedService>::NAME];
+    let bridge = HealthBridge::new(reporter, parts.readiness, parts.metrics.clone(), services);
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    // Outermost first: count everything (shed calls included), shed past the global limit, bound the
+    // RPC's time, then authenticate.
+    let limit = usize::try_from(config.rpc_concurrency_limit).unwrap_or(usize::MAX);
+    let layers = ServiceBuilder::new()
+        .layer(layers::RpcMetricsLayer::new(parts.metrics.clone()))
+        .map_err(layers::shed_to_status(
+            parts.metrics,
+            config.rpc_shed_retry_after,
+        ))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit))
+        .layer(layers::DeadlineLayer::new(config.rpc_timeout))
+        .layer(auth::AuthLayer::new(parts.authenticator))
+        .into_inner();
+
+    let server = Server::builder()
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .layer(layers)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    Ok((bridge, server))
+}

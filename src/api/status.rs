@@ -1,0 +1,68 @@
+//! The one place where errors become `tonic::Status`, following DESIGN.md §3. Internal causes go to
+//! the log with their chain; callers get a generic message.
+
+use std::time::Duration;
+
+use tonic::{Code, Status, metadata::MetadataValue};
+
+/// Metadata key telling a shed or throttled caller how long to wait before retrying.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// Bad input: `INVALID_ARGUMENT` naming the offending field.
+pub fn invalid_argument(field: &str, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+/// Queue full or load shed: `RESOURCE_EXHAUSTED` with a `retry-after-ms` hint.
+pub fn resource_exhausted(message: &str, retry_after: Duration) -> Status {
+    let mut status = Status::resource_exhausted(message);
+    let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+    status
+        .metadata_mut()
+        .insert(RETRY_AFTER_MS, MetadataValue::from(millis));
+    status
+}
+
+/// Anything unexpected: logged with its whole cause chain, answered with a generic `INTERNAL`.
+pub fn internal(context: &str, err: &(dyn std::error::Error + 'static)) -> Status {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    tracing::error!(error = %chain, "{context}");
+    Status::internal("internal error")
+}
+
+/// The gRPC code of an error that a layer below the handlers produced.
+pub fn code_of_layer_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> Code {
+    if let Some(status) = err.downcast_ref::<Status>() {
+        return status.code();
+    }
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        return Code::ResourceExhausted;
+    }
+    Code::Unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_exhausted_carries_the_retry_hint() {
+        let status = resource_exhausted("busy", Duration::from_millis(250));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.metadata().get(RETRY_AFTER_MS).unwrap(), "250");
+    }
+
+    #[test]
+    fn internal_hides_the_cause_from_the_caller() {
+        let cause = std::io::Error::other("password=hunter2");
+        let status = internal("test", &cause);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+    }
+}

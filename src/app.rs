@@ -1,0 +1,196 @@
+//! The application: `App::build` binds the listeners and wires the parts without touching a database;
+//! `run_until_stopped` serves until the shutdown future resolves, then drains in the order STYLE.md
+//! describes.
+
+use std::{future::Future, net::SocketAddr};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{self, GrpcParts, auth::Authenticator},
+    config::Config,
+    http::{self, HttpState},
+    metrics::Metrics,
+    readiness::Readiness,
+    storage::{Storage, StorageSupervisor},
+};
+
+/// A built, not yet running, brx-sync replica.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    storage: Storage,
+    readiness: Readiness,
+    metrics: Metrics,
+    authenticator: Authenticator,
+}
+
+impl App {
+    /// Binds both ports and builds the pools lazily: a database that is down does not stop start-up.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = Metrics::new()?;
+        let storage = Storage::connect_lazy(&config)?;
+        let authenticator = Authenticator::from_config(&config)?;
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+        Ok(Self {
+            config,
+            grpc_listener,
+            http_listener,
+            storage,
+            readiness: Readiness::new(),
+            metrics,
+            authenticator,
+        })
+    }
+
+    /// The address gRPC is served on (the real port when configured with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .unwrap_or(self.config.grpc_addr)
+    }
+
+    /// The address of the HTTP side port.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .unwrap_or(self.config.http_addr)
+    }
+
+    /// Serves until `shutdown` resolves, then: health NOT_SERVING, drain delay, stop claiming work,
+    /// drain RPCs within the grace period, close the pools. Returns an error if a part stopped on its own.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let Self {
+            config,
+            grpc_listener,
+            http_listener,
+            storage,
+            readiness,
+            metrics,
+            authenticator,
+        } = self;
+        let workers = CancellationToken::new();
+        let stop_grpc = CancellationToken::new();
+        let stop_http = CancellationToken::new();
+
+        let supervisor = StorageSupervisor::new(
+            storage.clone(),
+            readiness.clone(),
+            metrics.clone(),
+            config.health_check_interval,
+            config.reconnect_max_delay,
+            config.migrate_on_start,
+            config.database_url.clone(),
+        );
+        let mut supervisor_task = tokio::spawn(supervisor.run(workers.clone()));
+
+        let parts = GrpcParts {
+            storage: storage.clone(),
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            authenticator,
+        };
+        let (health, grpc) = api::grpc_server(
+            grpc_listener,
+            &config,
+            parts,
+            stop_grpc.clone().cancelled_owned(),
+        )?;
+        let health_task = tokio::spawn(health.clone().run());
+        let mut grpc_task = tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) });
+
+        let router = http::router(HttpState {
+            metrics,
+            readiness: readiness.clone(),
+            storage: storage.clone(),
+        });
+        let http = axum::serve(http_listener, router)
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned());
+        let mut http_task = tokio::spawn(async move { http.await.map_err(anyhow::Error::from) });
+
+        tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, version = crate::VERSION, "brx-sync serving");
+        let early_exit = tokio::select! {
+            () = shutdown => None,
+            result = &mut grpc_task => Some(report_exit("gRPC server", result)),
+            result = &mut http_task => Some(report_exit("HTTP server", result)),
+            result = &mut supervisor_task => Some(report_exit("storage supervisor", result)),
+        };
+
+        readiness.start_draining();
+        health.sync().await;
+        if early_exit.is_none() && !config.shutdown_drain_delay.is_zero() {
+            tracing::info!(delay = ?config.shutdown_drain_delay, "NOT_SERVING; waiting for load balancers to notice");
+            tokio::time::sleep(config.shutdown_drain_delay).await;
+        }
+        workers.cancel();
+        stop_grpc.cancel();
+        let drained = tokio::time::timeout(config.shutdown_grace_period, async {
+            let _ = (&mut grpc_task).await;
+            let _ = (&mut supervisor_task).await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?config.shutdown_grace_period, "grace period over: cutting in-flight RPCs");
+            grpc_task.abort();
+            supervisor_task.abort();
+        }
+        stop_http.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut http_task).await;
+        health_task.abort();
+        storage.close().await;
+        tracing::info!("brx-sync stopped");
+        early_exit.map_or(Ok(()), Err)
+    }
+}
+
+/// Logs which part stopped and why; a part stopping before shutdown is always an error.
+fn report_exit(
+    part: &str,
+    result: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) -> anyhow::Error {
+    let error = match result {
+        Ok(Ok(())) => anyhow::anyhow!("{part} stopped unexpectedly"),
+        Ok(Err(err)) => err.context(format!("{part} failed")),
+        Err(join) => anyhow::anyhow!("{part} panicked or was cancelled: {join}"),
+    };
+    tracing::error!(
+        error = format!("{error:#}"),
+        "{part} stopped; shutting down"
+    );
+    error
+}
+
+/// Applies pending migrations (creating the database if needed), retrying while PostgreSQL is not up.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    use backon::{ExponentialBuilder, Retryable};
+    let storage = Storage::connect_lazy(config)?;
+    let attempt = || async {
+        crate::storage::ensure_database(&config.database_url).await?;
+        crate::storage::MIGRATOR.run(&storage.pg).await?;
+        anyhow::Ok(())
+    };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_jitter()
+                .with_max_times(8),
+        )
+        .notify(
+            |err, wait| tracing::warn!(error = %err, ?wait, "migration attempt failed, retrying"),
+        )
+        .await?;
+    storage.pg.close().await;
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The service's one typed configuration: every setting is a flag and a `BRX_*` environment variable,
+//! validated once at start-up. Nothing else in the crate reads the environment.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ContextKind};
+
+use secrecy::SecretString;
+
+/// Exit code for a configuration error (`EX_CONFIG` would be 78; sysexits' `EX_USAGE`, 64, is what
+/// operators of this service expect from any bad setting).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Command line of the `brx-sync` binary.
+#[derive(Debug, Parser)]
+#[command(name = "brx-sync", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings shared by every subcommand.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// The subcommands of `brx-sync`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve gRPC and the HTTP side port (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print a caller JWT signed with BRX_JWT_HS256_SECRET, for grpcurl and local testing.
+    Token(TokenArgs),
+}
+
+/// Arguments of `brx-sync token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Seller the token may act for (a user UUID). Omit for a service-role token.
+    #[arg(long)]
+    pub sub: Option<uuid::Uuid>,
+    /// Token lifetime.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when a terminal is attached.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Every setting of the service, with defaults that work against the local services of a developer machine.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(
+        long,
+        env = "BRX_GRPC_ADDR",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
+    pub grpc_addr: SocketAddr,
+    /// HTTP side port: /metrics, /livez, /readyz, webhooks.
+    #[arg(
+        long,
+        env = "BRX_HTTP_ADDR",
+        default_value = "127.0.0.1:9090",
+        global = true
+    )]
+    pub http_addr: SocketAddr,
+
+    /// PostgreSQL, the source of truth.
+    #[arg(long, env = "BRX_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/brx_sync",
+          value_parser = secret, hide_default_value = false, global = true)]
+    pub database_url: SecretString,
+    /// Largest number of open PostgreSQL connections.
+    #[arg(long, env = "BRX_PG_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub pg_max_connections: u32,
+    /// How long a caller waits for a PostgreSQL connection before failing.
+    #[arg(long, env = "BRX_PG_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub pg_acquire_timeout: Duration,
+    /// Apply pending migrations when `serve` starts.
+    #[arg(long, env = "BRX_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub migrate_on_start: bool,
+
+    /// MySQL/MariaDB blueprint catalogue (read-only).
+    #[arg(long, env = "BRX_MYSQL_URL", default_value = "mysql://root@127.0.0.1:3306/brx_catalog",
+          value_parser = secret, global = true)]
+    pub mysql_url: SecretString,
+    /// Largest number of open MySQL connections.
+    #[arg(long, env = "BRX_MYSQL_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub mysql_max_connections: u32,
+
+    /// Redis: caches, rate-limit buckets, wake-up hints. Losing it loses no data.
+    #[arg(long, env = "BRX_REDIS_URL", default_value = "redis://127.0.0.1:6379/0", value_parser = secret, global = true)]
+    pub redis_url: SecretString,
+    /// Largest number of open Redis connections.
+    #[arg(long, env = "BRX_REDIS_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub redis_max_connections: u32,
+    /// How long a caller waits for a Redis connection before failing.
+    #[arg(long, env = "BRX_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub redis_timeout: Duration,
+    /// Prefix of every Redis key this service writes, so several deployments can share one Redis.
+    #[arg(
+        long,
+        env = "BRX_REDIS_KEY_PREFIX",
+        default_value = "brx:",
+        global = true
+    )]
+    pub redis_key_prefix: String,
+
+    /// Turn caller authentication off. Only for local experiments: a warning is logged at start-up.
+    #[arg(long, env = "BRX_AUTH_DISABLED", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub auth_disabled: bool,
+    /// HS256 secret that caller JWTs are signed with.
+    #[arg(long, env = "BRX_JWT_HS256_SECRET", value_parser = secret, global = true)]
+    pub jwt_hs256_secret: Option<SecretString>,
+    /// PEM file with the RS256 public key that caller JWTs are signed with (instead of HS256).
+    #[arg(long, env = "BRX_JWT_RS256_PUBLIC_KEY_PATH", global = true)]
+    pub jwt_rs256_public_key_path: Option<PathBuf>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "BRX_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+    /// Value of the `role` claim that lets a caller act for every seller.
+    #[arg(
+        long,
+        env = "BRX_JWT_SERVICE_ROLE",
+        default_value = "service",
+        global = true
+    )]
+    pub jwt_service_role: String,
+
+    /// Per-RPC deadline; a shorter `grpc-timeout` sent by the caller wins.
+    #[arg(long, env = "BRX_RPC_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub rpc_timeout: Duration,
+    /// RPCs handled at once; past it, RPCs are shed with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "BRX_RPC_CONCURRENCY_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub rpc_concurrency_limit: u32,
+    /// Hint sent with shed RPCs in `retry-after-ms` metadata.
+    #[arg(long, env = "BRX_RPC_SHED_RETRY_AFTER", default_value = "200ms", value_parser = humantime::parse_duration, global = true)]
+    pub rpc_shed_retry_after: Duration,
+
+    /// How often pools and migrations are checked for readiness.
+    #[arg(long, env = "BRX_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub health_check_interval: Duration,
+    /// Longest wait between two connection attempts of a pool that is down.
+    #[arg(long, env = "BRX_RECONNECT_MAX_DELAY", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub reconnect_max_delay: Duration,
+    /// After SIGTERM, how long health says NOT_SERVING while RPCs are still accepted, so load
+    /// balancers stop routing here first.
+    #[arg(long, env = "BRX_SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_drain_delay: Duration,
+    /// After the drain delay, how long in-flight RPCs and jobs get to finish before the process exits.
+    #[arg(long, env = "BRX_SHUTDOWN_GRACE_PERIOD", default_value = "25s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_grace_period: Duration,
+
+    /// Log format.
+    #[arg(long, env = "BRX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "BRX_LOG", default_value = "info", global = true)]
+    pub log_filter: String,
+    /// OTLP/gRPC collector for traces; export is off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+    /// Service name on exported traces.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "brx-sync",
+        global = true
+    )]
+    pub otel_service_name: String,
+}
+
+/// A setting that parsed but does not make sense, named by its environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable that names the setting.
+    pub setting: &'static str,
+    /// Why the value was refused.
+    pub reason: String,
+}
+
+impl Cli {
+    /// Parses flags and environment, then validates. `Err` carries the one line to print: help and
+    /// version requests are printed and exit 0 inside.
+    pub fn load() -> Result<Self, String> {
+        let cli = Self::try_parse().map_err(|err| match err.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                err.exit()
+            }
+            _ => describe_clap_error(&err),
+        })?;
+        cli.config.validate().map_err(|err| err.to_string())?;
+        Ok(cli)
+    }
+}
+
+impl Config {
+    /// The defaults, as `brx-sync` with no flags would see them if no `BRX_*` variable were set.
+    /// Tests start from this and change fields; they never set environment variables.
+    pub fn defaults() -> Self {
+        // Only argument-free parsing of our own definitions can fail here, which a unit test rules out.
+        let cli = Cli::try_parse_from(["brx-sync"]);
+        cli.expect("the built-in defaults parse").config
+    }
+
+    /// Checks what clap cannot: combinations of settings and files they point at.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_hs256_secret.is_some() && self.jwt_rs256_public_key_path.is_some() {
+            return Err(ConfigError {
+                setting: "BRX_JWT_HS256_SECRET",
+                reason: "set either it or BRX_JWT_RS256_PUBLIC_KEY_PATH, not both".into(),
+            });
+        }
+        if let Some(path) = &self.jwt_rs256_public_key_path {
+            let pem = std::fs::read(path).map_err(|err| ConfigError {
+                setting: "BRX_JWT_RS256_PUBLIC_KEY_PATH",
+                reason: format!("cannot read {}: {err}", path.display()),
+            })?;
+            jsonwebtoken::DecodingKey::from_rsa_pem(&pem).map_err(|err| ConfigError {
+                setting: "BRX_JWT_RS256_PUBLIC_KEY_PATH",
+                reason: format!("not an RSA public key in PEM form: {err}"),
+            })?;
+        }
+        if self.redis_key_prefix.is_empty() {
+            return Err(ConfigError {
+                setting: "BRX_REDIS_KEY_PREFIX",
+                reason: "must not be empty: keys of other applications could collide".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value.to_owned()))
+}
+
+/// Turns clap's multi-line report into one line that names the environment variable as well as the flag.
+fn describe_clap_error(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let first_line = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim();
+    let first_line = first_line.strip_prefix("error: ").unwrap_or(first_line);
+    let env_name = err
+        .get(ContextKind::InvalidArg)
+        .map(|arg| arg.to_string())
+        .and_then(|arg| env_of_flag(&arg));
+    match env_name {
+        Some(env) => format!("invalid configuration: {env}: {first_line}"),
+        None => format!("invalid configuration: {first_line}"),
+    }
+}
+
+/// Maps `--grpc-addr <GRPC_ADDR>` to `BRX_GRPC_ADDR`.
+fn env_of_flag(flag: &str) -> Option<String> {
+    let long = flag.trim_start_matches("--").split([' ', '=']).next()?;
+    let command = Cli::command();
+    let arg = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))?;
+    arg.get_env().map(|env| env.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_defaults_parse_and_validate() {
+        let config = Config::defaults();
+        assert!(config.validate().is_ok());
+        assert!(!config.auth_disabled);
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_with_its_environment_variable() {
+        let err = Cli::try_parse_from(["brx-sync", "--grpc-addr", "nonsense"]).unwrap_err();
+        let line = describe_clap_error(&err);
+        assert!(line.contains("BRX_GRPC_ADDR"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn two_jwt_keys_are_refused() {
+        let mut config = Config::defaults();
+        config.jwt_hs256_secret = Some(SecretString::from("a".to_owned()));
+        config.jwt_rs256_public_key_path = Some("/nonexistent".into());
+        assert_eq!(
+            config.validate().unwrap_err().setting,
+            "BRX_JWT_HS256_SECRET"
+        );
+    }
+}

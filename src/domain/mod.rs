@@ -1,0 +1,5 @@
+//! Pure types shared by several capabilities: identifiers with checked constructors. No I/O here.
+
+mod ids;
+
+pub use ids::{InvalidId, UserId};

@@ -1,0 +1,31 @@
+//! brx-sync keeps a card shop's seller inventories in step with the CardTrader marketplace and serves
+//! the shop's other services over gRPC (package `brx.sync.v1`).
+//!
+//! # Layout
+//! - [`app`]: builds the replica (listeners, pools, layers) and runs it until shutdown.
+//! - [`config`]: the one typed configuration, from flags and `BRX_*` environment variables.
+//! - [`api`]: the gRPC transport: handlers, auth, tower layers, the single error → `Status` mapping.
+//! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz`.
+//! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
+//! - [`readiness`]: the SERVING flag behind health, `/readyz` and shutdown.
+//! - [`domain`]: pure identifier types shared by the capabilities.
+//! - [`metrics`], [`telemetry`], [`shutdown`]: Prometheus metrics, logs and traces, the stop signal.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod readiness;
+pub mod shutdown;
+pub mod storage;
+pub mod telemetry;
+
+mod failpoint;
+
+pub use api::pb;
+pub use app::App;
+
+/// Crate version and the git revision it was built from, e.g. `0.1.0 (3f2a9c1)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BRX_GIT_REV"), ")");

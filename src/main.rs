@@ -1,0 +1,68 @@
+//! The `brx-sync` binary: parse configuration, start telemetry, run the chosen subcommand.
+
+use std::process::ExitCode;
+
+use brx_sync::{
+    App,
+    api::auth,
+    config::{Cli, Command, EXIT_CONFIG},
+    shutdown, telemetry,
+};
+use secrecy::ExposeSecret;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // reqwest, the OTLP exporter and TLS all share rustls; pick its crypto provider once, first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = match Cli::load() {
+        Ok(cli) => cli,
+        Err(line) => {
+            eprintln!("{line}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let telemetry = match telemetry::init(&cli.config) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("invalid configuration: BRX_LOG / OTEL_EXPORTER_OTLP_ENDPOINT: {err:#}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let result = run(cli).await;
+    telemetry.shutdown();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "brx-sync failed");
+            eprintln!("brx-sync: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = App::build(cli.config).await?;
+            app.run_until_stopped(shutdown::signal()).await
+        }
+        Command::Migrate => brx_sync::app::migrate(&cli.config).await,
+        Command::Token(args) => {
+            let secret = cli.config.jwt_hs256_secret.ok_or_else(|| {
+                anyhow::anyhow!("BRX_JWT_HS256_SECRET must be set to mint a token")
+            })?;
+            let subject = args
+                .sub
+                .map(brx_sync::domain::UserId::from_uuid)
+                .transpose()?;
+            let token = auth::mint_token(
+                secret.expose_secret(),
+                subject,
+                &cli.config.jwt_service_role,
+                args.ttl,
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
