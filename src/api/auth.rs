@@ -270,3 +270,104 @@ where
         Box::pin(async move { future.await.map_err(Into::into) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator(secret: &str) -> Authenticator {
+        let mut config = Config::defaults();
+        config.jwt_hs256_secret = Some(secrecy::SecretString::from(secret.to_owned()));
+        Authenticator::from_config(&config).unwrap()
+    }
+
+    fn headers_with(token: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        headers
+    }
+
+    fn request_from(caller: Caller) -> tonic::Request<()> {
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(caller);
+        request
+    }
+
+    fn user() -> UserId {
+        UserId::from_uuid(uuid::Uuid::new_v4()).unwrap()
+    }
+
+    #[test]
+    fn a_seller_token_proves_that_seller() {
+        let seller = user();
+        let token = mint_token("s", Some(seller), "service", Duration::from_secs(60)).unwrap();
+
+        let caller = authenticator("s")
+            .authenticate(&headers_with(&token))
+            .unwrap();
+
+        assert_eq!(caller, Caller::Seller(seller));
+    }
+
+    #[test]
+    fn a_seller_may_act_for_themselves_but_not_for_another_seller() {
+        let (seller, other) = (user(), user());
+        let request = request_from(Caller::Seller(seller));
+
+        assert!(require_user(&request, seller).is_ok());
+        let denied = require_user(&request, other).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn the_service_role_may_act_for_every_seller() {
+        let token = mint_token("s", None, "service", Duration::from_secs(60)).unwrap();
+        let caller = authenticator("s")
+            .authenticate(&headers_with(&token))
+            .unwrap();
+
+        let request = request_from(caller);
+
+        assert!(require_user(&request, user()).is_ok());
+        assert!(require_service(&request).is_ok());
+    }
+
+    #[test]
+    fn a_token_whose_subject_is_not_a_user_id_and_not_a_service_is_refused() {
+        let mut config = Config::defaults();
+        config.jwt_hs256_secret = Some(secrecy::SecretString::from("s".to_owned()));
+        let token = mint_token("s", None, "some-other-role", Duration::from_secs(60)).unwrap();
+
+        let refused = Authenticator::from_config(&config)
+            .unwrap()
+            .authenticate(&headers_with(&token));
+
+        assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_request_the_auth_layer_never_saw_has_no_caller() {
+        let request = tonic::Request::new(());
+
+        assert_eq!(
+            require_user(&request, user()).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn a_malformed_authorization_header_is_refused() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            "Basic dXNlcjpwYXNz".parse().unwrap(),
+        );
+
+        let refused = authenticator("s").authenticate(&headers).unwrap_err();
+
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+}

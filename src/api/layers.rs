@@ -28,6 +28,9 @@ pub(crate) fn shed_to_status(
     }
 }
 
+/// How much earlier than the caller's own deadline the server gives up (see `Deadline::call`).
+const CALLER_DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
 /// Bounds each RPC by the configured timeout, or by the caller's shorter `grpc-timeout`, answering
 /// `DEADLINE_EXCEEDED` (tonic's own timeout answers `CANCELLED`, which callers would not retry right).
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +78,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let budget = grpc_timeout(request.headers()).map_or(self.ceiling, |t| t.min(self.ceiling));
+        // tonic's own timer on the caller's `grpc-timeout` sits outside this layer and answers
+        // CANCELLED; ending a few milliseconds earlier makes the answer DEADLINE_EXCEEDED instead.
+        let budget = grpc_timeout(request.headers()).map_or(self.ceiling, |t| {
+            t.saturating_sub(CALLER_DEADLINE_MARGIN).min(self.ceiling)
+        });
         let future = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout(budget, future).await {

@@ -104,7 +104,7 @@ impl StorageSupervisor {
                     // Retries back off to once per max delay; one line per ten keeps the log readable.
                     tracing::warn!(pool = kind.name(), %error, failures, "storage pool unreachable, retrying");
                 }
-                Err(error).map_err(drop)
+                Err(())
             }
         }
     }

@@ -1,0 +1,73 @@
+//! grpc.health.v1 follows PostgreSQL reachability and migrations.
+
+use brx_sync::storage::MIGRATOR;
+use secrecy::{ExposeSecret, SecretString};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::{TcpProxy, spawn_app, spawn_app_with, start_app_with};
+
+#[tokio::test]
+async fn health_is_serving_once_the_fresh_database_is_migrated() {
+    let app = spawn_app().await;
+
+    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+        .await
+        .unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, MIGRATOR.iter().count());
+    assert_eq!(app.health_status().await, ServingStatus::Serving);
+    assert_eq!(app.http_get("/readyz").await.0, 200);
+}
+
+#[tokio::test]
+async fn health_is_not_serving_while_postgres_is_unreachable_and_recovers_when_it_returns() {
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy_addr = proxy.addr;
+    let app = spawn_app_with(|config| {
+        let url = config
+            .database_url
+            .expose_secret()
+            .replace("127.0.0.1:5432", &proxy_addr.to_string());
+        config.database_url = SecretString::from(url);
+    })
+    .await;
+
+    proxy.cut().await;
+    app.wait_for_health(ServingStatus::NotServing).await;
+    assert_eq!(app.http_get("/readyz").await.0, 503);
+
+    proxy.restore();
+    app.wait_for_health(ServingStatus::Serving).await;
+    assert_eq!(app.http_get("/readyz").await.0, 200);
+}
+
+#[tokio::test]
+async fn health_stays_not_serving_while_migrations_are_pending_and_start_up_does_not_apply_them() {
+    let app = start_app_with(|config| config.migrate_on_start = false).await;
+    // The database does not even exist: nothing may create or migrate it behind the operator's back.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(app.health_status().await, ServingStatus::NotServing);
+
+    let admin = sqlx::PgPool::connect(crate::helpers::POSTGRES_ADMIN_URL)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{}\"",
+        app.database_name
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(
+        app.health_status().await,
+        ServingStatus::NotServing,
+        "unmigrated database must not serve"
+    );
+
+    brx_sync::app::migrate(&app.config).await.unwrap();
+    app.wait_for_health(ServingStatus::Serving).await;
+}

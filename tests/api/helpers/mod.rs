@@ -1,0 +1,223 @@
+//! `spawn_app()` and what tests need around it: a fresh database per test, typed clients, tokens.
+
+mod proxy;
+
+use std::{net::SocketAddr, time::Duration};
+
+use brx_sync::{
+    App, api::auth::mint_token, config::Config, domain::UserId,
+    pb::v1::admin_service_client::AdminServiceClient,
+};
+use secrecy::SecretString;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+pub(crate) use proxy::TcpProxy;
+
+pub(crate) const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const MYSQL_ADMIN_URL: &str = "mysql://root@127.0.0.1:3306/mysql";
+
+/// A running server, its own databases, and a way to stop it.
+pub(crate) struct TestApp {
+    pub(crate) grpc_addr: SocketAddr,
+    pub(crate) http_addr: SocketAddr,
+    pub(crate) config: Config,
+    pub(crate) database_name: String,
+    jwt_secret: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings every test starts from: ports 0, a fresh database name, its own Redis prefix, fast checks.
+pub(crate) fn test_config() -> (Config, String) {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let database_name = format!("brx_test_{suffix}");
+    let mut config = Config::defaults();
+    config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.database_url = SecretString::from(format!(
+        "postgres://postgres@127.0.0.1:5432/{database_name}"
+    ));
+    config.mysql_url = SecretString::from(MYSQL_ADMIN_URL.to_owned());
+    config.redis_key_prefix = format!("brx-test-{suffix}:");
+    config.jwt_hs256_secret = Some(SecretString::from(format!("test-secret-{suffix}")));
+    config.health_check_interval = Duration::from_millis(200);
+    config.reconnect_max_delay = Duration::from_millis(500);
+    config.shutdown_grace_period = Duration::from_secs(10);
+    config.log_filter = "warn".into();
+    (config, database_name)
+}
+
+/// A server with the default test settings, already SERVING.
+pub(crate) async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A server whose test settings `adjust` changed first, already SERVING.
+pub(crate) async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let app = start_app_with(adjust).await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    app
+}
+
+/// A server whose test settings `adjust` changed first, without waiting for readiness.
+pub(crate) async fn start_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    init_process();
+    let (mut config, database_name) = test_config();
+    adjust(&mut config);
+    let jwt_secret = config
+        .jwt_hs256_secret
+        .as_ref()
+        .map(|secret| secrecy::ExposeSecret::expose_secret(secret).to_owned())
+        .unwrap_or_default();
+    let app = App::build(config.clone()).await.expect("app builds");
+    let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        grpc_addr,
+        http_addr,
+        config,
+        database_name,
+        jwt_secret,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    }
+}
+
+/// Process-wide set-up: the rustls provider, once.
+pub(crate) fn init_process() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl TestApp {
+    pub(crate) async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("gRPC connects")
+    }
+
+    pub(crate) async fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel().await)
+    }
+
+    pub(crate) async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel().await)
+    }
+
+    pub(crate) fn service_token(&self) -> String {
+        mint_token(&self.jwt_secret, None, "service", Duration::from_secs(300)).unwrap()
+    }
+
+    pub(crate) fn seller_token(&self, user: UserId) -> String {
+        mint_token(
+            &self.jwt_secret,
+            Some(user),
+            "service",
+            Duration::from_secs(300),
+        )
+        .unwrap()
+    }
+
+    /// Current overall health as the server reports it.
+    pub(crate) async fn health_status(&self) -> ServingStatus {
+        let response = self
+            .health()
+            .await
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health check answers");
+        response.into_inner().status()
+    }
+
+    /// Polls health until it reports `expected`; panics after 20 s.
+    pub(crate) async fn wait_for_health(&self, expected: ServingStatus) {
+        let mut client = self.health().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|response| response.into_inner().status());
+            if matches!(status, Ok(s) if s == expected) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "health never became {expected:?}, last {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the graceful shutdown, as SIGTERM would.
+    pub(crate) fn trigger_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Triggers shutdown and waits for `run_until_stopped` to return.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        self.trigger_shutdown();
+        let task = self.task.take().expect("not stopped yet");
+        task.await.expect("app task did not panic")
+    }
+
+    /// The body of a GET on the HTTP side port.
+    pub(crate) async fn http_get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.http_addr))
+            .await
+            .expect("HTTP answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+}
+
+/// Attaches a bearer token to a request.
+pub(crate) fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let database = self.database_name.clone();
+        // Tests leave no databases behind; a separate thread because Drop cannot await.
+        let _ = std::thread::spawn(move || drop_database(&database)).join();
+    }
+}
+
+fn drop_database(name: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        if let Ok(pool) = sqlx::PgPool::connect(POSTGRES_ADMIN_URL).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+            )))
+            .execute(&pool)
+            .await;
+            pool.close().await;
+        }
+    });
+}

@@ -1,0 +1,232 @@
+//! Start-up and shutdown: configuration errors, SIGTERM, draining in-flight RPCs, the grace period.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use brx_sync::pb::v1::GetStatsRequest;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+use crate::helpers::{authorized, spawn_app, spawn_app_with};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_brx-sync");
+
+#[tokio::test]
+async fn an_in_flight_rpc_completes_after_shutdown_begins_and_new_connections_are_refused() {
+    let mut app = spawn_app().await;
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("admin.get_stats", "return(1000)").unwrap();
+    let token = app.service_token();
+    let mut admin = app.admin().await;
+    let in_flight = tokio::spawn(async move {
+        admin
+            .get_stats(authorized(GetStatsRequest {}, &token))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    app.trigger_shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let late = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(
+        late.is_err(),
+        "a new connection after shutdown began must be refused"
+    );
+    let completed = in_flight.await.unwrap();
+    assert!(
+        completed.is_ok(),
+        "the in-flight RPC completes: {completed:?}"
+    );
+    scenario.teardown();
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_says_not_serving_during_the_drain_delay_while_rpcs_are_still_answered() {
+    let mut app =
+        spawn_app_with(|config| config.shutdown_drain_delay = Duration::from_secs(2)).await;
+    let mut health = app.health().await;
+    let mut admin = app.admin().await;
+
+    app.trigger_shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.into_inner().status(), ServingStatus::NotServing);
+    let per_service = health
+        .check(HealthCheckRequest {
+            service: "brx.sync.v1.AdminService".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(per_service.into_inner().status(), ServingStatus::NotServing);
+    assert!(
+        admin
+            .get_stats(authorized(GetStatsRequest {}, &app.service_token()))
+            .await
+            .is_ok()
+    );
+    assert_eq!(app.http_get("/readyz").await.0, 503);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_grace_period_bounds_an_rpc_that_would_outlive_it() {
+    let mut app =
+        spawn_app_with(|config| config.shutdown_grace_period = Duration::from_millis(300)).await;
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("admin.get_stats", "return(20000)").unwrap();
+    let token = app.service_token();
+    let mut admin = app.admin().await;
+    let _stuck = tokio::spawn(async move {
+        admin
+            .get_stats(authorized(GetStatsRequest {}, &token))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    app.trigger_shutdown();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
+
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "shutdown must not wait for the 20 s RPC: {stopped:?}"
+    );
+    scenario.teardown();
+}
+
+fn run_binary_with(env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(BINARY)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("binary runs")
+}
+
+#[test]
+fn an_invalid_address_exits_64_with_one_line_naming_the_setting() {
+    let output = run_binary_with(&[("BRX_GRPC_ADDR", "nonsense")]);
+
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("BRX_GRPC_ADDR"), "{stderr}");
+}
+
+#[test]
+fn an_out_of_range_pool_size_exits_64_naming_the_setting() {
+    let output = run_binary_with(&[("BRX_PG_MAX_CONNECTIONS", "0")]);
+
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("BRX_PG_MAX_CONNECTIONS"));
+}
+
+#[test]
+fn two_jwt_keys_at_once_exit_64_naming_the_setting() {
+    let output = run_binary_with(&[
+        ("BRX_JWT_HS256_SECRET", "s"),
+        (
+            "BRX_JWT_RS256_PUBLIC_KEY_PATH",
+            "tests/fixtures/jwt_rs256_public.pem",
+        ),
+    ]);
+
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("BRX_JWT_HS256_SECRET"));
+}
+
+#[test]
+fn help_documents_every_setting_with_its_environment_variable() {
+    let help = Command::new(BINARY).arg("--help").output().unwrap();
+
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for setting in [
+        "BRX_GRPC_ADDR",
+        "BRX_HTTP_ADDR",
+        "BRX_DATABASE_URL",
+        "BRX_MYSQL_URL",
+        "BRX_REDIS_URL",
+        "BRX_AUTH_DISABLED",
+        "BRX_MIGRATE_ON_START",
+        "BRX_SHUTDOWN_GRACE_PERIOD",
+    ] {
+        assert!(text.contains(setting), "--help does not mention {setting}");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    crate::helpers::init_process();
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let database = format!("brx_test_{}", uuid::Uuid::new_v4().simple());
+    let grpc_addr = format!("127.0.0.1:{grpc_port}");
+    let http_addr = format!("127.0.0.1:{http_port}");
+    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let child = tokio::process::Command::new(BINARY)
+        .arg("serve")
+        .env_clear()
+        .env("BRX_GRPC_ADDR", &grpc_addr)
+        .env("BRX_HTTP_ADDR", &http_addr)
+        .env("BRX_DATABASE_URL", &database_url)
+        .env("BRX_LOG_FORMAT", "json")
+        .env("BRX_HEALTH_CHECK_INTERVAL", "200ms")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let readyz = format!("http://{http_addr}/readyz");
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(response) = reqwest::get(&readyz).await
+            && response.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the process never became ready");
+
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
+
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let logs = String::from_utf8_lossy(&output.stdout);
+    assert!(logs.contains("brx-sync stopped"), "{logs}");
+    let admin = sqlx::PgPool::connect(crate::helpers::POSTGRES_ADMIN_URL)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}

@@ -1,0 +1,15 @@
+//! The integration suite: each test starts the real server on port 0 against the real PostgreSQL,
+//! MariaDB and Redis of this machine, with its own database and key prefix.
+
+// A failed unwrap is how a test reports a broken expectation.
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+mod admin;
+mod auth;
+mod health;
+mod lifecycle;
+mod load_shedding;
+mod metrics;
+mod reflection;

@@ -1,0 +1,74 @@
+//! The HTTP side port exposes per-RPC counters and latency, pool gauges and liveness.
+
+use brx_sync::pb::v1::GetStatsRequest;
+
+use crate::helpers::{authorized, spawn_app};
+
+#[tokio::test]
+async fn metrics_count_rpcs_by_method_and_code_and_time_them() {
+    let app = spawn_app().await;
+    let mut admin = app.admin().await;
+    admin
+        .get_stats(authorized(GetStatsRequest {}, &app.service_token()))
+        .await
+        .unwrap();
+    admin
+        .get_stats(authorized(GetStatsRequest {}, &app.service_token()))
+        .await
+        .unwrap();
+    admin.get_stats(GetStatsRequest {}).await.unwrap_err();
+
+    let (status, body) = app.http_get("/metrics").await;
+
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(
+            r#"brx_rpc_requests_total{code="Ok",method="/brx.sync.v1.AdminService/GetStats"} 2"#
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"brx_rpc_requests_total{code="Unauthenticated",method="/brx.sync.v1.AdminService/GetStats"} 1"#),
+        "{body}"
+    );
+    assert!(body.contains(
+        r#"brx_rpc_duration_seconds_count{method="/brx.sync.v1.AdminService/GetStats"} 3"#
+    ));
+    assert!(body.contains(r#"brx_pool_connections{pool="postgres",state="max"}"#));
+    assert!(body.contains(r#"brx_pool_up{pool="postgres"} 1"#));
+    assert!(body.contains("brx_serving 1"));
+    assert!(body.contains("brx_rpc_in_flight 0"));
+}
+
+#[tokio::test]
+async fn unknown_methods_share_one_label_so_callers_cannot_inflate_the_series() {
+    let app = spawn_app().await;
+    let mut client = tonic::client::Grpc::new(app.channel().await);
+    client.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/brx.sync.v1.AdminService/NoSuchMethod");
+    let codec = tonic_prost::ProstCodec::<GetStatsRequest, GetStatsRequest>::default();
+    let status = client
+        .unary(
+            authorized(GetStatsRequest {}, &app.service_token()),
+            path,
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+
+    let (_, body) = app.http_get("/metrics").await;
+
+    assert!(
+        body.contains(r#"brx_rpc_requests_total{code="Unimplemented",method="unknown"} 1"#),
+        "{body}"
+    );
+    assert!(!body.contains("NoSuchMethod"));
+}
+
+#[tokio::test]
+async fn livez_answers_ok() {
+    let app = spawn_app().await;
+
+    assert_eq!(app.http_get("/livez").await, (200, "ok".to_owned()));
+}
