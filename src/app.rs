@@ -72,6 +72,7 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
+        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
         let Self {
             config,
             grpc_listener,
@@ -120,7 +121,7 @@ impl App {
             .with_graceful_shutdown(stop_http.clone().cancelled_owned());
         let mut http_task = tokio::spawn(async move { http.await.map_err(anyhow::Error::from) });
 
-        tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, version = crate::VERSION, "brx-sync serving");
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, version = crate::VERSION, "brx-sync serving");
         let early_exit = tokio::select! {
             () = shutdown => None,
             result = &mut grpc_task => Some(report_exit("gRPC server", result)),

@@ -30,6 +30,8 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Run the whole service on this machine and walk through it, with progress output.
+    Demo,
     /// Print a caller JWT signed with BRX_JWT_HS256_SECRET, for grpcurl and local testing.
     Token(TokenArgs),
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`app`]: builds the replica (listeners, pools, layers) and runs it until shutdown.
 //! - [`config`]: the one typed configuration, from flags and `BRX_*` environment variables.
+//! - [`demo`]: `brx-sync demo`, the whole service on one machine with visible progress.
 //! - [`api`]: the gRPC transport: handlers, auth, tower layers, the single error → `Status` mapping.
 //! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz`.
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod metrics;

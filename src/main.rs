@@ -21,6 +21,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
+    let mut cli = cli;
+    if matches!(cli.command, Some(Command::Demo)) && cli.config.log_filter == "info" {
+        // The demo's own progress lines are the output; the service's logs stay to warnings.
+        cli.config.log_filter = "warn".into();
+    }
     let telemetry = match telemetry::init(&cli.config) {
         Ok(guard) => guard,
         Err(err) => {
@@ -47,6 +52,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown::signal()).await
         }
         Command::Migrate => brx_sync::app::migrate(&cli.config).await,
+        Command::Demo => brx_sync::demo::run(cli.config).await,
         Command::Token(args) => {
             let secret = cli.config.jwt_hs256_secret.ok_or_else(|| {
                 anyhow::anyhow!("BRX_JWT_HS256_SECRET must be set to mint a token")

@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::Config;
 
+pub use mysql::ensure_database as ensure_catalog_database;
 pub use pool_health::{PoolKind, PoolSnapshot, PoolState};
 pub use postgres::{MIGRATOR, ensure_database, migrations_applied};
 pub use supervisor::StorageSupervisor;

@@ -42,3 +42,18 @@ pub(super) async fn ping(pool: &mysql_async::Pool) -> Result<(), String> {
     let mut conn = pool.get_conn().await.map_err(|err| err.to_string())?;
     conn.ping().await.map_err(|err| err.to_string())
 }
+
+/// Creates the configured catalogue database when it does not exist yet (a fresh machine, the demo).
+pub async fn ensure_database(url: &secrecy::SecretString) -> Result<(), mysql_async::Error> {
+    let opts = Opts::from_url(expose(url))?;
+    let Some(name) = opts.db_name().map(str::to_owned) else {
+        return Ok(());
+    };
+    let server_opts = OptsBuilder::from_opts(opts).db_name(None::<String>);
+    let mut conn = mysql_async::Conn::new(server_opts).await?;
+    // Identifiers cannot be bound as parameters; backticks inside the name are doubled to stay quoted.
+    let quoted = name.replace('`', "``");
+    conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{quoted}`"))
+        .await?;
+    conn.disconnect().await
+}
