@@ -13,3 +13,4 @@ mod lifecycle;
 mod load_shedding;
 mod metrics;
 mod reflection;
+mod telemetry;
