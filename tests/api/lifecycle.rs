@@ -8,7 +8,7 @@ use std::{
 use brx_sync::pb::v1::GetStatsRequest;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
-use crate::helpers::{authorized, spawn_app, spawn_app_with};
+use crate::helpers::{ServeProcess, authorized, spawn_app, spawn_app_with};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_brx-sync");
 
@@ -167,66 +167,24 @@ fn help_documents_every_setting_with_its_environment_variable() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() {
-    crate::helpers::init_process();
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let database = format!("brx_test_{}", uuid::Uuid::new_v4().simple());
-    let grpc_addr = format!("127.0.0.1:{grpc_port}");
-    let http_addr = format!("127.0.0.1:{http_port}");
-    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-    let child = tokio::process::Command::new(BINARY)
-        .arg("serve")
-        .env_clear()
-        .env("BRX_GRPC_ADDR", &grpc_addr)
-        .env("BRX_HTTP_ADDR", &http_addr)
-        .env("BRX_DATABASE_URL", &database_url)
-        .env("BRX_LOG_FORMAT", "json")
-        .env("BRX_HEALTH_CHECK_INTERVAL", "200ms")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let readyz = format!("http://{http_addr}/readyz");
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(response) = reqwest::get(&readyz).await
-            && response.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the process never became ready");
+    let mut process = ServeProcess::spawn(&[("BRX_LOG_FORMAT", "json")]);
+    process.wait_until_ready().await;
 
-    let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
-    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .expect("exits within the grace period")
-        .unwrap();
-
-    assert!(output.status.success(), "exit status {:?}", output.status);
-    let logs = String::from_utf8_lossy(&output.stdout);
-    assert!(logs.contains("brx-sync stopped"), "{logs}");
-    let admin = sqlx::PgPool::connect(crate::helpers::POSTGRES_ADMIN_URL)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-    )))
-    .execute(&admin)
+    process.sigterm();
+    let output = tokio::time::timeout(Duration::from_secs(20), async {
+        let child = &mut process.child;
+        let mut stdout = String::new();
+        tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout)
+            .await
+            .unwrap();
+        (child.wait().await.unwrap(), stdout)
+    })
     .await
-    .unwrap();
+    .expect("exits within the grace period");
+
+    let (status, logs) = output;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(logs.contains("brx-sync stopped"), "{logs}");
 }

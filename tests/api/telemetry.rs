@@ -1,6 +1,6 @@
 //! With OTEL_EXPORTER_OTLP_ENDPOINT set, every RPC's span reaches an OTLP collector, flushed on shutdown.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -8,6 +8,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use tokio::sync::mpsc;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::helpers::ServeProcess;
 
 struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
 
@@ -24,17 +26,8 @@ impl TraceService for Collector {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn rpc_spans_are_exported_to_the_otlp_collector_and_flushed_at_shutdown() {
-    crate::helpers::init_process();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector_addr = listener.local_addr().unwrap();
     let (spans_tx, mut spans_rx) = mpsc::unbounded_channel();
@@ -43,52 +36,26 @@ async fn rpc_spans_are_exported_to_the_otlp_collector_and_flushed_at_shutdown() 
             .add_service(TraceServiceServer::new(Collector(spans_tx)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let grpc_addr = format!("127.0.0.1:{}", free_port());
-    let database = format!("brx_test_{}", uuid::Uuid::new_v4().simple());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_brx-sync"))
-        .env_clear()
-        .env("BRX_GRPC_ADDR", &grpc_addr)
-        .env("BRX_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env(
-            "BRX_DATABASE_URL",
-            format!("postgres://postgres@127.0.0.1:5432/{database}"),
-        )
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{collector_addr}"),
-        )
-        .env("OTEL_SERVICE_NAME", "brx-sync-under-test")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
-    let mut health = None;
-    for _ in 0..100 {
-        if let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            health = Some(HealthClient::new(channel));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    health
+    let endpoint = format!("http://{collector_addr}");
+    let mut process = ServeProcess::spawn(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "brx-sync-under-test"),
+    ]);
+    process.wait_until_ready().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", process.grpc_addr))
         .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
         })
         .await
         .unwrap();
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), child.wait())
+
+    process.sigterm();
+    tokio::time::timeout(Duration::from_secs(20), process.child.wait())
         .await
         .unwrap()
         .unwrap();
@@ -120,15 +87,6 @@ async fn rpc_spans_are_exported_to_the_otlp_collector_and_flushed_at_shutdown() 
             }
         }
     }
-    let admin = sqlx::PgPool::connect(crate::helpers::POSTGRES_ADMIN_URL)
-        .await
-        .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
 
     assert!(found, "no rpc span for the health check was exported");
     assert!(

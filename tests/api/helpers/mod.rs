@@ -1,5 +1,6 @@
 //! `spawn_app()` and what tests need around it: a fresh database per test, typed clients, tokens.
 
+mod process;
 mod proxy;
 
 use std::{net::SocketAddr, time::Duration};
@@ -15,6 +16,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+pub(crate) use process::ServeProcess;
 pub(crate) use proxy::TcpProxy;
 
 pub(crate) const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -112,6 +114,23 @@ impl TestApp {
         AdminServiceClient::new(self.channel().await)
     }
 
+    /// GetStats with `token` as bearer, or with no token at all.
+    pub(crate) async fn get_stats(
+        &self,
+        token: Option<&str>,
+    ) -> Result<brx_sync::pb::v1::GetStatsResponse, tonic::Status> {
+        let message = brx_sync::pb::v1::GetStatsRequest {};
+        let request = match token {
+            Some(token) => authorized(message, token),
+            None => tonic::Request::new(message),
+        };
+        self.admin()
+            .await
+            .get_stats(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     pub(crate) fn service_token(&self) -> String {
         mint_token(&self.jwt_secret, None, "service", Duration::from_secs(300)).unwrap()
     }
@@ -205,7 +224,7 @@ impl Drop for TestApp {
     }
 }
 
-fn drop_database(name: &str) {
+pub(crate) fn drop_database(name: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
