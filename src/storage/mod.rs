@@ -29,6 +29,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Storage {
     /// PostgreSQL, the source of truth.
     pub pg: sqlx::PgPool,
+    /// One connection of its own for health checks and migrations, so a busy main pool (every
+    /// connection checked out by sync writers) never reads as "database down" and flips readiness.
+    pg_probe: sqlx::PgPool,
     /// The read-only MySQL blueprint catalogue.
     pub mysql: mysql_async::Pool,
     /// Redis: caches, rate-limit buckets, hints.
@@ -53,7 +56,8 @@ impl Storage {
     /// Builds the pools lazily from configuration; connections open on first use.
     pub fn connect_lazy(config: &Config) -> Result<Self, StorageConfigError> {
         Ok(Self {
-            pg: postgres::lazy_pool(config)?,
+            pg: postgres::lazy_pool(config, config.pg_max_connections)?,
+            pg_probe: postgres::lazy_pool(config, 1)?,
             mysql: mysql::lazy_pool(config)?,
             redis: redis::lazy_pool(config)?,
             redis_key_prefix: config.redis_key_prefix.clone(),
@@ -82,7 +86,7 @@ impl Storage {
     pub async fn check(&self, kind: PoolKind) -> Result<(), String> {
         let check = async {
             match kind {
-                PoolKind::Postgres => postgres::ping(&self.pg).await,
+                PoolKind::Postgres => postgres::ping(&self.pg_probe).await,
                 PoolKind::Mysql => mysql::ping(&self.mysql).await,
                 PoolKind::Redis => redis::ping(&self.redis).await,
             }
@@ -96,6 +100,7 @@ impl Storage {
     /// Closes the pools, letting checked-out connections finish first.
     pub async fn close(&self) {
         self.pg.close().await;
+        self.pg_probe.close().await;
         if let Err(err) = self.mysql.clone().disconnect().await {
             tracing::debug!(error = %err, "mysql pool disconnect");
         }

@@ -10,13 +10,16 @@ use crate::config::Config;
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
-pub(super) fn lazy_pool(config: &Config) -> Result<PgPool, StorageConfigError> {
+pub(super) fn lazy_pool(
+    config: &Config,
+    max_connections: u32,
+) -> Result<PgPool, StorageConfigError> {
     let options = PgConnectOptions::from_str(expose(&config.database_url))
         .map_err(|err| err.to_string())
         .map_err(url_error("BRX_DATABASE_URL"))?
         .application_name("brx-sync");
     Ok(PgPoolOptions::new()
-        .max_connections(config.pg_max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(config.pg_acquire_timeout)
         .connect_lazy_with(options))
 }

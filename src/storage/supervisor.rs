@@ -121,7 +121,7 @@ impl StorageSupervisor {
             }
             return Err(error);
         }
-        let pool = &self.storage.pg;
+        let pool = &self.storage.pg_probe;
         let mut applied = migrations_applied(pool)
             .await
             .map_err(|err| err.to_string())?;

@@ -13,4 +13,5 @@ mod lifecycle;
 mod load_shedding;
 mod metrics;
 mod reflection;
+mod storage;
 mod telemetry;

@@ -218,25 +218,26 @@ impl Drop for TestApp {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        let database = self.database_name.clone();
-        // Tests leave no databases behind; a separate thread because Drop cannot await.
-        let _ = std::thread::spawn(move || drop_database(&database)).join();
+        // Tests leave no databases behind.
+        drop_database(&self.database_name);
     }
 }
 
+/// Drops a test database; callable from sync or async code (it runs on a thread of its own).
 pub(crate) fn drop_database(name: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        if let Ok(pool) = sqlx::PgPool::connect(POSTGRES_ADMIN_URL).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-            )))
-            .execute(&pool)
-            .await;
-            pool.close().await;
-        }
+    let name = name.to_owned();
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            if let Ok(pool) = sqlx::PgPool::connect(POSTGRES_ADMIN_URL).await {
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                pool.close().await;
+            }
+        });
     });
+    let _ = dropped.join();
 }

@@ -80,7 +80,6 @@ impl ServeProcess {
 
 impl Drop for ServeProcess {
     fn drop(&mut self) {
-        let database = self.database.clone();
-        let _ = std::thread::spawn(move || super::drop_database(&database)).join();
+        super::drop_database(&self.database);
     }
 }

@@ -1,0 +1,61 @@
+//! The storage supervisor: readiness follows the database, not how busy the pool is.
+
+use std::time::Duration;
+
+use brx_sync::{
+    metrics::Metrics,
+    readiness::Readiness,
+    storage::{Storage, StorageSupervisor, ensure_database},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{drop_database, test_config};
+
+#[tokio::test]
+async fn readiness_stays_up_while_every_connection_of_the_main_pool_is_checked_out() {
+    let (mut config, database) = test_config();
+    config.pg_max_connections = 2;
+    config.pg_acquire_timeout = Duration::from_millis(300);
+    ensure_database(&config.database_url).await.unwrap();
+    let storage = Storage::connect_lazy(&config).unwrap();
+    let held = [
+        storage.pg.acquire().await.unwrap(),
+        storage.pg.acquire().await.unwrap(),
+    ];
+    let readiness = Readiness::new();
+    let supervisor = StorageSupervisor::new(
+        storage.clone(),
+        readiness.clone(),
+        Metrics::new().unwrap(),
+        Duration::from_millis(100),
+        Duration::from_millis(300),
+        true,
+        config.database_url.clone(),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(supervisor.run(stop.clone()));
+
+    let mut changes = readiness.subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        changes.wait_for(|state| state.database_ready),
+    )
+    .await
+    .expect("ready although the main pool is exhausted")
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert!(
+        readiness.current().serving(),
+        "a busy pool must not read as a database outage"
+    );
+    assert!(
+        storage.pg.try_acquire().is_none(),
+        "the main pool really was exhausted"
+    );
+    drop(held);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    storage.close().await;
+    drop_database(&database);
+}
