@@ -32,6 +32,8 @@ pub enum Command {
     Migrate,
     /// Run the whole service on this machine and walk through it, with progress output.
     Demo,
+    /// Serve the CardTrader API simulator (seeded sellers `sim-token-1` … `sim-token-N`).
+    Simulator(crate::simulator::SimulatorArgs),
     /// Print a caller JWT signed with BRX_JWT_HS256_SECRET, for grpcurl and local testing.
     Token(TokenArgs),
 }

@@ -10,6 +10,7 @@
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
 //! - [`readiness`]: the SERVING flag behind health, `/readyz` and shutdown.
 //! - [`domain`]: pure identifier types shared by the capabilities.
+//! - [`simulator`]: a faithful CardTrader API v2 server for tests, the demo and load tests.
 //! - [`metrics`], [`telemetry`], [`shutdown`]: Prometheus metrics, logs and traces, the stop signal.
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod readiness;
 pub mod shutdown;
+pub mod simulator;
 pub mod storage;
 pub mod telemetry;
 

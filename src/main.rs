@@ -53,6 +53,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => brx_sync::app::migrate(&cli.config).await,
         Command::Demo => brx_sync::demo::run(cli.config).await,
+        Command::Simulator(args) => brx_sync::simulator::run(args).await,
         Command::Token(args) => {
             let secret = cli.config.jwt_hs256_secret.ok_or_else(|| {
                 anyhow::anyhow!("BRX_JWT_HS256_SECRET must be set to mint a token")

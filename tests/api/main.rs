@@ -13,5 +13,6 @@ mod lifecycle;
 mod load_shedding;
 mod metrics;
 mod reflection;
+mod simulator;
 mod storage;
 mod telemetry;
