@@ -8,11 +8,16 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use secrecy::ExposeSecret;
+
 use crate::{
+    accounts::{Accounts, Keyring},
     api::{self, GrpcParts, auth::Authenticator},
     config::Config,
     http::{self, HttpState},
+    marketplace::MarketplaceClient,
     metrics::Metrics,
+    rate_limit::{Limits, RateLimiter},
     readiness::Readiness,
     storage::{Storage, StorageSupervisor},
 };
@@ -27,6 +32,7 @@ pub struct App {
     readiness: Readiness,
     metrics: Metrics,
     authenticator: Authenticator,
+    accounts: Accounts,
 }
 
 impl App {
@@ -35,6 +41,21 @@ impl App {
         let metrics = Metrics::new()?;
         let storage = Storage::connect_lazy(&config)?;
         let authenticator = Authenticator::from_config(&config)?;
+        let limiter = RateLimiter::new(
+            storage.redis.clone(),
+            &config.redis_key_prefix,
+            Limits::from_config(&config),
+            metrics.clone(),
+        );
+        let marketplace = MarketplaceClient::new(&config, limiter, metrics.clone())?;
+        let keyring = match &config.encryption_keys {
+            Some(keys) => Some(Keyring::parse(keys.expose_secret()).map_err(anyhow::Error::msg)?),
+            None => {
+                tracing::warn!("BRX_ENCRYPTION_KEYS is not set: accounts cannot be connected");
+                None
+            }
+        };
+        let accounts = Accounts::new(storage.pg.clone(), keyring, marketplace);
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
@@ -49,6 +70,7 @@ impl App {
             readiness: Readiness::new(),
             metrics,
             authenticator,
+            accounts,
         })
     }
 
@@ -81,6 +103,7 @@ impl App {
             readiness,
             metrics,
             authenticator,
+            accounts,
         } = self;
         let workers = CancellationToken::new();
         let stop_grpc = CancellationToken::new();
@@ -102,6 +125,7 @@ impl App {
             readiness: readiness.clone(),
             metrics: metrics.clone(),
             authenticator,
+            accounts,
         };
         let (health, grpc) = api::grpc_server(
             grpc_listener,

@@ -163,6 +163,68 @@ pub struct Config {
     #[arg(long, env = "BRX_SHUTDOWN_GRACE_PERIOD", default_value = "25s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace_period: Duration,
 
+    /// CardTrader API base URL. The default is the local simulator (`brx-sync simulator`); production
+    /// uses https://api.cardtrader.com/api/v2.
+    #[arg(
+        long,
+        env = "BRX_CARDTRADER_BASE_URL",
+        default_value = "http://127.0.0.1:8090/api/v2",
+        global = true
+    )]
+    pub cardtrader_base_url: String,
+    /// Connect timeout for CardTrader calls.
+    #[arg(long, env = "BRX_CARDTRADER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub cardtrader_connect_timeout: Duration,
+    /// Timeout of one ordinary CardTrader call.
+    #[arg(long, env = "BRX_CARDTRADER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub cardtrader_request_timeout: Duration,
+    /// Timeout of `/products/export`, which CardTrader asks clients to give 120-180 s.
+    #[arg(long, env = "BRX_CARDTRADER_EXPORT_TIMEOUT", default_value = "180s", value_parser = humantime::parse_duration, global = true)]
+    pub cardtrader_export_timeout: Duration,
+    /// Attempts of an idempotent CardTrader call (first try included) on 429, 5xx and timeouts.
+    #[arg(long, env = "BRX_CARDTRADER_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10), global = true)]
+    pub cardtrader_attempts: u32,
+
+    /// CardTrader's limit on all calls of one token, per 10 s.
+    #[arg(long, env = "BRX_RATE_GENERAL_PER_10S", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub rate_general_per_10s: u32,
+    /// CardTrader's limit on /marketplace/products per second (the docs say both 1 and 10; 1 is safe).
+    #[arg(long, env = "BRX_RATE_MARKETPLACE_PER_SECOND", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub rate_marketplace_per_second: u32,
+    /// CardTrader's limit on /jobs/:uuid per second.
+    #[arg(long, env = "BRX_RATE_JOBS_PER_SECOND", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub rate_jobs_per_second: u32,
+    /// Share of each limit left unused as a safety margin (0.0-0.5).
+    #[arg(
+        long,
+        env = "BRX_RATE_SAFETY_MARGIN",
+        default_value_t = 0.1,
+        global = true
+    )]
+    pub rate_safety_margin: f64,
+    /// Share of each bucket that bulk work may not take, kept for interactive calls (0.0-0.9).
+    #[arg(
+        long,
+        env = "BRX_RATE_INTERACTIVE_RESERVE",
+        default_value_t = 0.2,
+        global = true
+    )]
+    pub rate_interactive_reserve: f64,
+    /// Replicas expected to share the limits; with Redis down each replica takes rate / this.
+    #[arg(long, env = "BRX_EXPECTED_REPLICAS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub expected_replicas: u32,
+    /// Consecutive CardTrader failures (5xx, timeouts) that open the circuit breaker.
+    #[arg(long, env = "BRX_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub breaker_failures: u32,
+    /// How long an open breaker fails calls fast before letting one probe through.
+    #[arg(long, env = "BRX_BREAKER_OPEN_FOR", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub breaker_open_for: Duration,
+
+    /// AES-256-GCM keys for CardTrader tokens at rest, as `id:base64key` separated by commas; the first
+    /// encrypts, all decrypt (rotation). Generate a key with `openssl rand -base64 32`.
+    #[arg(long, env = "BRX_ENCRYPTION_KEYS", value_parser = secret, global = true)]
+    pub encryption_keys: Option<SecretString>,
+
     /// Log format.
     #[arg(long, env = "BRX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
@@ -233,6 +295,32 @@ impl Config {
                 setting: "BRX_JWT_RS256_PUBLIC_KEY_PATH",
                 reason: format!("not an RSA public key in PEM form: {err}"),
             })?;
+        }
+        if !(0.0..=0.5).contains(&self.rate_safety_margin) {
+            return Err(ConfigError {
+                setting: "BRX_RATE_SAFETY_MARGIN",
+                reason: "must be between 0.0 and 0.5".into(),
+            });
+        }
+        if !(0.0..=0.9).contains(&self.rate_interactive_reserve) {
+            return Err(ConfigError {
+                setting: "BRX_RATE_INTERACTIVE_RESERVE",
+                reason: "must be between 0.0 and 0.9".into(),
+            });
+        }
+        if reqwest::Url::parse(&self.cardtrader_base_url).is_err() {
+            return Err(ConfigError {
+                setting: "BRX_CARDTRADER_BASE_URL",
+                reason: format!("'{}' is not a URL", self.cardtrader_base_url),
+            });
+        }
+        if let Some(keys) = &self.encryption_keys {
+            crate::accounts::Keyring::parse(secrecy::ExposeSecret::expose_secret(keys)).map_err(
+                |reason| ConfigError {
+                    setting: "BRX_ENCRYPTION_KEYS",
+                    reason,
+                },
+            )?;
         }
         if self.redis_key_prefix.is_empty() {
             return Err(ConfigError {

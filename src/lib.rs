@@ -2,24 +2,33 @@
 //! the shop's other services over gRPC (package `brx.sync.v1`).
 //!
 //! # Layout
+//! - [`accounts`]: sellers' CardTrader connections, tokens encrypted at rest.
 //! - [`app`]: builds the replica (listeners, pools, layers) and runs it until shutdown.
 //! - [`config`]: the one typed configuration, from flags and `BRX_*` environment variables.
 //! - [`demo`]: `brx-sync demo`, the whole service on one machine with visible progress.
 //! - [`api`]: the gRPC transport: handlers, auth, tower layers, the single error → `Status` mapping.
+//! - [`marketplace`]: the CardTrader API client: rate limiter, circuit breaker, retries, tolerant types.
 //! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz`.
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
+//! - [`rate_limit`]: per-seller adaptive CardTrader rate limits in Redis, with an in-process fallback.
 //! - [`readiness`]: the SERVING flag behind health, `/readyz` and shutdown.
 //! - [`domain`]: pure identifier types shared by the capabilities.
 //! - [`simulator`]: a faithful CardTrader API v2 server for tests, the demo and load tests.
 //! - [`metrics`], [`telemetry`], [`shutdown`]: Prometheus metrics, logs and traces, the stop signal.
 
+// The CardTrader call futures (limiter + breaker + retries + reqwest) nest deeper than the default 128.
+#![recursion_limit = "256"]
+
+pub mod accounts;
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod marketplace;
 pub mod metrics;
+pub mod rate_limit;
 pub mod readiness;
 pub mod shutdown;
 pub mod simulator;

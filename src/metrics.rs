@@ -20,6 +20,20 @@ pub const POOL_CONNECTIONS: &str = "brx_pool_connections";
 pub const POOL_UP: &str = "brx_pool_up";
 /// 1 while the replica reports SERVING.
 pub const SERVING: &str = "brx_serving";
+/// Time callers waited for a CardTrader rate-limit token, by scope.
+pub const RATE_LIMIT_WAIT_SECONDS: &str = "brx_rate_limit_wait_seconds";
+/// 429s from CardTrader that halved a seller's rate, by scope.
+pub const RATE_LIMIT_PENALTIES_TOTAL: &str = "brx_rate_limit_penalties_total";
+/// 1 while the limiter runs in-process because Redis is unreachable.
+pub const RATE_LIMIT_FALLBACK: &str = "brx_rate_limit_fallback";
+/// CardTrader calls, by endpoint and outcome (HTTP status, `timeout`, `connect`, `breaker_open`).
+pub const CARDTRADER_REQUESTS_TOTAL: &str = "brx_cardtrader_requests_total";
+/// CardTrader call latency, by endpoint.
+pub const CARDTRADER_DURATION_SECONDS: &str = "brx_cardtrader_duration_seconds";
+/// CardTrader 429 answers, by endpoint.
+pub const CARDTRADER_429_TOTAL: &str = "brx_cardtrader_429_total";
+/// Circuit breaker on the CardTrader host: 0 closed, 1 half-open, 2 open.
+pub const BREAKER_STATE: &str = "brx_cardtrader_breaker_state";
 
 /// Handles to every metric; cheap to clone.
 #[derive(Clone, Debug)]
@@ -39,6 +53,20 @@ pub struct Metrics {
     pub pool_up: IntGaugeVec,
     /// See [`SERVING`].
     pub serving: IntGauge,
+    /// See [`RATE_LIMIT_WAIT_SECONDS`].
+    pub rate_limit_wait: HistogramVec,
+    /// See [`RATE_LIMIT_PENALTIES_TOTAL`].
+    pub rate_limit_penalties: IntCounterVec,
+    /// See [`RATE_LIMIT_FALLBACK`].
+    pub rate_limit_fallback: IntGauge,
+    /// See [`CARDTRADER_REQUESTS_TOTAL`].
+    pub cardtrader_requests: IntCounterVec,
+    /// See [`CARDTRADER_DURATION_SECONDS`].
+    pub cardtrader_duration: HistogramVec,
+    /// See [`CARDTRADER_429_TOTAL`].
+    pub cardtrader_429: IntCounterVec,
+    /// See [`BREAKER_STATE`].
+    pub breaker_state: IntGauge,
 }
 
 impl Metrics {
@@ -47,59 +75,86 @@ impl Metrics {
         let registry = Registry::new();
         // Buckets from 0.5 ms to ~16 s: cheap reads sit in the first buckets, bulk operations in the last.
         let latency_buckets = prometheus::exponential_buckets(0.0005, 2.0, 16)?;
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
+        };
+        let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help)?);
+        let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(latency_buckets.clone());
+            register(&registry, HistogramVec::new(opts, labels)?)
+        };
         let metrics = Self {
-            rpc_requests: IntCounterVec::new(
-                Opts::new(
-                    RPC_REQUESTS_TOTAL,
-                    "RPCs handled, by method and gRPC status code.",
-                ),
+            rpc_requests: counter_vec(
+                RPC_REQUESTS_TOTAL,
+                "RPCs handled, by method and gRPC status code.",
                 &["method", "code"],
             )?,
-            rpc_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    RPC_DURATION_SECONDS,
-                    "RPC latency until the response ended.",
-                )
-                .buckets(latency_buckets),
+            rpc_duration: histogram_vec(
+                RPC_DURATION_SECONDS,
+                "RPC latency until the response ended.",
                 &["method"],
             )?,
-            rpc_in_flight: IntGauge::new(RPC_IN_FLIGHT, "RPCs being handled now.")?,
-            rpc_shed: IntCounter::new(RPC_SHED_TOTAL, "RPCs refused by load shedding.")?,
-            pool_connections: IntGaugeVec::new(
-                Opts::new(
-                    POOL_CONNECTIONS,
-                    "Storage pool connections, by pool and state.",
-                ),
-                &["pool", "state"],
+            rpc_in_flight: gauge(RPC_IN_FLIGHT, "RPCs being handled now.")?,
+            rpc_shed: register(
+                &registry,
+                IntCounter::new(RPC_SHED_TOTAL, "RPCs refused by load shedding.")?,
             )?,
-            pool_up: IntGaugeVec::new(
-                Opts::new(POOL_UP, "1 when the storage pool's last check succeeded."),
-                &["pool"],
+            pool_connections: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        POOL_CONNECTIONS,
+                        "Storage pool connections, by pool and state.",
+                    ),
+                    &["pool", "state"],
+                )?,
             )?,
-            serving: IntGauge::new(SERVING, "1 while the replica reports SERVING.")?,
+            pool_up: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(POOL_UP, "1 when the storage pool's last check succeeded."),
+                    &["pool"],
+                )?,
+            )?,
+            serving: gauge(SERVING, "1 while the replica reports SERVING.")?,
+            rate_limit_wait: histogram_vec(
+                RATE_LIMIT_WAIT_SECONDS,
+                "Wait for a CardTrader rate-limit token, by scope.",
+                &["scope"],
+            )?,
+            rate_limit_penalties: counter_vec(
+                RATE_LIMIT_PENALTIES_TOTAL,
+                "CardTrader 429s that halved a seller's rate, by scope.",
+                &["scope"],
+            )?,
+            rate_limit_fallback: gauge(
+                RATE_LIMIT_FALLBACK,
+                "1 while rate limits run in-process because Redis is unreachable.",
+            )?,
+            cardtrader_requests: counter_vec(
+                CARDTRADER_REQUESTS_TOTAL,
+                "CardTrader calls, by endpoint and outcome.",
+                &["endpoint", "outcome"],
+            )?,
+            cardtrader_duration: histogram_vec(
+                CARDTRADER_DURATION_SECONDS,
+                "CardTrader call latency, by endpoint.",
+                &["endpoint"],
+            )?,
+            cardtrader_429: counter_vec(
+                CARDTRADER_429_TOTAL,
+                "CardTrader 429 answers, by endpoint.",
+                &["endpoint"],
+            )?,
+            breaker_state: gauge(
+                BREAKER_STATE,
+                "CardTrader circuit breaker: 0 closed, 1 half-open, 2 open.",
+            )?,
             registry,
         };
-        metrics
-            .registry
-            .register(Box::new(metrics.rpc_requests.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.rpc_duration.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.rpc_in_flight.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.rpc_shed.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.pool_connections.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.pool_up.clone()))?;
-        metrics
-            .registry
-            .register(Box::new(metrics.serving.clone()))?;
         Ok(metrics)
     }
 
@@ -112,4 +167,13 @@ impl Metrics {
         }
         String::from_utf8_lossy(&buffer).into_owned()
     }
+}
+
+/// Registers `metric` and hands it back, so construction and registration stay one expression.
+fn register<M>(registry: &Registry, metric: M) -> Result<M, prometheus::Error>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }

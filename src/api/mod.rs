@@ -5,6 +5,7 @@ pub mod auth;
 pub mod pb;
 pub mod status;
 
+mod accounts;
 mod admin;
 mod health;
 mod layers;
@@ -19,8 +20,11 @@ use tower::ServiceBuilder;
 pub use health::HealthBridge;
 
 use crate::{config::Config, metrics::Metrics, readiness::Readiness, storage::Storage};
+use accounts::AccountApi;
 use admin::AdminApi;
-use pb::v1::admin_service_server::AdminServiceServer;
+use pb::v1::{
+    account_service_server::AccountServiceServer, admin_service_server::AdminServiceServer,
+};
 
 /// What the gRPC server is built from.
 #[derive(Debug)]
@@ -33,6 +37,8 @@ pub struct GrpcParts {
     pub metrics: Metrics,
     /// Caller token verification.
     pub authenticator: auth::Authenticator,
+    /// Sellers' CardTrader connections.
+    pub accounts: crate::accounts::Accounts,
 }
 
 /// Builds the health bridge and the server future; the server stops accepting when `shutdown`
@@ -57,7 +63,13 @@ where
         started_at: Instant::now(),
         concurrency_limit: config.rpc_concurrency_limit,
     });
-    let services = vec![<AdminServiceServer<AdminApi> as NamedService>::NAME];
+    let accounts = AccountServiceServer::new(AccountApi {
+        accounts: parts.accounts,
+    });
+    let services = vec![
+        <AdminServiceServer<AdminApi> as NamedService>::NAME,
+        <AccountServiceServer<AccountApi> as NamedService>::NAME,
+    ];
     let bridge = HealthBridge::new(reporter, parts.readiness, parts.metrics.clone(), services);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -91,6 +103,7 @@ where
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(admin)
+        .add_service(accounts)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     Ok((bridge, server))
 }

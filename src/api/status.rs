@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tonic::{Code, Status, metadata::MetadataValue};
 
+use crate::accounts::AccountError;
+
 /// Metadata key telling a shed or throttled caller how long to wait before retrying.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
@@ -16,10 +18,9 @@ pub fn invalid_argument(field: &str, reason: impl std::fmt::Display) -> Status {
 /// Queue full or load shed: `RESOURCE_EXHAUSTED` with a `retry-after-ms` hint.
 pub fn resource_exhausted(message: &str, retry_after: Duration) -> Status {
     let mut status = Status::resource_exhausted(message);
-    let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
     status
         .metadata_mut()
-        .insert(RETRY_AFTER_MS, MetadataValue::from(millis));
+        .insert(RETRY_AFTER_MS, MetadataValue::from(millis(retry_after)));
     status
 }
 
@@ -34,6 +35,33 @@ pub fn internal(context: &str, err: &(dyn std::error::Error + 'static)) -> Statu
     }
     tracing::error!(error = %chain, "{context}");
     Status::internal("internal error")
+}
+
+impl From<AccountError> for Status {
+    fn from(err: AccountError) -> Self {
+        match err {
+            AccountError::NotFound => Status::not_found("no account for this user"),
+            AccountError::NotConnected(_)
+            | AccountError::TokenRejected
+            | AccountError::CardTraderAccountTaken
+            | AccountError::EncryptionNotConfigured => Status::failed_precondition(err.to_string()),
+            AccountError::CardTraderUnavailable(_) => {
+                Status::unavailable("CardTrader is unavailable")
+            }
+            AccountError::RateLimited(retry_after) => {
+                let mut status = Status::unavailable("rate limited by CardTrader");
+                status
+                    .metadata_mut()
+                    .insert(RETRY_AFTER_MS, MetadataValue::from(millis(retry_after)));
+                status
+            }
+            AccountError::Internal(cause) => internal("account operation failed", cause.as_ref()),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The gRPC code of an error that a layer below the handlers produced.

@@ -1,0 +1,281 @@
+//! Sellers' CardTrader connections: checking a token with `/info`, keeping it (and the webhook shared
+//! secret) encrypted at rest, handing it to other capabilities, and marking it invalid when CardTrader
+//! answers 401. Tokens are never logged or returned.
+
+mod crypto;
+mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+
+pub use crypto::{DecryptError, Keyring, Sealed};
+
+use crate::{
+    domain::UserId,
+    marketplace::{CallOptions, MarketplaceClient, MarketplaceError, Seller},
+};
+
+/// How long ConnectAccount waits for CardTrader's `/info` (rate-limit wait included).
+const CONNECT_BUDGET: Duration = Duration::from_secs(15);
+
+/// Where an account stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    /// Token stored and, as far as we know, valid.
+    Connected,
+    /// CardTrader refused the stored token; the seller must connect again.
+    TokenInvalid,
+    /// The seller disconnected; no secrets are kept.
+    Disconnected,
+}
+
+/// An account as callers see it: no secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    /// The seller.
+    pub user_id: UserId,
+    /// Connection state.
+    pub status: AccountStatus,
+    /// Their CardTrader user id, once known.
+    pub cardtrader_user_id: Option<i64>,
+    /// When the account was first connected.
+    pub connected_at: DateTime<Utc>,
+    /// When the last sync finished, if ever.
+    pub last_sync_at: Option<DateTime<Utc>>,
+    /// When anything last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A connected seller's decrypted credentials, for calls to CardTrader on their behalf.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The seller.
+    pub user_id: UserId,
+    /// Rate-limit key (the user id as text).
+    pub key: String,
+    /// Bearer token.
+    pub token: SecretString,
+    /// Secret that signs their webhooks.
+    pub shared_secret: SecretString,
+}
+
+impl Credentials {
+    /// The seller as the marketplace client wants it.
+    pub fn seller(&self) -> Seller<'_> {
+        Seller {
+            key: &self.key,
+            token: &self.token,
+        }
+    }
+}
+
+/// What can go wrong with accounts, named for what the caller can do.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// No account for this user.
+    #[error("no account for this user")]
+    NotFound,
+    /// The account exists but holds no usable token.
+    #[error("the account is not connected (status {0:?})")]
+    NotConnected(AccountStatus),
+    /// CardTrader refused the token.
+    #[error("CardTrader rejected the token")]
+    TokenRejected,
+    /// The CardTrader user behind the token is already connected to another seller.
+    #[error("this CardTrader account is connected to another seller")]
+    CardTraderAccountTaken,
+    /// CardTrader could not be asked (down, breaker open, timeout).
+    #[error("CardTrader is unavailable: {0}")]
+    CardTraderUnavailable(String),
+    /// The seller's rate limit left no room before the deadline.
+    #[error("rate limited by CardTrader; retry in {0:?}")]
+    RateLimited(Duration),
+    /// `BRX_ENCRYPTION_KEYS` is not set, so no token can be stored.
+    #[error("no encryption key is configured (BRX_ENCRYPTION_KEYS)")]
+    EncryptionNotConfigured,
+    /// Anything else; logged, never shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for AccountError {
+    fn from(err: sqlx::Error) -> Self {
+        AccountError::Internal(err.into())
+    }
+}
+
+/// The accounts capability.
+#[derive(Debug, Clone)]
+pub struct Accounts {
+    pg: sqlx::PgPool,
+    keyring: Option<Arc<Keyring>>,
+    marketplace: MarketplaceClient,
+}
+
+impl Accounts {
+    /// Accounts stored in `pg`, secrets sealed with `keyring` when configured.
+    pub fn new(pg: sqlx::PgPool, keyring: Option<Keyring>, marketplace: MarketplaceClient) -> Self {
+        Self {
+            pg,
+            keyring: keyring.map(Arc::new),
+            marketplace,
+        }
+    }
+
+    /// Checks `token` with CardTrader and stores it; connecting again replaces the token (idempotent).
+    #[tracing::instrument(skip_all, fields(user_id = %user_id), err)]
+    pub async fn connect(
+        &self,
+        user_id: UserId,
+        token: SecretString,
+    ) -> Result<Account, AccountError> {
+        let keyring = self
+            .keyring
+            .as_ref()
+            .ok_or(AccountError::EncryptionNotConfigured)?;
+        let key = user_id.to_string();
+        let seller = Seller {
+            key: &key,
+            token: &token,
+        };
+        let info = self
+            .marketplace
+            .info(seller, CallOptions::interactive(CONNECT_BUDGET))
+            .await
+            .map_err(connect_error)?;
+        let token_sealed =
+            keyring.seal(token.expose_secret().as_bytes(), &context(user_id, "token"));
+        let secret_sealed = keyring.seal(
+            info.shared_secret.as_bytes(),
+            &context(user_id, "shared_secret"),
+        );
+        // Both were sealed by the current key, so one key id describes the row.
+        let connection = store::Connection {
+            user_id: user_id.as_uuid(),
+            cardtrader_user_id: info.user_id,
+            cardtrader_app_id: info.id,
+            token_ciphertext: &token_sealed.bytes,
+            shared_secret_ciphertext: &secret_sealed.bytes,
+            encryption_key_id: &token_sealed.key_id,
+        };
+        let row = store::upsert_connected(&self.pg, &connection)
+            .await
+            .map_err(
+                |err| match err.as_database_error().and_then(|db| db.constraint()) {
+                    Some("accounts_cardtrader_user_id_key") => AccountError::CardTraderAccountTaken,
+                    _ => err.into(),
+                },
+            )?;
+        tracing::info!(cardtrader_user_id = ?info.user_id, "account connected");
+        account(row)
+    }
+
+    /// The account of `user_id`.
+    pub async fn get(&self, user_id: UserId) -> Result<Account, AccountError> {
+        let row = store::find(&self.pg, user_id.as_uuid()).await?;
+        account(row.ok_or(AccountError::NotFound)?)
+    }
+
+    /// Forgets the seller's token and shared secret. (Once jobs and inventory exist, this also cancels
+    /// the seller's jobs and, with `purge_inventory`, deletes their rows.)
+    #[tracing::instrument(skip_all, fields(user_id = %user_id), err)]
+    pub async fn disconnect(
+        &self,
+        user_id: UserId,
+        _purge_inventory: bool,
+    ) -> Result<Account, AccountError> {
+        let row = store::disconnect(&self.pg, user_id.as_uuid()).await?;
+        account(row.ok_or(AccountError::NotFound)?)
+    }
+
+    /// The decrypted credentials of a connected seller.
+    pub async fn credentials(&self, user_id: UserId) -> Result<Credentials, AccountError> {
+        let row = store::find(&self.pg, user_id.as_uuid())
+            .await?
+            .ok_or(AccountError::NotFound)?;
+        let status = status(&row.status)?;
+        let (Some(token), Some(secret), Some(key_id), AccountStatus::Connected) = (
+            row.token_ciphertext,
+            row.shared_secret_ciphertext,
+            row.encryption_key_id,
+            status,
+        ) else {
+            return Err(AccountError::NotConnected(status));
+        };
+        let keyring = self
+            .keyring
+            .as_ref()
+            .ok_or(AccountError::EncryptionNotConfigured)?;
+        let open = |bytes: Vec<u8>, field: &str| -> Result<SecretString, AccountError> {
+            let sealed = Sealed {
+                key_id: key_id.clone(),
+                bytes,
+            };
+            let plain = keyring
+                .open(&sealed, &context(user_id, field))
+                .map_err(anyhow::Error::from)?;
+            let text = String::from_utf8(plain).map_err(anyhow::Error::from)?;
+            Ok(SecretString::from(text))
+        };
+        Ok(Credentials {
+            user_id,
+            key: user_id.to_string(),
+            token: open(token, "token")?,
+            shared_secret: open(secret, "shared_secret")?,
+        })
+    }
+
+    /// Call after any CardTrader error made with this seller's token: a 401 marks the account
+    /// `token_invalid`, so nothing keeps hammering CardTrader with a dead token.
+    pub async fn note_cardtrader_error(
+        &self,
+        user_id: UserId,
+        error: &MarketplaceError,
+    ) -> Result<(), AccountError> {
+        if matches!(error, MarketplaceError::Unauthorized)
+            && store::mark_token_invalid(&self.pg, user_id.as_uuid()).await?
+        {
+            tracing::warn!(%user_id, "CardTrader rejected the stored token: account marked token_invalid");
+        }
+        Ok(())
+    }
+}
+
+/// Authenticated context of a sealed value: a ciphertext opens only in its own row and column.
+fn context(user_id: UserId, field: &str) -> Vec<u8> {
+    format!("accounts/{user_id}/{field}").into_bytes()
+}
+
+fn connect_error(error: MarketplaceError) -> AccountError {
+    match error {
+        MarketplaceError::Unauthorized => AccountError::TokenRejected,
+        MarketplaceError::RateLimited { retry_after, .. } => AccountError::RateLimited(retry_after),
+        MarketplaceError::Unavailable { reason } => AccountError::CardTraderUnavailable(reason),
+        MarketplaceError::Timeout => {
+            AccountError::CardTraderUnavailable("no answer in time".into())
+        }
+        other => AccountError::CardTraderUnavailable(other.to_string()),
+    }
+}
+
+fn status(raw: &str) -> Result<AccountStatus, AccountError> {
+    match raw {
+        "connected" => Ok(AccountStatus::Connected),
+        "token_invalid" => Ok(AccountStatus::TokenInvalid),
+        "disconnected" => Ok(AccountStatus::Disconnected),
+        other => Err(anyhow::anyhow!("unknown account status '{other}'").into()),
+    }
+}
+
+fn account(row: store::AccountRow) -> Result<Account, AccountError> {
+    Ok(Account {
+        user_id: UserId::from_uuid(row.user_id).map_err(anyhow::Error::from)?,
+        status: status(&row.status)?,
+        cardtrader_user_id: row.cardtrader_user_id,
+        connected_at: row.created_at,
+        last_sync_at: row.last_sync_at,
+        updated_at: row.updated_at,
+    })
+}

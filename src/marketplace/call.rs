@@ -1,0 +1,278 @@
+//! One CardTrader call, end to end: rate-limit tokens, breaker admission, the HTTP exchange with its
+//! timeout, classification of the answer, metrics, and retries of idempotent calls.
+
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{
+    CallOptions, Seller,
+    breaker::CircuitBreaker,
+    error::{MarketplaceError, html_message, scope_of_429},
+    types::ErrorBody,
+};
+use crate::{
+    metrics::Metrics,
+    rate_limit::{RateLimiter, Scope},
+};
+
+#[derive(Debug)]
+pub(super) struct Inner {
+    pub(super) http: reqwest::Client,
+    pub(super) base_url: String,
+    pub(super) limiter: RateLimiter,
+    pub(super) breaker: CircuitBreaker,
+    pub(super) metrics: Metrics,
+    pub(super) attempts: u32,
+    pub(super) request_timeout: Duration,
+    pub(super) export_timeout: Duration,
+}
+
+/// What kind of call this is: its metric label, request line, limit scope and idempotency.
+#[derive(Debug, Clone)]
+pub(crate) struct CallSpec {
+    pub(crate) endpoint: &'static str,
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) scope: Scope,
+    pub(crate) idempotent: bool,
+    pub(crate) timeout: Duration,
+}
+
+impl Inner {
+    pub(super) fn read(&self, endpoint: &'static str, path: String, scope: Scope) -> CallSpec {
+        CallSpec {
+            endpoint,
+            method: Method::GET,
+            path,
+            scope,
+            idempotent: true,
+            timeout: self.request_timeout,
+        }
+    }
+
+    pub(super) fn write(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        path: String,
+        idempotent: bool,
+    ) -> CallSpec {
+        CallSpec {
+            endpoint,
+            method,
+            path,
+            scope: Scope::General,
+            idempotent,
+            timeout: self.request_timeout,
+        }
+    }
+
+    /// Runs the call, retrying transient failures of idempotent calls within the caller's deadline.
+    pub(super) async fn call_json<T: DeserializeOwned>(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        spec: CallSpec,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> Result<T, MarketplaceError> {
+        let extra_attempts = if spec.retryable() {
+            self.attempts.saturating_sub(1) as usize
+        } else {
+            0
+        };
+        let policy = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .with_max_times(extra_attempts);
+        let attempt = || async {
+            let bytes = self.attempt(seller, options, &spec, body).await?;
+            serde_json::from_slice::<T>(&bytes).map_err(|err| MarketplaceError::Unavailable {
+                reason: format!("unexpected {} answer: {err}", spec.endpoint),
+            })
+        };
+        attempt
+            .retry(policy)
+            .when(|err| err.is_transient() && Instant::now() < options.deadline)
+            .notify(|err, wait| tracing::debug!(endpoint = spec.endpoint, error = %err, ?wait, "retrying CardTrader call"))
+            .await
+    }
+
+    async fn attempt(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        spec: &CallSpec,
+        body: Option<&(impl Serialize + Sync)>,
+    ) -> Result<bytes::Bytes, MarketplaceError> {
+        self.take_tokens(seller.key, options, spec.scope).await?;
+        let Some(admission) = self.breaker.admit() else {
+            self.record(spec.endpoint, "breaker_open", None);
+            return Err(MarketplaceError::Unavailable {
+                reason: "circuit breaker open".into(),
+            });
+        };
+        let started = Instant::now();
+        let mut request = self
+            .http
+            .request(
+                spec.method.clone(),
+                format!("{}{}", self.base_url, spec.path),
+            )
+            .bearer_auth(seller.token.expose_secret())
+            .timeout(
+                spec.timeout
+                    .min(options.deadline.saturating_duration_since(started)),
+            );
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let result = self.exchange(request, seller, spec).await;
+        let outcome = match &result {
+            Ok((status, _)) => status.as_u16().to_string(),
+            Err((_, label)) => label.clone(),
+        };
+        self.record(spec.endpoint, &outcome, Some(started.elapsed()));
+        let result = result
+            .map_err(|(err, _)| err)
+            .and_then(|(status, bytes)| classify(status, bytes, seller, spec));
+        let result = match result {
+            Err(MarketplaceError::RateLimited { scope, retry_after }) => {
+                self.metrics
+                    .cardtrader_429
+                    .with_label_values(&[spec.endpoint])
+                    .inc();
+                self.limiter.penalize(seller.key, scope).await;
+                Err(MarketplaceError::RateLimited { scope, retry_after })
+            }
+            other => other,
+        };
+        self.breaker.record(
+            admission,
+            !result
+                .as_ref()
+                .err()
+                .is_some_and(MarketplaceError::is_host_failure),
+        );
+        self.metrics
+            .breaker_state
+            .set(self.breaker.state().gauge_value());
+        result
+    }
+
+    /// General tokens for every call, plus the endpoint's own scope where it has one.
+    async fn take_tokens(
+        &self,
+        seller: &str,
+        options: CallOptions,
+        scope: Scope,
+    ) -> Result<(), MarketplaceError> {
+        for scope in [
+            Some(Scope::General),
+            (scope != Scope::General).then_some(scope),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.limiter
+                .acquire(seller, scope, options.priority, options.deadline)
+                .await
+                .map_err(|limited| MarketplaceError::RateLimited {
+                    scope,
+                    retry_after: limited.retry_after,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Sends and reads the body; transport failures come back with their metric label.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        _seller: Seller<'_>,
+        _spec: &CallSpec,
+    ) -> Result<(StatusCode, bytes::Bytes), (MarketplaceError, String)> {
+        let transport = |err: reqwest::Error| {
+            if err.is_timeout() {
+                (MarketplaceError::Timeout, "timeout".to_owned())
+            } else {
+                let reason = format!("connection failed: {err}");
+                (
+                    MarketplaceError::Unavailable { reason },
+                    "connect".to_owned(),
+                )
+            }
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(transport)?;
+        Ok((status, bytes))
+    }
+
+    fn record(&self, endpoint: &str, outcome: &str, elapsed: Option<Duration>) {
+        self.metrics
+            .cardtrader_requests
+            .with_label_values(&[endpoint, outcome])
+            .inc();
+        if let Some(elapsed) = elapsed {
+            self.metrics
+                .cardtrader_duration
+                .with_label_values(&[endpoint])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// Turns an HTTP answer into the body or a classified error.
+fn classify(
+    status: StatusCode,
+    bytes: bytes::Bytes,
+    _seller: Seller<'_>,
+    spec: &CallSpec,
+) -> Result<bytes::Bytes, MarketplaceError> {
+    let text = String::from_utf8_lossy(&bytes);
+    let looks_like_html = text.trim_start().starts_with('<');
+    if looks_like_html {
+        // CardTrader sometimes answers with an HTML page, whatever the status: never a usable result.
+        return Err(MarketplaceError::Unavailable {
+            reason: format!("{status}: {}", html_message(&text)),
+        });
+    }
+    if status.is_success() {
+        return Ok(bytes);
+    }
+    let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+    let message = body
+        .extra
+        .and_then(|extra| extra.message)
+        .or(body.error.clone())
+        .unwrap_or_else(|| status.to_string());
+    Err(match status {
+        StatusCode::TOO_MANY_REQUESTS => {
+            let scope = scope_of_429(&text, spec.scope);
+            // No Retry-After: the wait is the window of the limit that was hit.
+            let retry_after = if scope == Scope::General {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_secs(1)
+            };
+            MarketplaceError::RateLimited { scope, retry_after }
+        }
+        StatusCode::UNAUTHORIZED => MarketplaceError::Unauthorized,
+        StatusCode::NOT_FOUND => MarketplaceError::NotFound { message },
+        status if status.is_server_error() => MarketplaceError::Unavailable {
+            reason: format!("{status}: {message}"),
+        },
+        _ => MarketplaceError::Validation {
+            code: body
+                .error_code
+                .unwrap_or_else(|| status.as_u16().to_string()),
+            message,
+            errors: body.errors,
+        },
+    })
+}

@@ -1,0 +1,282 @@
+//! The CardTrader API client. Every call goes through the seller's rate limiter and the host's circuit
+//! breaker, is classified into [`MarketplaceError`], retried with full-jitter backoff only when it is
+//! idempotent, and recorded in metrics. Payloads are read tolerantly (see [`types`]).
+
+mod breaker;
+mod call;
+mod error;
+pub mod types;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use reqwest::Method;
+use secrecy::SecretString;
+
+pub use breaker::{BreakerState, CircuitBreaker};
+pub use error::MarketplaceError;
+use types::{
+    Envelope, GamesBody, Info, MarketProduct, NewProduct, Product, ProductResource, ProductUpdate,
+};
+
+use crate::{
+    config::Config,
+    metrics::Metrics,
+    rate_limit::{Priority, RateLimiter, Scope},
+};
+use call::CallSpec;
+
+/// The seller a call is made for: their token, and the key of their rate-limit buckets.
+#[derive(Debug, Clone, Copy)]
+pub struct Seller<'a> {
+    /// Rate-limit key: the seller's user id, the same on every replica.
+    pub key: &'a str,
+    /// The seller's CardTrader bearer token.
+    pub token: &'a SecretString,
+}
+
+/// How long the caller may wait, and whether it is interactive.
+#[derive(Debug, Clone, Copy)]
+pub struct CallOptions {
+    /// Interactive calls may use the reserved share of the rate.
+    pub priority: Priority,
+    /// Nothing (rate-limit waits and retries included) runs past this instant.
+    pub deadline: Instant,
+}
+
+impl CallOptions {
+    /// Interactive, with `budget` from now.
+    pub fn interactive(budget: Duration) -> Self {
+        Self {
+            priority: Priority::Interactive,
+            deadline: Instant::now() + budget,
+        }
+    }
+
+    /// Bulk, with `budget` from now.
+    pub fn bulk(budget: Duration) -> Self {
+        Self {
+            priority: Priority::Bulk,
+            deadline: Instant::now() + budget,
+        }
+    }
+}
+
+/// Which part of the inventory an export covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFilter {
+    /// Every product.
+    All,
+    /// The products of one blueprint.
+    Blueprint(i64),
+    /// The products of one expansion.
+    Expansion(i64),
+}
+
+/// The client; cheap to clone, one per process.
+#[derive(Debug, Clone)]
+pub struct MarketplaceClient {
+    inner: Arc<call::Inner>,
+}
+
+impl MarketplaceClient {
+    /// A client for `BRX_CARDTRADER_BASE_URL` with the configured timeouts.
+    pub fn new(config: &Config, limiter: RateLimiter, metrics: Metrics) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.cardtrader_connect_timeout)
+            .user_agent(concat!("brx-sync/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let breaker = CircuitBreaker::new(config.breaker_failures, config.breaker_open_for);
+        Ok(Self {
+            inner: Arc::new(call::Inner {
+                http,
+                base_url: config.cardtrader_base_url.trim_end_matches('/').to_owned(),
+                limiter,
+                breaker,
+                metrics,
+                attempts: config.cardtrader_attempts,
+                request_timeout: config.cardtrader_request_timeout,
+                export_timeout: config.cardtrader_export_timeout,
+            }),
+        })
+    }
+
+    /// The circuit breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    /// The rate limiter calls go through.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.inner.limiter
+    }
+
+    /// `GET /info`: checks a token and tells whose it is.
+    pub async fn info(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+    ) -> Result<Info, MarketplaceError> {
+        let spec = self.inner.read("info", "/info".into(), Scope::General);
+        self.inner
+            .call_json(seller, options, spec, None::<&()>)
+            .await
+    }
+
+    /// `GET /games`.
+    pub async fn games(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+    ) -> Result<Vec<types::Game>, MarketplaceError> {
+        let spec = self.inner.read("games", "/games".into(), Scope::General);
+        let body: GamesBody = self
+            .inner
+            .call_json(seller, options, spec, None::<&()>)
+            .await?;
+        Ok(body.into_games())
+    }
+
+    /// `GET /marketplace/products?blueprint_id=`: the 25 cheapest offers, keyed by blueprint id.
+    pub async fn marketplace_products(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        blueprint_id: i64,
+    ) -> Result<HashMap<i64, Vec<MarketProduct>>, MarketplaceError> {
+        let path = format!("/marketplace/products?blueprint_id={blueprint_id}");
+        let spec = self
+            .inner
+            .read("marketplace_products", path, Scope::Marketplace);
+        let body: HashMap<String, Vec<MarketProduct>> = self
+            .inner
+            .call_json(seller, options, spec, None::<&()>)
+            .await?;
+        types::marketplace_by_blueprint(body)
+            .map_err(|reason| MarketplaceError::Unavailable { reason })
+    }
+
+    /// `GET /products/export`, read whole. Meant for filtered exports; full inventories are streamed
+    /// by the sync instead.
+    pub async fn export_products(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        filter: ExportFilter,
+    ) -> Result<Vec<Product>, MarketplaceError> {
+        let path = match filter {
+            ExportFilter::All => "/products/export".to_owned(),
+            ExportFilter::Blueprint(id) => format!("/products/export?blueprint_id={id}"),
+            ExportFilter::Expansion(id) => format!("/products/export?expansion_id={id}"),
+        };
+        let mut spec = self.inner.read("products_export", path, Scope::General);
+        spec.timeout = self.inner.export_timeout;
+        self.inner
+            .call_json(seller, options, spec, None::<&()>)
+            .await
+    }
+
+    /// `POST /products`. Not idempotent (CardTrader merges into an identical product by adding
+    /// quantity): never retried; a timeout means the outcome is unknown.
+    pub async fn create_product(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        product: &NewProduct,
+    ) -> Result<ProductResource, MarketplaceError> {
+        let spec = self
+            .inner
+            .write("product_create", Method::POST, "/products".into(), false);
+        let envelope: Envelope = self
+            .inner
+            .call_json(seller, options, spec, Some(product))
+            .await?;
+        resource(envelope)
+    }
+
+    /// `PUT /products/:id` with absolute values: idempotent, so retried.
+    pub async fn update_product(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        product_id: i64,
+        update: &ProductUpdate,
+    ) -> Result<ProductResource, MarketplaceError> {
+        let spec = self.inner.write(
+            "product_update",
+            Method::PUT,
+            format!("/products/{product_id}"),
+            true,
+        );
+        let envelope: Envelope = self
+            .inner
+            .call_json(seller, options, spec, Some(update))
+            .await?;
+        resource(envelope)
+    }
+
+    /// `DELETE /products/:id`. A 404 means it is already gone, which is what the caller wanted.
+    pub async fn delete_product(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        product_id: i64,
+    ) -> Result<(), MarketplaceError> {
+        let spec = self.inner.write(
+            "product_delete",
+            Method::DELETE,
+            format!("/products/{product_id}"),
+            true,
+        );
+        match self
+            .inner
+            .call_json::<Envelope>(seller, options, spec, None::<&()>)
+            .await
+        {
+            Ok(_) | Err(MarketplaceError::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `POST /products/:id/increment`. Not idempotent: never retried. Returns the product, or `None`
+    /// when the quantity reached 0 and CardTrader deleted it.
+    pub async fn increment_product(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        product_id: i64,
+        delta: i64,
+    ) -> Result<Option<ProductResource>, MarketplaceError> {
+        let path = format!("/products/{product_id}/increment");
+        let spec = self
+            .inner
+            .write("product_increment", Method::POST, path, false);
+        let body = serde_json::json!({ "delta_quantity": delta });
+        let envelope: Envelope = self
+            .inner
+            .call_json(seller, options, spec, Some(&body))
+            .await?;
+        Ok(envelope.resource.filter(|product| product.quantity > 0))
+    }
+}
+
+fn resource(envelope: Envelope) -> Result<ProductResource, MarketplaceError> {
+    for warning in envelope.warning_messages() {
+        tracing::debug!(%warning, "CardTrader warning");
+    }
+    envelope
+        .resource
+        .ok_or_else(|| MarketplaceError::Unavailable {
+            reason: "the answer carried no resource".into(),
+        })
+}
+
+impl CallSpec {
+    /// Whether this call may be repeated without changing the outcome.
+    pub(crate) fn retryable(&self) -> bool {
+        self.idempotent
+    }
+}
