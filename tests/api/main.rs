@@ -12,6 +12,7 @@ mod health;
 mod lifecycle;
 mod load_shedding;
 mod metrics;
+mod rate_limit;
 mod reflection;
 mod simulator;
 mod storage;
