@@ -1,0 +1,132 @@
+//! One seller product and the three shapes CardTrader renders it in: export rows, the `resource` of
+//! single-product calls, and marketplace listings.
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::simulator::catalogue::{
+    blueprint_expansion, blueprint_game, blueprint_name, expansion_code, expansion_name,
+    fixed_properties,
+};
+
+/// Currency every simulated account uses.
+pub(crate) const CURRENCY: &str = "EUR";
+
+/// A product in a seller's inventory; `properties` holds the editable properties only.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Product {
+    pub(crate) id: i64,
+    pub(crate) blueprint_id: i64,
+    pub(crate) quantity: i64,
+    pub(crate) price_cents: i64,
+    /// `None` renders `null`; `Some("")` is the other observed "no description".
+    pub(crate) description: Option<String>,
+    /// Observed as `true`, `false`, `null` and `0`; kept as a raw value so all four survive.
+    pub(crate) graded: Value,
+    pub(crate) properties: Map<String, Value>,
+    pub(crate) tag: Option<String>,
+    pub(crate) user_data_field: Option<String>,
+    pub(crate) bundle_size: i64,
+}
+
+#[derive(Serialize)]
+struct ExpansionRef {
+    id: i64,
+}
+
+/// The `/products/export` row, serialised straight from borrowed fields to keep streaming cheap.
+#[derive(Serialize)]
+pub(crate) struct ExportRow<'a> {
+    id: i64,
+    name_en: String,
+    quantity: i64,
+    description: &'a Option<String>,
+    price_cents: i64,
+    price_currency: &'static str,
+    game_id: i64,
+    category_id: i64,
+    blueprint_id: i64,
+    properties_hash: &'a Map<String, Value>,
+    user_id: i64,
+    graded: &'a Value,
+    tag: &'a Option<String>,
+    user_data_field: &'a Option<String>,
+    bundle_size: i64,
+    bundled_quantity: i64,
+    uploaded_images: [u8; 0],
+    expansion: ExpansionRef,
+}
+
+impl Product {
+    /// The export row of this product owned by `user_id`.
+    pub(crate) fn export_row(&self, user_id: i64) -> ExportRow<'_> {
+        let game = blueprint_game(self.blueprint_id);
+        ExportRow {
+            id: self.id,
+            name_en: blueprint_name(self.blueprint_id),
+            quantity: self.quantity,
+            description: &self.description,
+            price_cents: self.price_cents,
+            price_currency: CURRENCY,
+            game_id: game.id,
+            category_id: game.single_category,
+            blueprint_id: self.blueprint_id,
+            properties_hash: &self.properties,
+            user_id,
+            graded: &self.graded,
+            tag: &self.tag,
+            user_data_field: &self.user_data_field,
+            bundle_size: self.bundle_size,
+            bundled_quantity: self.quantity * self.bundle_size,
+            uploaded_images: [],
+            expansion: ExpansionRef {
+                id: blueprint_expansion(self.blueprint_id),
+            },
+        }
+    }
+
+    /// The export row as a JSON value.
+    pub(crate) fn export_json(&self, user_id: i64) -> Value {
+        serde_json::to_value(self.export_row(user_id)).unwrap_or(Value::Null)
+    }
+
+    /// The `resource` of single-product responses: `price` object, `properties`, `graded` as an int.
+    pub(crate) fn resource_json(&self) -> Value {
+        let game = blueprint_game(self.blueprint_id);
+        let graded = i64::from(self.graded == Value::Bool(true) || self.graded == json!(1));
+        json!({
+            "id": self.id, "quantity": self.quantity, "bundle_size": self.bundle_size,
+            "description": self.description, "graded": graded, "game_id": game.id,
+            "category_id": game.single_category, "expansion_id": blueprint_expansion(self.blueprint_id),
+            "blueprint_id": self.blueprint_id,
+            "price": {"cents": self.price_cents, "currency": CURRENCY},
+            "properties": self.properties, "user_data_field": self.user_data_field, "tag": self.tag,
+        })
+    }
+
+    /// A marketplace listing: flat and nested price, expansion, the seller's `user`, fixed props merged.
+    pub(crate) fn marketplace_json(&self, user: Value, on_vacation: bool) -> Value {
+        let expansion = blueprint_expansion(self.blueprint_id);
+        let mut props = self.properties.clone();
+        props.extend(fixed_properties(self.blueprint_id));
+        json!({
+            "id": self.id, "blueprint_id": self.blueprint_id, "name_en": blueprint_name(self.blueprint_id),
+            "expansion": {"id": expansion, "code": expansion_code(expansion), "name_en": expansion_name(expansion)},
+            "price_cents": self.price_cents, "price_currency": CURRENCY, "quantity": self.quantity,
+            "description": self.description, "properties_hash": props, "graded": Value::Null,
+            "bundle_size": self.bundle_size, "on_vacation": on_vacation, "user": user,
+            "price": money_full(self.price_cents),
+        })
+    }
+}
+
+/// `{cents, currency, currency_symbol, formatted}`, the marketplace money shape.
+pub(crate) fn money_full(cents: i64) -> Value {
+    json!({"cents": cents, "currency": CURRENCY, "currency_symbol": "€",
+        "formatted": format!("€{}.{:02}", cents / 100, cents % 100)})
+}
+
+/// `{cents, currency}`.
+pub(crate) fn money(cents: i64) -> Value {
+    json!({"cents": cents, "currency": CURRENCY})
+}
