@@ -12,11 +12,18 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+use base64::Engine;
+
 use crate::{
     App,
     api::auth::mint_token,
     config::Config,
-    pb::v1::{GetStatsRequest, PoolState, admin_service_client::AdminServiceClient},
+    domain::UserId,
+    pb::v1::{
+        ConnectAccountRequest, GetStatsRequest, PoolState,
+        account_service_client::AccountServiceClient, admin_service_client::AdminServiceClient,
+    },
+    simulator::{SimulatorConfig, SimulatorHandle},
 };
 
 /// Runs the demo against the configured databases.
@@ -28,6 +35,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.jwt_rs256_public_key_path = None;
     config.auth_disabled = false;
     config.migrate_on_start = true;
+    // The demo's own marketplace and a throwaway key: nothing here touches real tokens.
+    let simulator =
+        SimulatorHandle::start(SimulatorConfig::default(), "127.0.0.1:0".parse()?).await?;
+    config.cardtrader_base_url = simulator.base_url();
+    let demo_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    config.encryption_keys = Some(SecretString::from(format!("demo:{demo_key}")));
 
     println!("brx-sync demo: one replica against the local PostgreSQL, MariaDB and Redis\n");
     crate::storage::ensure_catalog_database(&config.mysql_url)
@@ -39,13 +52,16 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    println!("[1/4] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics");
+    println!(
+        "[1/5] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics; CardTrader simulator at {}",
+        simulator.base_url()
+    );
 
     let channel = Channel::from_shared(format!("http://{grpc_addr}"))?
         .connect()
         .await?;
     wait_until_serving(HealthClient::new(channel.clone())).await?;
-    println!("[2/4] database reachable and migrated: health is SERVING");
+    println!("[2/5] database reachable and migrated: health is SERVING");
 
     let token = mint_token(&secret, None, "service", Duration::from_secs(300))?;
     let mut request = tonic::Request::new(GetStatsRequest {});
@@ -57,7 +73,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await?
         .into_inner();
     println!(
-        "[3/4] AdminService.GetStats as the service role: version {}",
+        "[3/5] AdminService.GetStats as the service role: version {}",
         stats.version
     );
     for pool in &stats.pools {
@@ -77,10 +93,47 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         );
     }
 
+    connect_a_seller(channel_for(grpc_addr).await?, &secret, &simulator).await?;
+
     let _ = stop.send(());
     server.await.context("server task")??;
-    println!("[4/4] graceful shutdown: NOT_SERVING, RPCs drained, pools closed\n\ndemo finished");
+    simulator.shutdown().await;
+    println!("[5/5] graceful shutdown: NOT_SERVING, RPCs drained, pools closed\n\ndemo finished");
     Ok(())
+}
+
+/// A seller connects their CardTrader token, as the shop's account page would.
+async fn connect_a_seller(
+    channel: Channel,
+    secret: &str,
+    simulator: &SimulatorHandle,
+) -> anyhow::Result<()> {
+    let seller = UserId::from_uuid(uuid::Uuid::new_v4())?;
+    let token = mint_token(secret, Some(seller), "service", Duration::from_secs(300))?;
+    let cardtrader_token = simulator.token(1);
+    let mut request = tonic::Request::new(ConnectAccountRequest {
+        user_id: seller.to_string(),
+        cardtrader_token,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let account = AccountServiceClient::new(channel)
+        .connect_account(request)
+        .await?
+        .into_inner();
+    println!(
+        "[4/5] AccountService.ConnectAccount: seller {seller} is {:?} as CardTrader user {}; token checked with /info, stored encrypted",
+        account.status(),
+        account.cardtrader_user_id
+    );
+    Ok(())
+}
+
+async fn channel_for(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?)
 }
 
 async fn wait_until_serving(mut health: HealthClient<Channel>) -> anyhow::Result<()> {

@@ -124,6 +124,11 @@ impl Accounts {
         }
     }
 
+    /// The CardTrader client these accounts call through.
+    pub fn marketplace(&self) -> &MarketplaceClient {
+        &self.marketplace
+    }
+
     /// Checks `token` with CardTrader and stores it; connecting again replaces the token (idempotent).
     #[tracing::instrument(skip_all, fields(user_id = %user_id), err)]
     pub async fn connect(

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{auth, pb::v1 as pb};
 use crate::{
+    marketplace::{BreakerState, MarketplaceClient},
     metrics::Metrics,
     readiness::Readiness,
     storage::{PoolSnapshot, PoolState, Storage},
@@ -19,6 +20,7 @@ pub(crate) struct AdminApi {
     pub(crate) metrics: Metrics,
     pub(crate) started_at: Instant,
     pub(crate) concurrency_limit: u32,
+    pub(crate) marketplace: MarketplaceClient,
 }
 
 #[tonic::async_trait]
@@ -45,7 +47,22 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 shed_total: self.metrics.rpc_shed.get(),
             }),
             serving: self.readiness.current().serving(),
+            cardtrader: Some(self.cardtrader_stats()),
         }))
+    }
+}
+
+impl AdminApi {
+    fn cardtrader_stats(&self) -> pb::CardTraderStats {
+        let breaker = match self.marketplace.breaker_state() {
+            BreakerState::Closed => pb::BreakerState::Closed,
+            BreakerState::HalfOpen => pb::BreakerState::HalfOpen,
+            BreakerState::Open => pb::BreakerState::Open,
+        };
+        pb::CardTraderStats {
+            breaker: breaker.into(),
+            rate_limit_fallback: self.marketplace.limiter().is_degraded(),
+        }
     }
 }
 

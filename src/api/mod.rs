@@ -62,6 +62,7 @@ where
         metrics: parts.metrics.clone(),
         started_at: Instant::now(),
         concurrency_limit: config.rpc_concurrency_limit,
+        marketplace: parts.accounts.marketplace().clone(),
     });
     let accounts = AccountServiceServer::new(AccountApi {
         accounts: parts.accounts,

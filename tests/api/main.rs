@@ -6,11 +6,13 @@
 
 mod helpers;
 
+mod accounts;
 mod admin;
 mod auth;
 mod health;
 mod lifecycle;
 mod load_shedding;
+mod marketplace;
 mod metrics;
 mod rate_limit;
 mod reflection;

@@ -6,8 +6,14 @@ mod proxy;
 use std::{net::SocketAddr, time::Duration};
 
 use brx_sync::{
-    App, api::auth::mint_token, config::Config, domain::UserId,
-    pb::v1::admin_service_client::AdminServiceClient,
+    App,
+    api::auth::mint_token,
+    config::Config,
+    domain::UserId,
+    pb::v1::{
+        account_service_client::AccountServiceClient, admin_service_client::AdminServiceClient,
+    },
+    simulator::{SimulatorConfig, SimulatorHandle},
 };
 use secrecy::SecretString;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -20,10 +26,15 @@ pub(crate) use process::ServeProcess;
 pub(crate) use proxy::TcpProxy;
 
 pub(crate) const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// base64 of 32 bytes of 0x2a: the AES key tests encrypt tokens with.
+pub(crate) const TEST_ENCRYPTION_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
 pub(crate) const MYSQL_ADMIN_URL: &str = "mysql://root@127.0.0.1:3306/mysql";
 
 /// A running server, its own databases, and a way to stop it.
 pub(crate) struct TestApp {
+    /// The CardTrader simulator this app talks to, on its own port.
+    pub(crate) simulator: SimulatorHandle,
     pub(crate) grpc_addr: SocketAddr,
     pub(crate) http_addr: SocketAddr,
     pub(crate) config: Config,
@@ -50,6 +61,12 @@ pub(crate) fn test_config() -> (Config, String) {
     config.reconnect_max_delay = Duration::from_millis(500);
     config.shutdown_grace_period = Duration::from_secs(10);
     config.log_filter = "warn".into();
+    config.encryption_keys = Some(SecretString::from(format!(
+        "test-key:{TEST_ENCRYPTION_KEY}"
+    )));
+    // Tests must not wait out 10 s breaker pauses or minutes-long exports.
+    config.breaker_open_for = Duration::from_millis(500);
+    config.cardtrader_request_timeout = Duration::from_secs(5);
     (config, database_name)
 }
 
@@ -68,7 +85,12 @@ pub(crate) async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp 
 /// A server whose test settings `adjust` changed first, without waiting for readiness.
 pub(crate) async fn start_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     init_process();
+    let simulator =
+        SimulatorHandle::start(SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("simulator starts");
     let (mut config, database_name) = test_config();
+    config.cardtrader_base_url = simulator.base_url();
     adjust(&mut config);
     let jwt_secret = config
         .jwt_hs256_secret
@@ -82,6 +104,7 @@ pub(crate) async fn start_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp 
         let _ = stopped.await;
     }));
     TestApp {
+        simulator,
         grpc_addr,
         http_addr,
         config,
@@ -112,6 +135,10 @@ impl TestApp {
 
     pub(crate) async fn admin(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel().await)
+    }
+
+    pub(crate) async fn accounts(&self) -> AccountServiceClient<Channel> {
+        AccountServiceClient::new(self.channel().await)
     }
 
     /// GetStats with `token` as bearer, or with no token at all.
