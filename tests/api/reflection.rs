@@ -4,7 +4,11 @@ use tokio_stream::StreamExt;
 
 use crate::helpers::spawn_app;
 
-const EXPECTED: [&str; 2] = ["brx.sync.v1.AdminService", "grpc.health.v1.Health"];
+const EXPECTED: [&str; 3] = [
+    "brx.sync.v1.AdminService",
+    "brx.sync.v1.AccountService",
+    "grpc.health.v1.Health",
+];
 
 #[tokio::test]
 async fn reflection_v1_lists_our_services() {
