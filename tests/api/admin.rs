@@ -26,6 +26,9 @@ async fn get_stats_reports_every_pool_the_version_and_the_rpc_limit() {
     assert_eq!(postgres.max_size, app.config.pg_max_connections);
     assert!(postgres.size <= postgres.max_size);
     assert_eq!(stats.pools[2].max_size, app.config.redis_max_connections);
+    let cardtrader = stats.cardtrader.unwrap();
+    assert_eq!(cardtrader.breaker(), brx_sync::pb::v1::BreakerState::Closed);
+    assert!(!cardtrader.rate_limit_fallback);
     let rpc = stats.rpc.unwrap();
     assert_eq!(rpc.concurrency_limit, 77);
     assert!(rpc.in_flight >= 1, "GetStats counts itself");
