@@ -199,7 +199,7 @@ fn report_exit(
 
 /// Applies pending migrations (creating the database if needed), retrying while PostgreSQL is not up.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    use backon::{ExponentialBuilder, Retryable};
+    use backon::Retryable;
     let storage = Storage::connect_lazy(config)?;
     let attempt = || async {
         crate::storage::ensure_database(&config.database_url).await?;
@@ -207,11 +207,11 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
         anyhow::Ok(())
     };
     attempt
-        .retry(
-            ExponentialBuilder::default()
-                .with_jitter()
-                .with_max_times(8),
-        )
+        .retry(crate::retry::full_jitter(
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(10),
+            Some(8),
+        ))
         .notify(
             |err, wait| tracing::warn!(error = %err, ?wait, "migration attempt failed, retrying"),
         )

@@ -11,6 +11,7 @@
 //! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz`.
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
 //! - [`rate_limit`]: per-seller adaptive CardTrader rate limits in Redis, with an in-process fallback.
+//! - [`retry`]: the named, bounded, full-jitter retry policies every retry uses.
 //! - [`readiness`]: the SERVING flag behind health, `/readyz` and shutdown.
 //! - [`domain`]: pure identifier types shared by the capabilities.
 //! - [`simulator`]: a faithful CardTrader API v2 server for tests, the demo and load tests.
@@ -30,6 +31,7 @@ pub mod marketplace;
 pub mod metrics;
 pub mod rate_limit;
 pub mod readiness;
+pub mod retry;
 pub mod shutdown;
 pub mod simulator;
 pub mod storage;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde::{Serialize, de::DeserializeOwned};
@@ -17,6 +17,7 @@ use super::{
 use crate::{
     metrics::Metrics,
     rate_limit::{RateLimiter, Scope},
+    retry::full_jitter,
 };
 
 #[derive(Debug)]
@@ -84,11 +85,11 @@ impl Inner {
         } else {
             0
         };
-        let policy = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .with_max_times(extra_attempts);
+        let policy = full_jitter(
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+            Some(extra_attempts),
+        );
         let attempt = || async {
             let bytes = self.attempt(seller, options, &spec, body).await?;
             serde_json::from_slice::<T>(&bytes).map_err(|err| MarketplaceError::Unavailable {

@@ -4,13 +4,16 @@
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 use secrecy::SecretString;
 
 use super::{MIGRATOR, PoolKind, Storage, ensure_database, migrations_applied};
-use crate::{metrics::Metrics, readiness::Readiness};
+use crate::{
+    metrics::Metrics,
+    readiness::Readiness,
+    retry::{FullJitter, full_jitter},
+};
 
 /// The worker behind pool state, migrations on start and database readiness.
 #[derive(Debug)]
@@ -71,13 +74,8 @@ impl StorageSupervisor {
     }
 
     /// Full-jitter exponential backoff from 200 ms up to the configured ceiling, never giving up.
-    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(self.reconnect_max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build()
+    fn backoff(&self) -> FullJitter {
+        full_jitter(Duration::from_millis(200), self.reconnect_max_delay, None)
     }
 
     async fn check_once(&self, kind: PoolKind) -> Result<(), ()> {
