@@ -74,9 +74,7 @@ async fn next_bytes(mut st: Export) -> Option<(io::Result<Bytes>, Export)> {
             buf.push(b',');
         }
         st.emitted = true;
-        if let Err(err) = serde_json::to_writer(&mut buf, &p.export_row(user_id)) {
-            return Some((Err(err.into()), st));
-        }
+        p.write_export_json(user_id, &mut buf);
     }
     if st.cursor.done {
         buf.push(b']');
