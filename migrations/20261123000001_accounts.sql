@@ -19,10 +19,14 @@ CREATE TABLE accounts (
         CHECK (status <> 'connected'
                OR (token_ciphertext IS NOT NULL
                    AND shared_secret_ciphertext IS NOT NULL
-                   AND encryption_key_id IS NOT NULL)),
-    -- One CardTrader user belongs to one shop seller.
-    CONSTRAINT accounts_cardtrader_user_id_key UNIQUE (cardtrader_user_id)
+                   AND encryption_key_id IS NOT NULL))
 );
+
+-- One CardTrader user belongs to one shop seller at a time; a disconnected account keeps its history
+-- without blocking the CardTrader user from being connected elsewhere.
+CREATE UNIQUE INDEX accounts_cardtrader_user_id_key
+    ON accounts (cardtrader_user_id)
+    WHERE status <> 'disconnected';
 
 -- The periodic scheduler picks the stalest connected accounts first.
 CREATE INDEX accounts_connected_last_sync_idx

@@ -102,13 +102,18 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The shop user the demo acts for.
+const DEMO_SELLER: &str = "0d3e5c1a-5b6f-4c2e-9a1d-7e2f00000001";
+
 /// A seller connects their CardTrader token, as the shop's account page would.
 async fn connect_a_seller(
     channel: Channel,
     secret: &str,
     simulator: &SimulatorHandle,
 ) -> anyhow::Result<()> {
-    let seller = UserId::from_uuid(uuid::Uuid::new_v4())?;
+    // A fixed seller, so running the demo again reconnects the same account instead of tripping the
+    // one-CardTrader-user-per-seller rule.
+    let seller = UserId::parse(DEMO_SELLER)?;
     let token = mint_token(secret, Some(seller), "service", Duration::from_secs(300))?;
     let cardtrader_token = simulator.token(1);
     let mut request = tonic::Request::new(ConnectAccountRequest {

@@ -98,8 +98,9 @@ impl StorageSupervisor {
                 let (went_down, failures) = health.record_failure(error.clone());
                 if went_down {
                     tracing::error!(pool = kind.name(), %error, "storage pool went down");
-                } else if failures == 1 || failures % 10 == 0 {
-                    // Retries back off to once per max delay; one line per ten keeps the log readable.
+                } else if failures == 3 || failures % 10 == 0 {
+                    // A first failure or two is normal at start-up (the supervisor may be creating the
+                    // database); after that one line per ten retries keeps the log readable.
                     tracing::warn!(pool = kind.name(), %error, failures, "storage pool unreachable, retrying");
                 }
                 Err(())

@@ -194,6 +194,27 @@ async fn one_cardtrader_account_cannot_be_connected_to_two_sellers() {
 }
 
 #[tokio::test]
+async fn once_disconnected_a_cardtrader_account_may_be_connected_to_another_seller() {
+    let app = spawn_app().await;
+    let (first, second) = (new_seller(), new_seller());
+    let token = app.simulator.token(7);
+    connect(&app, first, &token).await.unwrap();
+    let request = DisconnectAccountRequest {
+        user_id: first.to_string(),
+        purge_inventory: false,
+    };
+    app.accounts()
+        .await
+        .disconnect_account(authorized(request, &app.service_token()))
+        .await
+        .unwrap();
+
+    let account = connect(&app, second, &token).await.unwrap();
+
+    assert_eq!(account.status(), PbStatus::Connected);
+}
+
+#[tokio::test]
 async fn malformed_input_names_the_field() {
     let app = spawn_app().await;
     let mut client = app.accounts().await;
