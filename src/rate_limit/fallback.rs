@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{
-    Scope,
+    BucketOp, Scope,
     bucket::{BucketParams, BucketState, Decision},
 };
 
@@ -64,7 +64,7 @@ impl Fallback {
 
     pub(super) fn run(
         &self,
-        op: &str,
+        op: BucketOp,
         seller: &str,
         scope: Scope,
         params: &BucketParams,
@@ -77,7 +77,7 @@ impl Fallback {
         let bucket = buckets
             .entry((seller.to_owned(), scope))
             .or_insert_with(|| BucketState::new(now_ms));
-        if op == "penalize" {
+        if op == BucketOp::Penalize {
             bucket.penalize(&params, now_ms);
             return Decision {
                 granted: false,

@@ -52,6 +52,25 @@ pub enum Priority {
     Bulk,
 }
 
+/// What a bucket check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BucketOp {
+    /// Take a token if one is free.
+    Take,
+    /// Record a 429: halve the rate, empty the bucket, silence the window.
+    Penalize,
+}
+
+impl BucketOp {
+    /// The `op` argument of `bucket.lua`.
+    fn as_str(self) -> &'static str {
+        match self {
+            BucketOp::Take => "take",
+            BucketOp::Penalize => "penalize",
+        }
+    }
+}
+
 /// The caller's deadline came before a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -170,7 +189,8 @@ impl RateLimiter {
             Priority::Interactive => 0.0,
             Priority::Bulk => params.reserve,
         };
-        self.run("take", seller, scope, &params, reserve).await
+        self.run(BucketOp::Take, seller, scope, &params, reserve)
+            .await
     }
 
     /// CardTrader answered 429 on `scope`: halve this seller's rate and silence it for the window.
@@ -180,7 +200,8 @@ impl RateLimiter {
             .rate_limit_penalties
             .with_label_values(&[scope.name()])
             .inc();
-        self.run("penalize", seller, scope, &params, 0.0).await;
+        self.run(BucketOp::Penalize, seller, scope, &params, 0.0)
+            .await;
     }
 
     /// Whether checks currently run in-process because Redis is unreachable.
@@ -190,7 +211,7 @@ impl RateLimiter {
 
     async fn run(
         &self,
-        op: &str,
+        op: BucketOp,
         seller: &str,
         scope: Scope,
         params: &BucketParams,
@@ -218,7 +239,7 @@ impl RateLimiter {
 
     async fn run_in_redis(
         &self,
-        op: &str,
+        op: BucketOp,
         seller: &str,
         scope: Scope,
         params: &BucketParams,
@@ -230,7 +251,7 @@ impl RateLimiter {
         let ttl_ms = window_ms * 4 + 60_000;
         let (granted, wait_ms, factor_millis): (i64, i64, i64) = BUCKET_SCRIPT
             .key(format!("{}{{{seller}}}:{}", self.key_prefix, scope.name()))
-            .arg(op)
+            .arg(op.as_str())
             .arg(params.capacity)
             .arg(params.refill_per_ms)
             .arg(reserve)
