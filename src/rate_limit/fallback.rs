@@ -2,64 +2,39 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
+
+use crate::storage::RedisOutage;
 
 use super::{
     BucketOp, Scope,
     bucket::{BucketParams, BucketState, Decision},
 };
 
-/// Local buckets plus the bookkeeping of when to try Redis again.
+/// Local buckets plus the bookkeeping of the Redis outage.
 #[derive(Debug)]
 pub(super) struct Fallback {
-    active: AtomicBool,
     replicas: u32,
-    retry_redis_at: Mutex<Option<Instant>>,
+    pub(super) outage: RedisOutage,
     buckets: Mutex<HashMap<(String, Scope), BucketState>>,
     epoch: Instant,
 }
 
 impl Fallback {
-    pub(super) fn new(replicas: u32) -> Self {
+    pub(super) fn new(replicas: u32, retry_redis_after: Duration) -> Self {
         Self {
-            active: AtomicBool::new(false),
             replicas,
-            retry_redis_at: Mutex::new(None),
+            outage: RedisOutage::new(retry_redis_after),
             buckets: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         }
     }
 
-    pub(super) fn is_active(&self) -> bool {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// False while a recent Redis failure is still being waited out.
-    pub(super) fn should_try_redis(&self) -> bool {
-        let retry_at = *lock(&self.retry_redis_at);
-        retry_at.is_none_or(|at| Instant::now() >= at)
-    }
-
-    /// Records a Redis failure; true when this switched the limiter to fallback.
-    pub(super) fn redis_failed(&self, retry_after: Duration) -> bool {
-        *lock(&self.retry_redis_at) = Some(Instant::now() + retry_after);
-        !self.active.swap(true, Ordering::Relaxed)
-    }
-
-    /// Records a Redis success; true when this ended a fallback period.
-    pub(super) fn redis_recovered(&self) -> bool {
-        if !self.active.load(Ordering::Relaxed) {
-            return false;
-        }
-        *lock(&self.retry_redis_at) = None;
-        // Local buckets are dropped: Redis holds the truth again.
+    /// Redis answers again: local buckets are dropped, Redis holds the truth.
+    pub(super) fn forget_local_buckets(&self) {
         lock(&self.buckets).clear();
-        self.active.swap(false, Ordering::Relaxed)
     }
 
     pub(super) fn run(

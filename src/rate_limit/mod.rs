@@ -148,7 +148,10 @@ impl RateLimiter {
             redis,
             key_prefix: format!("{key_prefix}rl:"),
             limits,
-            fallback: std::sync::Arc::new(Fallback::new(limits.expected_replicas)),
+            fallback: std::sync::Arc::new(Fallback::new(
+                limits.expected_replicas,
+                REDIS_RETRY_AFTER,
+            )),
             metrics,
         }
     }
@@ -206,7 +209,7 @@ impl RateLimiter {
 
     /// Whether checks currently run in-process because Redis is unreachable.
     pub fn is_degraded(&self) -> bool {
-        self.fallback.is_active()
+        self.fallback.outage.is_active()
     }
 
     async fn run(
@@ -217,17 +220,18 @@ impl RateLimiter {
         params: &BucketParams,
         reserve: f64,
     ) -> Decision {
-        if self.fallback.should_try_redis() {
+        if self.fallback.outage.should_try() {
             match self.run_in_redis(op, seller, scope, params, reserve).await {
                 Ok(decision) => {
-                    if self.fallback.redis_recovered() {
+                    if self.fallback.outage.recovered() {
+                        self.fallback.forget_local_buckets();
                         tracing::info!("rate limiter: Redis is back, buckets are shared again");
                         self.metrics.rate_limit_fallback.set(0);
                     }
                     return decision;
                 }
                 Err(error) => {
-                    if self.fallback.redis_failed(REDIS_RETRY_AFTER) {
+                    if self.fallback.outage.failed() {
                         tracing::error!(%error, "rate limiter: Redis unreachable, falling back to in-process buckets at rate / expected replicas");
                         self.metrics.rate_limit_fallback.set(1);
                     }

@@ -6,6 +6,7 @@ mod mysql;
 mod pool_health;
 mod postgres;
 mod redis;
+mod redis_outage;
 mod supervisor;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::config::Config;
 pub use mysql::ensure_database as ensure_catalog_database;
 pub use pool_health::{PoolKind, PoolSnapshot, PoolState};
 pub use postgres::{MIGRATOR, ensure_database, migrations_applied};
+pub use redis_outage::RedisOutage;
 pub use supervisor::StorageSupervisor;
 
 use pool_health::PoolHealth;
