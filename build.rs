@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 PathBuf::from("proto/brx/sync/v1/admin.proto"),
                 PathBuf::from("proto/brx/sync/v1/accounts.proto"),
+                PathBuf::from("proto/brx/sync/v1/blueprints.proto"),
             ],
             &includes,
         )?;

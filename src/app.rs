@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 use crate::{
     accounts::{Accounts, Keyring},
     api::{self, GrpcParts, auth::Authenticator},
+    blueprints::BlueprintCatalog,
     config::Config,
     http::{self, HttpState},
     marketplace::MarketplaceClient,
@@ -33,6 +34,7 @@ pub struct App {
     metrics: Metrics,
     authenticator: Authenticator,
     accounts: Accounts,
+    catalog: BlueprintCatalog,
 }
 
 impl App {
@@ -56,6 +58,13 @@ impl App {
             }
         };
         let accounts = Accounts::new(storage.pg.clone(), keyring, marketplace);
+        let catalog = BlueprintCatalog::new(
+            &config,
+            storage.mysql.clone(),
+            storage.redis.clone(),
+            &config.redis_key_prefix,
+            metrics.clone(),
+        );
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
@@ -71,6 +80,7 @@ impl App {
             metrics,
             authenticator,
             accounts,
+            catalog,
         })
     }
 
@@ -104,6 +114,7 @@ impl App {
             metrics,
             authenticator,
             accounts,
+            catalog,
         } = self;
         let workers = CancellationToken::new();
         let stop_grpc = CancellationToken::new();
@@ -126,6 +137,7 @@ impl App {
             metrics: metrics.clone(),
             authenticator,
             accounts,
+            catalog,
         };
         let (health, grpc) = api::grpc_server(
             grpc_listener,

@@ -32,10 +32,25 @@ pub enum Command {
     Migrate,
     /// Run the whole service on this machine and walk through it, with progress output.
     Demo,
+    /// Manage the MySQL blueprint catalogue fixture.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Serve the CardTrader API simulator (seeded sellers `sim-token-1` … `sim-token-N`).
     Simulator(crate::simulator::SimulatorArgs),
     /// Print a caller JWT signed with BRX_JWT_HS256_SECRET, for grpcurl and local testing.
     Token(TokenArgs),
+}
+
+/// `brx-sync catalog …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CatalogCommand {
+    /// Create the catalogue tables (if needed) and fill them with prints for blueprints 1..=N,
+    /// matching the simulator's blueprint ids. Existing rows are replaced.
+    Seed {
+        /// How many prints (blueprint ids 1..=N).
+        #[arg(long, default_value_t = 300_000)]
+        prints: i64,
+    },
 }
 
 /// Arguments of `brx-sync token`.
@@ -99,6 +114,55 @@ pub struct Config {
     /// Largest number of open MySQL connections.
     #[arg(long, env = "BRX_MYSQL_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub mysql_max_connections: u32,
+
+    /// How long a caller waits for a MySQL connection before its lookups are answered "unknown".
+    #[arg(long, env = "BRX_MYSQL_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub mysql_acquire_timeout: Duration,
+    /// Catalogue tables holding prints, in lookup order; each has an id and a blueprint column.
+    #[arg(
+        long,
+        env = "BRX_CATALOG_TABLES",
+        default_value = "cards_prints,op_prints,pk_prints,sealed_products",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub catalog_tables: Vec<String>,
+    /// Column of the print id in every catalogue table.
+    #[arg(
+        long,
+        env = "BRX_CATALOG_ID_COLUMN",
+        default_value = "id",
+        global = true
+    )]
+    pub catalog_id_column: String,
+    /// Column holding the CardTrader blueprint id in every catalogue table.
+    #[arg(
+        long,
+        env = "BRX_CATALOG_BLUEPRINT_COLUMN",
+        default_value = "cardtrader_id",
+        global = true
+    )]
+    pub catalog_blueprint_column: String,
+    /// Most ids in one MySQL `IN (…)` list; larger lookups are split.
+    #[arg(long, env = "BRX_CATALOG_BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=50_000), global = true)]
+    pub catalog_batch_size: u32,
+    /// Entries of the in-process (L1) blueprint cache.
+    #[arg(
+        long,
+        env = "BRX_CATALOG_L1_CAPACITY",
+        default_value_t = 200_000,
+        global = true
+    )]
+    pub catalog_l1_capacity: u64,
+    /// Lifetime of an L1 entry; bounds how stale another replica's L1 is after an invalidation.
+    #[arg(long, env = "BRX_CATALOG_L1_TTL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub catalog_l1_ttl: Duration,
+    /// Lifetime of a mapping cached in Redis (±10% jitter).
+    #[arg(long, env = "BRX_CATALOG_POSITIVE_TTL", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    pub catalog_positive_ttl: Duration,
+    /// Lifetime of an "unmapped" answer cached in Redis (±10% jitter), so new prints show up soon.
+    #[arg(long, env = "BRX_CATALOG_NEGATIVE_TTL", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
+    pub catalog_negative_ttl: Duration,
 
     /// Redis: caches, rate-limit buckets, wake-up hints. Losing it loses no data.
     #[arg(long, env = "BRX_REDIS_URL", default_value = "redis://127.0.0.1:6379/0", value_parser = secret, global = true)]
@@ -321,6 +385,18 @@ impl Config {
                     reason,
                 },
             )?;
+        }
+        let identifiers = self
+            .catalog_tables
+            .iter()
+            .chain([&self.catalog_id_column, &self.catalog_blueprint_column]);
+        for name in identifiers {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ConfigError {
+                    setting: "BRX_CATALOG_TABLES",
+                    reason: format!("'{name}' is not a plain SQL identifier (letters, digits, _)"),
+                });
+            }
         }
         if self.redis_key_prefix.is_empty() {
             return Err(ConfigError {

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`accounts`]: sellers' CardTrader connections, tokens encrypted at rest.
 //! - [`app`]: builds the replica (listeners, pools, layers) and runs it until shutdown.
+//! - [`blueprints`]: CardTrader blueprint → shop print, from MySQL behind an L1 and a Redis cache.
 //! - [`config`]: the one typed configuration, from flags and `BRX_*` environment variables.
 //! - [`demo`]: `brx-sync demo`, the whole service on one machine with visible progress.
 //! - [`api`]: the gRPC transport: handlers, auth, tower layers, the single error → `Status` mapping.
@@ -23,6 +24,7 @@
 pub mod accounts;
 pub mod api;
 pub mod app;
+pub mod blueprints;
 pub mod config;
 pub mod demo;
 pub mod domain;

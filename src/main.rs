@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use brx_sync::{
     App,
     api::auth,
-    config::{Cli, Command, EXIT_CONFIG},
+    config::{CatalogCommand, Cli, Command, EXIT_CONFIG},
     shutdown, telemetry,
 };
 use secrecy::ExposeSecret;
@@ -53,6 +53,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => brx_sync::app::migrate(&cli.config).await,
         Command::Demo => brx_sync::demo::run(cli.config).await,
+        Command::Catalog(CatalogCommand::Seed { prints }) => {
+            brx_sync::blueprints::fixture::seed(&cli.config, prints).await?;
+            println!(
+                "catalogue seeded: {prints} prints across {}",
+                cli.config.catalog_tables.join(", ")
+            );
+            Ok(())
+        }
         Command::Simulator(args) => brx_sync::simulator::run(args).await,
         Command::Token(args) => {
             let secret = cli.config.jwt_hs256_secret.ok_or_else(|| {

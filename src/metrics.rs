@@ -2,8 +2,8 @@
 //! one registry per `App` (so tests running several apps in one process never mix their counters).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// RPCs handled, by full method path and gRPC status code.
@@ -32,6 +32,16 @@ pub const CARDTRADER_REQUESTS_TOTAL: &str = "brx_cardtrader_requests_total";
 pub const CARDTRADER_DURATION_SECONDS: &str = "brx_cardtrader_duration_seconds";
 /// CardTrader 429 answers, by endpoint.
 pub const CARDTRADER_429_TOTAL: &str = "brx_cardtrader_429_total";
+/// Blueprint lookups, by the level that answered (`l1`, `redis`, `negative`, `mysql`, `unknown`).
+pub const BLUEPRINT_LOOKUPS_TOTAL: &str = "brx_blueprint_lookups_total";
+/// 1 while the blueprint cache runs without Redis.
+pub const BLUEPRINT_CACHE_DEGRADED: &str = "brx_blueprint_cache_degraded";
+/// Catalogue (MySQL) query latency.
+pub const CATALOG_QUERY_SECONDS: &str = "brx_catalog_query_seconds";
+/// Ids per catalogue query.
+pub const CATALOG_BATCH_SIZE: &str = "brx_catalog_batch_size";
+/// Catalogue queries sent.
+pub const CATALOG_QUERIES_TOTAL: &str = "brx_catalog_queries_total";
 /// Circuit breaker on the CardTrader host: 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "brx_cardtrader_breaker_state";
 
@@ -67,6 +77,16 @@ pub struct Metrics {
     pub cardtrader_429: IntCounterVec,
     /// See [`BREAKER_STATE`].
     pub breaker_state: IntGauge,
+    /// See [`BLUEPRINT_LOOKUPS_TOTAL`].
+    pub blueprint_lookups: IntCounterVec,
+    /// See [`BLUEPRINT_CACHE_DEGRADED`].
+    pub blueprint_cache_degraded: IntGauge,
+    /// See [`CATALOG_QUERY_SECONDS`].
+    pub catalog_query_seconds: Histogram,
+    /// See [`CATALOG_BATCH_SIZE`].
+    pub catalog_batch_size: Histogram,
+    /// See [`CATALOG_QUERIES_TOTAL`].
+    pub catalog_queries: IntCounter,
 }
 
 impl Metrics {
@@ -152,6 +172,33 @@ impl Metrics {
             breaker_state: gauge(
                 BREAKER_STATE,
                 "CardTrader circuit breaker: 0 closed, 1 half-open, 2 open.",
+            )?,
+            blueprint_lookups: counter_vec(
+                BLUEPRINT_LOOKUPS_TOTAL,
+                "Blueprint lookups, by the level that answered.",
+                &["level"],
+            )?,
+            blueprint_cache_degraded: gauge(
+                BLUEPRINT_CACHE_DEGRADED,
+                "1 while the blueprint cache runs without Redis.",
+            )?,
+            catalog_query_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(CATALOG_QUERY_SECONDS, "Catalogue (MySQL) query latency.")
+                        .buckets(latency_buckets.clone()),
+                )?,
+            )?,
+            catalog_batch_size: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(CATALOG_BATCH_SIZE, "Ids per catalogue query.")
+                        .buckets(prometheus::exponential_buckets(1.0, 4.0, 9)?),
+                )?,
+            )?,
+            catalog_queries: register(
+                &registry,
+                IntCounter::new(CATALOG_QUERIES_TOTAL, "Catalogue queries sent.")?,
             )?,
             registry,
         };

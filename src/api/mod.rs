@@ -7,6 +7,7 @@ pub mod status;
 
 mod accounts;
 mod admin;
+mod blueprints;
 mod health;
 mod layers;
 
@@ -22,8 +23,10 @@ pub use health::HealthBridge;
 use crate::{config::Config, metrics::Metrics, readiness::Readiness, storage::Storage};
 use accounts::AccountApi;
 use admin::AdminApi;
+use blueprints::BlueprintApi;
 use pb::v1::{
     account_service_server::AccountServiceServer, admin_service_server::AdminServiceServer,
+    blueprint_service_server::BlueprintServiceServer,
 };
 
 /// What the gRPC server is built from.
@@ -39,6 +42,8 @@ pub struct GrpcParts {
     pub authenticator: auth::Authenticator,
     /// Sellers' CardTrader connections.
     pub accounts: crate::accounts::Accounts,
+    /// Blueprint → print mappings.
+    pub catalog: crate::blueprints::BlueprintCatalog,
 }
 
 /// Builds the health bridge and the server future; the server stops accepting when `shutdown`
@@ -64,12 +69,16 @@ where
         concurrency_limit: config.rpc_concurrency_limit,
         marketplace: parts.accounts.marketplace().clone(),
     });
+    let blueprint_service = BlueprintServiceServer::new(BlueprintApi {
+        catalog: parts.catalog,
+    });
     let accounts = AccountServiceServer::new(AccountApi {
         accounts: parts.accounts,
     });
     let services = vec![
         <AdminServiceServer<AdminApi> as NamedService>::NAME,
         <AccountServiceServer<AccountApi> as NamedService>::NAME,
+        <BlueprintServiceServer<BlueprintApi> as NamedService>::NAME,
     ];
     let bridge = HealthBridge::new(reporter, parts.readiness, parts.metrics.clone(), services);
 
@@ -105,6 +114,7 @@ where
         .add_service(reflection_v1alpha)
         .add_service(admin)
         .add_service(accounts)
+        .add_service(blueprint_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     Ok((bridge, server))
 }

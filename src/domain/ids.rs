@@ -44,6 +44,36 @@ impl fmt::Display for UserId {
     }
 }
 
+/// A CardTrader blueprint (a printing of a card, as CardTrader catalogues it): a positive integer.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct BlueprintId(i64);
+
+impl BlueprintId {
+    /// Accepts positive ids only.
+    pub fn new(raw: i64) -> Result<Self, InvalidId> {
+        if raw <= 0 {
+            return Err(InvalidId(format!(
+                "{raw} is not a blueprint id (must be positive)"
+            )));
+        }
+        Ok(Self(raw))
+    }
+
+    /// The raw id, for storage and CardTrader calls.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for BlueprintId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +82,13 @@ mod tests {
     fn a_hyphenated_uuid_parses_and_round_trips() {
         let raw = "0b5c1a0e-7f3e-4d7e-9a51-6a0f3c2b9d11";
         assert_eq!(UserId::parse(raw).unwrap().to_string(), raw);
+    }
+
+    #[test]
+    fn blueprint_ids_are_positive() {
+        assert_eq!(BlueprintId::new(7).unwrap().get(), 7);
+        assert!(BlueprintId::new(0).is_err());
+        assert!(BlueprintId::new(-3).is_err());
     }
 
     #[test]

@@ -2,4 +2,4 @@
 
 mod ids;
 
-pub use ids::{InvalidId, UserId};
+pub use ids::{BlueprintId, InvalidId, UserId};

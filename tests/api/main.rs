@@ -9,6 +9,7 @@ mod helpers;
 mod accounts;
 mod admin;
 mod auth;
+mod blueprints;
 mod health;
 mod lifecycle;
 mod load_shedding;

@@ -1,0 +1,101 @@
+//! `BlueprintService`: checked ids in, one call into [`BlueprintCatalog`], mappings out.
+
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status};
+
+use super::{auth, pb::v1 as pb, status};
+use crate::{
+    blueprints::{BlueprintCatalog, Resolution},
+    domain::BlueprintId,
+};
+
+/// Most ids one ResolveBlueprints or InvalidateBlueprints call may carry.
+pub(crate) const MAX_IDS: usize = 5_000;
+
+/// Budget of one resolve when the caller sent no deadline.
+const DEFAULT_BUDGET: Duration = Duration::from_secs(10);
+
+/// Handler state of `BlueprintService`.
+#[derive(Debug, Clone)]
+pub(crate) struct BlueprintApi {
+    pub(crate) catalog: BlueprintCatalog,
+}
+
+#[tonic::async_trait]
+impl pb::blueprint_service_server::BlueprintService for BlueprintApi {
+    async fn resolve_blueprints(
+        &self,
+        request: Request<pb::ResolveBlueprintsRequest>,
+    ) -> Result<Response<pb::ResolveBlueprintsResponse>, Status> {
+        auth::caller(&request)?;
+        let ids = blueprint_ids(&request.get_ref().blueprint_ids)?;
+        // Leave a little of the caller's own deadline to encode the answer.
+        let deadline = Instant::now() + DEFAULT_BUDGET;
+        let answers = self.catalog.resolve_many(&ids, deadline).await;
+        let mappings = ids
+            .iter()
+            .map(|id| encode(*id, answers.get(id).unwrap_or(&Resolution::Unknown)))
+            .collect();
+        Ok(Response::new(pb::ResolveBlueprintsResponse { mappings }))
+    }
+
+    async fn invalidate_blueprints(
+        &self,
+        request: Request<pb::InvalidateBlueprintsRequest>,
+    ) -> Result<Response<pb::InvalidateBlueprintsResponse>, Status> {
+        auth::require_service(&request)?;
+        let ids = blueprint_ids(&request.get_ref().blueprint_ids)?;
+        let invalidated = self.catalog.invalidate(&ids).await.map_err(|error| {
+            tracing::warn!(%error, "blueprint invalidation could not reach Redis");
+            Status::unavailable("the shared cache is unreachable; retry")
+        })?;
+        Ok(Response::new(pb::InvalidateBlueprintsResponse {
+            invalidated,
+        }))
+    }
+}
+
+/// Distinct, positive ids in request order, at most [`MAX_IDS`].
+fn blueprint_ids(raw: &[i64]) -> Result<Vec<BlueprintId>, Status> {
+    if raw.is_empty() {
+        return Err(status::invalid_argument(
+            "blueprint_ids",
+            "at least one id is required",
+        ));
+    }
+    if raw.len() > MAX_IDS {
+        return Err(status::invalid_argument(
+            "blueprint_ids",
+            format!("at most {MAX_IDS} ids per call, got {}", raw.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(raw.len());
+    let mut ids = Vec::with_capacity(raw.len());
+    for (index, &value) in raw.iter().enumerate() {
+        let id = BlueprintId::new(value)
+            .map_err(|err| status::invalid_argument(&format!("blueprint_ids[{index}]"), err))?;
+        if seen.insert(id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+fn encode(id: BlueprintId, resolution: &Resolution) -> pb::BlueprintMapping {
+    let (state, print_id, print_table) = match resolution {
+        Resolution::Mapped(print) => (
+            pb::MappingState::Mapped,
+            print.print_id,
+            print.table.to_string(),
+        ),
+        Resolution::Unmapped => (pb::MappingState::Unmapped, 0, String::new()),
+        Resolution::Unknown => (pb::MappingState::Unknown, 0, String::new()),
+    };
+    pb::BlueprintMapping {
+        blueprint_id: id.get(),
+        state: state.into(),
+        print_id,
+        print_table,
+    }
+}
