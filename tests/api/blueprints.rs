@@ -187,7 +187,7 @@ async fn cached_entries_carry_jittered_ttls_around_their_nominal_lifetime() {
         .await;
 
     let mut conn = storage.redis.get().await.unwrap();
-    let mut ttls = |range: std::ops::RangeInclusive<i64>| {
+    let ttls = |range: std::ops::RangeInclusive<i64>| {
         let keys: Vec<String> = range
             .map(|id| format!("{}bp:{id}", db.config.redis_key_prefix))
             .collect();
