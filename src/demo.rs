@@ -20,8 +20,9 @@ use crate::{
     config::Config,
     domain::UserId,
     pb::v1::{
-        ConnectAccountRequest, GetStatsRequest, PoolState,
+        ConnectAccountRequest, GetStatsRequest, MappingState, PoolState, ResolveBlueprintsRequest,
         account_service_client::AccountServiceClient, admin_service_client::AdminServiceClient,
+        blueprint_service_client::BlueprintServiceClient,
     },
     simulator::{SimulatorConfig, SimulatorHandle},
 };
@@ -43,9 +44,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.encryption_keys = Some(SecretString::from(format!("demo:{demo_key}")));
 
     println!("brx-sync demo: one replica against the local PostgreSQL, MariaDB and Redis\n");
-    crate::storage::ensure_catalog_database(&config.mysql_url)
+    let started = std::time::Instant::now();
+    crate::blueprints::fixture::seed(&config, CATALOGUE_PRINTS)
         .await
-        .context("creating the MySQL catalogue database (is MariaDB running at BRX_MYSQL_URL?)")?;
+        .context("seeding the MySQL catalogue (is MariaDB running at BRX_MYSQL_URL?)")?;
+    println!(
+        "[1/7] catalogue fixture: {CATALOGUE_PRINTS} prints in {} ({:.1} s)",
+        config.catalog_tables.join(", "),
+        started.elapsed().as_secs_f64()
+    );
     let app = App::build(config).await?;
     let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -53,7 +60,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     println!(
-        "[1/5] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics; CardTrader simulator at {}",
+        "[2/7] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics; CardTrader simulator at {}",
         simulator.base_url()
     );
 
@@ -61,7 +68,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .connect()
         .await?;
     wait_until_serving(HealthClient::new(channel.clone())).await?;
-    println!("[2/5] database reachable and migrated: health is SERVING");
+    println!("[3/7] database reachable and migrated: health is SERVING");
 
     let token = mint_token(&secret, None, "service", Duration::from_secs(300))?;
     let mut request = tonic::Request::new(GetStatsRequest {});
@@ -73,7 +80,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await?
         .into_inner();
     println!(
-        "[3/5] AdminService.GetStats as the service role: version {}",
+        "[4/7] AdminService.GetStats as the service role: version {}",
         stats.version
     );
     for pool in &stats.pools {
@@ -94,11 +101,59 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
 
     connect_a_seller(channel_for(grpc_addr).await?, &secret, &simulator).await?;
+    resolve_some_blueprints(channel_for(grpc_addr).await?, &token, &simulator).await?;
 
     let _ = stop.send(());
     server.await.context("server task")??;
     simulator.shutdown().await;
-    println!("[5/5] graceful shutdown: NOT_SERVING, RPCs drained, pools closed\n\ndemo finished");
+    println!("[7/7] graceful shutdown: NOT_SERVING, RPCs drained, pools closed\n\ndemo finished");
+    Ok(())
+}
+
+/// Prints the demo seeds: the simulator's catalogue blueprints 1..=300,000 (about 2% of its products use
+/// ids above that, which the shop does not sell: they come back unmapped).
+const CATALOGUE_PRINTS: i64 = crate::simulator::CATALOGUE_BLUEPRINTS;
+
+/// Maps the blueprints of the seller's first listings through the caches, twice: MySQL, then L1.
+async fn resolve_some_blueprints(
+    channel: Channel,
+    token: &str,
+    simulator: &SimulatorHandle,
+) -> anyhow::Result<()> {
+    let mut blueprint_ids: Vec<i64> = (1..=20)
+        .filter_map(|n| simulator.product(&simulator.token(1), n as i64 + 100_000_000))
+        .filter_map(|product| {
+            product
+                .get("blueprint_id")
+                .and_then(serde_json::Value::as_i64)
+        })
+        .collect();
+    blueprint_ids.push(CATALOGUE_PRINTS + 1);
+    let mut client = BlueprintServiceClient::new(channel);
+    for pass in ["cold", "warm"] {
+        let mut request = tonic::Request::new(ResolveBlueprintsRequest {
+            blueprint_ids: blueprint_ids.clone(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let started = std::time::Instant::now();
+        let mappings = client
+            .resolve_blueprints(request)
+            .await?
+            .into_inner()
+            .mappings;
+        let mapped = mappings
+            .iter()
+            .filter(|m| m.state() == MappingState::Mapped)
+            .count();
+        println!(
+            "[6/7] BlueprintService.ResolveBlueprints ({pass}): {} blueprints, {mapped} mapped, {} unmapped, in {:.1} ms",
+            mappings.len(),
+            mappings.len() - mapped,
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     Ok(())
 }
 
@@ -128,7 +183,7 @@ async fn connect_a_seller(
         .await?
         .into_inner();
     println!(
-        "[4/5] AccountService.ConnectAccount: seller {seller} is {:?} as CardTrader user {}; token checked with /info, stored encrypted",
+        "[5/7] AccountService.ConnectAccount: seller {seller} is {:?} as CardTrader user {}; token checked with /info, stored encrypted",
         account.status(),
         account.cardtrader_user_id
     );

@@ -14,8 +14,10 @@ mod layers;
 use std::{future::Future, time::Instant};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{server::NamedService, transport::Server};
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
 use tower::ServiceBuilder;
 
 pub use health::HealthBridge;
@@ -106,6 +108,11 @@ where
         .layer(auth::AuthLayer::new(parts.authenticator))
         .into_inner();
 
+    // Nagle's algorithm would hold a lone small response back ~40 ms waiting for the peer's delayed ACK;
+    // RPCs are latency-bound, so every accepted connection gets TCP_NODELAY. Keepalive finds dead peers.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
     let server = Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .layer(layers)
@@ -115,6 +122,6 @@ where
         .add_service(admin)
         .add_service(accounts)
         .add_service(blueprint_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(incoming, shutdown);
     Ok((bridge, server))
 }
