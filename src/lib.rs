@@ -8,6 +8,7 @@
 //! - [`config`]: the one typed configuration, from flags and `BRX_*` environment variables.
 //! - [`demo`]: `brx-sync demo`, the whole service on one machine with visible progress.
 //! - [`api`]: the gRPC transport: handlers, auth, tower layers, the single error → `Status` mapping.
+//! - [`jobs`]: durable jobs in PostgreSQL: coalescing, SKIP LOCKED claims, leases, fencing, retries.
 //! - [`marketplace`]: the CardTrader API client: rate limiter, circuit breaker, retries, tolerant types.
 //! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz`.
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod jobs;
 pub mod marketplace;
 pub mod metrics;
 pub mod rate_limit;

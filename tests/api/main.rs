@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod blueprints;
 mod health;
+mod jobs;
 mod lifecycle;
 mod load_shedding;
 mod marketplace;

@@ -268,3 +268,32 @@ pub(crate) fn drop_database(name: &str) {
     });
     let _ = dropped.join();
 }
+
+/// A fresh, migrated PostgreSQL database for tests that need storage but no server; dropped after.
+pub(crate) struct TestDatabase {
+    pub(crate) pool: sqlx::PgPool,
+    pub(crate) name: String,
+}
+
+impl TestDatabase {
+    pub(crate) async fn new() -> Self {
+        let (config, name) = test_config();
+        brx_sync::storage::ensure_database(&config.database_url)
+            .await
+            .unwrap();
+        let url = secrecy::ExposeSecret::expose_secret(&config.database_url).to_owned();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&url)
+            .await
+            .unwrap();
+        brx_sync::storage::MIGRATOR.run(&pool).await.unwrap();
+        Self { pool, name }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        drop_database(&self.name);
+    }
+}

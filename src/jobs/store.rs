@@ -1,0 +1,337 @@
+//! SQL of the `jobs` table. Every write a worker makes after its claim carries `fence = $n`, so a
+//! worker whose lease was taken over changes nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use super::{Enqueued, Job, JobError, JobState, Lane, Lease, NewJob};
+use crate::domain::UserId;
+
+/// The columns of [`JobRow`], as a literal so queries stay `&'static str`.
+macro_rules! columns {
+    () => {
+        "id, user_id, kind, lane, state, payload, attempts, max_attempts, run_at, fence, cancel_requested, \
+         last_error, progress, created_at, started_at, finished_at"
+    };
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    user_id: Uuid,
+    kind: String,
+    lane: String,
+    state: String,
+    payload: serde_json::Value,
+    attempts: i32,
+    max_attempts: i32,
+    run_at: DateTime<Utc>,
+    fence: i64,
+    cancel_requested: bool,
+    last_error: Option<String>,
+    progress: serde_json::Value,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = sqlx::Error;
+
+    fn try_from(row: JobRow) -> Result<Self, Self::Error> {
+        let decode =
+            |what: &str| sqlx::Error::Decode(format!("bad {what} in jobs row {}", row.id).into());
+        Ok(Job {
+            id: row.id,
+            user_id: UserId::from_uuid(row.user_id).map_err(|_| decode("user_id"))?,
+            kind: row.kind.clone(),
+            lane: Lane::parse(&row.lane).ok_or_else(|| decode("lane"))?,
+            state: JobState::parse(&row.state).ok_or_else(|| decode("state"))?,
+            payload: row.payload,
+            attempts: row.attempts,
+            max_attempts: row.max_attempts,
+            run_at: row.run_at,
+            fence: row.fence,
+            cancel_requested: row.cancel_requested,
+            last_error: row.last_error,
+            progress: row.progress,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+fn job(row: JobRow) -> Result<Job, JobError> {
+    Ok(Job::try_from(row)?)
+}
+
+/// Queues `new`, or joins the job of the same seller and kind already queued. Refuses with
+/// [`JobError::QueueFull`] past `max_depth` queued jobs in the lane.
+pub async fn enqueue(pool: &PgPool, new: &NewJob, max_depth: i64) -> Result<Enqueued, JobError> {
+    let depth = queued_in_lane(pool, new.lane).await?;
+    // Joining an existing job adds nothing to the queue, so only a new job is refused.
+    for _ in 0..3 {
+        if let Some(existing) = find_queued(pool, new.user_id, &new.kind).await? {
+            return Ok(Enqueued::Coalesced(existing));
+        }
+        if depth >= max_depth {
+            return Err(JobError::QueueFull {
+                lane: new.lane.as_str(),
+                depth,
+                retry_after: Duration::from_secs(5),
+            });
+        }
+        let sql = concat!(
+            "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (user_id, kind) WHERE state = 'queued' DO NOTHING RETURNING ",
+            columns!()
+        );
+        let inserted: Option<JobRow> = sqlx::query_as(sql)
+            .bind(Uuid::new_v4())
+            .bind(new.user_id.as_uuid())
+            .bind(&new.kind)
+            .bind(new.lane.as_str())
+            .bind(&new.payload)
+            .bind(new.priority)
+            .bind(new.max_attempts)
+            .fetch_optional(pool)
+            .await?;
+        if let Some(row) = inserted {
+            return Ok(Enqueued::Created(job(row)?));
+        }
+        // Another request queued one between our lookup and insert: join it on the next pass.
+    }
+    find_queued(pool, new.user_id, &new.kind)
+        .await?
+        .map(Enqueued::Coalesced)
+        .ok_or(JobError::NotFound)
+}
+
+async fn find_queued(pool: &PgPool, user_id: UserId, kind: &str) -> Result<Option<Job>, JobError> {
+    let sql = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM jobs WHERE user_id = $1 AND kind = $2 AND state = 'queued'"
+    );
+    let row: Option<JobRow> = sqlx::query_as(sql)
+        .bind(user_id.as_uuid())
+        .bind(kind)
+        .fetch_optional(pool)
+        .await?;
+    row.map(job).transpose()
+}
+
+/// Queued jobs in `lane`.
+pub async fn queued_in_lane(executor: impl PgExecutor<'_>, lane: Lane) -> Result<i64, JobError> {
+    let depth =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'queued' AND lane = $1")
+            .bind(lane.as_str())
+            .fetch_one(executor)
+            .await?;
+    Ok(depth)
+}
+
+/// Claims the most urgent due job of `lane` that no other worker holds: a queued one whose seller has
+/// no running job of the same kind, or a running one whose lease expired (its worker died). The claim
+/// bumps the fence.
+pub async fn claim(
+    pool: &PgPool,
+    lane: Lane,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Lease>, JobError> {
+    let sql = concat!(
+        "WITH candidate AS ( \
+             SELECT j.id AS candidate_id FROM jobs j \
+             WHERE j.lane = $1 AND ( \
+                 (j.state = 'queued' AND j.run_at <= now() \
+                  AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.user_id = j.user_id AND r.kind = j.kind \
+                                  AND r.state = 'running')) \
+                 OR (j.state = 'running' AND j.lease_expires_at < now())) \
+             ORDER BY (j.state = 'running') DESC, j.priority DESC, j.run_at \
+             LIMIT 1 FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs SET state = 'running', lease_owner = $2, \
+             lease_expires_at = now() + make_interval(secs => $3), fence = jobs.fence + 1, \
+             attempts = CASE WHEN jobs.state = 'queued' THEN jobs.attempts + 1 ELSE jobs.attempts END, \
+             started_at = coalesce(jobs.started_at, now()), updated_at = now() \
+         FROM candidate WHERE jobs.id = candidate.candidate_id RETURNING ",
+        columns!()
+    );
+    let claimed = sqlx::query_as::<_, JobRow>(sql)
+        .bind(lane.as_str())
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(pool)
+        .await;
+    let row = match claimed {
+        Ok(row) => row,
+        // Two workers raced to start the same seller's same kind: the index let one through.
+        Err(err) if is_unique_violation(&err) => None,
+        Err(err) => return Err(err.into()),
+    };
+    row.map(|row| {
+        let job = job(row)?;
+        Ok(Lease {
+            fence: job.fence,
+            owner: owner.to_owned(),
+            job,
+        })
+    })
+    .transpose()
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error().and_then(|db| db.code()).as_deref() == Some("23505")
+}
+
+/// Extends the lease; returns whether a cancellation was requested. [`JobError::LeaseLost`] when the
+/// job was taken over.
+pub async fn heartbeat(pool: &PgPool, lease: &Lease, duration: Duration) -> Result<bool, JobError> {
+    let cancel: Option<bool> = sqlx::query_scalar(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
+         WHERE id = $1 AND fence = $2 AND state = 'running' RETURNING cancel_requested",
+    )
+    .bind(lease.job.id)
+    .bind(lease.fence)
+    .bind(duration.as_secs_f64())
+    .fetch_optional(pool)
+    .await?;
+    cancel.ok_or(JobError::LeaseLost)
+}
+
+/// Stores progress counters, fenced; meant to run inside the caller's transaction with its other writes,
+/// so a fenced-out worker's transaction rolls back whole.
+pub async fn record_progress(
+    executor: impl PgExecutor<'_>,
+    lease: &Lease,
+    progress: &serde_json::Value,
+) -> Result<(), JobError> {
+    let updated = sqlx::query("UPDATE jobs SET progress = $3, updated_at = now() WHERE id = $1 AND fence = $2 AND state = 'running'")
+        .bind(lease.job.id)
+        .bind(lease.fence)
+        .bind(progress)
+        .execute(executor)
+        .await?;
+    fenced(updated.rows_affected())
+}
+
+fn fenced(rows: u64) -> Result<(), JobError> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(JobError::LeaseLost)
+    }
+}
+
+/// The job finished its work.
+pub async fn succeed(pool: &PgPool, lease: &Lease) -> Result<(), JobError> {
+    finish(pool, lease, JobState::Succeeded, None).await
+}
+
+/// The job stopped at a cancellation.
+pub async fn cancelled(pool: &PgPool, lease: &Lease) -> Result<(), JobError> {
+    finish(pool, lease, JobState::Cancelled, None).await
+}
+
+/// The job failed for good, keeping `error`.
+pub async fn fail(pool: &PgPool, lease: &Lease, error: &str) -> Result<(), JobError> {
+    finish(pool, lease, JobState::Failed, Some(error)).await
+}
+
+async fn finish(
+    pool: &PgPool,
+    lease: &Lease,
+    state: JobState,
+    error: Option<&str>,
+) -> Result<(), JobError> {
+    let updated = sqlx::query(
+        "UPDATE jobs SET state = $3, last_error = coalesce($4, last_error), finished_at = now(), \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = now() \
+         WHERE id = $1 AND fence = $2 AND state = 'running'",
+    )
+    .bind(lease.job.id)
+    .bind(lease.fence)
+    .bind(state.as_str())
+    .bind(error)
+    .execute(pool)
+    .await?;
+    fenced(updated.rows_affected())
+}
+
+/// Puts the job back in the queue to run after `delay`. `spend_attempt = false` gives the claim's
+/// attempt back (a 429 is CardTrader's pacing, not a failure of ours). If the seller already has a
+/// queued job of this kind, that one will redo the work: this one fails as superseded.
+pub async fn retry_later(
+    pool: &PgPool,
+    lease: &Lease,
+    delay: Duration,
+    error: &str,
+    spend_attempt: bool,
+) -> Result<(), JobError> {
+    let requeued = sqlx::query(
+        "UPDATE jobs SET state = 'queued', run_at = now() + make_interval(secs => $3), last_error = $4, \
+             attempts = CASE WHEN $5 THEN attempts ELSE greatest(attempts - 1, 0) END, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = now() \
+         WHERE id = $1 AND fence = $2 AND state = 'running'",
+    )
+    .bind(lease.job.id)
+    .bind(lease.fence)
+    .bind(delay.as_secs_f64())
+    .bind(error)
+    .bind(spend_attempt)
+    .execute(pool)
+    .await;
+    match requeued {
+        Ok(done) => fenced(done.rows_affected()),
+        Err(err) if is_unique_violation(&err) => {
+            fail(
+                pool,
+                lease,
+                &format!("{error} (superseded by a newer queued job)"),
+            )
+            .await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Cancels a queued job at once; asks a running one to stop at its next checkpoint.
+pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+    let sql = concat!(
+        "UPDATE jobs SET \
+             state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
+             finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END, \
+             cancel_requested = cancel_requested OR state = 'running', updated_at = now() \
+         WHERE id = $1 RETURNING ",
+        columns!()
+    );
+    let row: Option<JobRow> = sqlx::query_as(sql).bind(id).fetch_optional(pool).await?;
+    job(row.ok_or(JobError::NotFound)?)
+}
+
+/// Cancels every queued and running job of a seller (queued at once, running at their next checkpoint).
+pub async fn cancel_all_for(pool: &PgPool, user_id: UserId) -> Result<u64, JobError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET \
+             state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
+             finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END, \
+             cancel_requested = cancel_requested OR state = 'running', updated_at = now() \
+         WHERE user_id = $1 AND state IN ('queued', 'running')",
+    )
+    .bind(user_id.as_uuid())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// One job.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+    let sql = concat!("SELECT ", columns!(), " FROM jobs WHERE id = $1");
+    let row: Option<JobRow> = sqlx::query_as(sql).bind(id).fetch_optional(pool).await?;
+    job(row.ok_or(JobError::NotFound)?)
+}

@@ -1,0 +1,278 @@
+//! The worker that runs jobs of one lane: claims while it has free slots, keeps each lease alive with
+//! heartbeats (which also carry cancellation requests), and records the outcome. Stopping hands running
+//! jobs back to the queue instead of leaving their leases to expire.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{JobError, Lane, Lease, store};
+use crate::retry::full_jitter;
+
+/// How a job's run ended, when it did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobFailure {
+    /// Worth another attempt after a backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// CardTrader asked us to slow down: run again after `wait`, without spending an attempt.
+    #[error("rate limited for {wait:?}")]
+    RateLimited {
+        /// How long to wait.
+        wait: Duration,
+    },
+    /// Retrying cannot help (e.g. the seller's token is invalid).
+    #[error("{0}")]
+    Permanent(String),
+    /// The job noticed a cancellation request and stopped.
+    #[error("cancelled")]
+    Cancelled,
+    /// The worker is shutting down: the job goes back to the queue as it is.
+    #[error("interrupted by shutdown")]
+    Interrupted,
+}
+
+/// What a kind of job does.
+#[tonic::async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    /// The `kind` this handler runs.
+    fn kind(&self) -> &'static str;
+
+    /// Runs one attempt. Check [`JobContext::should_stop`] at safe points.
+    async fn run(&self, context: JobContext) -> Result<(), JobFailure>;
+}
+
+/// What a running job can see of its lease.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// The claim: job, owner and fence (to pass to fenced writes).
+    pub lease: Lease,
+    cancel_requested: Arc<AtomicBool>,
+    lease_lost: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+}
+
+impl JobContext {
+    /// Whether the job should stop at this safe point, and why.
+    pub fn should_stop(&self) -> Option<JobFailure> {
+        if self.lease_lost.load(Ordering::Relaxed) {
+            Some(JobFailure::Transient("lease lost".into()))
+        } else if self.cancel_requested.load(Ordering::Relaxed) || self.lease.job.cancel_requested {
+            Some(JobFailure::Cancelled)
+        } else if self.shutdown.is_cancelled() {
+            Some(JobFailure::Interrupted)
+        } else {
+            None
+        }
+    }
+}
+
+/// Settings of one lane's worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Identifies this replica in `lease_owner`.
+    pub owner: String,
+    /// The lane it serves.
+    pub lane: Lane,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Lease length; a dead worker's jobs are taken over after this.
+    pub lease: Duration,
+    /// How often to poll for work when idle (wake-ups may come sooner).
+    pub poll_interval: Duration,
+    /// First and largest retry backoff.
+    pub retry_min: Duration,
+    /// Largest retry backoff.
+    pub retry_max: Duration,
+}
+
+/// Runs the jobs of one lane.
+pub struct Worker {
+    pool: PgPool,
+    handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
+    settings: WorkerSettings,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<&&str> = self.handlers.keys().collect();
+        f.debug_struct("Worker")
+            .field("settings", &self.settings)
+            .field("kinds", &kinds)
+            .finish()
+    }
+}
+
+impl Worker {
+    /// A worker for `settings.lane` running `handlers`.
+    pub fn new(pool: PgPool, handlers: Vec<Arc<dyn JobHandler>>, settings: WorkerSettings) -> Self {
+        let handlers = handlers
+            .into_iter()
+            .map(|handler| (handler.kind(), handler))
+            .collect();
+        Self {
+            pool,
+            handlers,
+            settings,
+            wake: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// A handle that wakes the worker before its next poll (new work was queued).
+    pub fn waker(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// Claims and runs jobs until `shutdown`; running jobs are then interrupted and handed back.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let this = Arc::new(self);
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit?,
+            };
+            match store::claim(
+                &this.pool,
+                this.settings.lane,
+                &this.settings.owner,
+                this.settings.lease,
+            )
+            .await
+            {
+                Ok(Some(lease)) => {
+                    let this = this.clone();
+                    let shutdown = shutdown.clone();
+                    running.spawn(async move {
+                        this.execute(lease, shutdown).await;
+                        drop(permit);
+                    });
+                    continue;
+                }
+                Ok(None) => drop(permit),
+                Err(error) => {
+                    drop(permit);
+                    tracing::warn!(%error, lane = this.settings.lane.as_str(), "claiming a job failed");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = this.wake.notified() => {}
+                () = tokio::time::sleep(this.settings.poll_interval) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+        }
+        while running.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn execute(&self, lease: Lease, shutdown: CancellationToken) {
+        let job = &lease.job;
+        let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind, user_id = %job.user_id, attempt = job.attempts);
+        let _entered = span.enter();
+        let Some(handler) = self.handlers.get(job.kind.as_str()).cloned() else {
+            self.settle(
+                &lease,
+                Err(JobFailure::Permanent(format!(
+                    "no handler for kind '{}'",
+                    job.kind
+                ))),
+            )
+            .await;
+            return;
+        };
+        let context = JobContext {
+            lease: lease.clone(),
+            cancel_requested: Arc::new(AtomicBool::new(false)),
+            lease_lost: Arc::new(AtomicBool::new(false)),
+            shutdown,
+        };
+        // The heartbeat runs inside this task, not beside it: if the task dies (a crash, an abort), the
+        // lease stops being extended and another worker takes the job over.
+        let run = handler.run(context.clone());
+        let beat = heartbeat(self.pool.clone(), context.clone(), self.settings.lease);
+        tokio::pin!(run, beat);
+        let outcome = tokio::select! {
+            outcome = &mut run => outcome,
+            () = &mut beat => run.await,
+        };
+        if context.lease_lost.load(Ordering::Relaxed) {
+            tracing::warn!("lease was taken over while the job ran; its outcome is not recorded");
+            return;
+        }
+        self.settle(&lease, outcome).await;
+    }
+
+    async fn settle(&self, lease: &Lease, outcome: Result<(), JobFailure>) {
+        let job = &lease.job;
+        let result = match outcome {
+            Ok(()) => store::succeed(&self.pool, lease).await,
+            Err(JobFailure::Cancelled) => store::cancelled(&self.pool, lease).await,
+            Err(JobFailure::Permanent(error)) => store::fail(&self.pool, lease, &error).await,
+            Err(JobFailure::RateLimited { wait }) => {
+                store::retry_later(&self.pool, lease, wait, "rate limited by CardTrader", false)
+                    .await
+            }
+            Err(JobFailure::Interrupted) => {
+                store::retry_later(
+                    &self.pool,
+                    lease,
+                    Duration::ZERO,
+                    "interrupted by shutdown",
+                    false,
+                )
+                .await
+            }
+            Err(JobFailure::Transient(error)) if job.attempts >= job.max_attempts => {
+                store::fail(
+                    &self.pool,
+                    lease,
+                    &format!("{error} (after {} attempts)", job.attempts),
+                )
+                .await
+            }
+            Err(JobFailure::Transient(error)) => {
+                let attempt = usize::try_from(job.attempts.max(1) - 1).unwrap_or(0);
+                let delay = full_jitter(self.settings.retry_min, self.settings.retry_max, None)
+                    .nth(attempt)
+                    .unwrap_or(self.settings.retry_max);
+                store::retry_later(&self.pool, lease, delay, &error, true).await
+            }
+        };
+        match result {
+            Ok(()) | Err(JobError::LeaseLost) => {}
+            Err(error) => {
+                tracing::error!(%error, "recording the job's outcome failed; its lease will expire and it will be retried")
+            }
+        }
+    }
+}
+
+/// Extends the lease every third of its length; records cancellation requests and a lost lease.
+async fn heartbeat(pool: PgPool, context: JobContext, lease: Duration) {
+    let mut every = tokio::time::interval(lease / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match store::heartbeat(&pool, &context.lease, lease).await {
+            Ok(cancel) => context.cancel_requested.store(cancel, Ordering::Relaxed),
+            Err(JobError::LeaseLost) => {
+                context.lease_lost.store(true, Ordering::Relaxed);
+                return;
+            }
+            // A missed beat is not fatal: the lease is three beats long.
+            Err(error) => tracing::warn!(%error, "lease heartbeat failed"),
+        }
+    }
+}
