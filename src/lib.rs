@@ -11,6 +11,7 @@
 //! - [`jobs`]: durable jobs in PostgreSQL: coalescing, SKIP LOCKED claims, leases, fencing, retries.
 //! - [`marketplace`]: the CardTrader API client: rate limiter, circuit breaker, retries, tolerant types.
 //! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz`.
+//! - [`sync`]: bulk sync of CardTrader inventories (streaming export reader so far).
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
 //! - [`rate_limit`]: per-seller adaptive CardTrader rate limits in Redis, with an in-process fallback.
 //! - [`retry`]: the named, bounded, full-jitter retry policies every retry uses.
@@ -39,6 +40,7 @@ pub mod retry;
 pub mod shutdown;
 pub mod simulator;
 pub mod storage;
+pub mod sync;
 pub mod telemetry;
 
 mod failpoint;

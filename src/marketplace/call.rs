@@ -165,6 +165,77 @@ impl Inner {
         result
     }
 
+    /// Starts a call whose body the caller streams: limiter, breaker and status are handled here; the
+    /// body is the caller's to read (its own failures are the caller's to retry).
+    pub(super) async fn open_stream(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        spec: &CallSpec,
+    ) -> Result<reqwest::Response, MarketplaceError> {
+        self.take_tokens(seller.key, options, spec.scope).await?;
+        let Some(admission) = self.breaker.admit() else {
+            self.record(spec.endpoint, "breaker_open", None);
+            return Err(MarketplaceError::Unavailable {
+                reason: "circuit breaker open".into(),
+            });
+        };
+        let started = Instant::now();
+        let sent = self
+            .http
+            .request(
+                spec.method.clone(),
+                format!("{}{}", self.base_url, spec.path),
+            )
+            .bearer_auth(seller.token.expose_secret())
+            .timeout(spec.timeout)
+            .send()
+            .await;
+        let result = match sent {
+            Ok(response) if response.status().is_success() && !is_html(&response) => {
+                self.record(
+                    spec.endpoint,
+                    response.status().as_str(),
+                    Some(started.elapsed()),
+                );
+                Ok(response)
+            }
+            Ok(response) => {
+                let status = response.status();
+                self.record(spec.endpoint, status.as_str(), Some(started.elapsed()));
+                let bytes = response.bytes().await.unwrap_or_default();
+                let error = classify(status, bytes, seller, spec)
+                    .err()
+                    .unwrap_or_else(|| MarketplaceError::Unavailable {
+                        reason: format!("{status}: an HTML page instead of the export"),
+                    });
+                if let MarketplaceError::RateLimited { scope, .. } = &error {
+                    self.metrics
+                        .cardtrader_429
+                        .with_label_values(&[spec.endpoint])
+                        .inc();
+                    self.limiter.penalize(seller.key, *scope).await;
+                }
+                Err(error)
+            }
+            Err(err) if err.is_timeout() => Err(MarketplaceError::Timeout),
+            Err(err) => Err(MarketplaceError::Unavailable {
+                reason: format!("connection failed: {err}"),
+            }),
+        };
+        self.breaker.record(
+            admission,
+            !result
+                .as_ref()
+                .err()
+                .is_some_and(MarketplaceError::is_host_failure),
+        );
+        self.metrics
+            .breaker_state
+            .set(self.breaker.state().gauge_value());
+        result
+    }
+
     /// General tokens for every call, plus the endpoint's own scope where it has one.
     async fn take_tokens(
         &self,
@@ -226,6 +297,14 @@ impl Inner {
                 .observe(elapsed.as_secs_f64());
         }
     }
+}
+
+fn is_html(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/html"))
 }
 
 /// Turns an HTTP answer into the body or a classified error.

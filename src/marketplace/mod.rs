@@ -167,16 +167,45 @@ impl MarketplaceClient {
         options: CallOptions,
         filter: ExportFilter,
     ) -> Result<Vec<Product>, MarketplaceError> {
-        let path = match filter {
-            ExportFilter::All => "/products/export".to_owned(),
-            ExportFilter::Blueprint(id) => format!("/products/export?blueprint_id={id}"),
-            ExportFilter::Expansion(id) => format!("/products/export?expansion_id={id}"),
-        };
-        let mut spec = self.inner.read("products_export", path, Scope::General);
+        let mut spec = self
+            .inner
+            .read("products_export", export_path(filter), Scope::General);
         spec.timeout = self.inner.export_timeout;
         self.inner
             .call_json(seller, options, spec, None::<&()>)
             .await
+    }
+
+    /// `GET /products/export`, streamed: products are parsed as they arrive, so memory stays bounded
+    /// whatever the inventory size. Starting is retried like any read; a failure mid-stream ends the
+    /// stream with an error and is the caller's to retry.
+    pub async fn export_stream(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        filter: ExportFilter,
+    ) -> Result<
+        impl futures::Stream<Item = Result<Product, crate::sync::export::ExportError>> + use<>,
+        MarketplaceError,
+    > {
+        let mut spec = self
+            .inner
+            .read("products_export", export_path(filter), Scope::General);
+        spec.timeout = self.inner.export_timeout;
+        let open = || self.inner.open_stream(seller, options, &spec);
+        let response = backon::Retryable::retry(
+            open,
+            crate::retry::full_jitter(
+                Duration::from_millis(200),
+                Duration::from_secs(5),
+                Some(self.inner.attempts.saturating_sub(1) as usize),
+            ),
+        )
+        .when(|err: &MarketplaceError| err.is_transient() && Instant::now() < options.deadline)
+        .await?;
+        Ok(crate::sync::export::products(Box::pin(
+            response.bytes_stream(),
+        )))
     }
 
     /// `POST /products`. Not idempotent (CardTrader merges into an identical product by adding
@@ -260,6 +289,14 @@ impl MarketplaceClient {
             .call_json(seller, options, spec, Some(&body))
             .await?;
         Ok(envelope.resource.filter(|product| product.quantity > 0))
+    }
+}
+
+fn export_path(filter: ExportFilter) -> String {
+    match filter {
+        ExportFilter::All => "/products/export".to_owned(),
+        ExportFilter::Blueprint(id) => format!("/products/export?blueprint_id={id}"),
+        ExportFilter::Expansion(id) => format!("/products/export?expansion_id={id}"),
     }
 }
 

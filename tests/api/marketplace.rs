@@ -446,3 +446,59 @@ async fn two_replicas_hammering_one_seller_never_exceed_200_calls_in_any_10_seco
         "the other seller waited on the hammered one: {quiet_took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_large_export_streams_every_product_exactly_once() {
+    use futures::StreamExt;
+    let setup = setup(|_| {}).await;
+    let seller = setup.simulator.add_seller(50_000);
+    let (client, _) = setup.client();
+    let token = SecretString::from(seller.token.clone());
+
+    let stream = client
+        .export_stream(
+            Seller {
+                key: "big",
+                token: &token,
+            },
+            options(),
+            ExportFilter::All,
+        )
+        .await
+        .unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(product) = stream.next().await {
+        assert!(ids.insert(product.unwrap().id), "a product came twice");
+    }
+
+    assert_eq!(
+        ids.len() as u64,
+        setup.simulator.inventory_len(&seller.token)
+    );
+    assert_eq!(ids.len(), 50_000);
+}
+
+#[tokio::test]
+async fn an_export_answered_with_an_html_page_is_unavailable() {
+    let setup = setup(|config| config.cardtrader_attempts = 1).await;
+    setup.simulator.set_faults(Faults {
+        html_error_rate: 1.0,
+        ..Faults::default()
+    });
+    let (client, _) = setup.client();
+    let token = SecretString::from(setup.simulator.token(1));
+
+    let opened = client
+        .export_stream(
+            Seller {
+                key: "html-export",
+                token: &token,
+            },
+            options(),
+            ExportFilter::All,
+        )
+        .await;
+
+    assert!(matches!(opened, Err(MarketplaceError::Unavailable { .. })));
+}
