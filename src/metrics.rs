@@ -42,6 +42,8 @@ pub const CATALOG_QUERY_SECONDS: &str = "brx_catalog_query_seconds";
 pub const CATALOG_BATCH_SIZE: &str = "brx_catalog_batch_size";
 /// Catalogue queries sent.
 pub const CATALOG_QUERIES_TOTAL: &str = "brx_catalog_queries_total";
+/// Sync chunk transactions rerun, by reason (`deadlock`, `serialization`, `timeout`, `connection`).
+pub const SYNC_CHUNK_RETRIES_TOTAL: &str = "brx_sync_chunk_retries_total";
 /// Circuit breaker on the CardTrader host: 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "brx_cardtrader_breaker_state";
 
@@ -87,6 +89,8 @@ pub struct Metrics {
     pub catalog_batch_size: Histogram,
     /// See [`CATALOG_QUERIES_TOTAL`].
     pub catalog_queries: IntCounter,
+    /// See [`SYNC_CHUNK_RETRIES_TOTAL`].
+    pub sync_chunk_retries: IntCounterVec,
 }
 
 impl Metrics {
@@ -199,6 +203,11 @@ impl Metrics {
             catalog_queries: register(
                 &registry,
                 IntCounter::new(CATALOG_QUERIES_TOTAL, "Catalogue queries sent.")?,
+            )?,
+            sync_chunk_retries: counter_vec(
+                SYNC_CHUNK_RETRIES_TOTAL,
+                "Sync chunk transactions rerun, by reason.",
+                &["reason"],
             )?,
             registry,
         };

@@ -1,4 +1,7 @@
-//! Bulk sync of a seller's CardTrader inventory into PostgreSQL. So far: the streaming reader of
-//! `/products/export`; the chunked writer, the sweep and the job handler build on it.
+//! Bulk sync of a seller's CardTrader inventory into PostgreSQL: the streaming reader of
+//! `/products/export` ([`export`]), the chunk transaction with its retries ([`chunk`]) and the SQL
+//! ([`store`]). The job handler and the RPCs build on these.
 
+pub mod chunk;
 pub mod export;
+pub mod store;

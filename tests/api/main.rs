@@ -20,4 +20,5 @@ mod rate_limit;
 mod reflection;
 mod simulator;
 mod storage;
+mod sync_chunks;
 mod telemetry;

@@ -1,0 +1,195 @@
+//! SQL of the sync: one set-based upsert per chunk (UNNEST arrays) that rewrites only rows that changed
+//! and leaves the quantity of reserved rows to the purchase saga, the seen-set, and the batched sweep.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::UserId;
+
+/// One product as the sync stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncRow {
+    /// CardTrader product id.
+    pub product_id: i64,
+    /// CardTrader blueprint id.
+    pub blueprint_id: i64,
+    /// CardTrader expansion id, where the export says.
+    pub expansion_id: Option<i64>,
+    /// The shop's print (id, table), if mapped.
+    pub print: Option<(i64, String)>,
+    /// English name.
+    pub name: String,
+    /// Quantity on CardTrader.
+    pub quantity: i32,
+    /// Price in cents.
+    pub price_cents: i64,
+    /// ISO currency.
+    pub currency: String,
+    /// Editable properties.
+    pub properties: serde_json::Value,
+    /// Free text.
+    pub description: Option<String>,
+    /// The seller's free field.
+    pub user_data_field: Option<String>,
+    /// The seller's private tag.
+    pub tag: Option<String>,
+    /// Graded.
+    pub graded: Option<bool>,
+}
+
+/// Which part of the inventory a sync reconciles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepScope {
+    /// Everything the seller has.
+    All,
+    /// One blueprint's products.
+    Blueprint(i64),
+    /// One expansion's products.
+    Expansion(i64),
+}
+
+/// Upserts `rows` (sorted by product id by the caller, the lock order that keeps concurrent chunks from
+/// deadlocking) and returns how many rows were inserted or changed; unchanged rows are not rewritten.
+pub async fn upsert_rows(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    rows: &[SyncRow],
+) -> Result<u64, sqlx::Error> {
+    let product_ids: Vec<i64> = rows.iter().map(|row| row.product_id).collect();
+    let blueprint_ids: Vec<i64> = rows.iter().map(|row| row.blueprint_id).collect();
+    let expansion_ids: Vec<Option<i64>> = rows.iter().map(|row| row.expansion_id).collect();
+    let print_ids: Vec<Option<i64>> = rows
+        .iter()
+        .map(|row| row.print.as_ref().map(|print| print.0))
+        .collect();
+    let print_tables: Vec<Option<&str>> = rows
+        .iter()
+        .map(|row| row.print.as_ref().map(|print| print.1.as_str()))
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|row| row.name.as_str()).collect();
+    let quantities: Vec<i32> = rows.iter().map(|row| row.quantity).collect();
+    let prices: Vec<i64> = rows.iter().map(|row| row.price_cents).collect();
+    let currencies: Vec<&str> = rows.iter().map(|row| row.currency.as_str()).collect();
+    let properties: Vec<&serde_json::Value> = rows.iter().map(|row| &row.properties).collect();
+    let descriptions: Vec<Option<&str>> =
+        rows.iter().map(|row| row.description.as_deref()).collect();
+    let user_fields: Vec<Option<&str>> = rows
+        .iter()
+        .map(|row| row.user_data_field.as_deref())
+        .collect();
+    let tags: Vec<Option<&str>> = rows.iter().map(|row| row.tag.as_deref()).collect();
+    let graded: Vec<Option<bool>> = rows.iter().map(|row| row.graded).collect();
+    // A reserved row keeps its local quantity: the purchase saga owns it until it ends.
+    let written = sqlx::query(
+        "INSERT INTO inventory_items AS i (user_id, product_id, blueprint_id, expansion_id, print_id, print_table, \
+             name, quantity, price_cents, currency, properties, description, user_data_field, tag, graded) \
+         SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
+             $8::int[], $9::bigint[], $10::text[], $11::jsonb[], $12::text[], $13::text[], $14::text[], $15::bool[]) \
+         ON CONFLICT ON CONSTRAINT inventory_items_pkey DO UPDATE SET \
+             blueprint_id = EXCLUDED.blueprint_id, expansion_id = EXCLUDED.expansion_id, \
+             print_id = EXCLUDED.print_id, print_table = EXCLUDED.print_table, name = EXCLUDED.name, \
+             quantity = CASE WHEN i.reserved_quantity > 0 THEN i.quantity ELSE EXCLUDED.quantity END, \
+             price_cents = EXCLUDED.price_cents, currency = EXCLUDED.currency, properties = EXCLUDED.properties, \
+             description = EXCLUDED.description, user_data_field = EXCLUDED.user_data_field, tag = EXCLUDED.tag, \
+             graded = EXCLUDED.graded, updated_at = now() \
+         WHERE (i.blueprint_id, i.expansion_id, i.print_id, i.print_table, i.name, \
+                CASE WHEN i.reserved_quantity > 0 THEN 0 ELSE i.quantity END, i.price_cents, i.currency, \
+                i.properties, i.description, i.user_data_field, i.tag, i.graded) \
+           IS DISTINCT FROM (EXCLUDED.blueprint_id, EXCLUDED.expansion_id, EXCLUDED.print_id, EXCLUDED.print_table, \
+                EXCLUDED.name, CASE WHEN i.reserved_quantity > 0 THEN 0 ELSE EXCLUDED.quantity END, \
+                EXCLUDED.price_cents, EXCLUDED.currency, EXCLUDED.properties, EXCLUDED.description, \
+                EXCLUDED.user_data_field, EXCLUDED.tag, EXCLUDED.graded)",
+    )
+    .bind(user_id.as_uuid())
+    .bind(&product_ids)
+    .bind(&blueprint_ids)
+    .bind(&expansion_ids)
+    .bind(&print_ids)
+    .bind(&print_tables)
+    .bind(&names)
+    .bind(&quantities)
+    .bind(&prices)
+    .bind(&currencies)
+    .bind(&properties)
+    .bind(&descriptions)
+    .bind(&user_fields)
+    .bind(&tags)
+    .bind(&graded)
+    .execute(&mut *conn)
+    .await?;
+    Ok(written.rows_affected())
+}
+
+/// The mappings already stored for these products, to keep them when the catalogue cannot be asked.
+pub async fn stored_prints(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    product_ids: &[i64],
+) -> Result<Vec<(i64, Option<i64>, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT product_id, print_id, print_table FROM inventory_items WHERE user_id = $1 AND product_id = ANY($2)")
+        .bind(user_id.as_uuid())
+        .bind(product_ids)
+        .fetch_all(&mut *conn)
+        .await
+}
+
+/// Records that this sync saw these products.
+pub async fn mark_seen(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    product_ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO sync_seen (job_id, product_id) SELECT $1, UNNEST($2::bigint[]) ON CONFLICT DO NOTHING")
+        .bind(job_id)
+        .bind(product_ids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes, in batches of `batch`, the seller's rows in `scope` that this sync did not see, sparing
+/// reserved rows (a purchase is using them). Returns how many were deleted.
+pub async fn sweep(
+    pool: &PgPool,
+    user_id: UserId,
+    job_id: Uuid,
+    scope: SweepScope,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let (blueprint, expansion) = match scope {
+        SweepScope::All => (None, None),
+        SweepScope::Blueprint(id) => (Some(id), None),
+        SweepScope::Expansion(id) => (None, Some(id)),
+    };
+    let mut deleted = 0;
+    loop {
+        let done = sqlx::query(
+            "DELETE FROM inventory_items WHERE (user_id, product_id) IN ( \
+                 SELECT i.user_id, i.product_id FROM inventory_items i \
+                 WHERE i.user_id = $1 AND i.reserved_quantity = 0 \
+                   AND ($3::bigint IS NULL OR i.blueprint_id = $3) AND ($4::bigint IS NULL OR i.expansion_id = $4) \
+                   AND NOT EXISTS (SELECT 1 FROM sync_seen s WHERE s.job_id = $2 AND s.product_id = i.product_id) \
+                 LIMIT $5)",
+        )
+        .bind(user_id.as_uuid())
+        .bind(job_id)
+        .bind(blueprint)
+        .bind(expansion)
+        .bind(batch)
+        .execute(pool)
+        .await?;
+        deleted += done.rows_affected();
+        if done.rows_affected() < batch as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Drops the seen-set of a finished (or abandoned) sync.
+pub async fn forget_seen(pool: &PgPool, job_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sync_seen WHERE job_id = $1")
+        .bind(job_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

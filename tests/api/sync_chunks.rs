@@ -1,0 +1,404 @@
+//! The sync's chunk transaction against the real PostgreSQL: set-based upserts that skip unchanged
+//! rows, reserved rows left to the saga, the sweep, fencing, and a real deadlock retried.
+
+use std::time::Duration;
+
+use brx_sync::{
+    domain::UserId,
+    jobs::{Lane, Lease, NewJob, store as jobs},
+    metrics::Metrics,
+    sync::{
+        chunk::{ChunkError, write_chunk},
+        store::{SweepScope, SyncRow, sweep},
+    },
+};
+
+use crate::helpers::TestDatabase;
+
+fn row(product_id: i64, quantity: i32) -> SyncRow {
+    SyncRow {
+        product_id,
+        blueprint_id: product_id % 50 + 1,
+        expansion_id: Some(1),
+        print: Some((1_000_000 + product_id, "cards_prints".into())),
+        name: format!("Card {product_id}"),
+        quantity,
+        price_cents: 100 + product_id,
+        currency: "EUR".into(),
+        properties: serde_json::json!({"condition": "Near Mint"}),
+        description: None,
+        user_data_field: None,
+        tag: None,
+        graded: Some(false),
+    }
+}
+
+async fn lease_for(db: &TestDatabase, user: UserId) -> Lease {
+    let new = NewJob {
+        user_id: user,
+        kind: "sync_full".into(),
+        lane: Lane::Bulk,
+        payload: serde_json::json!({}),
+        priority: 0,
+        max_attempts: 3,
+    };
+    jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
+    jobs::claim(&db.pool, Lane::Bulk, "test", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn seller() -> UserId {
+    UserId::from_uuid(uuid::Uuid::new_v4()).unwrap()
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_resync_rewrites_only_the_rows_that_changed() {
+    let db = TestDatabase::new().await;
+    let user = seller();
+    let lease = lease_for(&db, user).await;
+    let metrics = Metrics::new().unwrap();
+    let progress = serde_json::json!({});
+
+    let mut rows: Vec<SyncRow> = (1..=1_000).map(|id| row(id, 3)).collect();
+    let first = write_chunk(
+        &db.pool, &lease, user, &mut rows, &progress, TIMEOUT, &metrics,
+    )
+    .await
+    .unwrap();
+    let same = write_chunk(
+        &db.pool, &lease, user, &mut rows, &progress, TIMEOUT, &metrics,
+    )
+    .await
+    .unwrap();
+    for changed in rows.iter_mut().take(10) {
+        changed.price_cents += 1;
+    }
+    let ten = write_chunk(
+        &db.pool, &lease, user, &mut rows, &progress, TIMEOUT, &metrics,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!((first.written, first.unchanged), (1_000, 0));
+    assert_eq!((same.written, same.unchanged), (0, 1_000));
+    assert_eq!((ten.written, ten.unchanged), (10, 990));
+}
+
+#[tokio::test]
+async fn a_reserved_row_keeps_its_local_quantity() {
+    let db = TestDatabase::new().await;
+    let user = seller();
+    let lease = lease_for(&db, user).await;
+    let metrics = Metrics::new().unwrap();
+    write_chunk(
+        &db.pool,
+        &lease,
+        user,
+        &mut [row(1, 5), row(2, 5)],
+        &serde_json::json!({}),
+        TIMEOUT,
+        &metrics,
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE inventory_items SET reserved_quantity = 2 WHERE product_id = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let mut upstream = [row(1, 1), row(2, 1)];
+    write_chunk(
+        &db.pool,
+        &lease,
+        user,
+        &mut upstream,
+        &serde_json::json!({}),
+        TIMEOUT,
+        &metrics,
+    )
+    .await
+    .unwrap();
+
+    let quantities: Vec<(i64, i32)> =
+        sqlx::query_as("SELECT product_id, quantity FROM inventory_items ORDER BY product_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        quantities,
+        vec![(1, 5), (2, 1)],
+        "the saga owns reserved rows until it ends"
+    );
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_what_this_sync_did_not_see_but_spares_reserved_rows_and_other_scopes() {
+    let db = TestDatabase::new().await;
+    let user = seller();
+    let metrics = Metrics::new().unwrap();
+    let old = lease_for(&db, user).await;
+    let mut before: Vec<SyncRow> = (1..=100).map(|id| row(id, 1)).collect();
+    write_chunk(
+        &db.pool,
+        &old,
+        user,
+        &mut before,
+        &serde_json::json!({}),
+        TIMEOUT,
+        &metrics,
+    )
+    .await
+    .unwrap();
+    jobs::succeed(&db.pool, &old).await.unwrap();
+    sqlx::query("UPDATE inventory_items SET reserved_quantity = 1 WHERE product_id = 100")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let other_seller = seller();
+    let other = lease_for(&db, other_seller).await;
+    write_chunk(
+        &db.pool,
+        &other,
+        other_seller,
+        &mut [row(5, 1)],
+        &serde_json::json!({}),
+        TIMEOUT,
+        &metrics,
+    )
+    .await
+    .unwrap();
+
+    let new = lease_for(&db, user).await;
+    let mut after: Vec<SyncRow> = (1..=60).map(|id| row(id, 1)).collect();
+    write_chunk(
+        &db.pool,
+        &new,
+        user,
+        &mut after,
+        &serde_json::json!({}),
+        TIMEOUT,
+        &metrics,
+    )
+    .await
+    .unwrap();
+    let deleted = sweep(&db.pool, user, new.job.id, SweepScope::All, 7)
+        .await
+        .unwrap();
+
+    assert_eq!(deleted, 39, "61..=99 gone, 100 is reserved");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE user_id = $1")
+        .bind(user.as_uuid())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 61);
+    let untouched: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE user_id = $1")
+            .bind(other_seller.as_uuid())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(untouched, 1);
+}
+
+#[tokio::test]
+async fn a_scoped_sweep_only_touches_its_blueprint() {
+    let db = TestDatabase::new().await;
+    let user = seller();
+    let metrics = Metrics::new().unwrap();
+    let old = lease_for(&db, user).await;
+    let mut rows: Vec<SyncRow> = (1..=100).map(|id| row(id, 1)).collect();
+    write_chunk(
+        &db.pool,
+        &old,
+        user,
+        &mut rows,
+        &serde_json::json!({}),
+        TIMEOUT,
+        &metrics,
+    )
+    .await
+    .unwrap();
+    jobs::succeed(&db.pool, &old).await.unwrap();
+
+    // Blueprint 2 holds products 1, 51; the scoped export now only lists product 1.
+    let scoped = lease_for(&db, user).await;
+    write_chunk(
+        &db.pool,
+        &scoped,
+        user,
+        &mut [row(1, 1)],
+        &serde_json::json!({}),
+        TIMEOUT,
+        &metrics,
+    )
+    .await
+    .unwrap();
+    let deleted = sweep(&db.pool, user, scoped.job.id, SweepScope::Blueprint(2), 100)
+        .await
+        .unwrap();
+
+    assert_eq!(deleted, 1);
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_was_taken_over_writes_nothing() {
+    let db = TestDatabase::new().await;
+    let user = seller();
+    let new = NewJob {
+        user_id: user,
+        kind: "sync_full".into(),
+        lane: Lane::Bulk,
+        payload: serde_json::json!({}),
+        priority: 0,
+        max_attempts: 3,
+    };
+    jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
+    let stale = jobs::claim(&db.pool, Lane::Bulk, "dead", Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    jobs::claim(&db.pool, Lane::Bulk, "rescuer", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let result = write_chunk(
+        &db.pool,
+        &stale,
+        user,
+        &mut [row(1, 1)],
+        &serde_json::json!({}),
+        TIMEOUT,
+        &Metrics::new().unwrap(),
+    )
+    .await;
+
+    assert!(matches!(result, Err(ChunkError::LeaseLost)));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inventory_items")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "the whole chunk rolled back");
+}
+
+#[tokio::test]
+async fn a_deadlock_on_the_first_attempt_is_retried_and_the_data_is_right() {
+    let db = TestDatabase::new().await;
+    // The first insert into the table raises a genuine 40P01; later ones pass (sequences ignore rollback).
+    sqlx::raw_sql(
+        "CREATE SEQUENCE deadlock_once; \
+         CREATE FUNCTION deadlock_once() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF nextval('deadlock_once') = 1 THEN \
+             RAISE EXCEPTION 'deadlock detected (test)' USING ERRCODE = '40P01'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER deadlock_once BEFORE INSERT ON inventory_items FOR EACH STATEMENT EXECUTE FUNCTION deadlock_once();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let user = seller();
+    let lease = lease_for(&db, user).await;
+    let metrics = Metrics::new().unwrap();
+
+    let outcome = write_chunk(
+        &db.pool,
+        &lease,
+        user,
+        &mut [row(2, 4), row(1, 3)],
+        &serde_json::json!({"chunks_done": 1}),
+        TIMEOUT,
+        &metrics,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(outcome.written, 2);
+    assert_eq!(
+        metrics
+            .sync_chunk_retries
+            .with_label_values(&["deadlock"])
+            .get(),
+        1
+    );
+    let stored: Vec<(i64, i32)> =
+        sqlx::query_as("SELECT product_id, quantity FROM inventory_items ORDER BY product_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, vec![(1, 3), (2, 4)]);
+    assert_eq!(
+        jobs::get(&db.pool, lease.job.id).await.unwrap().progress["chunks_done"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn two_transactions_locking_rows_in_opposite_order_deadlock_for_real_and_the_chunk_survives()
+{
+    let db = TestDatabase::new().await;
+    let user = seller();
+    let lease = lease_for(&db, user).await;
+    let metrics = Metrics::new().unwrap();
+    write_chunk(
+        &db.pool,
+        &lease,
+        user,
+        &mut [row(1, 1), row(2, 1)],
+        &serde_json::json!({}),
+        TIMEOUT,
+        &metrics,
+    )
+    .await
+    .unwrap();
+
+    // A rival holds row 2 and will then want row 1; the chunk (sorted: 1 then 2) holds 1 and wants 2.
+    let mut rival = db.pool.begin().await.unwrap();
+    sqlx::query("UPDATE inventory_items SET quantity = 9 WHERE product_id = 2")
+        .execute(&mut *rival)
+        .await
+        .unwrap();
+    let chunk = {
+        let pool = db.pool.clone();
+        let lease = lease.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            write_chunk(
+                &pool,
+                &lease,
+                user,
+                &mut [row(1, 7), row(2, 7)],
+                &serde_json::json!({}),
+                TIMEOUT,
+                &metrics,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rival_result = sqlx::query("UPDATE inventory_items SET quantity = 9 WHERE product_id = 1")
+        .execute(&mut *rival)
+        .await;
+    match rival_result {
+        Ok(_) => rival.commit().await.unwrap(),
+        Err(_) => rival.rollback().await.unwrap(),
+    }
+
+    let outcome = chunk.await.unwrap();
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    let quantities: Vec<i32> =
+        sqlx::query_scalar("SELECT quantity FROM inventory_items ORDER BY product_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        quantities,
+        vec![7, 7],
+        "the chunk's transaction (rerun if it was the victim) wins last"
+    );
+}
