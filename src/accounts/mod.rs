@@ -232,6 +232,12 @@ impl Accounts {
         })
     }
 
+    /// Records that a full sync of the seller finished (the scheduler picks the stalest first).
+    pub async fn record_sync(&self, user_id: UserId) -> Result<(), AccountError> {
+        store::record_sync(&self.pg, user_id.as_uuid()).await?;
+        Ok(())
+    }
+
     /// Call after any CardTrader error made with this seller's token: a 401 marks the account
     /// `token_invalid`, so nothing keeps hammering CardTrader with a dead token.
     pub async fn note_cardtrader_error(

@@ -105,3 +105,15 @@ pub(super) async fn mark_token_invalid(
     .await?;
     Ok(result.rows_affected() == 1)
 }
+
+/// A full sync of this seller finished.
+pub(super) async fn record_sync(
+    executor: impl PgExecutor<'_>,
+    user_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE accounts SET last_sync_at = now(), updated_at = now() WHERE user_id = $1")
+        .bind(user_id)
+        .execute(executor)
+        .await?;
+    Ok(())
+}

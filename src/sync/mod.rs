@@ -4,4 +4,5 @@
 
 pub mod chunk;
 pub mod export;
+pub mod handler;
 pub mod store;

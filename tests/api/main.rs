@@ -21,4 +21,5 @@ mod reflection;
 mod simulator;
 mod storage;
 mod sync_chunks;
+mod sync_jobs;
 mod telemetry;

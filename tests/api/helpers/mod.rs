@@ -1,5 +1,6 @@
 //! `spawn_app()` and what tests need around it: a fresh database per test, typed clients, tokens.
 
+mod catalog;
 mod process;
 mod proxy;
 
@@ -22,6 +23,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+pub(crate) use catalog::CatalogDb;
 pub(crate) use process::ServeProcess;
 pub(crate) use proxy::TcpProxy;
 

@@ -1,0 +1,68 @@
+//! A seeded MySQL catalogue database per test.
+
+use brx_sync::{
+    blueprints::{BlueprintCatalog, fixture},
+    config::Config,
+    metrics::Metrics,
+    storage::Storage,
+};
+use secrecy::SecretString;
+
+use super::{MYSQL_ADMIN_URL, test_config};
+
+/// A catalogue database of its own, seeded with prints for blueprints 1..=prints, dropped after.
+pub(crate) struct CatalogDb {
+    pub(crate) config: Config,
+    pub(crate) name: String,
+}
+
+impl CatalogDb {
+    pub(crate) async fn seeded(prints: i64) -> Self {
+        let (mut config, _) = test_config();
+        let name = format!("brx_test_catalog_{}", uuid::Uuid::new_v4().simple());
+        config.mysql_url = SecretString::from(format!("mysql://root@127.0.0.1:3306/{name}"));
+        fixture::seed(&config, prints).await.unwrap();
+        Self { config, name }
+    }
+
+    /// A catalogue with its own metrics (and L1) over this database; `adjust` may reroute pools.
+    pub(crate) fn catalog(
+        &self,
+        adjust: impl FnOnce(&mut Config),
+    ) -> (BlueprintCatalog, Metrics, Storage) {
+        let mut config = self.config.clone();
+        adjust(&mut config);
+        let storage = Storage::connect_lazy(&config).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let catalog = BlueprintCatalog::new(
+            &config,
+            storage.mysql.clone(),
+            storage.redis.clone(),
+            &config.redis_key_prefix,
+            metrics.clone(),
+        );
+        (catalog, metrics, storage)
+    }
+}
+
+impl Drop for CatalogDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                use mysql_async::prelude::Queryable;
+                if let Ok(mut conn) = mysql_async::Conn::from_url(MYSQL_ADMIN_URL).await {
+                    let _ = conn
+                        .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                        .await;
+                    let _ = conn.disconnect().await;
+                }
+            });
+        })
+        .join();
+    }
+}

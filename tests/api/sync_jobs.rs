@@ -1,0 +1,273 @@
+//! The sync job end to end: simulator export → catalogue mapping → chunked upserts → sweep, run by a
+//! real worker against the real PostgreSQL, MariaDB and Redis.
+
+use std::{sync::Arc, time::Duration};
+
+use brx_sync::{
+    accounts::Accounts,
+    domain::UserId,
+    jobs::{
+        Job, JobState, Lane, NewJob, store as jobs,
+        worker::{Worker, WorkerSettings},
+    },
+    marketplace::MarketplaceClient,
+    metrics::Metrics,
+    pb::v1::ConnectAccountRequest,
+    rate_limit::{Limits, RateLimiter},
+    sync::handler::{KIND_FULL, SyncHandler, SyncProgress, SyncSettings},
+};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{CatalogDb, TestApp, authorized, spawn_app_with};
+
+struct Setup {
+    app: TestApp,
+    _catalog: CatalogDb,
+    pool: sqlx::PgPool,
+    handler: SyncHandler,
+}
+
+async fn setup() -> Setup {
+    let catalog_db = CatalogDb::seeded(brx_sync::simulator::CATALOGUE_BLUEPRINTS).await;
+    let mysql_url = catalog_db.config.mysql_url.clone();
+    let app = spawn_app_with(|config| config.mysql_url = mysql_url).await;
+    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+        .await
+        .unwrap();
+    let (catalog, _, storage) =
+        catalog_db.catalog(|config| config.redis_key_prefix = app.config.redis_key_prefix.clone());
+    let metrics = Metrics::new().unwrap();
+    let limiter = RateLimiter::new(
+        storage.redis.clone(),
+        &app.config.redis_key_prefix,
+        Limits::from_config(&app.config),
+        metrics.clone(),
+    );
+    let marketplace = MarketplaceClient::new(&app.config, limiter, metrics.clone()).unwrap();
+    let keyring = brx_sync::accounts::Keyring::parse(
+        app.config.encryption_keys.as_ref().unwrap().expose_secret(),
+    )
+    .unwrap();
+    let accounts = Accounts::new(pool.clone(), Some(keyring), marketplace);
+    let settings = SyncSettings {
+        chunk_size: 1_000,
+        statement_timeout: Duration::from_secs(30),
+        sweep_batch: 1_000,
+        export_budget: Duration::from_secs(60),
+    };
+    let handler = SyncHandler {
+        kind: KIND_FULL,
+        pool: pool.clone(),
+        accounts,
+        catalog,
+        metrics,
+        settings,
+    };
+    Setup {
+        app,
+        _catalog: catalog_db,
+        pool,
+        handler,
+    }
+}
+
+impl Setup {
+    async fn connect(&self, token: &str) -> UserId {
+        let user = UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
+        let request = ConnectAccountRequest {
+            user_id: user.to_string(),
+            cardtrader_token: token.into(),
+        };
+        self.app
+            .accounts()
+            .await
+            .connect_account(authorized(request, &self.app.service_token()))
+            .await
+            .unwrap();
+        user
+    }
+
+    /// Queues a full sync and runs a worker until it ends.
+    async fn sync(&self, user: UserId) -> Job {
+        let new = NewJob {
+            user_id: user,
+            kind: KIND_FULL.into(),
+            lane: Lane::Bulk,
+            payload: serde_json::json!({"scope": "full"}),
+            priority: 0,
+            max_attempts: 3,
+        };
+        let id = jobs::enqueue(&self.pool, &new, 1_000)
+            .await
+            .unwrap()
+            .job()
+            .id;
+        let settings = WorkerSettings {
+            owner: "test".into(),
+            lane: Lane::Bulk,
+            concurrency: 2,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(50),
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_millis(200),
+        };
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(
+            Worker::new(
+                self.pool.clone(),
+                vec![Arc::new(self.handler.clone())],
+                settings,
+            )
+            .run(stop.clone()),
+        );
+        let job = loop {
+            let job = jobs::get(&self.pool, id).await.unwrap();
+            if job.state.is_terminal() {
+                break job;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        stop.cancel();
+        worker.await.unwrap().unwrap();
+        job
+    }
+
+    async fn local_rows(&self, user: UserId) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE user_id = $1")
+            .bind(user.as_uuid())
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn progress(job: &Job) -> SyncProgress {
+    serde_json::from_value(job.progress.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn a_full_sync_lands_exactly_the_simulators_inventory_and_a_resync_writes_only_what_changed()
+{
+    let setup = setup().await;
+    let seller = setup.app.simulator.add_seller(10_000);
+    let user = setup.connect(&seller.token).await;
+
+    let first = setup.sync(user).await;
+
+    assert_eq!(first.state, JobState::Succeeded, "{:?}", first.last_error);
+    let first_progress = progress(&first);
+    assert_eq!(first_progress.products_seen, 10_000);
+    assert_eq!(first_progress.written, 10_000);
+    assert_eq!(setup.local_rows(user).await, 10_000);
+    let unmapped: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inventory_items WHERE user_id = $1 AND print_id IS NULL",
+    )
+    .bind(user.as_uuid())
+    .fetch_one(&setup.pool)
+    .await
+    .unwrap();
+    let beyond_catalogue: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inventory_items WHERE user_id = $1 AND blueprint_id > 300000",
+    )
+    .bind(user.as_uuid())
+    .fetch_one(&setup.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        unmapped, beyond_catalogue,
+        "exactly the blueprints the shop lacks are stored unmapped"
+    );
+    assert_eq!(first_progress.unmapped as i64, unmapped);
+    let sample: Vec<(i64, i32)> = sqlx::query_as("SELECT product_id, quantity FROM inventory_items WHERE user_id = $1 ORDER BY product_id LIMIT 50")
+        .bind(user.as_uuid())
+        .fetch_all(&setup.pool)
+        .await
+        .unwrap();
+    for (product_id, quantity) in sample {
+        let upstream = setup
+            .app
+            .simulator
+            .product(&seller.token, product_id)
+            .unwrap();
+        assert_eq!(upstream["quantity"].as_i64(), Some(i64::from(quantity)));
+    }
+
+    // 1% changed upstream, 5 products gone.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT product_id FROM inventory_items WHERE user_id = $1 ORDER BY product_id",
+    )
+    .bind(user.as_uuid())
+    .fetch_all(&setup.pool)
+    .await
+    .unwrap();
+    for &id in ids.iter().step_by(100) {
+        setup.app.simulator.set_quantity(&seller.token, id, 99);
+    }
+    for &id in ids.iter().skip(7).step_by(1_000).take(5) {
+        setup.app.simulator.set_quantity(&seller.token, id, 0);
+    }
+
+    let second = setup.sync(user).await;
+
+    assert_eq!(second.state, JobState::Succeeded, "{:?}", second.last_error);
+    let second_progress = progress(&second);
+    assert_eq!(
+        second_progress.written, 100,
+        "only the changed rows were rewritten"
+    );
+    assert_eq!(
+        second_progress.deleted, 5,
+        "products removed upstream are swept"
+    );
+    assert_eq!(setup.local_rows(user).await, 9_995);
+    let account = setup.handler.accounts.get(user).await.unwrap();
+    assert!(account.last_sync_at.is_some());
+}
+
+#[tokio::test]
+async fn a_sync_whose_export_fails_sweeps_nothing_and_a_retry_completes() {
+    let setup = setup().await;
+    let seller = setup.app.simulator.add_seller(3_000);
+    let user = setup.connect(&seller.token).await;
+    let first = setup.sync(user).await;
+    assert_eq!(first.state, JobState::Succeeded);
+    // Upstream drops a product, then the next export dies: the row must survive the failed attempts.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT product_id FROM inventory_items WHERE user_id = $1 ORDER BY product_id LIMIT 1",
+    )
+    .bind(user.as_uuid())
+    .fetch_all(&setup.pool)
+    .await
+    .unwrap();
+    setup.app.simulator.set_quantity(&seller.token, ids[0], 0);
+    setup.app.simulator.set_faults(brx_sync::simulator::Faults {
+        error_5xx_rate: 1.0,
+        ..Default::default()
+    });
+
+    let failed = setup.sync(user).await;
+
+    assert_eq!(failed.state, JobState::Failed);
+    assert!(failed.last_error.is_some());
+    assert_eq!(
+        setup.local_rows(user).await,
+        3_000,
+        "a failed sync deletes nothing"
+    );
+
+    setup
+        .app
+        .simulator
+        .set_faults(brx_sync::simulator::Faults::default());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let retried = setup.sync(user).await;
+
+    assert_eq!(
+        retried.state,
+        JobState::Succeeded,
+        "{:?}",
+        retried.last_error
+    );
+    assert_eq!(setup.local_rows(user).await, 2_999);
+}
