@@ -7,7 +7,7 @@ use std::{
 };
 
 use brx_sync::{
-    blueprints::{BlueprintCatalog, Resolution, fixture},
+    blueprints::{Resolution, fixture},
     config::Config,
     domain::{BlueprintId, UserId},
     metrics::Metrics,
@@ -15,7 +15,6 @@ use brx_sync::{
         InvalidateBlueprintsRequest, MappingState, ResolveBlueprintsRequest,
         blueprint_service_client::BlueprintServiceClient,
     },
-    storage::Storage,
 };
 use secrecy::SecretString;
 use tonic::Code;
