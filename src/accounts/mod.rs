@@ -183,16 +183,30 @@ impl Accounts {
         account(row.ok_or(AccountError::NotFound)?)
     }
 
-    /// Forgets the seller's token and shared secret. (Once jobs and inventory exist, this also cancels
-    /// the seller's jobs and, with `purge_inventory`, deletes their rows.)
+    /// Stops whatever runs for the seller (queued jobs are cancelled, running ones stop at their next
+    /// checkpoint), forgets their token and shared secret, and with `purge_inventory` deletes their
+    /// local stock, all in one transaction.
     #[tracing::instrument(skip_all, fields(user_id = %user_id), err)]
     pub async fn disconnect(
         &self,
         user_id: UserId,
-        _purge_inventory: bool,
+        purge_inventory: bool,
     ) -> Result<Account, AccountError> {
-        let row = store::disconnect(&self.pg, user_id.as_uuid()).await?;
-        account(row.ok_or(AccountError::NotFound)?)
+        let mut tx = self.pg.begin().await?;
+        let row = store::disconnect(&mut *tx, user_id.as_uuid())
+            .await?
+            .ok_or(AccountError::NotFound)?;
+        let cancelled = crate::jobs::store::cancel_all_for(&mut *tx, user_id)
+            .await
+            .map_err(|err| AccountError::Internal(err.into()))?;
+        let purged = if purge_inventory {
+            store::purge_inventory(&mut *tx, user_id.as_uuid()).await?
+        } else {
+            0
+        };
+        tx.commit().await?;
+        tracing::info!(cancelled, purged, "account disconnected");
+        account(row)
     }
 
     /// The decrypted credentials of a connected seller.

@@ -117,3 +117,15 @@ pub(super) async fn record_sync(
         .await?;
     Ok(())
 }
+
+/// Deletes the seller's local stock; returns how many rows went.
+pub(super) async fn purge_inventory(
+    executor: impl PgExecutor<'_>,
+    user_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM inventory_items WHERE user_id = $1")
+        .bind(user_id)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected())
+}

@@ -315,7 +315,10 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
 }
 
 /// Cancels every queued and running job of a seller (queued at once, running at their next checkpoint).
-pub async fn cancel_all_for(pool: &PgPool, user_id: UserId) -> Result<u64, JobError> {
+pub async fn cancel_all_for(
+    executor: impl PgExecutor<'_>,
+    user_id: UserId,
+) -> Result<u64, JobError> {
     let done = sqlx::query(
         "UPDATE jobs SET \
              state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
@@ -324,7 +327,7 @@ pub async fn cancel_all_for(pool: &PgPool, user_id: UserId) -> Result<u64, JobEr
          WHERE user_id = $1 AND state IN ('queued', 'running')",
     )
     .bind(user_id.as_uuid())
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(done.rows_affected())
 }

@@ -333,3 +333,70 @@ async fn a_401_on_a_later_call_marks_the_account_token_invalid() {
         "connecting again repairs the account"
     );
 }
+
+#[tokio::test]
+async fn disconnecting_cancels_the_sellers_jobs_and_purges_their_inventory_when_asked() {
+    use brx_sync::jobs::{JobState, Lane, NewJob, store as jobs};
+    let app = spawn_app().await;
+    let seller = new_seller();
+    connect(&app, seller, &app.simulator.token(8))
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+        .await
+        .unwrap();
+    let new_job = |kind: &str| NewJob {
+        user_id: seller,
+        kind: kind.into(),
+        lane: Lane::Bulk,
+        payload: serde_json::json!({}),
+        priority: 0,
+        max_attempts: 3,
+    };
+    jobs::enqueue(&pool, &new_job("sync_full"), 100)
+        .await
+        .unwrap();
+    let running = jobs::claim(&pool, Lane::Bulk, "w", std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let queued = jobs::enqueue(&pool, &new_job("sync_full"), 100)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO inventory_items (user_id, product_id, blueprint_id, name, quantity, price_cents, currency) \
+         VALUES ($1, 1, 1, 'x', 1, 100, 'EUR'), ($1, 2, 2, 'y', 1, 100, 'EUR')",
+    )
+    .bind(seller.as_uuid())
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let request = DisconnectAccountRequest {
+        user_id: seller.to_string(),
+        purge_inventory: true,
+    };
+    app.accounts()
+        .await
+        .disconnect_account(authorized(request, &app.seller_token(seller)))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        jobs::get(&pool, queued.job().id).await.unwrap().state,
+        JobState::Cancelled
+    );
+    assert!(
+        jobs::get(&pool, running.job.id)
+            .await
+            .unwrap()
+            .cancel_requested,
+        "the running sync is asked to stop"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE user_id = $1")
+        .bind(seller.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
