@@ -2,7 +2,7 @@
 //! `run_until_stopped` serves until the shutdown future resolves, then drains in the order STYLE.md
 //! describes.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -16,11 +16,16 @@ use crate::{
     blueprints::BlueprintCatalog,
     config::Config,
     http::{self, HttpState},
+    jobs::{
+        Lane,
+        worker::{JobHandler, Worker, WorkerSettings},
+    },
     marketplace::MarketplaceClient,
     metrics::Metrics,
     rate_limit::{Limits, RateLimiter},
     readiness::Readiness,
     storage::{Storage, StorageSupervisor},
+    sync::handler::{KIND_FULL, KIND_TARGETED, SyncHandler, SyncSettings},
 };
 
 /// A built, not yet running, brx-sync replica.
@@ -130,6 +135,11 @@ impl App {
             config.database_url.clone(),
         );
         let mut supervisor_task = tokio::spawn(supervisor.run(workers.clone()));
+        let job_workers = job_workers(&config, &storage, &accounts, &catalog, &metrics);
+        let mut worker_tasks = tokio::task::JoinSet::new();
+        for worker in job_workers {
+            worker_tasks.spawn(worker.run(workers.clone()));
+        }
 
         let parts = GrpcParts {
             storage: storage.clone(),
@@ -176,12 +186,15 @@ impl App {
         let drained = tokio::time::timeout(config.shutdown_grace_period, async {
             let _ = (&mut grpc_task).await;
             let _ = (&mut supervisor_task).await;
+            // Workers hand their running jobs back to the queue as they stop.
+            while worker_tasks.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             tracing::warn!(grace = ?config.shutdown_grace_period, "grace period over: cutting in-flight RPCs");
             grpc_task.abort();
             supervisor_task.abort();
+            worker_tasks.abort_all();
         }
         stop_http.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut http_task).await;
@@ -190,6 +203,47 @@ impl App {
         tracing::info!("brx-sync stopped");
         early_exit.map_or(Ok(()), Err)
     }
+}
+
+/// One worker per lane: full syncs on the bulk lane, targeted syncs on the interactive lane.
+fn job_workers(
+    config: &Config,
+    storage: &Storage,
+    accounts: &Accounts,
+    catalog: &BlueprintCatalog,
+    metrics: &Metrics,
+) -> Vec<Worker> {
+    let owner = format!("brx-sync-{}", uuid::Uuid::new_v4().simple());
+    let sync = |kind| SyncHandler {
+        kind,
+        pool: storage.pg.clone(),
+        accounts: accounts.clone(),
+        catalog: catalog.clone(),
+        metrics: metrics.clone(),
+        settings: SyncSettings::from_config(config),
+    };
+    let settings = |lane, concurrency: u32| WorkerSettings {
+        owner: owner.clone(),
+        lane,
+        concurrency: concurrency as usize,
+        lease: config.job_lease,
+        poll_interval: config.job_poll_interval,
+        retry_min: std::time::Duration::from_secs(1),
+        retry_max: std::time::Duration::from_secs(60),
+    };
+    let handler = |kind| -> Vec<Arc<dyn JobHandler>> { vec![Arc::new(sync(kind))] };
+    vec![
+        Worker::new(
+            storage.pg.clone(),
+            handler(KIND_FULL),
+            settings(Lane::Bulk, config.bulk_concurrency),
+        ),
+        Worker::new(
+            storage.pg.clone(),
+            handler(KIND_TARGETED),
+            settings(Lane::Interactive, config.interactive_concurrency),
+        ),
+    ]
 }
 
 /// Logs which part stopped and why; a part stopping before shutdown is always an error.

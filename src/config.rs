@@ -289,6 +289,25 @@ pub struct Config {
     #[arg(long, env = "BRX_ENCRYPTION_KEYS", value_parser = secret, global = true)]
     pub encryption_keys: Option<SecretString>,
 
+    /// Sync jobs (bulk lane) run at once by this replica.
+    #[arg(long, env = "BRX_BULK_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub bulk_concurrency: u32,
+    /// Interactive jobs (targeted syncs, pushes, purchases) run at once by this replica.
+    #[arg(long, env = "BRX_INTERACTIVE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub interactive_concurrency: u32,
+    /// Job lease; a replica that dies has its jobs taken over after this long.
+    #[arg(long, env = "BRX_JOB_LEASE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub job_lease: Duration,
+    /// How often idle workers look for due jobs.
+    #[arg(long, env = "BRX_JOB_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub job_poll_interval: Duration,
+    /// Products per sync chunk transaction.
+    #[arg(long, env = "BRX_SYNC_CHUNK_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000), global = true)]
+    pub sync_chunk_size: u32,
+    /// Statement timeout of each sync chunk transaction.
+    #[arg(long, env = "BRX_SYNC_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub sync_statement_timeout: Duration,
+
     /// Log format.
     #[arg(long, env = "BRX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,

@@ -23,6 +23,8 @@ use crate::{
 
 /// Job kind of a full sync (bulk lane).
 pub const KIND_FULL: &str = "sync_full";
+/// Job kind of a sync of listed blueprints or expansions (interactive lane).
+pub const KIND_TARGETED: &str = "sync_targeted";
 
 /// What a sync covers, as stored in the job's payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -104,6 +106,18 @@ impl JobHandler for SyncHandler {
             tracing::warn!(%error, "could not drop the sync's seen-set");
         }
         result
+    }
+}
+
+impl SyncSettings {
+    /// From `BRX_SYNC_*`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            chunk_size: config.sync_chunk_size as usize,
+            statement_timeout: config.sync_statement_timeout,
+            sweep_batch: 5_000,
+            export_budget: config.cardtrader_export_timeout * 2,
+        }
     }
 }
 
