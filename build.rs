@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 PathBuf::from("proto/brx/sync/v1/admin.proto"),
                 PathBuf::from("proto/brx/sync/v1/accounts.proto"),
                 PathBuf::from("proto/brx/sync/v1/blueprints.proto"),
+                PathBuf::from("proto/brx/sync/v1/sync.proto"),
             ],
             &includes,
         )?;

@@ -25,7 +25,10 @@ use crate::{
     rate_limit::{Limits, RateLimiter},
     readiness::Readiness,
     storage::{Storage, StorageSupervisor},
-    sync::handler::{KIND_FULL, KIND_TARGETED, SyncHandler, SyncSettings},
+    sync::{
+        handler::{KIND_FULL, KIND_TARGETED, SyncHandler, SyncSettings},
+        service::Syncs,
+    },
 };
 
 /// A built, not yet running, brx-sync replica.
@@ -146,6 +149,7 @@ impl App {
             readiness: readiness.clone(),
             metrics: metrics.clone(),
             authenticator,
+            syncs: Syncs::new(storage.pg.clone(), accounts.clone(), config.max_queue_depth),
             accounts,
             catalog,
         };

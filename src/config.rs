@@ -301,6 +301,9 @@ pub struct Config {
     /// How often idle workers look for due jobs.
     #[arg(long, env = "BRX_JOB_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
     pub job_poll_interval: Duration,
+    /// Queued jobs per lane past which StartSync answers RESOURCE_EXHAUSTED instead of queueing.
+    #[arg(long, env = "BRX_MAX_QUEUE_DEPTH", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..), global = true)]
+    pub max_queue_depth: i64,
     /// Products per sync chunk transaction.
     #[arg(long, env = "BRX_SYNC_CHUNK_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000), global = true)]
     pub sync_chunk_size: u32,

@@ -10,6 +10,7 @@ mod admin;
 mod blueprints;
 mod health;
 mod layers;
+mod sync;
 
 use std::{future::Future, time::Instant};
 
@@ -28,8 +29,9 @@ use admin::AdminApi;
 use blueprints::BlueprintApi;
 use pb::v1::{
     account_service_server::AccountServiceServer, admin_service_server::AdminServiceServer,
-    blueprint_service_server::BlueprintServiceServer,
+    blueprint_service_server::BlueprintServiceServer, sync_service_server::SyncServiceServer,
 };
+use sync::SyncApi;
 
 /// What the gRPC server is built from.
 #[derive(Debug)]
@@ -46,6 +48,8 @@ pub struct GrpcParts {
     pub accounts: crate::accounts::Accounts,
     /// Blueprint → print mappings.
     pub catalog: crate::blueprints::BlueprintCatalog,
+    /// Bulk syncs.
+    pub syncs: crate::sync::service::Syncs,
 }
 
 /// Builds the health bridge and the server future; the server stops accepting when `shutdown`
@@ -71,6 +75,7 @@ where
         concurrency_limit: config.rpc_concurrency_limit,
         marketplace: parts.accounts.marketplace().clone(),
     });
+    let sync_service = SyncServiceServer::new(SyncApi { syncs: parts.syncs });
     let blueprint_service = BlueprintServiceServer::new(BlueprintApi {
         catalog: parts.catalog,
     });
@@ -81,6 +86,7 @@ where
         <AdminServiceServer<AdminApi> as NamedService>::NAME,
         <AccountServiceServer<AccountApi> as NamedService>::NAME,
         <BlueprintServiceServer<BlueprintApi> as NamedService>::NAME,
+        <SyncServiceServer<SyncApi> as NamedService>::NAME,
     ];
     let bridge = HealthBridge::new(reporter, parts.readiness, parts.metrics.clone(), services);
 
@@ -122,6 +128,7 @@ where
         .add_service(admin)
         .add_service(accounts)
         .add_service(blueprint_service)
+        .add_service(sync_service)
         .serve_with_incoming_shutdown(incoming, shutdown);
     Ok((bridge, server))
 }

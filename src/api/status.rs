@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tonic::{Code, Status, metadata::MetadataValue};
 
-use crate::accounts::AccountError;
+use crate::{accounts::AccountError, jobs::JobError, sync::service::SyncError};
 
 /// Metadata key telling a shed or throttled caller how long to wait before retrying.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
@@ -56,6 +56,23 @@ impl From<AccountError> for Status {
                 status
             }
             AccountError::Internal(cause) => internal("account operation failed", cause.as_ref()),
+        }
+    }
+}
+
+impl From<SyncError> for Status {
+    fn from(err: SyncError) -> Self {
+        match err {
+            SyncError::NotConnected => {
+                Status::failed_precondition("the seller's CardTrader account is not connected")
+            }
+            SyncError::NotFound => Status::not_found("no such sync"),
+            SyncError::Jobs(JobError::QueueFull {
+                lane, retry_after, ..
+            }) => resource_exhausted(&format!("the {lane} sync queue is full"), retry_after),
+            SyncError::Jobs(JobError::NotFound) => Status::not_found("no such sync"),
+            SyncError::Account(err) => err.into(),
+            other => internal("sync operation failed", &other),
         }
     }
 }

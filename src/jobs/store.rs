@@ -338,3 +338,54 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     let row: Option<JobRow> = sqlx::query_as(sql).bind(id).fetch_optional(pool).await?;
     job(row.ok_or(JobError::NotFound)?)
 }
+
+/// A seller's jobs of the given kinds, newest first, strictly older than `before` (keyset paging).
+pub async fn list_for_user(
+    pool: &PgPool,
+    user_id: UserId,
+    kinds: &[&str],
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Job>, JobError> {
+    let sql = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM jobs WHERE user_id = $1 AND kind = ANY($2) \
+           AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
+         ORDER BY created_at DESC, id DESC LIMIT $5"
+    );
+    let kinds: Vec<String> = kinds.iter().map(|kind| (*kind).to_owned()).collect();
+    let rows: Vec<JobRow> = sqlx::query_as(sql)
+        .bind(user_id.as_uuid())
+        .bind(&kinds)
+        .bind(before.map(|(at, _)| at))
+        .bind(before.map(|(_, id)| id))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter().map(job).collect()
+}
+
+/// The seller's most recent job of these kinds in one of `states`.
+pub async fn latest_in_states(
+    pool: &PgPool,
+    user_id: UserId,
+    kinds: &[&str],
+    states: &[JobState],
+) -> Result<Option<Job>, JobError> {
+    let sql = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM jobs WHERE user_id = $1 AND kind = ANY($2) AND state = ANY($3) \
+         ORDER BY coalesce(finished_at, created_at) DESC LIMIT 1"
+    );
+    let kinds: Vec<String> = kinds.iter().map(|kind| (*kind).to_owned()).collect();
+    let states: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
+    let row: Option<JobRow> = sqlx::query_as(sql)
+        .bind(user_id.as_uuid())
+        .bind(&kinds)
+        .bind(&states)
+        .fetch_optional(pool)
+        .await?;
+    row.map(job).transpose()
+}

@@ -5,4 +5,5 @@
 pub mod chunk;
 pub mod export;
 pub mod handler;
+pub mod service;
 pub mod store;

@@ -22,4 +22,5 @@ mod simulator;
 mod storage;
 mod sync_chunks;
 mod sync_jobs;
+mod sync_rpc;
 mod telemetry;

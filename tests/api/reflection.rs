@@ -4,7 +4,8 @@ use tokio_stream::StreamExt;
 
 use crate::helpers::spawn_app;
 
-const EXPECTED: [&str; 4] = [
+const EXPECTED: [&str; 5] = [
+    "brx.sync.v1.SyncService",
     "brx.sync.v1.BlueprintService",
     "brx.sync.v1.AdminService",
     "brx.sync.v1.AccountService",

@@ -1,0 +1,247 @@
+//! `SyncService`: checked input in, one call into [`Syncs`], jobs out.
+
+use std::{pin::Pin, time::Duration};
+
+use base64::Engine;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::{accounts::timestamp, auth, pb::v1 as pb, status};
+use crate::{
+    domain::UserId,
+    jobs::{Enqueued, Job, JobState},
+    sync::{
+        handler::{SyncProgress, SyncScope},
+        service::Syncs,
+    },
+};
+
+/// How often WatchSync re-reads the job.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Handler state of `SyncService`.
+#[derive(Debug, Clone)]
+pub(crate) struct SyncApi {
+    pub(crate) syncs: Syncs,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::SyncJob, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::sync_service_server::SyncService for SyncApi {
+    async fn start_sync(
+        &self,
+        request: Request<pb::StartSyncRequest>,
+    ) -> Result<Response<pb::SyncJob>, Status> {
+        let user_id = user_id(&request.get_ref().user_id)?;
+        auth::require_user(&request, user_id)?;
+        let body = request.into_inner();
+        let scope = scope(&body)?;
+        let enqueued = self.syncs.start(user_id, scope, body.priority).await?;
+        let coalesced = matches!(enqueued, Enqueued::Coalesced(_));
+        let mut job = encode(enqueued.job());
+        job.coalesced = coalesced;
+        Ok(Response::new(job))
+    }
+
+    async fn get_sync(
+        &self,
+        request: Request<pb::GetSyncRequest>,
+    ) -> Result<Response<pb::SyncJob>, Status> {
+        let job = self.owned_job(&request).await?;
+        Ok(Response::new(encode(&job)))
+    }
+
+    async fn list_syncs(
+        &self,
+        request: Request<pb::ListSyncsRequest>,
+    ) -> Result<Response<pb::ListSyncsResponse>, Status> {
+        let user_id = user_id(&request.get_ref().user_id)?;
+        auth::require_user(&request, user_id)?;
+        let body = request.into_inner();
+        let page_size = match body.page_size {
+            0 => 20,
+            size @ 1..=100 => i64::from(size),
+            _ => {
+                return Err(status::invalid_argument(
+                    "page_size",
+                    "must be between 1 and 100",
+                ));
+            }
+        };
+        let before = page_token(&body.page_token)?;
+        let jobs = self.syncs.list(user_id, before, page_size).await?;
+        let next_page_token = match jobs.last() {
+            Some(last) if jobs.len() as i64 == page_size => encode_token(last),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListSyncsResponse {
+            syncs: jobs.iter().map(encode).collect(),
+            next_page_token,
+        }))
+    }
+
+    type WatchSyncStream = WatchStream;
+
+    async fn watch_sync(
+        &self,
+        request: Request<pb::GetSyncRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let first = self.owned_job(&request).await?;
+        let syncs = self.syncs.clone();
+        let stream = futures::stream::unfold(
+            (Some(first), None::<pb::SyncJob>),
+            move |(next, last_sent)| {
+                let syncs = syncs.clone();
+                async move {
+                    let mut job = next?;
+                    loop {
+                        let encoded = encode(&job);
+                        let terminal = job.state.is_terminal();
+                        if last_sent.as_ref() != Some(&encoded) {
+                            let follow = if terminal { None } else { Some(job) };
+                            return Some((Ok(encoded.clone()), (follow, Some(encoded))));
+                        }
+                        if terminal {
+                            return None;
+                        }
+                        tokio::time::sleep(WATCH_INTERVAL).await;
+                        job = match syncs.get(job.id).await {
+                            Ok(job) => job,
+                            Err(err) => return Some((Err(Status::from(err)), (None, last_sent))),
+                        };
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_sync(
+        &self,
+        request: Request<pb::GetSyncRequest>,
+    ) -> Result<Response<pb::SyncJob>, Status> {
+        let job = self.owned_job(&request).await?;
+        Ok(Response::new(encode(&self.syncs.cancel(job.id).await?)))
+    }
+
+    async fn get_sync_status(
+        &self,
+        request: Request<pb::GetSyncStatusRequest>,
+    ) -> Result<Response<pb::SyncStatus>, Status> {
+        let user_id = user_id(&request.get_ref().user_id)?;
+        auth::require_user(&request, user_id)?;
+        let status = self.syncs.status(user_id).await?;
+        Ok(Response::new(pb::SyncStatus {
+            user_id: user_id.to_string(),
+            last_finished: status.last_finished.as_ref().map(encode),
+            current: status.current.as_ref().map(encode),
+            item_count: status.item_count,
+        }))
+    }
+}
+
+impl SyncApi {
+    /// The job named in the request, if the caller may see it (NOT_FOUND before PERMISSION_DENIED
+    /// would leak which ids exist, so another seller's job is PERMISSION_DENIED only once found).
+    async fn owned_job(&self, request: &Request<pb::GetSyncRequest>) -> Result<Job, Status> {
+        let job_id = Uuid::try_parse(request.get_ref().job_id.trim())
+            .map_err(|_| status::invalid_argument("job_id", "must be a UUID"))?;
+        let job = self.syncs.get(job_id).await?;
+        auth::require_user(request, job.user_id)?;
+        Ok(job)
+    }
+}
+
+fn user_id(raw: &str) -> Result<UserId, Status> {
+    UserId::parse(raw).map_err(|err| status::invalid_argument("user_id", err))
+}
+
+fn scope(request: &pb::StartSyncRequest) -> Result<SyncScope, Status> {
+    match (
+        request.blueprint_ids.as_slice(),
+        request.expansion_ids.as_slice(),
+    ) {
+        ([], []) => Ok(SyncScope::Full),
+        ([id], []) if *id > 0 => Ok(SyncScope::Blueprint { blueprint_id: *id }),
+        ([], [id]) if *id > 0 => Ok(SyncScope::Expansion { expansion_id: *id }),
+        ([_], []) => Err(status::invalid_argument(
+            "blueprint_ids",
+            "ids must be positive",
+        )),
+        ([], [_]) => Err(status::invalid_argument(
+            "expansion_ids",
+            "ids must be positive",
+        )),
+        (_, []) => Err(status::invalid_argument(
+            "blueprint_ids",
+            "one blueprint per targeted sync",
+        )),
+        ([], _) => Err(status::invalid_argument(
+            "expansion_ids",
+            "one expansion per targeted sync",
+        )),
+        _ => Err(status::invalid_argument(
+            "blueprint_ids",
+            "give blueprint_ids or expansion_ids, not both",
+        )),
+    }
+}
+
+fn page_token(raw: &str) -> Result<Option<(chrono::DateTime<chrono::Utc>, Uuid)>, Status> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || status::invalid_argument("page_token", "not a token from a previous page");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (micros, id) = text.split_once('/').ok_or_else(invalid)?;
+    let micros: i64 = micros.parse().map_err(|_| invalid())?;
+    let at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
+    Ok(Some((at, Uuid::try_parse(id).map_err(|_| invalid())?)))
+}
+
+fn encode_token(job: &Job) -> String {
+    let raw = format!("{}/{}", job.created_at.timestamp_micros(), job.id);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn encode(job: &Job) -> pb::SyncJob {
+    let state = match job.state {
+        JobState::Queued => pb::SyncState::Queued,
+        JobState::Running => pb::SyncState::Running,
+        JobState::Succeeded => pb::SyncState::Succeeded,
+        JobState::Failed => pb::SyncState::Failed,
+        JobState::Cancelled => pb::SyncState::Cancelled,
+    };
+    let scope = match serde_json::from_value(job.payload.clone()).unwrap_or_default() {
+        SyncScope::Full => "full".to_owned(),
+        SyncScope::Blueprint { blueprint_id } => format!("blueprint:{blueprint_id}"),
+        SyncScope::Expansion { expansion_id } => format!("expansion:{expansion_id}"),
+    };
+    let progress: SyncProgress = serde_json::from_value(job.progress.clone()).unwrap_or_default();
+    pb::SyncJob {
+        job_id: job.id.to_string(),
+        user_id: job.user_id.to_string(),
+        scope,
+        state: state.into(),
+        progress: Some(pb::SyncProgress {
+            chunks_done: progress.chunks_done,
+            products_seen: progress.products_seen,
+            written: progress.written,
+            unchanged: progress.unchanged,
+            deleted: progress.deleted,
+            unmapped: progress.unmapped,
+        }),
+        attempts: u32::try_from(job.attempts).unwrap_or(0),
+        last_error: job.last_error.clone().unwrap_or_default(),
+        created_at: Some(timestamp(job.created_at)),
+        started_at: job.started_at.map(timestamp),
+        finished_at: job.finished_at.map(timestamp),
+        coalesced: false,
+        cancel_requested: job.cancel_requested,
+    }
+}

@@ -1,0 +1,140 @@
+//! The sync capability as callers use it: start (coalescing, bounded queue), look up, list, cancel,
+//! status. The work itself is the job handler's.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::handler::{KIND_FULL, KIND_TARGETED, SyncScope};
+use crate::{
+    accounts::{AccountError, AccountStatus, Accounts},
+    domain::UserId,
+    jobs::{Enqueued, Job, JobError, JobState, Lane, NewJob, store},
+};
+
+/// The kinds that are syncs.
+pub const SYNC_KINDS: [&str; 2] = [KIND_FULL, KIND_TARGETED];
+
+/// What can go wrong starting or reading syncs.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The seller has no connected account.
+    #[error("the seller's account is not connected")]
+    NotConnected,
+    /// No such sync.
+    #[error("no such sync")]
+    NotFound,
+    /// A job queue error (full queue, storage).
+    #[error(transparent)]
+    Jobs(#[from] JobError),
+    /// Storage failure.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Account lookup failure.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+}
+
+/// A seller's sync state at a glance.
+#[derive(Debug, Clone)]
+pub struct SyncStatus {
+    /// The most recent sync that ended.
+    pub last_finished: Option<Job>,
+    /// The sync queued or running now.
+    pub current: Option<Job>,
+    /// Items stored locally.
+    pub item_count: u64,
+}
+
+/// The sync capability.
+#[derive(Debug, Clone)]
+pub struct Syncs {
+    pool: PgPool,
+    accounts: Accounts,
+    max_queue_depth: i64,
+}
+
+impl Syncs {
+    /// Syncs stored in `pool`, refusing new jobs past `max_queue_depth` queued per lane.
+    pub fn new(pool: PgPool, accounts: Accounts, max_queue_depth: i64) -> Self {
+        Self {
+            pool,
+            accounts,
+            max_queue_depth,
+        }
+    }
+
+    /// Queues a sync of `scope`, or joins the queued one of the same kind.
+    pub async fn start(
+        &self,
+        user_id: UserId,
+        scope: SyncScope,
+        priority: i32,
+    ) -> Result<Enqueued, SyncError> {
+        let account = match self.accounts.get(user_id).await {
+            Ok(account) => account,
+            Err(AccountError::NotFound) => return Err(SyncError::NotConnected),
+            Err(other) => return Err(other.into()),
+        };
+        if account.status != AccountStatus::Connected {
+            return Err(SyncError::NotConnected);
+        }
+        let (kind, lane) = match scope {
+            SyncScope::Full => (KIND_FULL, Lane::Bulk),
+            _ => (KIND_TARGETED, Lane::Interactive),
+        };
+        let new = NewJob {
+            user_id,
+            kind: kind.into(),
+            lane,
+            payload: serde_json::to_value(scope).unwrap_or_default(),
+            priority,
+            max_attempts: 5,
+        };
+        Ok(store::enqueue(&self.pool, &new, self.max_queue_depth).await?)
+    }
+
+    /// One sync.
+    pub async fn get(&self, job_id: Uuid) -> Result<Job, SyncError> {
+        match store::get(&self.pool, job_id).await {
+            Ok(job) if SYNC_KINDS.contains(&job.kind.as_str()) => Ok(job),
+            Ok(_) | Err(JobError::NotFound) => Err(SyncError::NotFound),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// A page of the seller's syncs, newest first.
+    pub async fn list(
+        &self,
+        user_id: UserId,
+        before: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<Job>, SyncError> {
+        Ok(store::list_for_user(&self.pool, user_id, &SYNC_KINDS, before, limit).await?)
+    }
+
+    /// Cancels a queued sync now, or asks a running one to stop after its chunk.
+    pub async fn cancel(&self, job_id: Uuid) -> Result<Job, SyncError> {
+        self.get(job_id).await?;
+        Ok(store::cancel(&self.pool, job_id).await?)
+    }
+
+    /// The seller's last finished sync, current sync and item count.
+    pub async fn status(&self, user_id: UserId) -> Result<SyncStatus, SyncError> {
+        let finished = [JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+        let active = [JobState::Running, JobState::Queued];
+        let last_finished =
+            store::latest_in_states(&self.pool, user_id, &SYNC_KINDS, &finished).await?;
+        let current = store::latest_in_states(&self.pool, user_id, &SYNC_KINDS, &active).await?;
+        let item_count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE user_id = $1")
+                .bind(user_id.as_uuid())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(SyncStatus {
+            last_finished,
+            current,
+            item_count: u64::try_from(item_count).unwrap_or(0),
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! SyncService over gRPC: start, coalescing, a full queue, watching a sync to its end, status,
+//! cancellation, and clear statuses for bad input and other sellers' jobs.
+
+use std::time::Duration;
+
+use brx_sync::{
+    domain::UserId,
+    pb::v1::{
+        ConnectAccountRequest, GetSyncRequest, GetSyncStatusRequest, ListSyncsRequest,
+        StartSyncRequest, SyncState, sync_service_client::SyncServiceClient,
+    },
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, transport::Channel};
+
+use crate::helpers::{CatalogDb, TestApp, authorized, spawn_app_with};
+
+async fn app_with(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> (TestApp, CatalogDb) {
+    let catalog = CatalogDb::seeded(1_000).await;
+    let url = catalog.config.mysql_url.clone();
+    let app = spawn_app_with(|config| {
+        config.mysql_url = url;
+        config.job_poll_interval = Duration::from_millis(100);
+        adjust(config);
+    })
+    .await;
+    (app, catalog)
+}
+
+async fn connected_seller(app: &TestApp, products: u64) -> UserId {
+    let seller = app.simulator.add_seller(products);
+    let user = UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
+    let request = ConnectAccountRequest {
+        user_id: user.to_string(),
+        cardtrader_token: seller.token,
+    };
+    app.accounts()
+        .await
+        .connect_account(authorized(request, &app.service_token()))
+        .await
+        .unwrap();
+    user
+}
+
+async fn client(app: &TestApp) -> SyncServiceClient<Channel> {
+    SyncServiceClient::new(app.channel().await)
+}
+
+fn start(user: UserId) -> StartSyncRequest {
+    StartSyncRequest {
+        user_id: user.to_string(),
+        blueprint_ids: vec![],
+        expansion_ids: vec![],
+        priority: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_started_sync_can_be_watched_to_its_end_and_shows_in_the_status() {
+    let (app, _catalog) = app_with(|_| {}).await;
+    let user = connected_seller(&app, 1_500).await;
+    let mut sync = client(&app).await;
+    let token = app.seller_token(user);
+
+    let job = sync
+        .start_sync(authorized(start(user), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut updates = sync
+        .watch_sync(authorized(
+            GetSyncRequest {
+                job_id: job.job_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(update) = updates.next().await {
+        last = Some(update.unwrap());
+    }
+
+    let last = last.unwrap();
+    assert_eq!(last.state(), SyncState::Succeeded, "{}", last.last_error);
+    assert_eq!(last.progress.unwrap().products_seen, 1_500);
+    let status = sync
+        .get_sync_status(authorized(
+            GetSyncStatusRequest {
+                user_id: user.to_string(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.item_count, 1_500);
+    assert_eq!(status.last_finished.unwrap().job_id, job.job_id);
+    assert!(status.current.is_none());
+    let listed = sync
+        .list_syncs(authorized(
+            ListSyncsRequest {
+                user_id: user.to_string(),
+                page_size: 10,
+                page_token: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.syncs.len(), 1);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_start_syncs_for_one_seller_coalesce_into_one_job() {
+    // Workers idle for an hour: every request finds the first one still queued.
+    let (app, _catalog) =
+        app_with(|config| config.job_poll_interval = Duration::from_secs(3_600)).await;
+    let user = connected_seller(&app, 10).await;
+    let token = app.seller_token(user);
+    let channel = app.channel().await;
+
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let mut sync = SyncServiceClient::new(channel.clone());
+            let request = authorized(start(user), &token);
+            tokio::spawn(async move { sync.start_sync(request).await.unwrap().into_inner() })
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for call in calls {
+        jobs.push(call.await.unwrap());
+    }
+
+    assert!(jobs.iter().all(|job| job.job_id == jobs[0].job_id));
+    assert_eq!(jobs.iter().filter(|job| !job.coalesced).count(), 1);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
+    let (app, _catalog) = app_with(|config| {
+        config.job_poll_interval = Duration::from_secs(3_600);
+        config.max_queue_depth = 1;
+    })
+    .await;
+    let (first, second) = (
+        connected_seller(&app, 10).await,
+        connected_seller(&app, 10).await,
+    );
+    let mut sync = client(&app).await;
+    sync.start_sync(authorized(start(first), &app.service_token()))
+        .await
+        .unwrap();
+
+    let refused = sync
+        .start_sync(authorized(start(second), &app.service_token()))
+        .await
+        .unwrap_err();
+
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.metadata().get("retry-after-ms").is_some());
+}
+
+#[tokio::test]
+async fn a_queued_sync_is_cancelled_at_once() {
+    let (app, _catalog) =
+        app_with(|config| config.job_poll_interval = Duration::from_secs(3_600)).await;
+    let user = connected_seller(&app, 10).await;
+    let mut sync = client(&app).await;
+    let token = app.seller_token(user);
+    let job = sync
+        .start_sync(authorized(start(user), &token))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let cancelled = sync
+        .cancel_sync(authorized(GetSyncRequest { job_id: job.job_id }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(cancelled.state(), SyncState::Cancelled);
+}
+
+#[tokio::test]
+async fn bad_input_unknown_jobs_and_other_sellers_get_clear_statuses() {
+    let (app, _catalog) =
+        app_with(|config| config.job_poll_interval = Duration::from_secs(3_600)).await;
+    let (owner, stranger) = (
+        connected_seller(&app, 10).await,
+        connected_seller(&app, 10).await,
+    );
+    let mut sync = client(&app).await;
+    let job = sync
+        .start_sync(authorized(start(owner), &app.seller_token(owner)))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let not_connected = UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
+    let status = sync
+        .start_sync(authorized(start(not_connected), &app.service_token()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    let mut bad_user = start(owner);
+    bad_user.user_id = "seller-1".into();
+    let status = sync
+        .start_sync(authorized(bad_user, &app.service_token()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("user_id"));
+
+    let mut both = start(owner);
+    both.blueprint_ids = vec![1];
+    both.expansion_ids = vec![2];
+    assert_eq!(
+        sync.start_sync(authorized(both, &app.service_token()))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    let bad_id = sync
+        .get_sync(authorized(
+            GetSyncRequest {
+                job_id: "nope".into(),
+            },
+            &app.service_token(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_id.code(), Code::InvalidArgument);
+    assert!(bad_id.message().starts_with("job_id"));
+
+    let unknown = GetSyncRequest {
+        job_id: uuid::Uuid::new_v4().to_string(),
+    };
+    assert_eq!(
+        sync.get_sync(authorized(unknown, &app.service_token()))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    let theirs = GetSyncRequest { job_id: job.job_id };
+    let denied = sync
+        .cancel_sync(authorized(theirs, &app.seller_token(stranger)))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+}
