@@ -141,7 +141,15 @@ impl App {
         let job_workers = job_workers(&config, &storage, &accounts, &catalog, &metrics);
         let mut worker_tasks = tokio::task::JoinSet::new();
         for worker in job_workers {
-            worker_tasks.spawn(worker.run(workers.clone()));
+            let (stop, mut ready) = (workers.clone(), readiness.subscribe());
+            // Claiming needs the jobs table: wait until the database is reachable and migrated.
+            worker_tasks.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    _ = ready.wait_for(|state| state.database_ready) => {}
+                }
+                worker.run(stop).await
+            });
         }
 
         let parts = GrpcParts {

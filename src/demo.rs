@@ -20,9 +20,10 @@ use crate::{
     config::Config,
     domain::UserId,
     pb::v1::{
-        ConnectAccountRequest, GetStatsRequest, MappingState, PoolState, ResolveBlueprintsRequest,
-        account_service_client::AccountServiceClient, admin_service_client::AdminServiceClient,
-        blueprint_service_client::BlueprintServiceClient,
+        ConnectAccountRequest, GetStatsRequest, GetSyncRequest, MappingState, PoolState,
+        ResolveBlueprintsRequest, StartSyncRequest, account_service_client::AccountServiceClient,
+        admin_service_client::AdminServiceClient, blueprint_service_client::BlueprintServiceClient,
+        sync_service_client::SyncServiceClient,
     },
     simulator::{SimulatorConfig, SimulatorHandle},
 };
@@ -49,7 +50,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await
         .context("seeding the MySQL catalogue (is MariaDB running at BRX_MYSQL_URL?)")?;
     println!(
-        "[1/7] catalogue fixture: {CATALOGUE_PRINTS} prints in {} ({:.1} s)",
+        "[1/8] catalogue fixture: {CATALOGUE_PRINTS} prints in {} ({:.1} s)",
         config.catalog_tables.join(", "),
         started.elapsed().as_secs_f64()
     );
@@ -60,7 +61,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     println!(
-        "[2/7] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics; CardTrader simulator at {}",
+        "[2/8] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics; CardTrader simulator at {}",
         simulator.base_url()
     );
 
@@ -68,7 +69,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .connect()
         .await?;
     wait_until_serving(HealthClient::new(channel.clone())).await?;
-    println!("[3/7] database reachable and migrated: health is SERVING");
+    println!("[3/8] database reachable and migrated: health is SERVING");
 
     let token = mint_token(&secret, None, "service", Duration::from_secs(300))?;
     let mut request = tonic::Request::new(GetStatsRequest {});
@@ -80,7 +81,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await?
         .into_inner();
     println!(
-        "[4/7] AdminService.GetStats as the service role: version {}",
+        "[4/8] AdminService.GetStats as the service role: version {}",
         stats.version
     );
     for pool in &stats.pools {
@@ -102,11 +103,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     connect_a_seller(channel_for(grpc_addr).await?, &secret, &simulator).await?;
     resolve_some_blueprints(channel_for(grpc_addr).await?, &token, &simulator).await?;
+    sync_the_seller(channel_for(grpc_addr).await?, &token).await?;
 
     let _ = stop.send(());
     server.await.context("server task")??;
     simulator.shutdown().await;
-    println!("[7/7] graceful shutdown: NOT_SERVING, RPCs drained, pools closed\n\ndemo finished");
+    println!("[8/8] graceful shutdown: NOT_SERVING, RPCs drained, pools closed\n\ndemo finished");
     Ok(())
 }
 
@@ -148,13 +150,70 @@ async fn resolve_some_blueprints(
             .filter(|m| m.state() == MappingState::Mapped)
             .count();
         println!(
-            "[6/7] BlueprintService.ResolveBlueprints ({pass}): {} blueprints, {mapped} mapped, {} unmapped, in {:.1} ms",
+            "[6/8] BlueprintService.ResolveBlueprints ({pass}): {} blueprints, {mapped} mapped, {} unmapped, in {:.1} ms",
             mappings.len(),
             mappings.len() - mapped,
             started.elapsed().as_secs_f64() * 1000.0
         );
     }
     Ok(())
+}
+
+/// Runs a full sync of the demo seller and follows it with WatchSync, as a progress bar.
+async fn sync_the_seller(channel: Channel, token: &str) -> anyhow::Result<()> {
+    let mut client = SyncServiceClient::new(channel);
+    let start = StartSyncRequest {
+        user_id: DEMO_SELLER.into(),
+        ..Default::default()
+    };
+    let job = client
+        .start_sync(with_bearer(start, token)?)
+        .await?
+        .into_inner();
+    let bar = ProgressBar::new_spinner().with_style(ProgressStyle::with_template(
+        "      {spinner} sync {msg} ({elapsed})",
+    )?);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let mut updates = client
+        .watch_sync(with_bearer(
+            GetSyncRequest {
+                job_id: job.job_id.clone(),
+            },
+            token,
+        )?)
+        .await?
+        .into_inner();
+    let mut last = job;
+    while let Some(update) = updates.message().await? {
+        let progress = update.progress.unwrap_or_default();
+        bar.set_message(format!(
+            "{:?}: {} products, {} chunks",
+            update.state(),
+            progress.products_seen,
+            progress.chunks_done
+        ));
+        last = update;
+    }
+    bar.finish_and_clear();
+    let progress = last.progress.unwrap_or_default();
+    println!(
+        "[7/8] SyncService.StartSync + WatchSync: {:?}; {} products seen, {} written, {} unchanged, {} unmapped, {} swept",
+        last.state(),
+        progress.products_seen,
+        progress.written,
+        progress.unchanged,
+        progress.unmapped,
+        progress.deleted
+    );
+    Ok(())
+}
+
+fn with_bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
 }
 
 /// The shop user the demo acts for.
@@ -183,7 +242,7 @@ async fn connect_a_seller(
         .await?
         .into_inner();
     println!(
-        "[5/7] AccountService.ConnectAccount: seller {seller} is {:?} as CardTrader user {}; token checked with /info, stored encrypted",
+        "[5/8] AccountService.ConnectAccount: seller {seller} is {:?} as CardTrader user {}; token checked with /info, stored encrypted",
         account.status(),
         account.cardtrader_user_id
     );
