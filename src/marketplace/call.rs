@@ -10,7 +10,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     CallOptions, Seller,
-    breaker::CircuitBreaker,
+    breaker::{Admission, CircuitBreaker},
     error::{MarketplaceError, html_message, scope_of_429},
     types::ErrorBody,
 };
@@ -110,13 +110,7 @@ impl Inner {
         spec: &CallSpec,
         body: Option<&(impl Serialize + Sync)>,
     ) -> Result<bytes::Bytes, MarketplaceError> {
-        self.take_tokens(seller.key, options, spec.scope).await?;
-        let Some(admission) = self.breaker.admit() else {
-            self.record(spec.endpoint, "breaker_open", None);
-            return Err(MarketplaceError::Unavailable {
-                reason: "circuit breaker open".into(),
-            });
-        };
+        let admission = self.admit(seller, options, spec).await?;
         let started = Instant::now();
         let mut request = self
             .http
@@ -141,28 +135,7 @@ impl Inner {
         let result = result
             .map_err(|(err, _)| err)
             .and_then(|(status, bytes)| classify(status, bytes, seller, spec));
-        let result = match result {
-            Err(MarketplaceError::RateLimited { scope, retry_after }) => {
-                self.metrics
-                    .cardtrader_429
-                    .with_label_values(&[spec.endpoint])
-                    .inc();
-                self.limiter.penalize(seller.key, scope).await;
-                Err(MarketplaceError::RateLimited { scope, retry_after })
-            }
-            other => other,
-        };
-        self.breaker.record(
-            admission,
-            !result
-                .as_ref()
-                .err()
-                .is_some_and(MarketplaceError::is_host_failure),
-        );
-        self.metrics
-            .breaker_state
-            .set(self.breaker.state().gauge_value());
-        result
+        self.settle(admission, seller, spec, result).await
     }
 
     /// Starts a call whose body the caller streams: limiter, breaker and status are handled here; the
@@ -173,13 +146,7 @@ impl Inner {
         options: CallOptions,
         spec: &CallSpec,
     ) -> Result<reqwest::Response, MarketplaceError> {
-        self.take_tokens(seller.key, options, spec.scope).await?;
-        let Some(admission) = self.breaker.admit() else {
-            self.record(spec.endpoint, "breaker_open", None);
-            return Err(MarketplaceError::Unavailable {
-                reason: "circuit breaker open".into(),
-            });
-        };
+        let admission = self.admit(seller, options, spec).await?;
         let started = Instant::now();
         let sent = self
             .http
@@ -209,13 +176,6 @@ impl Inner {
                     .unwrap_or_else(|| MarketplaceError::Unavailable {
                         reason: format!("{status}: an HTML page instead of the export"),
                     });
-                if let MarketplaceError::RateLimited { scope, .. } = &error {
-                    self.metrics
-                        .cardtrader_429
-                        .with_label_values(&[spec.endpoint])
-                        .inc();
-                    self.limiter.penalize(seller.key, *scope).await;
-                }
                 Err(error)
             }
             Err(err) if err.is_timeout() => Err(MarketplaceError::Timeout),
@@ -223,13 +183,46 @@ impl Inner {
                 reason: format!("connection failed: {err}"),
             }),
         };
-        self.breaker.record(
-            admission,
-            !result
-                .as_ref()
-                .err()
-                .is_some_and(MarketplaceError::is_host_failure),
-        );
+        self.settle(admission, seller, spec, result).await
+    }
+
+    /// Rate-limit tokens first (waiting must not hold a breaker probe), then the breaker's admission.
+    async fn admit(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        spec: &CallSpec,
+    ) -> Result<Admission, MarketplaceError> {
+        self.take_tokens(seller.key, options, spec.scope).await?;
+        self.breaker.admit().ok_or_else(|| {
+            self.record(spec.endpoint, "breaker_open", None);
+            MarketplaceError::Unavailable {
+                reason: "circuit breaker open".into(),
+            }
+        })
+    }
+
+    /// Bookkeeping after every call: a 429 penalizes the seller's bucket, and the breaker and its gauge
+    /// learn whether CardTrader itself looked healthy.
+    async fn settle<T>(
+        &self,
+        admission: Admission,
+        seller: Seller<'_>,
+        spec: &CallSpec,
+        result: Result<T, MarketplaceError>,
+    ) -> Result<T, MarketplaceError> {
+        if let Err(MarketplaceError::RateLimited { scope, .. }) = &result {
+            self.metrics
+                .cardtrader_429
+                .with_label_values(&[spec.endpoint])
+                .inc();
+            self.limiter.penalize(seller.key, *scope).await;
+        }
+        let host_failed = result
+            .as_ref()
+            .err()
+            .is_some_and(MarketplaceError::is_host_failure);
+        self.breaker.record(admission, !host_failed);
         self.metrics
             .breaker_state
             .set(self.breaker.state().gauge_value());
