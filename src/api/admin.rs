@@ -48,11 +48,39 @@ impl pb::admin_service_server::AdminService for AdminApi {
             }),
             serving: self.readiness.current().serving(),
             cardtrader: Some(self.cardtrader_stats()),
+            lanes: self.lane_stats().await,
         }))
     }
 }
 
 impl AdminApi {
+    /// Queue depth per lane; a bounded query on the partial indexes, skipped when PostgreSQL is down.
+    async fn lane_stats(&self) -> Vec<pb::LaneStats> {
+        if !self.readiness.current().database_ready {
+            return Vec::new();
+        }
+        let counts = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            crate::jobs::store::lane_counts(&self.storage.pg),
+        )
+        .await;
+        match counts {
+            Ok(Ok(counts)) => counts
+                .into_iter()
+                .map(|(lane, queued, running)| pb::LaneStats {
+                    lane: lane.as_str().to_owned(),
+                    queued: u64::try_from(queued).unwrap_or(0),
+                    running: u64::try_from(running).unwrap_or(0),
+                })
+                .collect(),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "GetStats could not count the job queues");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     fn cardtrader_stats(&self) -> pb::CardTraderStats {
         let breaker = match self.marketplace.breaker_state() {
             BreakerState::Closed => pb::BreakerState::Closed,

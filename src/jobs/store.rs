@@ -389,3 +389,24 @@ pub async fn latest_in_states(
         .await?;
     row.map(job).transpose()
 }
+
+/// Queued and running jobs per lane, across all replicas.
+pub async fn lane_counts(pool: &PgPool) -> Result<Vec<(Lane, i64, i64)>, JobError> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT lane, count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'running') \
+         FROM jobs WHERE state IN ('queued', 'running') GROUP BY lane",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok([Lane::Interactive, Lane::Bulk]
+        .into_iter()
+        .map(|lane| {
+            let found = rows.iter().find(|(name, _, _)| name == lane.as_str());
+            (
+                lane,
+                found.map_or(0, |row| row.1),
+                found.map_or(0, |row| row.2),
+            )
+        })
+        .collect())
+}

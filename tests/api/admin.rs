@@ -29,6 +29,12 @@ async fn get_stats_reports_every_pool_the_version_and_the_rpc_limit() {
     let cardtrader = stats.cardtrader.unwrap();
     assert_eq!(cardtrader.breaker(), brx_sync::pb::v1::BreakerState::Closed);
     assert!(!cardtrader.rate_limit_fallback);
+    let lanes: Vec<(&str, u64, u64)> = stats
+        .lanes
+        .iter()
+        .map(|l| (l.lane.as_str(), l.queued, l.running))
+        .collect();
+    assert_eq!(lanes, vec![("interactive", 0, 0), ("bulk", 0, 0)]);
     let rpc = stats.rpc.unwrap();
     assert_eq!(rpc.concurrency_limit, 77);
     assert!(rpc.in_flight >= 1, "GetStats counts itself");

@@ -161,6 +161,13 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
 
     assert_eq!(refused.code(), Code::ResourceExhausted);
     assert!(refused.metadata().get("retry-after-ms").is_some());
+    let stats = app.get_stats(Some(&app.service_token())).await.unwrap();
+    let bulk = stats.lanes.iter().find(|lane| lane.lane == "bulk").unwrap();
+    assert_eq!(
+        (bulk.queued, bulk.running),
+        (1, 0),
+        "GetStats shows the queue depth per lane"
+    );
 }
 
 #[tokio::test]
