@@ -236,6 +236,12 @@ async fn start_echo() -> anyhow::Result<SocketAddr> {
 }
 
 async fn start_app() -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    // A fresh bench database each run, created and migrated by the app: never stale from older builds.
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+    sqlx::query("DROP DATABASE IF EXISTS brx_bench WITH (FORCE)")
+        .execute(&admin)
+        .await?;
+    admin.close().await;
     let mut config = Config::defaults();
     config.grpc_addr = "127.0.0.1:0".parse()?;
     config.http_addr = "127.0.0.1:0".parse()?;

@@ -21,7 +21,27 @@ pub(crate) struct AdminApi {
     pub(crate) started_at: Instant,
     pub(crate) concurrency_limit: u32,
     pub(crate) marketplace: MarketplaceClient,
+    pub(crate) lanes: std::sync::Arc<LaneCache>,
 }
+
+/// Lane counts are read from PostgreSQL at most once a second, whatever the GetStats rate, so the RPC
+/// stays an in-memory answer for pollers and dashboards.
+#[derive(Debug, Default)]
+pub(crate) struct LaneCache {
+    value: std::sync::Mutex<(Option<std::time::Instant>, Vec<pb::LaneStats>)>,
+    refreshing: std::sync::atomic::AtomicBool,
+}
+
+/// Clears the refreshing flag however the refresh ends (an RPC cancelled mid-query included).
+struct Refreshing<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+const LANE_STATS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminApi {
@@ -54,8 +74,29 @@ impl pb::admin_service_server::AdminService for AdminApi {
 }
 
 impl AdminApi {
-    /// Queue depth per lane; a bounded query on the partial indexes, skipped when PostgreSQL is down.
+    /// Queue depth per lane, at most a second old; one caller refreshes while the others read.
     async fn lane_stats(&self) -> Vec<pb::LaneStats> {
+        use std::sync::atomic::Ordering;
+        let cache = &self.lanes;
+        let (read_at, value) = cache
+            .value
+            .lock()
+            .map(|guard| guard.clone())
+            .unwrap_or_default();
+        let fresh = read_at.is_some_and(|at| at.elapsed() < LANE_STATS_MAX_AGE);
+        if fresh || cache.refreshing.swap(true, Ordering::AcqRel) {
+            return value;
+        }
+        let _refreshing = Refreshing(&cache.refreshing);
+        let counts = self.query_lane_stats().await;
+        if let Ok(mut guard) = cache.value.lock() {
+            *guard = (Some(std::time::Instant::now()), counts.clone());
+        }
+        counts
+    }
+
+    /// A bounded query on the partial indexes, skipped when PostgreSQL is down.
+    async fn query_lane_stats(&self) -> Vec<pb::LaneStats> {
         if !self.readiness.current().database_ready {
             return Vec::new();
         }

@@ -74,6 +74,7 @@ where
         started_at: Instant::now(),
         concurrency_limit: config.rpc_concurrency_limit,
         marketplace: parts.accounts.marketplace().clone(),
+        lanes: Default::default(),
     });
     let sync_service = SyncServiceServer::new(SyncApi { syncs: parts.syncs });
     let blueprint_service = BlueprintServiceServer::new(BlueprintApi {
