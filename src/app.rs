@@ -226,12 +226,16 @@ fn job_workers(
     metrics: &Metrics,
 ) -> Vec<Worker> {
     let owner = format!("brx-sync-{}", uuid::Uuid::new_v4().simple());
+    // One cap for every sync of this replica, below the pool size (config validation), so chunk
+    // writers can never take the connections RPCs and job bookkeeping need.
+    let writers = Arc::new(tokio::sync::Semaphore::new(config.sync_db_writers as usize));
     let sync = |kind| SyncHandler {
         kind,
         pool: storage.pg.clone(),
         accounts: accounts.clone(),
         catalog: catalog.clone(),
         metrics: metrics.clone(),
+        writers: writers.clone(),
         settings: SyncSettings::from_config(config),
     };
     let settings = |lane, concurrency: u32| WorkerSettings {
@@ -240,6 +244,7 @@ fn job_workers(
         concurrency: concurrency as usize,
         lease: config.job_lease,
         poll_interval: config.job_poll_interval,
+        aging: config.job_aging,
         retry_min: std::time::Duration::from_secs(1),
         retry_max: std::time::Duration::from_secs(60),
     };
@@ -249,11 +254,13 @@ fn job_workers(
             storage.pg.clone(),
             handler(KIND_FULL),
             settings(Lane::Bulk, config.bulk_concurrency),
+            metrics.clone(),
         ),
         Worker::new(
             storage.pg.clone(),
             handler(KIND_TARGETED),
             settings(Lane::Interactive, config.interactive_concurrency),
+            metrics.clone(),
         ),
     ]
 }

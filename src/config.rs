@@ -310,6 +310,22 @@ pub struct Config {
     /// Statement timeout of each sync chunk transaction.
     #[arg(long, env = "BRX_SYNC_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub sync_statement_timeout: Duration,
+    /// Chunks of one sync in flight at once (mapping one while another is written).
+    #[arg(long, env = "BRX_SYNC_CHUNKS_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16), global = true)]
+    pub sync_chunks_in_flight: u32,
+    /// Chunk transactions open at once across every sync of this replica; must stay below
+    /// BRX_PG_MAX_CONNECTIONS so RPCs and job bookkeeping always find a connection.
+    #[arg(long, env = "BRX_SYNC_DB_WRITERS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub sync_db_writers: u32,
+    /// A queued job gains one priority point for each such wait, so old jobs are not starved.
+    #[arg(long, env = "BRX_JOB_AGING", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub job_aging: Duration,
+    /// The scheduler queues a full sync for a connected account whose last sync is older than this.
+    #[arg(long, env = "BRX_SYNC_STALE_AFTER", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    pub sync_stale_after: Duration,
+    /// How often the scheduler looks for stale accounts (one replica at a time does it).
+    #[arg(long, env = "BRX_SCHEDULER_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub scheduler_interval: Duration,
 
     /// Log format.
     #[arg(long, env = "BRX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
@@ -419,6 +435,21 @@ impl Config {
                     reason: format!("'{name}' is not a plain SQL identifier (letters, digits, _)"),
                 });
             }
+        }
+        if self.sync_db_writers >= self.pg_max_connections {
+            return Err(ConfigError {
+                setting: "BRX_SYNC_DB_WRITERS",
+                reason: format!(
+                    "must be below BRX_PG_MAX_CONNECTIONS ({}) so other work always finds a connection",
+                    self.pg_max_connections
+                ),
+            });
+        }
+        if self.job_aging.is_zero() {
+            return Err(ConfigError {
+                setting: "BRX_JOB_AGING",
+                reason: "must be longer than zero".into(),
+            });
         }
         if self.redis_key_prefix.is_empty() {
             return Err(ConfigError {

@@ -44,6 +44,17 @@ pub const CATALOG_BATCH_SIZE: &str = "brx_catalog_batch_size";
 pub const CATALOG_QUERIES_TOTAL: &str = "brx_catalog_queries_total";
 /// Sync chunk transactions rerun, by reason (`deadlock`, `serialization`, `timeout`, `connection`).
 pub const SYNC_CHUNK_RETRIES_TOTAL: &str = "brx_sync_chunk_retries_total";
+/// Sync rows by what the chunk did with them (`written`, `unchanged`, `deleted`, `unmapped`).
+pub const SYNC_ROWS_TOTAL: &str = "brx_sync_rows_total";
+/// Latency of one sync chunk transaction, reruns included.
+pub const SYNC_CHUNK_SECONDS: &str = "brx_sync_chunk_seconds";
+/// Jobs that ended an attempt, by kind and outcome (`succeeded`, `failed`, `cancelled`, `retried`,
+/// `rate_limited`, `interrupted`).
+pub const JOBS_FINISHED_TOTAL: &str = "brx_jobs_finished_total";
+/// Jobs queued and running across all replicas, by lane and state, as last read by this replica.
+pub const JOBS: &str = "brx_jobs";
+/// Jobs queued by the periodic scheduler, by kind.
+pub const JOBS_SCHEDULED_TOTAL: &str = "brx_jobs_scheduled_total";
 /// Circuit breaker on the CardTrader host: 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "brx_cardtrader_breaker_state";
 
@@ -91,6 +102,16 @@ pub struct Metrics {
     pub catalog_queries: IntCounter,
     /// See [`SYNC_CHUNK_RETRIES_TOTAL`].
     pub sync_chunk_retries: IntCounterVec,
+    /// See [`SYNC_ROWS_TOTAL`].
+    pub sync_rows: IntCounterVec,
+    /// See [`SYNC_CHUNK_SECONDS`].
+    pub sync_chunk_seconds: Histogram,
+    /// See [`JOBS_FINISHED_TOTAL`].
+    pub jobs_finished: IntCounterVec,
+    /// See [`JOBS`].
+    pub jobs: IntGaugeVec,
+    /// See [`JOBS_SCHEDULED_TOTAL`].
+    pub jobs_scheduled: IntCounterVec,
 }
 
 impl Metrics {
@@ -208,6 +229,35 @@ impl Metrics {
                 SYNC_CHUNK_RETRIES_TOTAL,
                 "Sync chunk transactions rerun, by reason.",
                 &["reason"],
+            )?,
+            sync_rows: counter_vec(
+                SYNC_ROWS_TOTAL,
+                "Sync rows by what the chunk did with them.",
+                &["result"],
+            )?,
+            sync_chunk_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(SYNC_CHUNK_SECONDS, "Sync chunk transaction latency.")
+                        .buckets(latency_buckets.clone()),
+                )?,
+            )?,
+            jobs_finished: counter_vec(
+                JOBS_FINISHED_TOTAL,
+                "Job attempts that ended, by kind and outcome.",
+                &["kind", "outcome"],
+            )?,
+            jobs: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(JOBS, "Jobs across all replicas, by lane and state."),
+                    &["lane", "state"],
+                )?,
+            )?,
+            jobs_scheduled: counter_vec(
+                JOBS_SCHEDULED_TOTAL,
+                "Jobs queued by the periodic scheduler, by kind.",
+                &["kind"],
             )?,
             registry,
         };

@@ -12,7 +12,7 @@ use crate::{
     domain::UserId,
     jobs::{Enqueued, Job, JobState},
     sync::{
-        handler::{SyncProgress, SyncScope},
+        scope::{MAX_TARGETED_IDS, SyncProgress, SyncScope},
         service::Syncs,
     },
 };
@@ -159,34 +159,34 @@ fn user_id(raw: &str) -> Result<UserId, Status> {
 }
 
 fn scope(request: &pb::StartSyncRequest) -> Result<SyncScope, Status> {
-    match (
-        request.blueprint_ids.as_slice(),
-        request.expansion_ids.as_slice(),
-    ) {
-        ([], []) => Ok(SyncScope::Full),
-        ([id], []) if *id > 0 => Ok(SyncScope::Blueprint { blueprint_id: *id }),
-        ([], [id]) if *id > 0 => Ok(SyncScope::Expansion { expansion_id: *id }),
-        ([_], []) => Err(status::invalid_argument(
-            "blueprint_ids",
-            "ids must be positive",
-        )),
-        ([], [_]) => Err(status::invalid_argument(
-            "expansion_ids",
-            "ids must be positive",
-        )),
-        (_, []) => Err(status::invalid_argument(
-            "blueprint_ids",
-            "one blueprint per targeted sync",
-        )),
-        ([], _) => Err(status::invalid_argument(
-            "expansion_ids",
-            "one expansion per targeted sync",
-        )),
-        _ => Err(status::invalid_argument(
-            "blueprint_ids",
-            "give blueprint_ids or expansion_ids, not both",
-        )),
+    let (blueprint_ids, expansion_ids) = (&request.blueprint_ids, &request.expansion_ids);
+    if blueprint_ids.is_empty() && expansion_ids.is_empty() {
+        return Ok(SyncScope::Full);
     }
+    if blueprint_ids.len() + expansion_ids.len() > MAX_TARGETED_IDS {
+        return Err(status::invalid_argument(
+            "blueprint_ids",
+            format!("at most {MAX_TARGETED_IDS} blueprint and expansion ids per targeted sync"),
+        ));
+    }
+    Ok(SyncScope::Targeted {
+        blueprint_ids: positive_ids("blueprint_ids", blueprint_ids)?,
+        expansion_ids: positive_ids("expansion_ids", expansion_ids)?,
+    })
+}
+
+/// The ids, sorted and without repeats; the first one that is not positive is named in the error.
+fn positive_ids(field: &str, ids: &[i64]) -> Result<Vec<i64>, Status> {
+    if let Some(index) = ids.iter().position(|id| *id <= 0) {
+        return Err(status::invalid_argument(
+            &format!("{field}[{index}]"),
+            "ids must be positive",
+        ));
+    }
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 fn page_token(raw: &str) -> Result<Option<(chrono::DateTime<chrono::Utc>, Uuid)>, Status> {
@@ -217,18 +217,16 @@ fn encode(job: &Job) -> pb::SyncJob {
         JobState::Failed => pb::SyncState::Failed,
         JobState::Cancelled => pb::SyncState::Cancelled,
     };
-    let scope = match serde_json::from_value(job.payload.clone()).unwrap_or_default() {
-        SyncScope::Full => "full".to_owned(),
-        SyncScope::Blueprint { blueprint_id } => format!("blueprint:{blueprint_id}"),
-        SyncScope::Expansion { expansion_id } => format!("expansion:{expansion_id}"),
-    };
-    let progress: SyncProgress = serde_json::from_value(job.progress.clone()).unwrap_or_default();
+    let scope = SyncScope::from_payload(&job.payload)
+        .map_or_else(|_| "unreadable".to_owned(), |scope| scope.describe());
+    let progress = SyncProgress::from_json(&job.progress);
     pb::SyncJob {
         job_id: job.id.to_string(),
         user_id: job.user_id.to_string(),
         scope,
         state: state.into(),
         progress: Some(pb::SyncProgress {
+            chunks_total: progress.chunks_total,
             chunks_done: progress.chunks_done,
             products_seen: progress.products_seen,
             written: progress.written,

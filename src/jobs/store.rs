@@ -136,24 +136,36 @@ pub async fn queued_in_lane(executor: impl PgExecutor<'_>, lane: Lane) -> Result
     Ok(depth)
 }
 
-/// Claims the most urgent due job of `lane` that no other worker holds: a queued one whose seller has
-/// no running job of the same kind, or a running one whose lease expired (its worker died). The claim
-/// bumps the fence.
+/// Claims the next job of `lane` that no other worker holds, and bumps its fence. First a running job
+/// whose lease expired (its worker died). Then, among the due queued jobs whose seller runs no job of
+/// the same kind, the seller with the fewest jobs running in the lane goes first (sellers take turns),
+/// and within that the earliest effective due time: `run_at` moved earlier by `aging` per priority
+/// point, so a long wait eventually outranks a higher priority.
 pub async fn claim(
     pool: &PgPool,
     lane: Lane,
     owner: &str,
     lease: Duration,
+    aging: Duration,
 ) -> Result<Option<Lease>, JobError> {
+    // `due` bounds the fairness sort to the most urgent jobs, so a deep queue costs one top-N sort and
+    // a few dozen index probes per claim rather than a probe per queued job.
     let sql = concat!(
-        "WITH candidate AS ( \
+        "WITH due AS ( \
+             SELECT j.id FROM jobs j \
+             WHERE j.lane = $1 AND j.state = 'queued' AND j.run_at <= now() \
+               AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.user_id = j.user_id AND r.kind = j.kind \
+                               AND r.state = 'running') \
+             ORDER BY j.run_at - make_interval(secs => j.priority * $4) LIMIT 64), \
+         orphaned AS ( \
+             SELECT j.id FROM jobs j WHERE j.lane = $1 AND j.state = 'running' AND j.lease_expires_at < now()), \
+         candidate AS ( \
              SELECT j.id AS candidate_id FROM jobs j \
-             WHERE j.lane = $1 AND ( \
-                 (j.state = 'queued' AND j.run_at <= now() \
-                  AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.user_id = j.user_id AND r.kind = j.kind \
-                                  AND r.state = 'running')) \
-                 OR (j.state = 'running' AND j.lease_expires_at < now())) \
-             ORDER BY (j.state = 'running') DESC, j.priority DESC, j.run_at \
+             WHERE j.id IN (SELECT id FROM due UNION ALL SELECT id FROM orphaned) \
+             ORDER BY (j.state = 'running') DESC, \
+                 (SELECT count(*) FROM jobs o WHERE o.user_id = j.user_id AND o.lane = j.lane \
+                  AND o.state = 'running'), \
+                 j.run_at - make_interval(secs => j.priority * $4) \
              LIMIT 1 FOR UPDATE SKIP LOCKED) \
          UPDATE jobs SET state = 'running', lease_owner = $2, \
              lease_expires_at = now() + make_interval(secs => $3), fence = jobs.fence + 1, \
@@ -166,6 +178,7 @@ pub async fn claim(
         .bind(lane.as_str())
         .bind(owner)
         .bind(lease.as_secs_f64())
+        .bind(aging.as_secs_f64())
         .fetch_optional(pool)
         .await;
     let row = match claimed {
@@ -218,6 +231,42 @@ pub async fn record_progress(
         .execute(executor)
         .await?;
     fenced(updated.rows_affected())
+}
+
+/// Adds `deltas` (an object of numbers) to the job's progress counters, fenced, and returns whether a
+/// cancellation was requested. Chunks of one sync commit in any order, so each adds what it did
+/// instead of writing a total; reading the cancel flag here lets a sync stop after the chunk that
+/// committed, rather than at the next heartbeat.
+pub async fn add_progress(
+    executor: impl PgExecutor<'_>,
+    lease: &Lease,
+    deltas: &serde_json::Value,
+) -> Result<bool, JobError> {
+    let cancel: Option<bool> = sqlx::query_scalar(
+        "UPDATE jobs SET progress = progress || coalesce(( \
+             SELECT jsonb_object_agg(d.key, coalesce((jobs.progress ->> d.key)::numeric, 0) + d.value::numeric) \
+             FROM jsonb_each_text($3) d), '{}'), updated_at = now() \
+         WHERE id = $1 AND fence = $2 AND state = 'running' RETURNING cancel_requested",
+    )
+    .bind(lease.job.id)
+    .bind(lease.fence)
+    .bind(deltas)
+    .fetch_optional(executor)
+    .await?;
+    cancel.ok_or(JobError::LeaseLost)
+}
+
+/// Holds the job row until the caller's transaction ends, if this claim still owns it: a takeover
+/// (which updates the row) waits, so everything the transaction does happens before any takeover.
+pub async fn lock_fenced(executor: impl PgExecutor<'_>, lease: &Lease) -> Result<(), JobError> {
+    let held: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM jobs WHERE id = $1 AND fence = $2 AND state = 'running' FOR SHARE",
+    )
+    .bind(lease.job.id)
+    .bind(lease.fence)
+    .fetch_optional(executor)
+    .await?;
+    held.map(|_| ()).ok_or(JobError::LeaseLost)
 }
 
 fn fenced(rows: u64) -> Result<(), JobError> {

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{JobError, Lane, Lease, store};
-use crate::retry::full_jitter;
+use crate::{metrics::Metrics, retry::full_jitter};
 
 /// How a job's run ended, when it did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +89,8 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// How often to poll for work when idle (wake-ups may come sooner).
     pub poll_interval: Duration,
+    /// A queued job gains one priority point per this much waiting.
+    pub aging: Duration,
     /// First and largest retry backoff.
     pub retry_min: Duration,
     /// Largest retry backoff.
@@ -101,6 +103,7 @@ pub struct Worker {
     handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
     settings: WorkerSettings,
     wake: Arc<tokio::sync::Notify>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Worker {
@@ -115,7 +118,12 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// A worker for `settings.lane` running `handlers`.
-    pub fn new(pool: PgPool, handlers: Vec<Arc<dyn JobHandler>>, settings: WorkerSettings) -> Self {
+    pub fn new(
+        pool: PgPool,
+        handlers: Vec<Arc<dyn JobHandler>>,
+        settings: WorkerSettings,
+        metrics: Metrics,
+    ) -> Self {
         let handlers = handlers
             .into_iter()
             .map(|handler| (handler.kind(), handler))
@@ -125,6 +133,7 @@ impl Worker {
             handlers,
             settings,
             wake: Arc::new(tokio::sync::Notify::new()),
+            metrics,
         }
     }
 
@@ -148,6 +157,7 @@ impl Worker {
                 this.settings.lane,
                 &this.settings.owner,
                 this.settings.lease,
+                this.settings.aging,
             )
             .await
             {
@@ -216,15 +226,20 @@ impl Worker {
 
     async fn settle(&self, lease: &Lease, outcome: Result<(), JobFailure>) {
         let job = &lease.job;
-        let result = match outcome {
-            Ok(()) => store::succeed(&self.pool, lease).await,
-            Err(JobFailure::Cancelled) => store::cancelled(&self.pool, lease).await,
-            Err(JobFailure::Permanent(error)) => store::fail(&self.pool, lease, &error).await,
-            Err(JobFailure::RateLimited { wait }) => {
-                store::retry_later(&self.pool, lease, wait, "rate limited by CardTrader", false)
-                    .await
+        let (label, result) = match outcome {
+            Ok(()) => ("succeeded", store::succeed(&self.pool, lease).await),
+            Err(JobFailure::Cancelled) => ("cancelled", store::cancelled(&self.pool, lease).await),
+            Err(JobFailure::Permanent(error)) => {
+                tracing::warn!(%error, "job failed for good");
+                ("failed", store::fail(&self.pool, lease, &error).await)
             }
-            Err(JobFailure::Interrupted) => {
+            Err(JobFailure::RateLimited { wait }) => (
+                "rate_limited",
+                store::retry_later(&self.pool, lease, wait, "rate limited by CardTrader", false)
+                    .await,
+            ),
+            Err(JobFailure::Interrupted) => (
+                "interrupted",
                 store::retry_later(
                     &self.pool,
                     lease,
@@ -232,24 +247,29 @@ impl Worker {
                     "interrupted by shutdown",
                     false,
                 )
-                .await
-            }
+                .await,
+            ),
             Err(JobFailure::Transient(error)) if job.attempts >= job.max_attempts => {
-                store::fail(
-                    &self.pool,
-                    lease,
-                    &format!("{error} (after {} attempts)", job.attempts),
-                )
-                .await
+                tracing::warn!(%error, attempts = job.attempts, "job failed; no attempts left");
+                let error = format!("{error} (after {} attempts)", job.attempts);
+                ("failed", store::fail(&self.pool, lease, &error).await)
             }
             Err(JobFailure::Transient(error)) => {
                 let attempt = usize::try_from(job.attempts.max(1) - 1).unwrap_or(0);
                 let delay = full_jitter(self.settings.retry_min, self.settings.retry_max, None)
                     .nth(attempt)
                     .unwrap_or(self.settings.retry_max);
-                store::retry_later(&self.pool, lease, delay, &error, true).await
+                tracing::info!(%error, ?delay, "job attempt failed; retrying later");
+                (
+                    "retried",
+                    store::retry_later(&self.pool, lease, delay, &error, true).await,
+                )
             }
         };
+        self.metrics
+            .jobs_finished
+            .with_label_values(&[job.kind.as_str(), label])
+            .inc();
         match result {
             Ok(()) | Err(JobError::LeaseLost) => {}
             Err(error) => {

@@ -1,13 +1,18 @@
 //! One chunk of a sync as one transaction on one pooled connection: the upsert, the seen-set and the
 //! job's progress (fenced) commit together, under a statement timeout. Deadlocks, serialization
-//! failures, timeouts and lost connections rerun the whole transaction with jittered backoff.
+//! failures, timeouts and lost connections rerun the whole transaction with jittered backoff. A
+//! semaphore shared by every sync of the replica caps how many chunk transactions are open at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
-use super::store::{self, SyncRow};
+use super::{
+    scope::SyncProgress,
+    store::{self, SyncRow},
+};
 use crate::{
     domain::UserId,
     jobs::{JobError, Lease, store as jobs},
@@ -18,13 +23,27 @@ use crate::{
 /// Reruns of one chunk transaction before the sync attempt gives up.
 const CHUNK_RETRIES: usize = 5;
 
-/// What one chunk changed.
+/// What one committed chunk did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ChunkOutcome {
-    /// Rows inserted or changed.
-    pub written: u64,
-    /// Rows that were already up to date.
-    pub unchanged: u64,
+    /// Its counters, already added to the job's progress.
+    pub progress: SyncProgress,
+    /// Whether a cancellation of the job was requested (read in the same transaction).
+    pub cancel_requested: bool,
+}
+
+/// Where a chunk goes: the pool, the replica-wide cap on open chunk transactions, and the claim
+/// whose fence every write carries.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkTarget<'a> {
+    /// PostgreSQL.
+    pub pool: &'a PgPool,
+    /// Permits for open chunk transactions, fewer than the pool has connections.
+    pub writers: &'a Semaphore,
+    /// The job's claim.
+    pub lease: &'a Lease,
+    /// `SET LOCAL statement_timeout` of the transaction.
+    pub statement_timeout: Duration,
 }
 
 /// Why a chunk could not be written.
@@ -71,57 +90,82 @@ fn retry_reason(err: &ChunkError) -> &'static str {
     }
 }
 
-/// Writes `rows` (sorted here by product id, the lock order shared by every writer) with the job's
-/// `progress`, retrying transient failures.
+/// Writes `rows` (sorted here by product id, the lock order shared by every writer, and de-duplicated)
+/// and adds what it did to the job's progress, rerunning the transaction on transient failures.
 pub async fn write_chunk(
-    pool: &PgPool,
-    lease: &Lease,
+    target: ChunkTarget<'_>,
     user_id: UserId,
-    rows: &mut [SyncRow],
-    progress: &serde_json::Value,
-    statement_timeout: Duration,
+    mut rows: Vec<SyncRow>,
     metrics: &Metrics,
 ) -> Result<ChunkOutcome, ChunkError> {
     rows.sort_unstable_by_key(|row| row.product_id);
-    let rows: &[SyncRow] = rows;
-    let once = || write_once(pool, lease, user_id, rows, progress, statement_timeout);
-    once.retry(full_jitter(
-        Duration::from_millis(50),
-        Duration::from_secs(2),
-        Some(CHUNK_RETRIES),
-    ))
-    .when(|err| matches!(err, ChunkError::Database(db) if is_retryable(db)))
-    .notify(|err, wait| {
-        metrics
-            .sync_chunk_retries
-            .with_label_values(&[retry_reason(err)])
-            .inc();
-        tracing::warn!(error = %err, ?wait, "chunk transaction failed; rerunning it");
-    })
-    .await
+    rows.dedup_by_key(|row| row.product_id);
+    let started = Instant::now();
+    let rows: &[SyncRow] = &rows;
+    let once = || write_once(target, user_id, rows);
+    let outcome = once
+        .retry(full_jitter(
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+            Some(CHUNK_RETRIES),
+        ))
+        .when(|err| matches!(err, ChunkError::Database(db) if is_retryable(db)))
+        .notify(|err, wait| {
+            metrics
+                .sync_chunk_retries
+                .with_label_values(&[retry_reason(err)])
+                .inc();
+            tracing::warn!(error = %err, ?wait, "chunk transaction failed; rerunning it");
+        })
+        .await?;
+    metrics
+        .sync_chunk_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let counted = outcome.progress;
+    for (result, count) in [
+        ("written", counted.written),
+        ("unchanged", counted.unchanged),
+        ("unmapped", counted.unmapped),
+    ] {
+        metrics.sync_rows.with_label_values(&[result]).inc_by(count);
+    }
+    Ok(outcome)
 }
 
 async fn write_once(
-    pool: &PgPool,
-    lease: &Lease,
+    target: ChunkTarget<'_>,
     user_id: UserId,
     rows: &[SyncRow],
-    progress: &serde_json::Value,
-    statement_timeout: Duration,
 ) -> Result<ChunkOutcome, ChunkError> {
-    let mut tx = pool.begin().await?;
+    // Taken per attempt, so a chunk backing off after a deadlock holds no permit. The semaphore is
+    // never closed, so acquiring only fails if it were.
+    let _permit = target
+        .writers
+        .acquire()
+        .await
+        .map_err(|_| ChunkError::Database(sqlx::Error::PoolClosed))?;
+    let mut tx = target.pool.begin().await?;
     sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-        .bind(format!("{}ms", statement_timeout.as_millis()))
+        .bind(format!("{}ms", target.statement_timeout.as_millis()))
         .execute(&mut *tx)
         .await?;
     let written = store::upsert_rows(&mut tx, user_id, rows).await?;
     let product_ids: Vec<i64> = rows.iter().map(|row| row.product_id).collect();
-    store::mark_seen(&mut tx, lease.job.id, &product_ids).await?;
-    // Fenced, in the same transaction: a worker whose lease was taken over rolls back all of it.
-    jobs::record_progress(&mut *tx, lease, progress).await?;
-    tx.commit().await?;
-    Ok(ChunkOutcome {
+    store::mark_seen(&mut tx, target.lease, &product_ids).await?;
+    let progress = SyncProgress {
+        chunks_done: 1,
+        products_seen: rows.len() as u64,
         written,
         unchanged: rows.len() as u64 - written,
+        unmapped: rows.iter().filter(|row| row.print.is_none()).count() as u64,
+        ..SyncProgress::default()
+    };
+    // Fenced, last, in the same transaction: a worker whose lease was taken over rolls back all of
+    // it, and the job row is locked only for the moment before the commit.
+    let cancel_requested = jobs::add_progress(&mut *tx, target.lease, &progress.to_json()).await?;
+    tx.commit().await?;
+    Ok(ChunkOutcome {
+        progress,
+        cancel_requested,
     })
 }

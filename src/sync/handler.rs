@@ -1,23 +1,31 @@
-//! The sync job: stream the seller's export, resolve each chunk's blueprints in one batch, write the
-//! chunk as one transaction, and, once every chunk is in, sweep what CardTrader no longer lists. A
-//! failed or cancelled sync sweeps nothing.
+//! The sync job: stream the seller's export, cut it into chunks, and keep a few chunks in flight, each
+//! mapped through the catalogue in one batch and written as one transaction; once every chunk is in,
+//! sweep what CardTrader no longer lists. A failed or cancelled sync sweeps nothing.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use futures::{Stream, StreamExt, TryStreamExt, stream::TryChunksError};
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use super::{
-    chunk::{ChunkError, write_chunk},
+    chunk::{ChunkError, ChunkTarget, write_chunk},
+    scope::{SyncProgress, SyncScope},
     store::{self, SweepScope, SyncRow},
 };
 use crate::{
     accounts::{AccountError, Accounts},
     blueprints::{BlueprintCatalog, Resolution},
     domain::{BlueprintId, UserId},
-    jobs::worker::{JobContext, JobFailure, JobHandler},
-    marketplace::{CallOptions, ExportFilter, MarketplaceError, types::Product},
+    jobs::{
+        JobError, store as jobs,
+        worker::{JobContext, JobFailure, JobHandler},
+    },
+    marketplace::{CallOptions, MarketplaceError, Seller, types::Product},
     metrics::Metrics,
 };
 
@@ -26,53 +34,35 @@ pub const KIND_FULL: &str = "sync_full";
 /// Job kind of a sync of listed blueprints or expansions (interactive lane).
 pub const KIND_TARGETED: &str = "sync_targeted";
 
-/// What a sync covers, as stored in the job's payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(tag = "scope", rename_all = "snake_case")]
-pub enum SyncScope {
-    /// The whole inventory.
-    #[default]
-    Full,
-    /// One blueprint.
-    Blueprint {
-        /// Its id.
-        blueprint_id: i64,
-    },
-    /// One expansion.
-    Expansion {
-        /// Its id.
-        expansion_id: i64,
-    },
-}
-
-/// Progress counters, stored on the job in the same transaction as each chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct SyncProgress {
-    /// Chunks written.
-    pub chunks_done: u64,
-    /// Products read from the export.
-    pub products_seen: u64,
-    /// Rows inserted or changed.
-    pub written: u64,
-    /// Rows already up to date.
-    pub unchanged: u64,
-    /// Rows swept because CardTrader no longer lists them.
-    pub deleted: u64,
-    /// Products stored without a shop print.
-    pub unmapped: u64,
-}
+/// How long a chunk's catalogue lookup may take before unanswered blueprints count as unknown.
+const CATALOG_BUDGET: Duration = Duration::from_secs(30);
 
 /// Tuning of the sync.
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
     /// Products per chunk transaction.
     pub chunk_size: usize,
+    /// Chunks of one sync mapped or written at once.
+    pub chunks_in_flight: usize,
     /// `SET LOCAL statement_timeout` of each chunk transaction.
     pub statement_timeout: Duration,
     /// Rows per sweep DELETE.
     pub sweep_batch: i64,
     /// How long the export may take, rate-limit waits included.
     pub export_budget: Duration,
+}
+
+impl SyncSettings {
+    /// From `BRX_SYNC_*`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            chunk_size: config.sync_chunk_size as usize,
+            chunks_in_flight: config.sync_chunks_in_flight as usize,
+            statement_timeout: config.sync_statement_timeout,
+            sweep_batch: 5_000,
+            export_budget: config.cardtrader_export_timeout * 2,
+        }
+    }
 }
 
 /// Runs sync jobs.
@@ -88,8 +78,24 @@ pub struct SyncHandler {
     pub catalog: BlueprintCatalog,
     /// Metric handles.
     pub metrics: Metrics,
+    /// Chunk transactions open at once, shared by every sync handler of the replica.
+    pub writers: Arc<Semaphore>,
     /// Tuning.
     pub settings: SyncSettings,
+}
+
+/// Why a sync attempt stopped early: a job outcome, or a CardTrader error still to be classified
+/// (which needs the account to be told).
+#[derive(Debug)]
+enum Stop {
+    Job(JobFailure),
+    Marketplace(MarketplaceError),
+}
+
+impl From<JobFailure> for Stop {
+    fn from(failure: JobFailure) -> Self {
+        Stop::Job(failure)
+    }
 }
 
 #[tonic::async_trait]
@@ -99,88 +105,87 @@ impl JobHandler for SyncHandler {
     }
 
     async fn run(&self, context: JobContext) -> Result<(), JobFailure> {
-        let job_id = context.lease.job.id;
-        let result = self.sync(&context).await;
+        let result = match self.sync(&context).await {
+            Ok(()) => Ok(()),
+            Err(Stop::Job(failure)) => Err(failure),
+            Err(Stop::Marketplace(error)) => Err(self
+                .marketplace_failure(context.lease.job.user_id, error)
+                .await),
+        };
         // The seen-set only matters to this attempt's sweep; a retry starts a new one.
-        if let Err(error) = store::forget_seen(&self.pool, job_id).await {
+        if let Err(error) = store::forget_seen(&self.pool, &context.lease).await {
             tracing::warn!(%error, "could not drop the sync's seen-set");
         }
         result
     }
 }
 
-impl SyncSettings {
-    /// From `BRX_SYNC_*`.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        Self {
-            chunk_size: config.sync_chunk_size as usize,
-            statement_timeout: config.sync_statement_timeout,
-            sweep_batch: 5_000,
-            export_budget: config.cardtrader_export_timeout * 2,
-        }
-    }
-}
-
 impl SyncHandler {
-    async fn sync(&self, context: &JobContext) -> Result<(), JobFailure> {
-        let user_id = context.lease.job.user_id;
-        let scope: SyncScope =
-            serde_json::from_value(context.lease.job.payload.clone()).unwrap_or_default();
+    async fn sync(&self, context: &JobContext) -> Result<(), Stop> {
+        let lease = &context.lease;
+        let user_id = lease.job.user_id;
+        let scope = SyncScope::from_payload(&lease.job.payload)
+            .map_err(|err| JobFailure::Permanent(format!("unreadable sync scope: {err}")))?;
         let credentials = self
             .accounts
             .credentials(user_id)
             .await
             .map_err(account_failure)?;
-        let filter = match scope {
-            SyncScope::Full => ExportFilter::All,
-            SyncScope::Blueprint { blueprint_id } => ExportFilter::Blueprint(blueprint_id),
-            SyncScope::Expansion { expansion_id } => ExportFilter::Expansion(expansion_id),
+        let sweep_scope = sweep_scope(&scope);
+        let stored = store::count_in_scope(&self.pool, user_id, sweep_scope)
+            .await
+            .map_err(transient)?;
+        // This attempt starts from zero, whatever an earlier (failed or taken-over) attempt counted.
+        let mut progress = SyncProgress {
+            chunks_total: stored.div_ceil(self.settings.chunk_size as u64),
+            ..SyncProgress::default()
         };
-        let export = self
-            .accounts
-            .marketplace()
-            .export_stream(
-                credentials.seller(),
-                CallOptions::bulk(self.settings.export_budget),
-                filter,
-            )
-            .await;
-        let export = match export {
-            Ok(export) => export,
-            Err(error) => return Err(self.marketplace_failure(user_id, error).await),
+        jobs::record_progress(&self.pool, lease, &progress.to_json())
+            .await
+            .map_err(job_failure)?;
+
+        let options = match scope {
+            SyncScope::Full => CallOptions::bulk(self.settings.export_budget),
+            SyncScope::Targeted { .. } => CallOptions::interactive(self.settings.export_budget),
         };
-        let mut export = std::pin::pin!(export);
-        let mut progress = SyncProgress::default();
-        let mut chunk = Vec::with_capacity(self.settings.chunk_size);
-        while let Some(product) = export.next().await {
-            chunk.push(product.map_err(|err| JobFailure::Transient(err.to_string()))?);
-            if chunk.len() == self.settings.chunk_size {
-                self.flush(context, &mut chunk, &mut progress).await?;
-                if let Some(stop) = context.should_stop() {
-                    return Err(stop);
-                }
+        let chunks = self
+            .export(credentials.seller(), &scope, options)
+            .try_chunks(self.settings.chunk_size)
+            .map_err(|TryChunksError(_, stop)| stop);
+        // Memory stays bounded: at most `chunks_in_flight` chunks are being mapped or written, and
+        // one more is being read.
+        let mut written = std::pin::pin!(
+            chunks
+                .map_ok(|products| self.write(context, products))
+                .try_buffer_unordered(self.settings.chunks_in_flight)
+        );
+        while let Some(chunk) = written.try_next().await? {
+            progress.add(&chunk.progress);
+            crate::failpoint::pause("sync.after_chunk").await;
+            if chunk.cancel_requested {
+                return Err(JobFailure::Cancelled.into());
+            }
+            if let Some(stop) = context.should_stop() {
+                return Err(stop.into());
             }
         }
-        if !chunk.is_empty() {
-            self.flush(context, &mut chunk, &mut progress).await?;
-        }
-        let sweep_scope = match scope {
-            SyncScope::Full => SweepScope::All,
-            SyncScope::Blueprint { blueprint_id } => SweepScope::Blueprint(blueprint_id),
-            SyncScope::Expansion { expansion_id } => SweepScope::Expansion(expansion_id),
-        };
+        progress.chunks_total = progress.chunks_done;
         progress.deleted = store::sweep(
             &self.pool,
             user_id,
-            context.lease.job.id,
+            lease,
             sweep_scope,
             self.settings.sweep_batch,
         )
         .await
-        .map_err(|err| JobFailure::Transient(err.to_string()))?;
-        crate::jobs::store::record_progress(&self.pool, &context.lease, &json(&progress))
+        .map_err(job_failure)?;
+        self.metrics
+            .sync_rows
+            .with_label_values(&["deleted"])
+            .inc_by(progress.deleted);
+        jobs::record_progress(&self.pool, lease, &progress.to_json())
             .await
-            .map_err(|err| JobFailure::Transient(err.to_string()))?;
+            .map_err(job_failure)?;
         if scope == SyncScope::Full {
             self.accounts
                 .record_sync(user_id)
@@ -191,39 +196,44 @@ impl SyncHandler {
         Ok(())
     }
 
-    /// Maps one chunk's blueprints and writes it with the progress it completes.
-    async fn flush(
+    /// The products of `scope`, one export call after another.
+    fn export<'a>(
+        &'a self,
+        seller: Seller<'a>,
+        scope: &SyncScope,
+        options: CallOptions,
+    ) -> impl Stream<Item = Result<Product, Stop>> + 'a {
+        let marketplace = self.accounts.marketplace();
+        futures::stream::iter(scope.export_filters())
+            .then(move |filter| marketplace.export_stream(seller, options, filter))
+            .map_err(Stop::Marketplace)
+            .map_ok(|products| {
+                products.map_err(|err| Stop::Job(JobFailure::Transient(err.to_string())))
+            })
+            .try_flatten()
+    }
+
+    /// Maps one chunk's blueprints and writes it with the progress it adds.
+    async fn write(
         &self,
         context: &JobContext,
-        chunk: &mut Vec<Product>,
-        progress: &mut SyncProgress,
-    ) -> Result<(), JobFailure> {
+        products: Vec<Product>,
+    ) -> Result<super::chunk::ChunkOutcome, Stop> {
         let user_id = context.lease.job.user_id;
-        let mut rows = self.rows(user_id, chunk).await?;
-        let unmapped = rows.iter().filter(|row| row.print.is_none()).count() as u64;
-        let mut next = *progress;
-        next.chunks_done += 1;
-        next.products_seen += rows.len() as u64;
-        next.unmapped += unmapped;
-        let outcome = write_chunk(
-            &self.pool,
-            &context.lease,
-            user_id,
-            &mut rows,
-            &json(&next),
-            self.settings.statement_timeout,
-            &self.metrics,
-        )
-        .await
-        .map_err(|err| match err {
-            ChunkError::LeaseLost => JobFailure::Transient("lease lost".into()),
-            ChunkError::Database(err) => JobFailure::Transient(err.to_string()),
-        })?;
-        next.written += outcome.written;
-        next.unchanged += outcome.unchanged;
-        *progress = next;
-        chunk.clear();
-        Ok(())
+        let rows = self.rows(user_id, &products).await?;
+        drop(products);
+        let target = ChunkTarget {
+            pool: &self.pool,
+            writers: &self.writers,
+            lease: &context.lease,
+            statement_timeout: self.settings.statement_timeout,
+        };
+        write_chunk(target, user_id, rows, &self.metrics)
+            .await
+            .map_err(|err| match err {
+                ChunkError::LeaseLost => JobFailure::Transient("lease lost".into()).into(),
+                ChunkError::Database(err) => transient(err).into(),
+            })
     }
 
     /// Products → rows, with prints from one batched catalogue lookup. A blueprint the catalogue
@@ -235,41 +245,23 @@ impl SyncHandler {
             .collect();
         let resolutions = self
             .catalog
-            .resolve_many(&ids, Instant::now() + Duration::from_secs(30))
+            .resolve_many(&ids, Instant::now() + CATALOG_BUDGET)
             .await;
+        let resolution = |product: &Product| {
+            BlueprintId::new(product.blueprint_id)
+                .ok()
+                .and_then(|id| resolutions.get(&id))
+        };
         let unknown: Vec<i64> = chunk
             .iter()
-            .filter(|p| {
-                BlueprintId::new(p.blueprint_id)
-                    .ok()
-                    .and_then(|id| resolutions.get(&id))
-                    == Some(&Resolution::Unknown)
-            })
-            .map(|p| p.id)
+            .filter(|product| resolution(product) == Some(&Resolution::Unknown))
+            .map(|product| product.id)
             .collect();
-        let mut kept = std::collections::HashMap::new();
-        if !unknown.is_empty() {
-            let mut conn = self
-                .pool
-                .acquire()
-                .await
-                .map_err(|err| JobFailure::Transient(err.to_string()))?;
-            for (product_id, print_id, table) in store::stored_prints(&mut conn, user_id, &unknown)
-                .await
-                .map_err(|err| JobFailure::Transient(err.to_string()))?
-            {
-                if let (Some(print_id), Some(table)) = (print_id, table) {
-                    kept.insert(product_id, (print_id, table));
-                }
-            }
-        }
+        let kept = self.stored_prints(user_id, &unknown).await?;
         Ok(chunk
             .iter()
             .map(|product| {
-                let print = match BlueprintId::new(product.blueprint_id)
-                    .ok()
-                    .and_then(|id| resolutions.get(&id))
-                {
+                let print = match resolution(product) {
                     Some(Resolution::Mapped(print)) => {
                         Some((print.print_id, print.table.to_string()))
                     }
@@ -278,6 +270,24 @@ impl SyncHandler {
                 };
                 row(product, print)
             })
+            .collect())
+    }
+
+    async fn stored_prints(
+        &self,
+        user_id: UserId,
+        product_ids: &[i64],
+    ) -> Result<HashMap<i64, (i64, String)>, JobFailure> {
+        if product_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut conn = self.pool.acquire().await.map_err(transient)?;
+        let stored = store::stored_prints(&mut conn, user_id, product_ids)
+            .await
+            .map_err(transient)?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|(product_id, print_id, table)| Some((product_id, (print_id?, table?))))
             .collect())
     }
 
@@ -294,6 +304,19 @@ impl SyncHandler {
             }
             other => JobFailure::Transient(other.to_string()),
         }
+    }
+}
+
+fn sweep_scope(scope: &SyncScope) -> SweepScope<'_> {
+    match scope {
+        SyncScope::Full => SweepScope::All,
+        SyncScope::Targeted {
+            blueprint_ids,
+            expansion_ids,
+        } => SweepScope::Targeted {
+            blueprint_ids,
+            expansion_ids,
+        },
     }
 }
 
@@ -319,8 +342,15 @@ fn row(product: &Product, print: Option<(i64, String)>) -> SyncRow {
     }
 }
 
-fn json(progress: &SyncProgress) -> serde_json::Value {
-    serde_json::to_value(progress).unwrap_or_default()
+fn transient(error: impl std::fmt::Display) -> JobFailure {
+    JobFailure::Transient(error.to_string())
+}
+
+fn job_failure(error: JobError) -> JobFailure {
+    match error {
+        JobError::LeaseLost => JobFailure::Transient("lease lost".into()),
+        other => transient(other),
+    }
 }
 
 fn account_failure(error: AccountError) -> JobFailure {
@@ -328,6 +358,6 @@ fn account_failure(error: AccountError) -> JobFailure {
         AccountError::NotFound
         | AccountError::NotConnected(_)
         | AccountError::EncryptionNotConfigured => JobFailure::Permanent(error.to_string()),
-        other => JobFailure::Transient(other.to_string()),
+        other => transient(other),
     }
 }

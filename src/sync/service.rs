@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::handler::{KIND_FULL, KIND_TARGETED, SyncScope};
+use super::{
+    handler::{KIND_FULL, KIND_TARGETED},
+    scope::SyncScope,
+};
 use crate::{
     accounts::{AccountError, AccountStatus, Accounts},
     domain::UserId,
@@ -79,7 +82,7 @@ impl Syncs {
         if account.status != AccountStatus::Connected {
             return Err(SyncError::NotConnected);
         }
-        let (kind, lane) = match scope {
+        let (kind, lane) = match &scope {
             SyncScope::Full => (KIND_FULL, Lane::Bulk),
             _ => (KIND_TARGETED, Lane::Interactive),
         };
@@ -87,7 +90,7 @@ impl Syncs {
             user_id,
             kind: kind.into(),
             lane,
-            payload: serde_json::to_value(scope).unwrap_or_default(),
+            payload: scope.to_payload(),
             priority,
             max_attempts: 5,
         };

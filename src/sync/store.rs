@@ -2,9 +2,11 @@
 //! and leaves the quantity of reserved rows to the purchase saga, the seen-set, and the batched sweep.
 
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
-use crate::domain::UserId;
+use crate::{
+    domain::UserId,
+    jobs::{JobError, Lease, store as jobs},
+};
 
 /// One product as the sync stores it.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,13 +41,49 @@ pub struct SyncRow {
 
 /// Which part of the inventory a sync reconciles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SweepScope {
+pub enum SweepScope<'a> {
     /// Everything the seller has.
     All,
-    /// One blueprint's products.
-    Blueprint(i64),
-    /// One expansion's products.
-    Expansion(i64),
+    /// The products of these blueprints and these expansions.
+    Targeted {
+        /// Blueprint ids.
+        blueprint_ids: &'a [i64],
+        /// Expansion ids.
+        expansion_ids: &'a [i64],
+    },
+}
+
+impl<'a> SweepScope<'a> {
+    /// Bind values of the scope filter `($n OR blueprint_id = ANY($n+1) OR expansion_id = ANY($n+2))`.
+    fn binds(self) -> (bool, &'a [i64], &'a [i64]) {
+        match self {
+            SweepScope::All => (true, &[], &[]),
+            SweepScope::Targeted {
+                blueprint_ids,
+                expansion_ids,
+            } => (false, blueprint_ids, expansion_ids),
+        }
+    }
+}
+
+/// The seller's rows in `scope`.
+pub async fn count_in_scope(
+    pool: &PgPool,
+    user_id: UserId,
+    scope: SweepScope<'_>,
+) -> Result<u64, sqlx::Error> {
+    let (all, blueprints, expansions) = scope.binds();
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inventory_items \
+         WHERE user_id = $1 AND ($2 OR blueprint_id = ANY($3) OR expansion_id = ANY($4))",
+    )
+    .bind(user_id.as_uuid())
+    .bind(all)
+    .bind(blueprints)
+    .bind(expansions)
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(count).unwrap_or(0))
 }
 
 /// Upserts `rows` (sorted by product id by the caller, the lock order that keeps concurrent chunks from
@@ -133,62 +171,77 @@ pub async fn stored_prints(
         .await
 }
 
-/// Records that this sync saw these products.
+/// Records that this attempt of the sync saw these products.
 pub async fn mark_seen(
     conn: &mut PgConnection,
-    job_id: Uuid,
+    lease: &Lease,
     product_ids: &[i64],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO sync_seen (job_id, product_id) SELECT $1, UNNEST($2::bigint[]) ON CONFLICT DO NOTHING")
-        .bind(job_id)
-        .bind(product_ids)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO sync_seen (job_id, fence, product_id) SELECT $1, $2, UNNEST($3::bigint[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(lease.job.id)
+    .bind(lease.fence)
+    .bind(product_ids)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
-/// Deletes, in batches of `batch`, the seller's rows in `scope` that this sync did not see, sparing
-/// reserved rows (a purchase is using them). Returns how many were deleted.
+/// Deletes the seller's rows in `scope` that this attempt did not see, sparing reserved rows (a
+/// purchase is using them), `batch` rows per transaction walking up the product ids. Each batch
+/// first checks the fence, holding the job row, so a worker whose lease was taken over deletes
+/// nothing more. Returns how many rows were deleted.
 pub async fn sweep(
     pool: &PgPool,
     user_id: UserId,
-    job_id: Uuid,
-    scope: SweepScope,
+    lease: &Lease,
+    scope: SweepScope<'_>,
     batch: i64,
-) -> Result<u64, sqlx::Error> {
-    let (blueprint, expansion) = match scope {
-        SweepScope::All => (None, None),
-        SweepScope::Blueprint(id) => (Some(id), None),
-        SweepScope::Expansion(id) => (None, Some(id)),
-    };
-    let mut deleted = 0;
+) -> Result<u64, JobError> {
+    let (all, blueprints, expansions) = scope.binds();
+    let (mut deleted, mut after) = (0, i64::MIN);
     loop {
-        let done = sqlx::query(
-            "DELETE FROM inventory_items WHERE (user_id, product_id) IN ( \
-                 SELECT i.user_id, i.product_id FROM inventory_items i \
-                 WHERE i.user_id = $1 AND i.reserved_quantity = 0 \
-                   AND ($3::bigint IS NULL OR i.blueprint_id = $3) AND ($4::bigint IS NULL OR i.expansion_id = $4) \
-                   AND NOT EXISTS (SELECT 1 FROM sync_seen s WHERE s.job_id = $2 AND s.product_id = i.product_id) \
-                 LIMIT $5)",
+        let mut tx = pool.begin().await?;
+        jobs::lock_fenced(&mut *tx, lease).await?;
+        let gone: Vec<i64> = sqlx::query_scalar(
+            "WITH stale AS ( \
+                 SELECT i.product_id FROM inventory_items i \
+                 WHERE i.user_id = $1 AND i.product_id > $2 AND i.reserved_quantity = 0 \
+                   AND ($3 OR i.blueprint_id = ANY($4) OR i.expansion_id = ANY($5)) \
+                   AND NOT EXISTS (SELECT 1 FROM sync_seen s \
+                                   WHERE s.job_id = $6 AND s.fence = $7 AND s.product_id = i.product_id) \
+                 ORDER BY i.product_id LIMIT $8) \
+             DELETE FROM inventory_items d USING stale \
+             WHERE d.user_id = $1 AND d.product_id = stale.product_id AND d.reserved_quantity = 0 \
+             RETURNING d.product_id",
         )
         .bind(user_id.as_uuid())
-        .bind(job_id)
-        .bind(blueprint)
-        .bind(expansion)
+        .bind(after)
+        .bind(all)
+        .bind(blueprints)
+        .bind(expansions)
+        .bind(lease.job.id)
+        .bind(lease.fence)
         .bind(batch)
-        .execute(pool)
+        .fetch_all(&mut *tx)
         .await?;
-        deleted += done.rows_affected();
-        if done.rows_affected() < batch as u64 {
-            return Ok(deleted);
+        tx.commit().await?;
+        deleted += gone.len() as u64;
+        match gone.iter().max() {
+            Some(&last) if gone.len() as i64 == batch => after = last,
+            _ => return Ok(deleted),
         }
     }
 }
 
-/// Drops the seen-set of a finished (or abandoned) sync.
-pub async fn forget_seen(pool: &PgPool, job_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM sync_seen WHERE job_id = $1")
-        .bind(job_id)
+/// Drops the seen-sets of this attempt and of the attempts before it (whose workers died or were
+/// fenced out), never those of a later attempt.
+pub async fn forget_seen(pool: &PgPool, lease: &Lease) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sync_seen WHERE job_id = $1 AND fence <= $2")
+        .bind(lease.job.id)
+        .bind(lease.fence)
         .execute(pool)
         .await?;
     Ok(())

@@ -356,10 +356,16 @@ async fn disconnecting_cancels_the_sellers_jobs_and_purges_their_inventory_when_
     jobs::enqueue(&pool, &new_job("sync_full"), 100)
         .await
         .unwrap();
-    let running = jobs::claim(&pool, Lane::Bulk, "w", std::time::Duration::from_secs(60))
-        .await
-        .unwrap()
-        .unwrap();
+    let running = jobs::claim(
+        &pool,
+        Lane::Bulk,
+        "w",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let queued = jobs::enqueue(&pool, &new_job("sync_full"), 100)
         .await
         .unwrap();

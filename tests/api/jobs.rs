@@ -37,6 +37,7 @@ fn new_job(user_id: UserId, kind: &str) -> NewJob {
 }
 
 const LEASE: Duration = Duration::from_secs(30);
+const AGING: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn fifty_concurrent_requests_for_one_seller_coalesce_into_one_queued_job() {
@@ -79,14 +80,14 @@ async fn concurrent_claims_get_different_jobs() {
     }
 
     let (a, b) = tokio::join!(
-        store::claim(&db.pool, Lane::Bulk, "worker-a", LEASE),
-        store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE)
+        store::claim(&db.pool, Lane::Bulk, "worker-a", LEASE, AGING),
+        store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE, AGING)
     );
 
     let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
     assert_ne!(a.job.id, b.job.id);
     assert!(
-        store::claim(&db.pool, Lane::Bulk, "worker-c", LEASE)
+        store::claim(&db.pool, Lane::Bulk, "worker-c", LEASE, AGING)
             .await
             .unwrap()
             .is_none()
@@ -100,7 +101,7 @@ async fn a_seller_runs_one_job_of_a_kind_at_a_time_and_a_new_request_queues_behi
     store::enqueue(&db.pool, &new_job(user, "sync_full"), 1_000)
         .await
         .unwrap();
-    let running = store::claim(&db.pool, Lane::Bulk, "worker-a", LEASE)
+    let running = store::claim(&db.pool, Lane::Bulk, "worker-a", LEASE, AGING)
         .await
         .unwrap()
         .unwrap();
@@ -114,14 +115,14 @@ async fn a_seller_runs_one_job_of_a_kind_at_a_time_and_a_new_request_queues_behi
         "one running and one queued are allowed"
     );
     assert!(
-        store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE)
+        store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE, AGING)
             .await
             .unwrap()
             .is_none(),
         "not while the first runs"
     );
     store::succeed(&db.pool, &running).await.unwrap();
-    let second = store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE)
+    let second = store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE, AGING)
         .await
         .unwrap()
         .unwrap();
@@ -139,13 +140,14 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_can_no_longer_write()
         Lane::Bulk,
         "dead-worker",
         Duration::from_millis(300),
+        AGING,
     )
     .await
     .unwrap()
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let fresh = store::claim(&db.pool, Lane::Bulk, "rescuer", LEASE)
+    let fresh = store::claim(&db.pool, Lane::Bulk, "rescuer", LEASE, AGING)
         .await
         .unwrap()
         .unwrap();
@@ -208,7 +210,7 @@ async fn cancelling_a_queued_job_ends_it_and_a_running_one_is_asked_to_stop() {
         .unwrap();
 
     let cancelled = store::cancel(&db.pool, queued.job().id).await.unwrap();
-    let running = store::claim(&db.pool, Lane::Bulk, "w", LEASE)
+    let running = store::claim(&db.pool, Lane::Bulk, "w", LEASE, AGING)
         .await
         .unwrap()
         .unwrap();
@@ -262,10 +264,16 @@ fn worker(db: &TestDatabase, handler: Scripted, lease: Duration) -> Worker {
         concurrency: 4,
         lease,
         poll_interval: Duration::from_millis(50),
+        aging: AGING,
         retry_min: Duration::from_millis(10),
         retry_max: Duration::from_millis(50),
     };
-    Worker::new(db.pool.clone(), vec![Arc::new(handler)], settings)
+    Worker::new(
+        db.pool.clone(),
+        vec![Arc::new(handler)],
+        settings,
+        brx_sync::metrics::Metrics::new().unwrap(),
+    )
 }
 
 async fn wait_for_state(db: &TestDatabase, id: uuid::Uuid, state: JobState) -> brx_sync::jobs::Job {

@@ -8,10 +8,12 @@ use brx_sync::{
     jobs::{Lane, Lease, NewJob, store as jobs},
     metrics::Metrics,
     sync::{
-        chunk::{ChunkError, write_chunk},
+        chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
         store::{SweepScope, SyncRow, sweep},
     },
 };
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use crate::helpers::TestDatabase;
 
@@ -43,10 +45,16 @@ async fn lease_for(db: &TestDatabase, user: UserId) -> Lease {
         max_attempts: 3,
     };
     jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
-    jobs::claim(&db.pool, Lane::Bulk, "test", Duration::from_secs(60))
-        .await
-        .unwrap()
-        .unwrap()
+    jobs::claim(
+        &db.pool,
+        Lane::Bulk,
+        "test",
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+    .unwrap()
 }
 
 fn seller() -> UserId {
@@ -55,37 +63,50 @@ fn seller() -> UserId {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+async fn write(
+    pool: &PgPool,
+    lease: &Lease,
+    user: UserId,
+    rows: Vec<SyncRow>,
+    metrics: &Metrics,
+) -> Result<ChunkOutcome, ChunkError> {
+    let writers = Semaphore::new(4);
+    let target = ChunkTarget {
+        pool,
+        writers: &writers,
+        lease,
+        statement_timeout: TIMEOUT,
+    };
+    write_chunk(target, user, rows, metrics).await
+}
+
 #[tokio::test]
 async fn a_resync_rewrites_only_the_rows_that_changed() {
     let db = TestDatabase::new().await;
     let user = seller();
     let lease = lease_for(&db, user).await;
     let metrics = Metrics::new().unwrap();
-    let progress = serde_json::json!({});
 
     let mut rows: Vec<SyncRow> = (1..=1_000).map(|id| row(id, 3)).collect();
-    let first = write_chunk(
-        &db.pool, &lease, user, &mut rows, &progress, TIMEOUT, &metrics,
-    )
-    .await
-    .unwrap();
-    let same = write_chunk(
-        &db.pool, &lease, user, &mut rows, &progress, TIMEOUT, &metrics,
-    )
-    .await
-    .unwrap();
+    let first = write(&db.pool, &lease, user, rows.clone(), &metrics)
+        .await
+        .unwrap();
+    let same = write(&db.pool, &lease, user, rows.clone(), &metrics)
+        .await
+        .unwrap();
     for changed in rows.iter_mut().take(10) {
         changed.price_cents += 1;
     }
-    let ten = write_chunk(
-        &db.pool, &lease, user, &mut rows, &progress, TIMEOUT, &metrics,
-    )
-    .await
-    .unwrap();
+    let ten = write(&db.pool, &lease, user, rows.clone(), &metrics)
+        .await
+        .unwrap();
 
-    assert_eq!((first.written, first.unchanged), (1_000, 0));
-    assert_eq!((same.written, same.unchanged), (0, 1_000));
-    assert_eq!((ten.written, ten.unchanged), (10, 990));
+    assert_eq!(
+        (first.progress.written, first.progress.unchanged),
+        (1_000, 0)
+    );
+    assert_eq!((same.progress.written, same.progress.unchanged), (0, 1_000));
+    assert_eq!((ten.progress.written, ten.progress.unchanged), (10, 990));
 }
 
 #[tokio::test]
@@ -94,34 +115,18 @@ async fn a_reserved_row_keeps_its_local_quantity() {
     let user = seller();
     let lease = lease_for(&db, user).await;
     let metrics = Metrics::new().unwrap();
-    write_chunk(
-        &db.pool,
-        &lease,
-        user,
-        &mut [row(1, 5), row(2, 5)],
-        &serde_json::json!({}),
-        TIMEOUT,
-        &metrics,
-    )
-    .await
-    .unwrap();
+    write(&db.pool, &lease, user, vec![row(1, 5), row(2, 5)], &metrics)
+        .await
+        .unwrap();
     sqlx::query("UPDATE inventory_items SET reserved_quantity = 2 WHERE product_id = 1")
         .execute(&db.pool)
         .await
         .unwrap();
 
-    let mut upstream = [row(1, 1), row(2, 1)];
-    write_chunk(
-        &db.pool,
-        &lease,
-        user,
-        &mut upstream,
-        &serde_json::json!({}),
-        TIMEOUT,
-        &metrics,
-    )
-    .await
-    .unwrap();
+    let upstream = [row(1, 1), row(2, 1)];
+    write(&db.pool, &lease, user, upstream.to_vec(), &metrics)
+        .await
+        .unwrap();
 
     let quantities: Vec<(i64, i32)> =
         sqlx::query_as("SELECT product_id, quantity FROM inventory_items ORDER BY product_id")
@@ -141,18 +146,10 @@ async fn the_sweep_deletes_what_this_sync_did_not_see_but_spares_reserved_rows_a
     let user = seller();
     let metrics = Metrics::new().unwrap();
     let old = lease_for(&db, user).await;
-    let mut before: Vec<SyncRow> = (1..=100).map(|id| row(id, 1)).collect();
-    write_chunk(
-        &db.pool,
-        &old,
-        user,
-        &mut before,
-        &serde_json::json!({}),
-        TIMEOUT,
-        &metrics,
-    )
-    .await
-    .unwrap();
+    let before: Vec<SyncRow> = (1..=100).map(|id| row(id, 1)).collect();
+    write(&db.pool, &old, user, before.clone(), &metrics)
+        .await
+        .unwrap();
     jobs::succeed(&db.pool, &old).await.unwrap();
     sqlx::query("UPDATE inventory_items SET reserved_quantity = 1 WHERE product_id = 100")
         .execute(&db.pool)
@@ -160,32 +157,16 @@ async fn the_sweep_deletes_what_this_sync_did_not_see_but_spares_reserved_rows_a
         .unwrap();
     let other_seller = seller();
     let other = lease_for(&db, other_seller).await;
-    write_chunk(
-        &db.pool,
-        &other,
-        other_seller,
-        &mut [row(5, 1)],
-        &serde_json::json!({}),
-        TIMEOUT,
-        &metrics,
-    )
-    .await
-    .unwrap();
+    write(&db.pool, &other, other_seller, vec![row(5, 1)], &metrics)
+        .await
+        .unwrap();
 
     let new = lease_for(&db, user).await;
-    let mut after: Vec<SyncRow> = (1..=60).map(|id| row(id, 1)).collect();
-    write_chunk(
-        &db.pool,
-        &new,
-        user,
-        &mut after,
-        &serde_json::json!({}),
-        TIMEOUT,
-        &metrics,
-    )
-    .await
-    .unwrap();
-    let deleted = sweep(&db.pool, user, new.job.id, SweepScope::All, 7)
+    let after: Vec<SyncRow> = (1..=60).map(|id| row(id, 1)).collect();
+    write(&db.pool, &new, user, after.clone(), &metrics)
+        .await
+        .unwrap();
+    let deleted = sweep(&db.pool, user, &new, SweepScope::All, 7)
         .await
         .unwrap();
 
@@ -211,36 +192,29 @@ async fn a_scoped_sweep_only_touches_its_blueprint() {
     let user = seller();
     let metrics = Metrics::new().unwrap();
     let old = lease_for(&db, user).await;
-    let mut rows: Vec<SyncRow> = (1..=100).map(|id| row(id, 1)).collect();
-    write_chunk(
-        &db.pool,
-        &old,
-        user,
-        &mut rows,
-        &serde_json::json!({}),
-        TIMEOUT,
-        &metrics,
-    )
-    .await
-    .unwrap();
+    let rows: Vec<SyncRow> = (1..=100).map(|id| row(id, 1)).collect();
+    write(&db.pool, &old, user, rows.clone(), &metrics)
+        .await
+        .unwrap();
     jobs::succeed(&db.pool, &old).await.unwrap();
 
     // Blueprint 2 holds products 1, 51; the scoped export now only lists product 1.
     let scoped = lease_for(&db, user).await;
-    write_chunk(
+    write(&db.pool, &scoped, user, vec![row(1, 1)], &metrics)
+        .await
+        .unwrap();
+    let deleted = sweep(
         &db.pool,
-        &scoped,
         user,
-        &mut [row(1, 1)],
-        &serde_json::json!({}),
-        TIMEOUT,
-        &metrics,
+        &scoped,
+        SweepScope::Targeted {
+            blueprint_ids: &[2],
+            expansion_ids: &[],
+        },
+        100,
     )
     .await
     .unwrap();
-    let deleted = sweep(&db.pool, user, scoped.job.id, SweepScope::Blueprint(2), 100)
-        .await
-        .unwrap();
 
     assert_eq!(deleted, 1);
 }
@@ -258,23 +232,33 @@ async fn a_worker_whose_lease_was_taken_over_writes_nothing() {
         max_attempts: 3,
     };
     jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
-    let stale = jobs::claim(&db.pool, Lane::Bulk, "dead", Duration::from_millis(200))
-        .await
-        .unwrap()
-        .unwrap();
+    let stale = jobs::claim(
+        &db.pool,
+        Lane::Bulk,
+        "dead",
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    jobs::claim(&db.pool, Lane::Bulk, "rescuer", Duration::from_secs(60))
-        .await
-        .unwrap()
-        .unwrap();
+    jobs::claim(
+        &db.pool,
+        Lane::Bulk,
+        "rescuer",
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+    .unwrap();
 
-    let result = write_chunk(
+    let result = write(
         &db.pool,
         &stale,
         user,
-        &mut [row(1, 1)],
-        &serde_json::json!({}),
-        TIMEOUT,
+        vec![row(1, 1)],
         &Metrics::new().unwrap(),
     )
     .await;
@@ -305,19 +289,11 @@ async fn a_deadlock_on_the_first_attempt_is_retried_and_the_data_is_right() {
     let lease = lease_for(&db, user).await;
     let metrics = Metrics::new().unwrap();
 
-    let outcome = write_chunk(
-        &db.pool,
-        &lease,
-        user,
-        &mut [row(2, 4), row(1, 3)],
-        &serde_json::json!({"chunks_done": 1}),
-        TIMEOUT,
-        &metrics,
-    )
-    .await
-    .unwrap();
+    let outcome = write(&db.pool, &lease, user, vec![row(2, 4), row(1, 3)], &metrics)
+        .await
+        .unwrap();
 
-    assert_eq!(outcome.written, 2);
+    assert_eq!(outcome.progress.written, 2);
     assert_eq!(
         metrics
             .sync_chunk_retries
@@ -344,17 +320,9 @@ async fn two_transactions_locking_rows_in_opposite_order_deadlock_for_real_and_t
     let user = seller();
     let lease = lease_for(&db, user).await;
     let metrics = Metrics::new().unwrap();
-    write_chunk(
-        &db.pool,
-        &lease,
-        user,
-        &mut [row(1, 1), row(2, 1)],
-        &serde_json::json!({}),
-        TIMEOUT,
-        &metrics,
-    )
-    .await
-    .unwrap();
+    write(&db.pool, &lease, user, vec![row(1, 1), row(2, 1)], &metrics)
+        .await
+        .unwrap();
 
     // A rival holds row 2 and will then want row 1; the chunk (sorted: 1 then 2) holds 1 and wants 2.
     let mut rival = db.pool.begin().await.unwrap();
@@ -367,16 +335,7 @@ async fn two_transactions_locking_rows_in_opposite_order_deadlock_for_real_and_t
         let lease = lease.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            write_chunk(
-                &pool,
-                &lease,
-                user,
-                &mut [row(1, 7), row(2, 7)],
-                &serde_json::json!({}),
-                TIMEOUT,
-                &metrics,
-            )
-            .await
+            write(&pool, &lease, user, vec![row(1, 7), row(2, 7)], &metrics).await
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -14,7 +14,10 @@ use brx_sync::{
     metrics::Metrics,
     pb::v1::ConnectAccountRequest,
     rate_limit::{Limits, RateLimiter},
-    sync::handler::{KIND_FULL, SyncHandler, SyncProgress, SyncSettings},
+    sync::{
+        handler::{KIND_FULL, SyncHandler, SyncSettings},
+        scope::SyncProgress,
+    },
 };
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +55,7 @@ async fn setup() -> Setup {
     let accounts = Accounts::new(pool.clone(), Some(keyring), marketplace);
     let settings = SyncSettings {
         chunk_size: 1_000,
+        chunks_in_flight: 2,
         statement_timeout: Duration::from_secs(30),
         sweep_batch: 1_000,
         export_budget: Duration::from_secs(60),
@@ -62,6 +66,7 @@ async fn setup() -> Setup {
         accounts,
         catalog,
         metrics,
+        writers: Arc::new(tokio::sync::Semaphore::new(4)),
         settings,
     };
     Setup {
@@ -109,6 +114,7 @@ impl Setup {
             concurrency: 2,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(50),
+            aging: Duration::from_secs(60),
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_millis(200),
         };
@@ -118,6 +124,7 @@ impl Setup {
                 self.pool.clone(),
                 vec![Arc::new(self.handler.clone())],
                 settings,
+                self.handler.metrics.clone(),
             )
             .run(stop.clone()),
         );
@@ -143,7 +150,7 @@ impl Setup {
 }
 
 fn progress(job: &Job) -> SyncProgress {
-    serde_json::from_value(job.progress.clone()).unwrap()
+    SyncProgress::from_json(&job.progress)
 }
 
 #[tokio::test]

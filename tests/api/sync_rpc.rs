@@ -223,16 +223,24 @@ async fn bad_input_unknown_jobs_and_other_sellers_get_clear_statuses() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().starts_with("user_id"));
 
-    let mut both = start(owner);
-    both.blueprint_ids = vec![1];
-    both.expansion_ids = vec![2];
-    assert_eq!(
-        sync.start_sync(authorized(both, &app.service_token()))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::InvalidArgument
-    );
+    let mut negative = start(owner);
+    negative.blueprint_ids = vec![1];
+    negative.expansion_ids = vec![2, -3];
+    let status = sync
+        .start_sync(authorized(negative, &app.service_token()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("expansion_ids[1]"), "{status:?}");
+
+    let mut too_many = start(owner);
+    too_many.blueprint_ids = (1..=101).collect();
+    let status = sync
+        .start_sync(authorized(too_many, &app.service_token()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("blueprint_ids"), "{status:?}");
 
     let bad_id = sync
         .get_sync(authorized(
