@@ -39,6 +39,8 @@ pub enum Command {
     Simulator(crate::simulator::SimulatorArgs),
     /// Print a caller JWT signed with BRX_JWT_HS256_SECRET, for grpcurl and local testing.
     Token(TokenArgs),
+    /// Start many sellers' syncs at once against the simulator and report throughput and latency.
+    Loadtest(crate::loadtest::LoadtestArgs),
 }
 
 /// `brx-sync catalog …`.

@@ -11,7 +11,8 @@
 //! - [`jobs`]: durable jobs in PostgreSQL: coalescing, SKIP LOCKED claims, leases, fencing, retries.
 //! - [`marketplace`]: the CardTrader API client: rate limiter, circuit breaker, retries, tolerant types.
 //! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz`.
-//! - [`sync`]: bulk sync of CardTrader inventories (streaming export reader so far).
+//! - [`sync`]: bulk sync of CardTrader inventories: streamed export, chunk transactions, sweep, scheduler.
+//! - [`loadtest`]: `brx-sync loadtest`, many sellers synced at once against the simulator.
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
 //! - [`rate_limit`]: per-seller adaptive CardTrader rate limits in Redis, with an in-process fallback.
 //! - [`retry`]: the named, bounded, full-jitter retry policies every retry uses.
@@ -32,6 +33,7 @@ pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod jobs;
+pub mod loadtest;
 pub mod marketplace;
 pub mod metrics;
 pub mod rate_limit;

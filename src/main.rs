@@ -62,6 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulator(args) => brx_sync::simulator::run(args).await,
+        Command::Loadtest(args) => brx_sync::loadtest::run(cli.config, args).await,
         Command::Token(args) => {
             let secret = cli.config.jwt_hs256_secret.ok_or_else(|| {
                 anyhow::anyhow!("BRX_JWT_HS256_SECRET must be set to mint a token")

@@ -1,0 +1,3 @@
+//! Ingest benchmark (being written).
+
+fn main() {}
