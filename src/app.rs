@@ -18,6 +18,7 @@ use crate::{
     http::{self, HttpState},
     jobs::{
         Lane,
+        wake::JobWakeups,
         worker::{JobHandler, Worker, WorkerSettings},
     },
     marketplace::MarketplaceClient,
@@ -27,6 +28,8 @@ use crate::{
     storage::{Storage, StorageSupervisor},
     sync::{
         handler::{KIND_FULL, KIND_TARGETED, SyncHandler, SyncSettings},
+        remap::RemapHandler,
+        scheduler::{SchedulerSettings, SyncScheduler},
         service::Syncs,
     },
 };
@@ -139,25 +142,69 @@ impl App {
         );
         let mut supervisor_task = tokio::spawn(supervisor.run(workers.clone()));
         let job_workers = job_workers(&config, &storage, &accounts, &catalog, &metrics);
+        let wakeups = JobWakeups::new(
+            storage.redis.clone(),
+            &config.redis_key_prefix,
+            job_workers
+                .iter()
+                .map(|worker| (worker.lane(), worker.waker()))
+                .collect(),
+        );
+        let scheduler = SyncScheduler::new(
+            storage.pg.clone(),
+            wakeups.clone(),
+            metrics.clone(),
+            SchedulerSettings {
+                stale_after: config.sync_stale_after,
+                interval: config.scheduler_interval,
+                max_queue_depth: config.max_queue_depth,
+            },
+        );
         let mut worker_tasks = tokio::task::JoinSet::new();
-        for worker in job_workers {
-            let (stop, mut ready) = (workers.clone(), readiness.subscribe());
-            // Claiming needs the jobs table: wait until the database is reachable and migrated.
-            worker_tasks.spawn(async move {
+        // Claiming and scheduling need the jobs table: wait until the database is reachable and
+        // migrated. The wake-up listener needs only Redis.
+        let after_migrations = |stop: CancellationToken| {
+            let mut ready = readiness.subscribe();
+            async move {
                 tokio::select! {
-                    () = stop.cancelled() => return Ok(()),
-                    _ = ready.wait_for(|state| state.database_ready) => {}
+                    () = stop.cancelled() => false,
+                    _ = ready.wait_for(|state| state.database_ready) => true,
                 }
-                worker.run(stop).await
+            }
+        };
+        for worker in job_workers {
+            let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
+            worker_tasks.spawn(async move {
+                if ready.await {
+                    worker.run(stop).await?;
+                }
+                Ok(())
             });
         }
+        let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
+        worker_tasks.spawn(async move {
+            if ready.await {
+                scheduler.run(stop).await?;
+            }
+            Ok(())
+        });
+        worker_tasks.spawn(
+            wakeups
+                .clone()
+                .listen(config.redis_url.clone(), workers.clone()),
+        );
 
         let parts = GrpcParts {
             storage: storage.clone(),
             readiness: readiness.clone(),
             metrics: metrics.clone(),
             authenticator,
-            syncs: Syncs::new(storage.pg.clone(), accounts.clone(), config.max_queue_depth),
+            syncs: Syncs::new(
+                storage.pg.clone(),
+                accounts.clone(),
+                wakeups,
+                config.max_queue_depth,
+            ),
             accounts,
             catalog,
         };
@@ -217,7 +264,8 @@ impl App {
     }
 }
 
-/// One worker per lane: full syncs on the bulk lane, targeted syncs on the interactive lane.
+/// One worker per lane with slots: full syncs and remaps on the bulk lane, targeted syncs on the
+/// interactive lane.
 fn job_workers(
     config: &Config,
     storage: &Storage,
@@ -248,21 +296,32 @@ fn job_workers(
         retry_min: std::time::Duration::from_secs(1),
         retry_max: std::time::Duration::from_secs(60),
     };
-    let handler = |kind| -> Vec<Arc<dyn JobHandler>> { vec![Arc::new(sync(kind))] };
-    vec![
-        Worker::new(
-            storage.pg.clone(),
-            handler(KIND_FULL),
-            settings(Lane::Bulk, config.bulk_concurrency),
-            metrics.clone(),
-        ),
-        Worker::new(
-            storage.pg.clone(),
-            handler(KIND_TARGETED),
-            settings(Lane::Interactive, config.interactive_concurrency),
-            metrics.clone(),
+    let remap = RemapHandler {
+        pool: storage.pg.clone(),
+        catalog: catalog.clone(),
+    };
+    let bulk: Vec<Arc<dyn JobHandler>> = vec![Arc::new(sync(KIND_FULL)), Arc::new(remap)];
+    let interactive: Vec<Arc<dyn JobHandler>> = vec![Arc::new(sync(KIND_TARGETED))];
+    [
+        (Lane::Bulk, bulk, config.bulk_concurrency),
+        (
+            Lane::Interactive,
+            interactive,
+            config.interactive_concurrency,
         ),
     ]
+    .into_iter()
+    // A lane with no slots on this replica (an API-only replica) gets no worker at all.
+    .filter(|(_, _, concurrency)| *concurrency > 0)
+    .map(|(lane, handlers, concurrency)| {
+        Worker::new(
+            storage.pg.clone(),
+            handlers,
+            settings(lane, concurrency),
+            metrics.clone(),
+        )
+    })
+    .collect()
 }
 
 /// Logs which part stopped and why; a part stopping before shutdown is always an error.

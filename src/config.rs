@@ -291,11 +291,16 @@ pub struct Config {
     #[arg(long, env = "BRX_ENCRYPTION_KEYS", value_parser = secret, global = true)]
     pub encryption_keys: Option<SecretString>,
 
-    /// Sync jobs (bulk lane) run at once by this replica.
-    #[arg(long, env = "BRX_BULK_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    /// Bulk jobs (full syncs, remaps) run at once by this replica; 0 runs none (an API-only replica).
+    #[arg(long, env = "BRX_BULK_CONCURRENCY", default_value_t = 8, global = true)]
     pub bulk_concurrency: u32,
-    /// Interactive jobs (targeted syncs, pushes, purchases) run at once by this replica.
-    #[arg(long, env = "BRX_INTERACTIVE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    /// Interactive jobs (targeted syncs, pushes, purchases) run at once by this replica; 0 runs none.
+    #[arg(
+        long,
+        env = "BRX_INTERACTIVE_CONCURRENCY",
+        default_value_t = 8,
+        global = true
+    )]
     pub interactive_concurrency: u32,
     /// Job lease; a replica that dies has its jobs taken over after this long.
     #[arg(long, env = "BRX_JOB_LEASE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]

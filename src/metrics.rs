@@ -49,7 +49,7 @@ pub const SYNC_ROWS_TOTAL: &str = "brx_sync_rows_total";
 /// Latency of one sync chunk transaction, reruns included.
 pub const SYNC_CHUNK_SECONDS: &str = "brx_sync_chunk_seconds";
 /// Jobs that ended an attempt, by kind and outcome (`succeeded`, `failed`, `cancelled`, `retried`,
-/// `rate_limited`, `interrupted`).
+/// `rate_limited`, `interrupted`; `lease_lost` when another worker had taken the job over).
 pub const JOBS_FINISHED_TOTAL: &str = "brx_jobs_finished_total";
 /// Jobs queued and running across all replicas, by lane and state, as last read by this replica.
 pub const JOBS: &str = "brx_jobs";

@@ -8,6 +8,7 @@ use super::{auth, pb::v1 as pb, status};
 use crate::{
     blueprints::{BlueprintCatalog, Resolution},
     domain::BlueprintId,
+    sync::service::Syncs,
 };
 
 /// Most ids one ResolveBlueprints or InvalidateBlueprints call may carry.
@@ -20,6 +21,8 @@ const DEFAULT_BUDGET: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub(crate) struct BlueprintApi {
     pub(crate) catalog: BlueprintCatalog,
+    /// Queues remaps of rows stored unmapped once their blueprints are invalidated.
+    pub(crate) syncs: Syncs,
 }
 
 #[tonic::async_trait]
@@ -50,8 +53,11 @@ impl pb::blueprint_service_server::BlueprintService for BlueprintApi {
             tracing::warn!(%error, "blueprint invalidation could not reach Redis");
             Status::unavailable("the shared cache is unreachable; retry")
         })?;
+        let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        let remaps_queued = self.syncs.remap_blueprints(&raw).await?;
         Ok(Response::new(pb::InvalidateBlueprintsResponse {
             invalidated,
+            remaps_queued,
         }))
     }
 }

@@ -76,10 +76,11 @@ where
         marketplace: parts.accounts.marketplace().clone(),
         lanes: Default::default(),
     });
-    let sync_service = SyncServiceServer::new(SyncApi { syncs: parts.syncs });
     let blueprint_service = BlueprintServiceServer::new(BlueprintApi {
         catalog: parts.catalog,
+        syncs: parts.syncs.clone(),
     });
+    let sync_service = SyncServiceServer::new(SyncApi { syncs: parts.syncs });
     let accounts = AccountServiceServer::new(AccountApi {
         accounts: parts.accounts,
     });

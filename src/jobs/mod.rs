@@ -1,9 +1,11 @@
 //! Durable jobs in PostgreSQL: enqueue with per-seller coalescing, claim with `FOR UPDATE SKIP LOCKED`,
 //! leases kept alive by heartbeats, fencing (each claim bumps `fence`; every write of the claimant checks
 //! it), retries with full-jitter backoff, rescheduling without spending an attempt, cancellation, and
-//! takeover of leases whose holder died. Workers are in [`worker`]; SQL is in [`store`].
+//! takeover of leases whose holder died. Workers are in [`worker`]; SQL is in [`store`]; Redis
+//! wake-ups in [`wake`].
 
 pub mod store;
+pub mod wake;
 pub mod worker;
 
 use std::time::Duration;
@@ -31,7 +33,8 @@ impl Lane {
         }
     }
 
-    fn parse(raw: &str) -> Option<Self> {
+    /// The lane named by a `lane` column value.
+    pub fn parse(raw: &str) -> Option<Self> {
         match raw {
             "interactive" => Some(Lane::Interactive),
             "bulk" => Some(Lane::Bulk),

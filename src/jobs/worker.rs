@@ -137,6 +137,11 @@ impl Worker {
         }
     }
 
+    /// The lane this worker serves.
+    pub fn lane(&self) -> Lane {
+        self.settings.lane
+    }
+
     /// A handle that wakes the worker before its next poll (new work was queued).
     pub fn waker(&self) -> Arc<tokio::sync::Notify> {
         self.wake.clone()
@@ -218,7 +223,9 @@ impl Worker {
             () = &mut beat => run.await,
         };
         if context.lease_lost.load(Ordering::Relaxed) {
-            tracing::warn!("lease was taken over while the job ran; its outcome is not recorded");
+            // Whatever the job did after the takeover was refused by the fence; settling would be too.
+            self.settle(&lease, Err(JobFailure::Transient("lease lost".into())))
+                .await;
             return;
         }
         self.settle(&lease, outcome).await;
@@ -266,16 +273,23 @@ impl Worker {
                 )
             }
         };
+        let label = match result {
+            Ok(()) => label,
+            Err(JobError::LeaseLost) => {
+                tracing::warn!(
+                    "lease was taken over while the job ran; its outcome is not recorded"
+                );
+                "lease_lost"
+            }
+            Err(error) => {
+                tracing::error!(%error, "recording the job's outcome failed; its lease will expire and it will be retried");
+                "unrecorded"
+            }
+        };
         self.metrics
             .jobs_finished
             .with_label_values(&[job.kind.as_str(), label])
             .inc();
-        match result {
-            Ok(()) | Err(JobError::LeaseLost) => {}
-            Err(error) => {
-                tracing::error!(%error, "recording the job's outcome failed; its lease will expire and it will be retried")
-            }
-        }
     }
 }
 
@@ -285,6 +299,7 @@ async fn heartbeat(pool: PgPool, context: JobContext, lease: Duration) {
     every.tick().await;
     loop {
         every.tick().await;
+        crate::failpoint::pause("jobs.heartbeat").await;
         match store::heartbeat(&pool, &context.lease, lease).await {
             Ok(cancel) => context.cancel_requested.store(cancel, Ordering::Relaxed),
             Err(JobError::LeaseLost) => {

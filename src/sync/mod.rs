@@ -1,11 +1,14 @@
 //! Bulk sync of a seller's CardTrader inventory into PostgreSQL: the streaming reader of
 //! `/products/export` ([`export`]), the chunk transaction with its retries ([`chunk`]), the SQL
 //! ([`store`]), the job's payload and counters ([`scope`]), the job ([`handler`]), the periodic
-//! scheduler ([`scheduler`]) and what callers use ([`service`]).
+//! scheduler ([`scheduler`]), the remap of unmapped rows ([`remap`]) and what callers use
+//! ([`service`]).
 
 pub mod chunk;
 pub mod export;
 pub mod handler;
+pub mod remap;
+pub mod scheduler;
 pub mod scope;
 pub mod service;
 pub mod store;

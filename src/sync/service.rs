@@ -12,7 +12,7 @@ use super::{
 use crate::{
     accounts::{AccountError, AccountStatus, Accounts},
     domain::UserId,
-    jobs::{Enqueued, Job, JobError, JobState, Lane, NewJob, store},
+    jobs::{Enqueued, Job, JobError, JobState, Lane, NewJob, store, wake::JobWakeups},
 };
 
 /// The kinds that are syncs.
@@ -54,15 +54,23 @@ pub struct SyncStatus {
 pub struct Syncs {
     pool: PgPool,
     accounts: Accounts,
+    wakeups: JobWakeups,
     max_queue_depth: i64,
 }
 
 impl Syncs {
-    /// Syncs stored in `pool`, refusing new jobs past `max_queue_depth` queued per lane.
-    pub fn new(pool: PgPool, accounts: Accounts, max_queue_depth: i64) -> Self {
+    /// Syncs stored in `pool`, refusing new jobs past `max_queue_depth` queued per lane, announcing
+    /// new ones through `wakeups`.
+    pub fn new(
+        pool: PgPool,
+        accounts: Accounts,
+        wakeups: JobWakeups,
+        max_queue_depth: i64,
+    ) -> Self {
         Self {
             pool,
             accounts,
+            wakeups,
             max_queue_depth,
         }
     }
@@ -94,7 +102,21 @@ impl Syncs {
             priority,
             max_attempts: 5,
         };
-        Ok(store::enqueue(&self.pool, &new, self.max_queue_depth).await?)
+        let enqueued = store::enqueue(&self.pool, &new, self.max_queue_depth).await?;
+        if matches!(enqueued, Enqueued::Created(_)) {
+            self.wakeups.announce(lane);
+        }
+        Ok(enqueued)
+    }
+
+    /// Queues a remap for every seller with unmapped rows of these blueprints (the catalogue was
+    /// told they changed); returns how many sellers' remaps were queued.
+    pub async fn remap_blueprints(&self, blueprint_ids: &[i64]) -> Result<u64, SyncError> {
+        let queued = super::remap::queue_for_blueprints(&self.pool, blueprint_ids).await?;
+        if queued > 0 {
+            self.wakeups.announce(Lane::Bulk);
+        }
+        Ok(queued)
     }
 
     /// One sync.

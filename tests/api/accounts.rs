@@ -337,7 +337,8 @@ async fn a_401_on_a_later_call_marks_the_account_token_invalid() {
 #[tokio::test]
 async fn disconnecting_cancels_the_sellers_jobs_and_purges_their_inventory_when_asked() {
     use brx_sync::jobs::{JobState, Lane, NewJob, store as jobs};
-    let app = spawn_app().await;
+    // The app runs no bulk jobs itself, so the test's own claim gets the sync.
+    let app = crate::helpers::spawn_app_with(|config| config.bulk_concurrency = 0).await;
     let seller = new_seller();
     connect(&app, seller, &app.simulator.token(8))
         .await

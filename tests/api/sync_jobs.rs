@@ -1,162 +1,22 @@
 //! The sync job end to end: simulator export → catalogue mapping → chunked upserts → sweep, run by a
 //! real worker against the real PostgreSQL, MariaDB and Redis.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use brx_sync::{
-    accounts::Accounts,
     domain::UserId,
-    jobs::{
-        Job, JobState, Lane, NewJob, store as jobs,
-        worker::{Worker, WorkerSettings},
-    },
-    marketplace::MarketplaceClient,
-    metrics::Metrics,
+    jobs::{JobState, Lane, NewJob, store as jobs},
     pb::v1::ConnectAccountRequest,
-    rate_limit::{Limits, RateLimiter},
-    sync::{
-        handler::{KIND_FULL, SyncHandler, SyncSettings},
-        scope::SyncProgress,
-    },
+    sync::handler::KIND_FULL,
 };
 use secrecy::ExposeSecret;
-use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{CatalogDb, TestApp, authorized, spawn_app_with};
-
-struct Setup {
-    app: TestApp,
-    _catalog: CatalogDb,
-    pool: sqlx::PgPool,
-    handler: SyncHandler,
-}
-
-async fn setup() -> Setup {
-    let catalog_db = CatalogDb::seeded(brx_sync::simulator::CATALOGUE_BLUEPRINTS).await;
-    let mysql_url = catalog_db.config.mysql_url.clone();
-    let app = spawn_app_with(|config| config.mysql_url = mysql_url).await;
-    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
-        .await
-        .unwrap();
-    let (catalog, _, storage) =
-        catalog_db.catalog(|config| config.redis_key_prefix = app.config.redis_key_prefix.clone());
-    let metrics = Metrics::new().unwrap();
-    let limiter = RateLimiter::new(
-        storage.redis.clone(),
-        &app.config.redis_key_prefix,
-        Limits::from_config(&app.config),
-        metrics.clone(),
-    );
-    let marketplace = MarketplaceClient::new(&app.config, limiter, metrics.clone()).unwrap();
-    let keyring = brx_sync::accounts::Keyring::parse(
-        app.config.encryption_keys.as_ref().unwrap().expose_secret(),
-    )
-    .unwrap();
-    let accounts = Accounts::new(pool.clone(), Some(keyring), marketplace);
-    let settings = SyncSettings {
-        chunk_size: 1_000,
-        chunks_in_flight: 2,
-        statement_timeout: Duration::from_secs(30),
-        sweep_batch: 1_000,
-        export_budget: Duration::from_secs(60),
-    };
-    let handler = SyncHandler {
-        kind: KIND_FULL,
-        pool: pool.clone(),
-        accounts,
-        catalog,
-        metrics,
-        writers: Arc::new(tokio::sync::Semaphore::new(4)),
-        settings,
-    };
-    Setup {
-        app,
-        _catalog: catalog_db,
-        pool,
-        handler,
-    }
-}
-
-impl Setup {
-    async fn connect(&self, token: &str) -> UserId {
-        let user = UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
-        let request = ConnectAccountRequest {
-            user_id: user.to_string(),
-            cardtrader_token: token.into(),
-        };
-        self.app
-            .accounts()
-            .await
-            .connect_account(authorized(request, &self.app.service_token()))
-            .await
-            .unwrap();
-        user
-    }
-
-    /// Queues a full sync and runs a worker until it ends.
-    async fn sync(&self, user: UserId) -> Job {
-        let new = NewJob {
-            user_id: user,
-            kind: KIND_FULL.into(),
-            lane: Lane::Bulk,
-            payload: serde_json::json!({"scope": "full"}),
-            priority: 0,
-            max_attempts: 3,
-        };
-        let id = jobs::enqueue(&self.pool, &new, 1_000)
-            .await
-            .unwrap()
-            .job()
-            .id;
-        let settings = WorkerSettings {
-            owner: "test".into(),
-            lane: Lane::Bulk,
-            concurrency: 2,
-            lease: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(50),
-            aging: Duration::from_secs(60),
-            retry_min: Duration::from_millis(50),
-            retry_max: Duration::from_millis(200),
-        };
-        let stop = CancellationToken::new();
-        let worker = tokio::spawn(
-            Worker::new(
-                self.pool.clone(),
-                vec![Arc::new(self.handler.clone())],
-                settings,
-                self.handler.metrics.clone(),
-            )
-            .run(stop.clone()),
-        );
-        let job = loop {
-            let job = jobs::get(&self.pool, id).await.unwrap();
-            if job.state.is_terminal() {
-                break job;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        stop.cancel();
-        worker.await.unwrap().unwrap();
-        job
-    }
-
-    async fn local_rows(&self, user: UserId) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE user_id = $1")
-            .bind(user.as_uuid())
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-}
-
-fn progress(job: &Job) -> SyncProgress {
-    SyncProgress::from_json(&job.progress)
-}
+use crate::helpers::{CatalogDb, SyncRig, authorized, progress, spawn_app_with};
 
 #[tokio::test]
 async fn a_full_sync_lands_exactly_the_simulators_inventory_and_a_resync_writes_only_what_changed()
 {
-    let setup = setup().await;
+    let setup = SyncRig::new().await;
     let seller = setup.app.simulator.add_seller(10_000);
     let user = setup.connect(&seller.token).await;
 
@@ -234,7 +94,7 @@ async fn a_full_sync_lands_exactly_the_simulators_inventory_and_a_resync_writes_
 
 #[tokio::test]
 async fn a_sync_whose_export_fails_sweeps_nothing_and_a_retry_completes() {
-    let setup = setup().await;
+    let setup = SyncRig::new().await;
     let seller = setup.app.simulator.add_seller(3_000);
     let user = setup.connect(&seller.token).await;
     let first = setup.sync(user).await;

@@ -1,15 +1,18 @@
 //! SyncService over gRPC: start, coalescing, a full queue, watching a sync to its end, status,
-//! cancellation, and clear statuses for bad input and other sellers' jobs.
+//! cancellation, clear statuses for bad input and other sellers' jobs, wake-ups, targeted scopes
+//! and the remap of unmapped rows.
 
 use std::time::Duration;
 
 use brx_sync::{
     domain::UserId,
     pb::v1::{
-        ConnectAccountRequest, GetSyncRequest, GetSyncStatusRequest, ListSyncsRequest,
-        StartSyncRequest, SyncState, sync_service_client::SyncServiceClient,
+        ConnectAccountRequest, GetSyncRequest, GetSyncStatusRequest, InvalidateBlueprintsRequest,
+        ListSyncsRequest, StartSyncRequest, SyncJob, SyncState,
+        blueprint_service_client::BlueprintServiceClient, sync_service_client::SyncServiceClient,
     },
 };
+use secrecy::ExposeSecret;
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
 
@@ -28,18 +31,23 @@ async fn app_with(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> (TestAp
 }
 
 async fn connected_seller(app: &TestApp, products: u64) -> UserId {
+    connected_seller_and_token(app, products).await.0
+}
+
+/// A shop seller connected to a new simulator account; returns them and the CardTrader token.
+async fn connected_seller_and_token(app: &TestApp, products: u64) -> (UserId, String) {
     let seller = app.simulator.add_seller(products);
     let user = UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
     let request = ConnectAccountRequest {
         user_id: user.to_string(),
-        cardtrader_token: seller.token,
+        cardtrader_token: seller.token.clone(),
     };
     app.accounts()
         .await
         .connect_account(authorized(request, &app.service_token()))
         .await
         .unwrap();
-    user
+    (user, seller.token)
 }
 
 async fn client(app: &TestApp) -> SyncServiceClient<Channel> {
@@ -115,9 +123,8 @@ async fn a_started_sync_can_be_watched_to_its_end_and_shows_in_the_status() {
 
 #[tokio::test]
 async fn fifty_concurrent_start_syncs_for_one_seller_coalesce_into_one_job() {
-    // Workers idle for an hour: every request finds the first one still queued.
-    let (app, _catalog) =
-        app_with(|config| config.job_poll_interval = Duration::from_secs(3_600)).await;
+    // No bulk workers on this replica: every request finds the first one still queued.
+    let (app, _catalog) = app_with(|config| config.bulk_concurrency = 0).await;
     let user = connected_seller(&app, 10).await;
     let token = app.seller_token(user);
     let channel = app.channel().await;
@@ -141,7 +148,7 @@ async fn fifty_concurrent_start_syncs_for_one_seller_coalesce_into_one_job() {
 #[tokio::test]
 async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
     let (app, _catalog) = app_with(|config| {
-        config.job_poll_interval = Duration::from_secs(3_600);
+        config.bulk_concurrency = 0;
         config.max_queue_depth = 1;
     })
     .await;
@@ -172,8 +179,7 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
 
 #[tokio::test]
 async fn a_queued_sync_is_cancelled_at_once() {
-    let (app, _catalog) =
-        app_with(|config| config.job_poll_interval = Duration::from_secs(3_600)).await;
+    let (app, _catalog) = app_with(|config| config.bulk_concurrency = 0).await;
     let user = connected_seller(&app, 10).await;
     let mut sync = client(&app).await;
     let token = app.seller_token(user);
@@ -194,8 +200,7 @@ async fn a_queued_sync_is_cancelled_at_once() {
 
 #[tokio::test]
 async fn bad_input_unknown_jobs_and_other_sellers_get_clear_statuses() {
-    let (app, _catalog) =
-        app_with(|config| config.job_poll_interval = Duration::from_secs(3_600)).await;
+    let (app, _catalog) = app_with(|config| config.bulk_concurrency = 0).await;
     let (owner, stranger) = (
         connected_seller(&app, 10).await,
         connected_seller(&app, 10).await,
@@ -231,7 +236,10 @@ async fn bad_input_unknown_jobs_and_other_sellers_get_clear_statuses() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().starts_with("expansion_ids[1]"), "{status:?}");
+    assert!(
+        status.message().starts_with("expansion_ids[1]"),
+        "{status:?}"
+    );
 
     let mut too_many = start(owner);
     too_many.blueprint_ids = (1..=101).collect();
@@ -271,4 +279,151 @@ async fn bad_input_unknown_jobs_and_other_sellers_get_clear_statuses() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
+}
+
+/// Starts a sync and follows it to its end (at most 60 s); returns the last update.
+async fn run_to_end(app: &TestApp, request: StartSyncRequest) -> SyncJob {
+    let mut sync = client(app).await;
+    let token = app.service_token();
+    let job = sync
+        .start_sync(authorized(request, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let watch = async {
+        let mut updates = sync
+            .watch_sync(authorized(GetSyncRequest { job_id: job.job_id }, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        while let Some(update) = updates.next().await {
+            last = Some(update.unwrap());
+        }
+        last.unwrap()
+    };
+    tokio::time::timeout(Duration::from_secs(60), watch)
+        .await
+        .expect("the sync ends within a minute")
+}
+
+async fn pool(app: &TestApp) -> sqlx::PgPool {
+    sqlx::PgPool::connect(app.config.database_url.expose_secret())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_started_sync_runs_at_once_although_workers_poll_only_hourly() {
+    let (app, _catalog) =
+        app_with(|config| config.job_poll_interval = Duration::from_secs(3_600)).await;
+    let user = connected_seller(&app, 200).await;
+
+    let last = run_to_end(&app, start(user)).await;
+
+    assert_eq!(last.state(), SyncState::Succeeded, "{}", last.last_error);
+}
+
+#[tokio::test]
+async fn a_targeted_sync_reconciles_only_its_blueprints_and_expansions() {
+    let (app, _catalog) = app_with(|_| {}).await;
+    let (user, token) = connected_seller_and_token(&app, 3_000).await;
+    assert_eq!(
+        run_to_end(&app, start(user)).await.state(),
+        SyncState::Succeeded
+    );
+    let db = pool(&app).await;
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT product_id, blueprint_id, expansion_id FROM inventory_items WHERE user_id = $1 \
+         ORDER BY product_id",
+    )
+    .bind(user.as_uuid())
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let (in_blueprint, blueprint, _) = rows[0];
+    let (in_expansion, _, expansion) = *rows
+        .iter()
+        .find(|row| row.1 != blueprint && row.2 != rows[0].2)
+        .unwrap();
+    let (outside, _, _) = *rows
+        .iter()
+        .find(|row| row.1 != blueprint && row.2 != expansion)
+        .unwrap();
+    for product in [in_blueprint, in_expansion, outside] {
+        app.simulator.set_quantity(&token, product, 0);
+    }
+
+    let mut targeted = start(user);
+    targeted.blueprint_ids = vec![blueprint];
+    targeted.expansion_ids = vec![expansion];
+    let last = run_to_end(&app, targeted).await;
+
+    assert_eq!(last.state(), SyncState::Succeeded, "{}", last.last_error);
+    assert_eq!(
+        last.scope,
+        format!("blueprints:{blueprint} expansions:{expansion}")
+    );
+    let left: Vec<i64> = sqlx::query_scalar(
+        "SELECT product_id FROM inventory_items WHERE user_id = $1 AND product_id = ANY($2)",
+    )
+    .bind(user.as_uuid())
+    .bind(vec![in_blueprint, in_expansion, outside])
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(left, vec![outside], "only the scope was reconciled");
+    assert_eq!(last.progress.unwrap().deleted, 2);
+}
+
+#[tokio::test]
+async fn unmapped_rows_are_remapped_once_their_blueprints_are_invalidated() {
+    let (app, catalog) = app_with(|_| {}).await;
+    let user = connected_seller(&app, 500).await;
+    assert_eq!(
+        run_to_end(&app, start(user)).await.state(),
+        SyncState::Succeeded
+    );
+    let db = pool(&app).await;
+    let unmapped_in_catalogue = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT blueprint_id FROM inventory_items WHERE user_id = $1 AND print_id IS NULL \
+             AND blueprint_id <= $2",
+        )
+        .bind(user.as_uuid())
+        .bind(brx_sync::simulator::CATALOGUE_BLUEPRINTS)
+        .fetch_all(&db)
+    };
+    let missing = unmapped_in_catalogue().await.unwrap();
+    assert!(
+        !missing.is_empty(),
+        "the small catalogue left rows unmapped"
+    );
+
+    // The catalogue gains every print; the operator invalidates the blueprints concerned.
+    brx_sync::blueprints::fixture::seed(&catalog.config, brx_sync::simulator::CATALOGUE_BLUEPRINTS)
+        .await
+        .unwrap();
+    let mut blueprints = BlueprintServiceClient::new(app.channel().await);
+    let answer = blueprints
+        .invalidate_blueprints(authorized(
+            InvalidateBlueprintsRequest {
+                blueprint_ids: missing,
+            },
+            &app.service_token(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(answer.remaps_queued, 1);
+    let mut left = unmapped_in_catalogue().await.unwrap();
+    for _ in 0..100 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = unmapped_in_catalogue().await.unwrap();
+    }
+    assert!(left.is_empty(), "{} rows still unmapped", left.len());
 }

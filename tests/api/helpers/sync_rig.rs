@@ -1,0 +1,199 @@
+//! A sync stack outside the served app: the real catalogue, limiter, CardTrader client and accounts
+//! around a [`SyncHandler`], so tests can run workers of their own (kill them, pause them, race them)
+//! against the app's database and simulator. The app runs no bulk workers of its own, so the test's
+//! workers run every full sync.
+
+use std::{sync::Arc, time::Duration};
+
+use brx_sync::{
+    accounts::{Accounts, Keyring},
+    domain::UserId,
+    jobs::{
+        Job, Lane, NewJob, store as jobs,
+        worker::{Worker, WorkerSettings},
+    },
+    marketplace::MarketplaceClient,
+    metrics::Metrics,
+    pb::v1::ConnectAccountRequest,
+    rate_limit::{Limits, RateLimiter},
+    sync::{
+        handler::{KIND_FULL, SyncHandler, SyncSettings},
+        scope::SyncProgress,
+    },
+};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use super::{CatalogDb, TestApp, authorized, spawn_app_with};
+
+pub(crate) struct SyncRig {
+    pub(crate) app: TestApp,
+    pub(crate) _catalog: CatalogDb,
+    pub(crate) pool: sqlx::PgPool,
+    pub(crate) handler: SyncHandler,
+}
+
+impl SyncRig {
+    pub(crate) async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub(crate) async fn with(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> Self {
+        let catalog_db = CatalogDb::seeded(brx_sync::simulator::CATALOGUE_BLUEPRINTS).await;
+        let mysql_url = catalog_db.config.mysql_url.clone();
+        let app = spawn_app_with(|config| {
+            config.mysql_url = mysql_url;
+            config.bulk_concurrency = 0;
+            adjust(config);
+        })
+        .await;
+        let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+            .await
+            .unwrap();
+        let (catalog, _, storage) = catalog_db
+            .catalog(|config| config.redis_key_prefix = app.config.redis_key_prefix.clone());
+        let metrics = Metrics::new().unwrap();
+        let limiter = RateLimiter::new(
+            storage.redis.clone(),
+            &app.config.redis_key_prefix,
+            Limits::from_config(&app.config),
+            metrics.clone(),
+        );
+        let marketplace = MarketplaceClient::new(&app.config, limiter, metrics.clone()).unwrap();
+        let keyring =
+            Keyring::parse(app.config.encryption_keys.as_ref().unwrap().expose_secret()).unwrap();
+        let accounts = Accounts::new(pool.clone(), Some(keyring), marketplace);
+        let settings = SyncSettings {
+            chunk_size: 1_000,
+            chunks_in_flight: 2,
+            statement_timeout: Duration::from_secs(30),
+            sweep_batch: 1_000,
+            export_budget: Duration::from_secs(60),
+        };
+        let handler = SyncHandler {
+            kind: KIND_FULL,
+            pool: pool.clone(),
+            accounts,
+            catalog,
+            metrics,
+            writers: Arc::new(tokio::sync::Semaphore::new(4)),
+            settings,
+        };
+        Self {
+            app,
+            _catalog: catalog_db,
+            pool,
+            handler,
+        }
+    }
+
+    /// Connects a new shop seller to the simulator account of `token`.
+    pub(crate) async fn connect(&self, token: &str) -> UserId {
+        let user = UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
+        let request = ConnectAccountRequest {
+            user_id: user.to_string(),
+            cardtrader_token: token.into(),
+        };
+        self.app
+            .accounts()
+            .await
+            .connect_account(authorized(request, &self.app.service_token()))
+            .await
+            .unwrap();
+        user
+    }
+
+    /// Queues a full sync without waking anyone.
+    pub(crate) async fn queue(&self, user: UserId) -> uuid::Uuid {
+        let new = NewJob {
+            user_id: user,
+            kind: KIND_FULL.into(),
+            lane: Lane::Bulk,
+            payload: serde_json::json!({"scope": "full"}),
+            priority: 0,
+            max_attempts: 3,
+        };
+        jobs::enqueue(&self.pool, &new, 1_000)
+            .await
+            .unwrap()
+            .job()
+            .id
+    }
+
+    /// A worker of the bulk lane running this rig's handler, owned by `owner`, with `lease`.
+    pub(crate) fn worker(&self, owner: &str, lease: Duration) -> Worker {
+        let settings = WorkerSettings {
+            owner: owner.into(),
+            lane: Lane::Bulk,
+            concurrency: 2,
+            lease,
+            poll_interval: Duration::from_millis(50),
+            aging: Duration::from_secs(60),
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_millis(200),
+        };
+        Worker::new(
+            self.pool.clone(),
+            vec![Arc::new(self.handler.clone())],
+            settings,
+            self.handler.metrics.clone(),
+        )
+    }
+
+    /// Polls the job until it is terminal (at most a minute).
+    pub(crate) async fn until_terminal(&self, id: uuid::Uuid) -> Job {
+        for _ in 0..600 {
+            let job = jobs::get(&self.pool, id).await.unwrap();
+            if job.state.is_terminal() {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("job {id} did not finish within a minute");
+    }
+
+    /// Queues a full sync and runs a worker until it ends.
+    pub(crate) async fn sync(&self, user: UserId) -> Job {
+        let id = self.queue(user).await;
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(
+            self.worker("test", Duration::from_secs(30))
+                .run(stop.clone()),
+        );
+        let job = self.until_terminal(id).await;
+        stop.cancel();
+        worker.await.unwrap().unwrap();
+        job
+    }
+
+    pub(crate) async fn local_rows(&self, user: UserId) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE user_id = $1")
+            .bind(user.as_uuid())
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Whether every local row of `user` has the simulator's quantity, and the row counts match.
+    pub(crate) async fn matches_upstream(&self, user: UserId, token: &str) -> bool {
+        let local: Vec<(i64, i32)> = sqlx::query_as(
+            "SELECT product_id, quantity FROM inventory_items WHERE user_id = $1 ORDER BY product_id",
+        )
+        .bind(user.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        local.len() as u64 == self.app.simulator.inventory_len(token)
+            && local.iter().all(|(product_id, quantity)| {
+                self.app
+                    .simulator
+                    .product(token, *product_id)
+                    .and_then(|product| product["quantity"].as_i64())
+                    == Some(i64::from(*quantity))
+            })
+    }
+}
+
+pub(crate) fn progress(job: &Job) -> SyncProgress {
+    SyncProgress::from_json(&job.progress)
+}

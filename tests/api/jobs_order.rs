@@ -1,0 +1,145 @@
+//! Which job a claim picks (sellers take turns, old jobs age past higher priorities) and how idle
+//! workers learn of new jobs (Redis wake-ups, polling as the backstop).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use brx_sync::{
+    domain::UserId,
+    jobs::{Lane, NewJob, store, wake::JobWakeups},
+    storage::Storage,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TestDatabase, test_config};
+
+const LEASE: Duration = Duration::from_secs(30);
+const AGING: Duration = Duration::from_secs(60);
+
+fn seller() -> UserId {
+    UserId::from_uuid(uuid::Uuid::new_v4()).unwrap()
+}
+
+async fn queue(db: &TestDatabase, user_id: UserId, kind: &str, priority: i32) -> uuid::Uuid {
+    let new = NewJob {
+        user_id,
+        kind: kind.into(),
+        lane: Lane::Interactive,
+        payload: serde_json::json!({}),
+        priority,
+        max_attempts: 3,
+    };
+    store::enqueue(&db.pool, &new, 1_000)
+        .await
+        .unwrap()
+        .job()
+        .id
+}
+
+async fn claim_next(db: &TestDatabase) -> uuid::Uuid {
+    store::claim(&db.pool, Lane::Interactive, "w", LEASE, AGING)
+        .await
+        .unwrap()
+        .unwrap()
+        .job
+        .id
+}
+
+async fn backdate(db: &TestDatabase, id: uuid::Uuid, by: Duration) {
+    sqlx::query("UPDATE jobs SET run_at = run_at - make_interval(secs => $2) WHERE id = $1")
+        .bind(id)
+        .bind(by.as_secs_f64())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_seller_with_a_running_job_yields_to_a_seller_with_none() {
+    let db = TestDatabase::new().await;
+    let (busy, waiting) = (seller(), seller());
+    let first = queue(&db, busy, "push_a", 0).await;
+    assert_eq!(claim_next(&db).await, first);
+    // The busy seller queued more (and earlier) work than the other seller.
+    let busy_second = queue(&db, busy, "push_b", 0).await;
+    backdate(&db, busy_second, Duration::from_secs(30)).await;
+    let other = queue(&db, waiting, "push_a", 0).await;
+
+    let next = claim_next(&db).await;
+
+    assert_eq!(next, other, "the seller with nothing running goes first");
+    assert_eq!(claim_next(&db).await, busy_second);
+}
+
+#[tokio::test]
+async fn a_long_wait_outranks_a_higher_priority() {
+    let db = TestDatabase::new().await;
+    let old = queue(&db, seller(), "sync_targeted", 0).await;
+    backdate(&db, old, AGING * 5).await;
+    let urgent_but_new = queue(&db, seller(), "sync_targeted", 3).await;
+    let urgent_and_newer = queue(&db, seller(), "sync_targeted", 10).await;
+
+    let order = [
+        claim_next(&db).await,
+        claim_next(&db).await,
+        claim_next(&db).await,
+    ];
+
+    // Effective due times: old = now - 5 min; priority 3 = now - 3 min; priority 10 = now - 10 min.
+    assert_eq!(order, [urgent_and_newer, old, urgent_but_new]);
+}
+
+#[tokio::test]
+async fn an_announced_job_wakes_the_workers_of_another_replica_through_redis() {
+    let (config, _) = test_config();
+    let storage = Storage::connect_lazy(&config).unwrap();
+    let woken = Arc::new(Notify::new());
+    let listener = JobWakeups::new(
+        storage.redis.clone(),
+        &config.redis_key_prefix,
+        HashMap::from([(Lane::Bulk, woken.clone())]),
+    );
+    let stop = CancellationToken::new();
+    let listening = tokio::spawn(listener.listen(config.redis_url.clone(), stop.clone()));
+    // Another replica: same channel, no workers of its own here.
+    let announcer = JobWakeups::new(
+        storage.redis.clone(),
+        &config.redis_key_prefix,
+        HashMap::new(),
+    );
+
+    // The subscription takes a moment; announce until it is heard.
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            announcer.announce(Lane::Bulk);
+            if tokio::time::timeout(Duration::from_millis(200), woken.notified())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+    })
+    .await;
+
+    assert!(heard.is_ok(), "the other replica's worker was never woken");
+    // Drain wake-ups still in flight from the announcing loop.
+    while tokio::time::timeout(Duration::from_millis(300), woken.notified())
+        .await
+        .is_ok()
+    {}
+    let interactive_only = JobWakeups::new(
+        storage.redis.clone(),
+        &config.redis_key_prefix,
+        HashMap::new(),
+    );
+    interactive_only.announce(Lane::Interactive);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), woken.notified())
+            .await
+            .is_err(),
+        "a wake-up for another lane does not wake the bulk worker"
+    );
+    stop.cancel();
+    listening.await.unwrap().unwrap();
+}

@@ -1,0 +1,243 @@
+//! Syncs under faults: a worker killed mid-sync, a worker paused past its lease, cancellation of a
+//! running sync, a 429 storm and a revoked token. Failpoints pause named points of the real code
+//! (nextest runs each test in its own process, so their settings never leak between tests).
+
+use std::time::Duration;
+
+use brx_sync::{
+    accounts::{AccountStatus, Keyring},
+    jobs::{JobState, store as jobs},
+    simulator::Faults,
+};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{SyncRig, progress};
+
+/// Waits until the job has committed at least `chunks` chunks.
+async fn until_chunks_done(rig: &SyncRig, id: uuid::Uuid, chunks: u64) {
+    for _ in 0..300 {
+        let job = jobs::get(&rig.pool, id).await.unwrap();
+        if progress(&job).chunks_done >= chunks {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the sync never reached {chunks} chunks");
+}
+
+async fn seen_rows_left(rig: &SyncRig, id: uuid::Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM sync_seen WHERE job_id = $1")
+        .bind(id)
+        .fetch_one(&rig.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_sync_is_taken_over_and_the_result_is_exact() {
+    let rig = SyncRig::new().await;
+    let seller = rig.app.simulator.add_seller(6_000);
+    let user = rig.connect(&seller.token).await;
+    fail::cfg("sync.after_chunk", "return(60000)").unwrap();
+    let id = rig.queue(user).await;
+    let doomed = tokio::spawn(
+        rig.worker("doomed", Duration::from_secs(1))
+            .run(CancellationToken::new()),
+    );
+    until_chunks_done(&rig, id, 1).await;
+
+    // The process dies: its tasks, heartbeat included, are gone mid-sync.
+    doomed.abort();
+    fail::remove("sync.after_chunk");
+    let stop = CancellationToken::new();
+    let rescuer = tokio::spawn(
+        rig.worker("rescuer", Duration::from_secs(30))
+            .run(stop.clone()),
+    );
+    let job = rig.until_terminal(id).await;
+    stop.cancel();
+    rescuer.await.unwrap().unwrap();
+
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    assert_eq!(job.fence, 2, "claimed once, taken over once");
+    assert_eq!(
+        progress(&job).products_seen,
+        6_000,
+        "the rescuer counted its own attempt only"
+    );
+    assert!(rig.matches_upstream(user, &seller.token).await);
+    assert_eq!(seen_rows_left(&rig, id).await, 0);
+}
+
+#[tokio::test]
+async fn a_worker_paused_past_its_lease_writes_nothing_after_the_takeover() {
+    let rig = SyncRig::new().await;
+    let seller = rig.app.simulator.add_seller(6_000);
+    let user = rig.connect(&seller.token).await;
+    // The first worker stops after its first chunk for 4 s and none of its heartbeats get through,
+    // so its lease runs out while it still holds export rows it read before the takeover.
+    fail::cfg("sync.after_chunk", "1*return(4000)").unwrap();
+    fail::cfg("jobs.heartbeat", "return(60000)").unwrap();
+    let id = rig.queue(user).await;
+    let stop = CancellationToken::new();
+    let zombie = tokio::spawn(
+        rig.worker("zombie", Duration::from_secs(1))
+            .run(stop.clone()),
+    );
+    until_chunks_done(&rig, id, 1).await;
+    // A product the zombie has most likely read already (its next chunk) changes upstream.
+    let changed: i64 =
+        sqlx::query_scalar("SELECT max(product_id) FROM inventory_items WHERE user_id = $1")
+            .bind(user.as_uuid())
+            .fetch_one(&rig.pool)
+            .await
+            .unwrap();
+    let changed = changed + 1_000;
+    rig.app.simulator.set_quantity(&seller.token, changed, 77);
+
+    let rescuer = tokio::spawn(
+        rig.worker("rescuer", Duration::from_secs(30))
+            .run(stop.clone()),
+    );
+    let job = rig.until_terminal(id).await;
+    // Let the zombie wake up, try its next chunk and be fenced out.
+    let outcome = rig
+        .handler
+        .metrics
+        .jobs_finished
+        .with_label_values(&["sync_full", "lease_lost"]);
+    for _ in 0..100 {
+        if outcome.get() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    zombie.await.unwrap().unwrap();
+    rescuer.await.unwrap().unwrap();
+
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    assert_eq!(
+        outcome.get(),
+        1,
+        "the zombie tried again and was fenced out"
+    );
+    let after_takeover: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inventory_items WHERE user_id = $1 AND updated_at > $2",
+    )
+    .bind(user.as_uuid())
+    .bind(job.finished_at.unwrap())
+    .fetch_one(&rig.pool)
+    .await
+    .unwrap();
+    assert_eq!(after_takeover, 0, "no row written after the job ended");
+    assert!(rig.matches_upstream(user, &seller.token).await);
+    let final_job = jobs::get(&rig.pool, id).await.unwrap();
+    assert_eq!(final_job.state, JobState::Succeeded);
+    assert_eq!(seen_rows_left(&rig, id).await, 0);
+}
+
+#[tokio::test]
+async fn a_running_sync_cancelled_stops_after_its_chunk_and_sweeps_nothing() {
+    let rig = SyncRig::new().await;
+    let seller = rig.app.simulator.add_seller(8_000);
+    let user = rig.connect(&seller.token).await;
+    assert_eq!(rig.sync(user).await.state, JobState::Succeeded);
+    let first: i64 =
+        sqlx::query_scalar("SELECT min(product_id) FROM inventory_items WHERE user_id = $1")
+            .bind(user.as_uuid())
+            .fetch_one(&rig.pool)
+            .await
+            .unwrap();
+    rig.app.simulator.set_quantity(&seller.token, first, 0);
+    fail::cfg("sync.after_chunk", "return(300)").unwrap();
+    let id = rig.queue(user).await;
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(rig.worker("w", Duration::from_secs(30)).run(stop.clone()));
+    until_chunks_done(&rig, id, 1).await;
+
+    jobs::cancel(&rig.pool, id).await.unwrap();
+    let job = rig.until_terminal(id).await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+
+    assert_eq!(job.state, JobState::Cancelled);
+    assert!(progress(&job).chunks_done < 8, "{:?}", progress(&job));
+    assert_eq!(
+        rig.local_rows(user).await,
+        8_000,
+        "a cancelled sync sweeps nothing"
+    );
+    assert_eq!(seen_rows_left(&rig, id).await, 0);
+}
+
+#[tokio::test]
+async fn a_429_storm_delays_the_sync_without_spending_attempts_or_breaking_the_limit() {
+    // One attempt per call: every 429 reaches the job, which must reschedule rather than retry.
+    let rig = SyncRig::with(|config| config.cardtrader_attempts = 1).await;
+    let seller = rig.app.simulator.add_seller(3_000);
+    let user = rig.connect(&seller.token).await;
+    rig.app.simulator.set_faults(Faults {
+        burst_429: 2,
+        ..Faults::default()
+    });
+
+    let job = rig.sync(user).await;
+
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    // Three claims with max_attempts 3: had the 429s spent attempts, the job would have failed.
+    assert_eq!(
+        job.attempts, 1,
+        "rate-limited runs gave their attempts back"
+    );
+    assert_eq!(
+        rig.handler
+            .metrics
+            .jobs_finished
+            .with_label_values(&["sync_full", "rate_limited"])
+            .get(),
+        2
+    );
+    let stats = rig.app.simulator.stats(&seller.token);
+    assert!(stats.rejected_429 >= 2, "{stats:?}");
+    assert!(stats.max_general_in_any_10s <= 200, "{stats:?}");
+    assert!(rig.matches_upstream(user, &seller.token).await);
+}
+
+#[tokio::test]
+async fn a_revoked_token_fails_the_sync_at_once_and_marks_the_account() {
+    let rig = SyncRig::new().await;
+    let seller = rig.app.simulator.add_seller(100);
+    let user = rig.connect(&seller.token).await;
+    // A token CardTrader does not know, sealed like a real one, as if the seller had revoked it.
+    let keyring = Keyring::parse(
+        rig.app
+            .config
+            .encryption_keys
+            .as_ref()
+            .unwrap()
+            .expose_secret(),
+    )
+    .unwrap();
+    let revoked = keyring.seal(
+        b"revoked-token",
+        format!("accounts/{user}/token").as_bytes(),
+    );
+    sqlx::query("UPDATE accounts SET token_ciphertext = $1 WHERE user_id = $2")
+        .bind(&revoked.bytes)
+        .bind(user.as_uuid())
+        .execute(&rig.pool)
+        .await
+        .unwrap();
+
+    let job = rig.sync(user).await;
+
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.attempts, 1, "a 401 is not retried");
+    assert_eq!(
+        rig.handler.accounts.get(user).await.unwrap().status,
+        AccountStatus::TokenInvalid
+    );
+    assert_eq!(rig.local_rows(user).await, 0);
+}
