@@ -3,15 +3,9 @@
 
 use std::time::Duration;
 
-use brx_sync::{
-    domain::UserId,
-    jobs::{JobState, Lane, NewJob, store as jobs},
-    pb::v1::ConnectAccountRequest,
-    sync::handler::KIND_FULL,
-};
-use secrecy::ExposeSecret;
+use brx_sync::jobs::JobState;
 
-use crate::helpers::{CatalogDb, SyncRig, authorized, progress, spawn_app_with};
+use crate::helpers::{SyncRig, progress};
 
 #[tokio::test]
 async fn a_full_sync_lands_exactly_the_simulators_inventory_and_a_resync_writes_only_what_changed()
@@ -140,46 +134,18 @@ async fn a_sync_whose_export_fails_sweeps_nothing_and_a_retry_completes() {
 }
 
 #[tokio::test]
-async fn a_served_replica_runs_queued_syncs_with_its_own_workers() {
-    let catalog_db = CatalogDb::seeded(1_000).await;
-    let mysql_url = catalog_db.config.mysql_url.clone();
-    let app = spawn_app_with(|config| {
-        config.mysql_url = mysql_url;
+async fn a_served_replica_finds_a_job_queued_behind_its_back_by_polling() {
+    // Queued straight into the table, nobody announces the job: the replica's own bulk worker must
+    // find it by polling, the backstop of lost wake-ups.
+    let rig = SyncRig::with(|config| {
+        config.bulk_concurrency = 2;
         config.job_poll_interval = Duration::from_millis(100);
     })
     .await;
-    let seller = app.simulator.add_seller(2_500);
-    let user = UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
-    let request = ConnectAccountRequest {
-        user_id: user.to_string(),
-        cardtrader_token: seller.token.clone(),
-    };
-    app.accounts()
-        .await
-        .connect_account(authorized(request, &app.service_token()))
-        .await
-        .unwrap();
-    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
-        .await
-        .unwrap();
-    let new = NewJob {
-        user_id: user,
-        kind: KIND_FULL.into(),
-        lane: Lane::Bulk,
-        payload: serde_json::json!({"scope": "full"}),
-        priority: 0,
-        max_attempts: 3,
-    };
-    let id = jobs::enqueue(&pool, &new, 1_000).await.unwrap().job().id;
+    let seller = rig.app.simulator.add_seller(2_500);
+    let user = rig.connect(&seller.token).await;
 
-    let mut job = jobs::get(&pool, id).await.unwrap();
-    for _ in 0..300 {
-        if job.state.is_terminal() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        job = jobs::get(&pool, id).await.unwrap();
-    }
+    let job = rig.until_terminal(rig.queue(user).await).await;
 
     assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
     assert_eq!(progress(&job).products_seen, 2_500);
