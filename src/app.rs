@@ -232,6 +232,8 @@ impl App {
             result = &mut grpc_task => Some(report_exit("gRPC server", result)),
             result = &mut http_task => Some(report_exit("HTTP server", result)),
             result = &mut supervisor_task => Some(report_exit("storage supervisor", result)),
+            // Workers, the scheduler and the wake-up listener only return at shutdown.
+            Some(result) = worker_tasks.join_next() => Some(report_exit("background work", result)),
         };
 
         readiness.start_draining();

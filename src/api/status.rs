@@ -71,6 +71,9 @@ impl From<SyncError> for Status {
                 lane, retry_after, ..
             }) => resource_exhausted(&format!("the {lane} sync queue is full"), retry_after),
             SyncError::Jobs(JobError::NotFound) => Status::not_found("no such sync"),
+            SyncError::Jobs(JobError::Contended) => {
+                Status::aborted("the queued sync changed while joining it; retry")
+            }
             SyncError::Account(err) => err.into(),
             other => internal("sync operation failed", &other),
         }

@@ -190,6 +190,9 @@ pub enum JobError {
     /// No such job.
     #[error("no such job")]
     NotFound,
+    /// The queued job kept changing under a coalescing request; asking again will succeed.
+    #[error("the queued job kept changing; retry")]
+    Contended,
     /// The lease was taken over (or the job finished elsewhere): this worker must stop writing.
     #[error("the lease on this job was lost")]
     LeaseLost,

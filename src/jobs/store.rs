@@ -112,6 +112,43 @@ pub async fn enqueue(pool: &PgPool, new: &NewJob, max_depth: i64) -> Result<Enqu
         .ok_or(JobError::NotFound)
 }
 
+/// Like [`enqueue`], but a request that joins a queued job widens it: `merge(queued, requested)`
+/// becomes the queued job's payload (a union of ids, say), so no request is coalesced away into a
+/// narrower job. The swap is compare-and-set on the payload; if the job was claimed or changed in
+/// between, the request is enqueued again.
+pub async fn enqueue_merging(
+    pool: &PgPool,
+    new: &NewJob,
+    max_depth: i64,
+    merge: impl Fn(&serde_json::Value, &serde_json::Value) -> serde_json::Value,
+) -> Result<Enqueued, JobError> {
+    for _ in 0..5 {
+        let queued = match enqueue(pool, new, max_depth).await? {
+            Enqueued::Coalesced(queued) => queued,
+            created => return Ok(created),
+        };
+        let merged = merge(&queued.payload, &new.payload);
+        if merged == queued.payload {
+            return Ok(Enqueued::Coalesced(queued));
+        }
+        let sql = concat!(
+            "UPDATE jobs SET payload = $3, updated_at = now() \
+             WHERE id = $1 AND state = 'queued' AND payload = $2 RETURNING ",
+            columns!()
+        );
+        let widened: Option<JobRow> = sqlx::query_as(sql)
+            .bind(queued.id)
+            .bind(&queued.payload)
+            .bind(&merged)
+            .fetch_optional(pool)
+            .await?;
+        if let Some(row) = widened {
+            return Ok(Enqueued::Coalesced(job(row)?));
+        }
+    }
+    Err(JobError::Contended)
+}
+
 async fn find_queued(pool: &PgPool, user_id: UserId, kind: &str) -> Result<Option<Job>, JobError> {
     let sql = concat!(
         "SELECT ",

@@ -59,7 +59,10 @@ impl SyncScheduler {
 
     /// Runs a round every interval until `shutdown`; a failed round is logged and retried next time.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut every = tokio::time::interval(self.settings.interval);
+        // The first round one interval after start, not at once: a rolling restart of N replicas
+        // then does not run N rounds back to back.
+        let first = tokio::time::Instant::now() + self.settings.interval;
+        let mut every = tokio::time::interval_at(first, self.settings.interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -53,6 +53,43 @@ impl SyncScope {
         }
     }
 
+    /// The scope a queued sync must cover once `requested` joins it: the union of both (a full
+    /// sync covers everything). Stored payloads that do not parse are left as they are.
+    pub fn merge_payloads(
+        queued: &serde_json::Value,
+        requested: &serde_json::Value,
+    ) -> serde_json::Value {
+        let (Ok(queued_scope), Ok(requested_scope)) =
+            (Self::from_payload(queued), Self::from_payload(requested))
+        else {
+            return queued.clone();
+        };
+        match (queued_scope, requested_scope) {
+            (
+                SyncScope::Targeted {
+                    blueprint_ids: mut blueprints,
+                    expansion_ids: mut expansions,
+                },
+                SyncScope::Targeted {
+                    blueprint_ids,
+                    expansion_ids,
+                },
+            ) => {
+                for (ids, more) in [(&mut blueprints, blueprint_ids), (&mut expansions, expansion_ids)] {
+                    ids.extend(more);
+                    ids.sort_unstable();
+                    ids.dedup();
+                }
+                SyncScope::Targeted {
+                    blueprint_ids: blueprints,
+                    expansion_ids: expansions,
+                }
+                .to_payload()
+            }
+            _ => SyncScope::Full.to_payload(),
+        }
+    }
+
     /// How callers see it: `full`, or e.g. `blueprints:1,2 expansions:7`.
     pub fn describe(&self) -> String {
         match self {
@@ -143,6 +180,28 @@ mod tests {
             SyncScope::from_payload(&scope.to_payload()).ok(),
             Some(scope)
         );
+    }
+
+    #[test]
+    fn a_request_joining_a_queued_targeted_sync_widens_it_to_the_union() {
+        let queued = SyncScope::Targeted {
+            blueprint_ids: vec![1, 5],
+            expansion_ids: vec![],
+        };
+        let requested = SyncScope::Targeted {
+            blueprint_ids: vec![5, 2],
+            expansion_ids: vec![9],
+        };
+        let merged = SyncScope::merge_payloads(&queued.to_payload(), &requested.to_payload());
+        assert_eq!(
+            SyncScope::from_payload(&merged).ok(),
+            Some(SyncScope::Targeted {
+                blueprint_ids: vec![1, 2, 5],
+                expansion_ids: vec![9],
+            })
+        );
+        let same = SyncScope::merge_payloads(&queued.to_payload(), &queued.to_payload());
+        assert_eq!(same, queued.to_payload(), "nothing new: nothing to write");
     }
 
     #[test]

@@ -102,7 +102,13 @@ impl Syncs {
             priority,
             max_attempts: 5,
         };
-        let enqueued = store::enqueue(&self.pool, &new, self.max_queue_depth).await?;
+        let enqueued = store::enqueue_merging(
+            &self.pool,
+            &new,
+            self.max_queue_depth,
+            SyncScope::merge_payloads,
+        )
+        .await?;
         if matches!(enqueued, Enqueued::Created(_)) {
             self.wakeups.announce(lane);
         }

@@ -427,3 +427,31 @@ async fn unmapped_rows_are_remapped_once_their_blueprints_are_invalidated() {
     }
     assert!(left.is_empty(), "{} rows still unmapped", left.len());
 }
+
+#[tokio::test]
+async fn a_targeted_request_joining_a_queued_one_widens_it_instead_of_being_dropped() {
+    let (app, _catalog) = app_with(|config| config.interactive_concurrency = 0).await;
+    let user = connected_seller(&app, 10).await;
+    let mut sync = client(&app).await;
+    let targeted = |blueprints: Vec<i64>, expansions: Vec<i64>| {
+        let mut request = start(user);
+        request.blueprint_ids = blueprints;
+        request.expansion_ids = expansions;
+        authorized(request, &app.service_token())
+    };
+
+    let first = sync
+        .start_sync(targeted(vec![7, 3], vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    let joined = sync
+        .start_sync(targeted(vec![3, 11], vec![40]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert!(joined.coalesced);
+    assert_eq!(joined.job_id, first.job_id);
+    assert_eq!(joined.scope, "blueprints:3,7,11 expansions:40");
+}
