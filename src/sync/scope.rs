@@ -75,7 +75,10 @@ impl SyncScope {
                     expansion_ids,
                 },
             ) => {
-                for (ids, more) in [(&mut blueprints, blueprint_ids), (&mut expansions, expansion_ids)] {
+                for (ids, more) in [
+                    (&mut blueprints, blueprint_ids),
+                    (&mut expansions, expansion_ids),
+                ] {
                     ids.extend(more);
                     ids.sort_unstable();
                     ids.dedup();
