@@ -208,7 +208,7 @@ async fn sync_the_seller(channel: Channel, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn with_bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+pub(crate) fn with_bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
@@ -249,13 +249,13 @@ async fn connect_a_seller(
     Ok(())
 }
 
-async fn channel_for(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
+pub(crate) async fn channel_for(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
     Ok(Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await?)
 }
 
-async fn wait_until_serving(mut health: HealthClient<Channel>) -> anyhow::Result<()> {
+pub(crate) async fn wait_until_serving(mut health: HealthClient<Channel>) -> anyhow::Result<()> {
     let spinner = ProgressBar::new_spinner()
         .with_style(ProgressStyle::with_template(
             "      {spinner} {msg} ({elapsed})",

@@ -1,0 +1,102 @@
+//! `brx-sync loadtest`: the real replica, in-process, against the simulator in a child process. `scale`
+//! starts many sellers' full syncs at once and reports throughput, job latency, peak RSS and PostgreSQL
+//! connections; `isolation` measures GetSyncStatus latency while one large sync runs.
+//!
+//! Layout: `rig` sets up and tears down everything a scenario needs, `simulator` is the child process,
+//! `measure` holds the samplers and number formatting, `scale` and `isolation` are the scenarios.
+
+mod isolation;
+mod measure;
+mod rig;
+mod scale;
+mod simulator;
+
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// Arguments of `brx-sync loadtest`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadtestArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Scenario::Scale)]
+    pub scenario: Scenario,
+    /// Sellers synced at once (scale; isolation always uses one).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sellers: u32,
+    /// Products per seller; 1,000 for scale and 200,000 for isolation when omitted.
+    #[arg(long)]
+    pub products: Option<u64>,
+    /// ConnectAccount calls in flight while the sellers are connected.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connect_concurrency: u32,
+    /// Concurrent GetSyncStatus callers (isolation).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub status_callers: u32,
+    /// How long each idle phase measures GetSyncStatus (isolation).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub idle_for: Duration,
+    /// Longest wait for the syncs to end before the run counts as failed.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The load test scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Many sellers' full syncs started at once: throughput, job latency, RSS, connections.
+    Scale,
+    /// GetSyncStatus p99 while one large sync runs, against its idle p99.
+    Isolation,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Scale => "scale",
+            Scenario::Isolation => "isolation",
+        }
+    }
+}
+
+impl LoadtestArgs {
+    fn sellers(&self) -> u32 {
+        match self.scenario {
+            Scenario::Scale => self.sellers,
+            Scenario::Isolation => 1,
+        }
+    }
+
+    fn products(&self) -> u64 {
+        let default = match self.scenario {
+            Scenario::Scale => 1_000,
+            Scenario::Isolation => 200_000,
+        };
+        self.products.unwrap_or(default)
+    }
+}
+
+/// Runs the chosen scenario and prints its report; tears everything down whatever the outcome, and
+/// fails when a sync failed.
+pub async fn run(config: Config, args: LoadtestArgs) -> anyhow::Result<()> {
+    let (sellers, products) = (args.sellers(), args.products());
+    println!(
+        "brx-sync loadtest ({}): {} sellers x {} products on one replica\n",
+        args.scenario.name(),
+        measure::thousands(u64::from(sellers)),
+        measure::thousands(products)
+    );
+    let rig = rig::Rig::start(config, sellers, products).await?;
+    let scenario = async {
+        match args.scenario {
+            Scenario::Scale => scale::run(&rig, &args).await,
+            Scenario::Isolation => isolation::run(&rig, &args).await,
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = scenario => outcome,
+        () = crate::shutdown::signal() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let stopped = rig.stop().await;
+    outcome.and(stopped)
+}
