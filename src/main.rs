@@ -22,8 +22,9 @@ async fn main() -> ExitCode {
         }
     };
     let mut cli = cli;
-    if matches!(cli.command, Some(Command::Demo)) && cli.config.log_filter == "info" {
-        // The demo's own progress lines are the output; the service's logs stay to warnings.
+    let reports = matches!(cli.command, Some(Command::Demo | Command::Loadtest(_)));
+    if reports && cli.config.log_filter == "info" {
+        // The demo's and load test's own lines are the output; the service's logs stay to warnings.
         cli.config.log_filter = "warn".into();
     }
     let telemetry = match telemetry::init(&cli.config) {

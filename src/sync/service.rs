@@ -157,15 +157,11 @@ impl Syncs {
         let last_finished =
             store::latest_in_states(&self.pool, user_id, &SYNC_KINDS, &finished).await?;
         let current = store::latest_in_states(&self.pool, user_id, &SYNC_KINDS, &active).await?;
-        let item_count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE user_id = $1")
-                .bind(user_id.as_uuid())
-                .fetch_one(&self.pool)
-                .await?;
+        let item_count = super::store::item_count(&self.pool, user_id).await?;
         Ok(SyncStatus {
             last_finished,
             current,
-            item_count: u64::try_from(item_count).unwrap_or(0),
+            item_count,
         })
     }
 }

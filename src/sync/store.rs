@@ -66,6 +66,16 @@ impl<'a> SweepScope<'a> {
     }
 }
 
+/// The seller's items, from the counter the inventory triggers keep.
+pub async fn item_count(pool: &PgPool, user_id: UserId) -> Result<u64, sqlx::Error> {
+    let items: Option<i64> =
+        sqlx::query_scalar("SELECT items FROM inventory_counts WHERE user_id = $1")
+            .bind(user_id.as_uuid())
+            .fetch_optional(pool)
+            .await?;
+    Ok(items.map_or(0, |items| u64::try_from(items).unwrap_or(0)))
+}
+
 /// The seller's rows in `scope`.
 pub async fn count_in_scope(
     pool: &PgPool,
@@ -190,9 +200,13 @@ pub async fn mark_seen(
 }
 
 /// Deletes the seller's rows in `scope` that this attempt did not see, sparing reserved rows (a
-/// purchase is using them), `batch` rows per transaction walking up the product ids. Each batch
+/// purchase is using them), walking up the product ids `batch` rows per transaction. Each batch
 /// first checks the fence, holding the job row, so a worker whose lease was taken over deletes
 /// nothing more. Returns how many rows were deleted.
+///
+/// The difference is taken here from two primary-key range reads rather than by an anti-join in
+/// SQL: without fresh statistics (a first import, autovacuum behind) the planner turned that
+/// anti-join into a nested loop scanning the seen-set once per row.
 pub async fn sweep(
     pool: &PgPool,
     user_id: UserId,
@@ -205,34 +219,56 @@ pub async fn sweep(
     loop {
         let mut tx = pool.begin().await?;
         jobs::lock_fenced(&mut *tx, lease).await?;
-        let gone: Vec<i64> = sqlx::query_scalar(
-            "WITH stale AS ( \
-                 SELECT i.product_id FROM inventory_items i \
-                 WHERE i.user_id = $1 AND i.product_id > $2 AND i.reserved_quantity = 0 \
-                   AND ($3 OR i.blueprint_id = ANY($4) OR i.expansion_id = ANY($5)) \
-                   AND NOT EXISTS (SELECT 1 FROM sync_seen s \
-                                   WHERE s.job_id = $6 AND s.fence = $7 AND s.product_id = i.product_id) \
-                 ORDER BY i.product_id LIMIT $8) \
-             DELETE FROM inventory_items d USING stale \
-             WHERE d.user_id = $1 AND d.product_id = stale.product_id AND d.reserved_quantity = 0 \
-             RETURNING d.product_id",
+        let local: Vec<i64> = sqlx::query_scalar(
+            "SELECT product_id FROM inventory_items \
+             WHERE user_id = $1 AND product_id > $2 \
+               AND ($3 OR blueprint_id = ANY($4) OR expansion_id = ANY($5)) \
+             ORDER BY product_id LIMIT $6",
         )
         .bind(user_id.as_uuid())
         .bind(after)
         .bind(all)
         .bind(blueprints)
         .bind(expansions)
-        .bind(lease.job.id)
-        .bind(lease.fence)
         .bind(batch)
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
-        deleted += gone.len() as u64;
-        match gone.iter().max() {
-            Some(&last) if gone.len() as i64 == batch => after = last,
-            _ => return Ok(deleted),
+        let (Some(&first), Some(&last)) = (local.first(), local.last()) else {
+            return Ok(deleted);
+        };
+        let seen: std::collections::HashSet<i64> = sqlx::query_scalar(
+            "SELECT product_id FROM sync_seen \
+             WHERE job_id = $1 AND fence = $2 AND product_id BETWEEN $3 AND $4",
+        )
+        .bind(lease.job.id)
+        .bind(lease.fence)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let stale: Vec<i64> = local
+            .iter()
+            .copied()
+            .filter(|id| !seen.contains(id))
+            .collect();
+        if !stale.is_empty() {
+            let done = sqlx::query(
+                "DELETE FROM inventory_items \
+                 WHERE user_id = $1 AND product_id = ANY($2) AND reserved_quantity = 0",
+            )
+            .bind(user_id.as_uuid())
+            .bind(&stale)
+            .execute(&mut *tx)
+            .await?;
+            deleted += done.rows_affected();
         }
+        tx.commit().await?;
+        if (local.len() as i64) < batch {
+            return Ok(deleted);
+        }
+        after = last;
     }
 }
 

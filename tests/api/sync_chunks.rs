@@ -361,3 +361,72 @@ async fn two_transactions_locking_rows_in_opposite_order_deadlock_for_real_and_t
         "the chunk's transaction (rerun if it was the victim) wins last"
     );
 }
+
+#[tokio::test]
+async fn the_item_counter_follows_inserts_updates_sweeps_and_purges() {
+    let db = TestDatabase::new().await;
+    let (user, other) = (seller(), seller());
+    let metrics = Metrics::new().unwrap();
+    let counter = |user: UserId| {
+        let pool = db.pool.clone();
+        async move {
+            brx_sync::sync::store::item_count(&pool, user)
+                .await
+                .unwrap()
+        }
+    };
+    let old = lease_for(&db, user).await;
+    write(
+        &db.pool,
+        &old,
+        user,
+        (1..=50).map(|id| row(id, 1)).collect(),
+        &metrics,
+    )
+    .await
+    .unwrap();
+    // Half of them again with a change (updates), and ten new ones.
+    write(
+        &db.pool,
+        &old,
+        user,
+        (25..=60).map(|id| row(id, 2)).collect(),
+        &metrics,
+    )
+    .await
+    .unwrap();
+    jobs::succeed(&db.pool, &old).await.unwrap();
+    let theirs = lease_for(&db, other).await;
+    write(&db.pool, &theirs, other, vec![row(1, 1)], &metrics)
+        .await
+        .unwrap();
+    assert_eq!(counter(user).await, 60);
+
+    let new = lease_for(&db, user).await;
+    write(
+        &db.pool,
+        &new,
+        user,
+        (1..=40).map(|id| row(id, 2)).collect(),
+        &metrics,
+    )
+    .await
+    .unwrap();
+    let swept = sweep(&db.pool, user, &new, SweepScope::All, 7)
+        .await
+        .unwrap();
+    assert_eq!(swept, 20);
+    assert_eq!(counter(user).await, 40);
+
+    sqlx::query("DELETE FROM inventory_items WHERE user_id = $1")
+        .bind(user.as_uuid())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(counter(user).await, 0);
+    assert_eq!(
+        counter(other).await,
+        1,
+        "other sellers' counts are their own"
+    );
+}
