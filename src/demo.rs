@@ -38,8 +38,11 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.auth_disabled = false;
     config.migrate_on_start = true;
     // The demo's own marketplace and a throwaway key: nothing here touches real tokens.
-    let simulator =
-        SimulatorHandle::start(SimulatorConfig::default(), "127.0.0.1:0".parse()?).await?;
+    let sim_config = SimulatorConfig {
+        products_per_seller: DEMO_PRODUCTS,
+        ..SimulatorConfig::default()
+    };
+    let simulator = SimulatorHandle::start(sim_config, "127.0.0.1:0".parse()?).await?;
     config.cardtrader_base_url = simulator.base_url();
     let demo_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
     config.encryption_keys = Some(SecretString::from(format!("demo:{demo_key}")));
@@ -103,7 +106,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     connect_a_seller(channel_for(grpc_addr).await?, &secret, &simulator).await?;
     resolve_some_blueprints(channel_for(grpc_addr).await?, &token, &simulator).await?;
-    sync_the_seller(channel_for(grpc_addr).await?, &token).await?;
+    let expected = simulator.inventory_len(&simulator.token(1));
+    sync_the_seller(channel_for(grpc_addr).await?, &token, expected).await?;
 
     let _ = stop.send(());
     server.await.context("server task")??;
@@ -159,8 +163,9 @@ async fn resolve_some_blueprints(
     Ok(())
 }
 
-/// Runs a full sync of the demo seller and follows it with WatchSync, as a progress bar.
-async fn sync_the_seller(channel: Channel, token: &str) -> anyhow::Result<()> {
+/// Runs a full sync of the demo seller and follows it with WatchSync, as a progress bar over the
+/// `expected` products the simulator holds for them.
+async fn sync_the_seller(channel: Channel, token: &str, expected: u64) -> anyhow::Result<()> {
     let mut client = SyncServiceClient::new(channel);
     let start = StartSyncRequest {
         user_id: DEMO_SELLER.into(),
@@ -170,8 +175,8 @@ async fn sync_the_seller(channel: Channel, token: &str) -> anyhow::Result<()> {
         .start_sync(with_bearer(start, token)?)
         .await?
         .into_inner();
-    let bar = ProgressBar::new_spinner().with_style(ProgressStyle::with_template(
-        "      {spinner} sync {msg} ({elapsed})",
+    let bar = ProgressBar::new(expected).with_style(ProgressStyle::with_template(
+        "      sync [{bar:30}] {pos}/{len} products, {msg} ({elapsed})",
     )?);
     bar.enable_steady_tick(Duration::from_millis(100));
     let mut updates = client
@@ -186,11 +191,13 @@ async fn sync_the_seller(channel: Channel, token: &str) -> anyhow::Result<()> {
     let mut last = job;
     while let Some(update) = updates.message().await? {
         let progress = update.progress.unwrap_or_default();
+        bar.set_position(progress.products_seen);
         bar.set_message(format!(
-            "{:?}: {} products, {} chunks",
+            "{:?}, chunk {}/{}, {} written",
             update.state(),
-            progress.products_seen,
-            progress.chunks_done
+            progress.chunks_done,
+            progress.chunks_total.max(progress.chunks_done),
+            progress.written
         ));
         last = update;
     }
@@ -218,6 +225,8 @@ pub(crate) fn with_bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::R
 
 /// The shop user the demo acts for.
 const DEMO_SELLER: &str = "0d3e5c1a-5b6f-4c2e-9a1d-7e2f00000001";
+/// Products of each simulated seller: enough for a sync of fifty chunks to watch.
+const DEMO_PRODUCTS: u64 = 50_000;
 
 /// A seller connects their CardTrader token, as the shop's account page would.
 async fn connect_a_seller(
