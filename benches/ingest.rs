@@ -415,7 +415,7 @@ async fn copy_into(conn: &mut sqlx::PgConnection, table: &str, data: &[u8]) -> s
     Ok(())
 }
 
-/// `n_tup_upd` of `inventory_items` and `n_tup_ins` of `sync_seen` (proof a sync's counters are in),
+/// `n_tup_upd` of `inventory_items` and of `jobs` (each chunk updates its job: proof a sync's counters are in),
 /// once the stack's connections are gone: a backend flushes its counters when it exits, while an
 /// idle one may sit on them for up to 10 s (PostgreSQL 15).
 async fn table_counters(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
@@ -437,7 +437,7 @@ async fn table_counters(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
         .execute(pool)
         .await?;
     let sql = "SELECT max(n_tup_upd) FILTER (WHERE relname = 'inventory_items'), \
-               max(n_tup_ins) FILTER (WHERE relname = 'sync_seen') FROM pg_stat_user_tables";
+               max(n_tup_upd) FILTER (WHERE relname = 'jobs') FROM pg_stat_user_tables";
     let (updated, seen): (Option<i64>, Option<i64>) = sqlx::query_as(sql).fetch_one(pool).await?;
     Ok((updated.unwrap_or(0), seen.unwrap_or(0)))
 }
@@ -769,7 +769,8 @@ fn report(figures: &Figures) {
         format!("{before} -> {after}"),
     );
     let (written, seen) = (figures.resync.progress.written, seen_after - seen_before);
-    let target = format!("~ 0 (sync counted {written}; seen-set +{seen}, so the counters are in)");
+    let target =
+        format!("~ 0 (sync counted {written}; job row updates +{seen}, so the counters are in)");
     line(
         "   rows rewritten (n_tup_upd)",
         &measured,

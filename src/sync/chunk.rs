@@ -1,5 +1,5 @@
-//! One chunk of a sync as one transaction on one pooled connection: the upsert, the seen-set and the
-//! job's progress (fenced) commit together, under a statement timeout. Deadlocks, serialization
+//! One chunk of a sync as one transaction on one pooled connection: the upsert and the job's progress
+//! (fenced) commit together, under a statement timeout. Deadlocks, serialization
 //! failures, timeouts and lost connections rerun the whole transaction with jittered backoff. A
 //! semaphore shared by every sync of the replica caps how many chunk transactions are open at once.
 
@@ -150,8 +150,6 @@ async fn write_once(
         .execute(&mut *tx)
         .await?;
     let written = store::upsert_rows(&mut tx, user_id, rows).await?;
-    let product_ids: Vec<i64> = rows.iter().map(|row| row.product_id).collect();
-    store::mark_seen(&mut tx, target.lease, &product_ids).await?;
     let progress = SyncProgress {
         chunks_done: 1,
         products_seen: rows.len() as u64,

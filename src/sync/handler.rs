@@ -9,11 +9,12 @@ use std::{
 };
 
 use futures::{Stream, StreamExt, TryStreamExt, stream::TryChunksError};
+use roaring::RoaringTreemap;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use super::{
-    chunk::{ChunkError, ChunkTarget, write_chunk},
+    chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
     scope::{SyncProgress, SyncScope},
     store::{self, SweepScope, SyncRow},
 };
@@ -105,18 +106,13 @@ impl JobHandler for SyncHandler {
     }
 
     async fn run(&self, context: JobContext) -> Result<(), JobFailure> {
-        let result = match self.sync(&context).await {
+        match self.sync(&context).await {
             Ok(()) => Ok(()),
             Err(Stop::Job(failure)) => Err(failure),
             Err(Stop::Marketplace(error)) => Err(self
                 .marketplace_failure(context.lease.job.user_id, error)
                 .await),
-        };
-        // The seen-set only matters to this attempt's sweep; a retry starts a new one.
-        if let Err(error) = store::forget_seen(&self.pool, &context.lease).await {
-            tracing::warn!(%error, "could not drop the sync's seen-set");
         }
-        result
     }
 }
 
@@ -159,7 +155,12 @@ impl SyncHandler {
                 .map_ok(|products| self.write(context, products))
                 .try_buffer_unordered(self.settings.chunks_in_flight)
         );
-        while let Some(chunk) = written.try_next().await? {
+        // The product ids this attempt's export listed: what the sweep keeps. Per attempt and in
+        // memory, because an attempt is never resumed (a takeover re-reads the export), and a
+        // compressed bitmap holds a million ids in a few hundred kilobytes.
+        let mut seen = RoaringTreemap::new();
+        while let Some((chunk, product_ids)) = written.try_next().await? {
+            seen.extend(product_ids.into_iter().map(store::seen_key));
             progress.add(&chunk.progress);
             crate::failpoint::pause("sync.after_chunk").await;
             if chunk.cancel_requested {
@@ -175,6 +176,7 @@ impl SyncHandler {
             user_id,
             lease,
             sweep_scope,
+            &seen,
             self.settings.sweep_batch,
         )
         .await
@@ -213,14 +215,16 @@ impl SyncHandler {
             .try_flatten()
     }
 
-    /// Maps one chunk's blueprints and writes it with the progress it adds.
+    /// Maps one chunk's blueprints and writes it with the progress it adds; returns what it did and
+    /// the product ids it holds.
     async fn write(
         &self,
         context: &JobContext,
         products: Vec<Product>,
-    ) -> Result<super::chunk::ChunkOutcome, Stop> {
+    ) -> Result<(ChunkOutcome, Vec<i64>), Stop> {
         let user_id = context.lease.job.user_id;
         let rows = self.rows(user_id, &products).await?;
+        let product_ids = products.iter().map(|product| product.id).collect();
         drop(products);
         let target = ChunkTarget {
             pool: &self.pool,
@@ -228,12 +232,13 @@ impl SyncHandler {
             lease: &context.lease,
             statement_timeout: self.settings.statement_timeout,
         };
-        write_chunk(target, user_id, rows, &self.metrics)
+        let outcome = write_chunk(target, user_id, rows, &self.metrics)
             .await
             .map_err(|err| match err {
-                ChunkError::LeaseLost => JobFailure::Transient("lease lost".into()).into(),
-                ChunkError::Database(err) => transient(err).into(),
-            })
+                ChunkError::LeaseLost => JobFailure::Transient("lease lost".into()),
+                ChunkError::Database(err) => transient(err),
+            })?;
+        Ok((outcome, product_ids))
     }
 
     /// Products → rows, with prints from one batched catalogue lookup. A blueprint the catalogue

@@ -1,6 +1,8 @@
 //! SQL of the sync: one set-based upsert per chunk (UNNEST arrays) that rewrites only rows that changed
-//! and leaves the quantity of reserved rows to the purchase saga, the seen-set, and the batched sweep.
+//! and leaves the quantity of reserved rows to the purchase saga, and the batched, fenced sweep of
+//! the rows a sync did not see.
 
+use roaring::RoaringTreemap;
 use sqlx::{PgConnection, PgPool};
 
 use crate::{
@@ -127,12 +129,24 @@ pub async fn upsert_rows(
         .collect();
     let tags: Vec<Option<&str>> = rows.iter().map(|row| row.tag.as_deref()).collect();
     let graded: Vec<Option<bool>> = rows.iter().map(|row| row.graded).collect();
-    // A reserved row keeps its local quantity: the purchase saga owns it until it ends.
+    // A reserved row keeps its local quantity: the purchase saga owns it until it ends. Unchanged
+    // rows are filtered out before the insert, not only by the conflict clause: ON CONFLICT DO
+    // UPDATE … WHERE false still locks the row, which writes the heap and the WAL for nothing. The
+    // conflict clause stays for rows that change between the filter and the insert.
     let written = sqlx::query(
         "INSERT INTO inventory_items AS i (user_id, product_id, blueprint_id, expansion_id, print_id, print_table, \
              name, quantity, price_cents, currency, properties, description, user_data_field, tag, graded) \
-         SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
+         SELECT $1, u.* FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
              $8::int[], $9::bigint[], $10::text[], $11::jsonb[], $12::text[], $13::text[], $14::text[], $15::bool[]) \
+             AS u(product_id, blueprint_id, expansion_id, print_id, print_table, name, quantity, price_cents, \
+                  currency, properties, description, user_data_field, tag, graded) \
+         WHERE NOT EXISTS (SELECT 1 FROM inventory_items c WHERE c.user_id = $1 AND c.product_id = u.product_id \
+             AND (c.blueprint_id, c.expansion_id, c.print_id, c.print_table, c.name, \
+                  CASE WHEN c.reserved_quantity > 0 THEN 0 ELSE c.quantity END, c.price_cents, c.currency, \
+                  c.properties, c.description, c.user_data_field, c.tag, c.graded) \
+             IS NOT DISTINCT FROM (u.blueprint_id, u.expansion_id, u.print_id, u.print_table, u.name, \
+                  CASE WHEN c.reserved_quantity > 0 THEN 0 ELSE u.quantity END, u.price_cents, u.currency, \
+                  u.properties, u.description, u.user_data_field, u.tag, u.graded)) \
          ON CONFLICT ON CONSTRAINT inventory_items_pkey DO UPDATE SET \
              blueprint_id = EXCLUDED.blueprint_id, expansion_id = EXCLUDED.expansion_id, \
              print_id = EXCLUDED.print_id, print_table = EXCLUDED.print_table, name = EXCLUDED.name, \
@@ -181,37 +195,19 @@ pub async fn stored_prints(
         .await
 }
 
-/// Records that this attempt of the sync saw these products.
-pub async fn mark_seen(
-    conn: &mut PgConnection,
-    lease: &Lease,
-    product_ids: &[i64],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO sync_seen (job_id, fence, product_id) SELECT $1, $2, UNNEST($3::bigint[]) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(lease.job.id)
-    .bind(lease.fence)
-    .bind(product_ids)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Deletes the seller's rows in `scope` that this attempt did not see, sparing reserved rows (a
-/// purchase is using them), walking up the product ids `batch` rows per transaction. Each batch
-/// first checks the fence, holding the job row, so a worker whose lease was taken over deletes
-/// nothing more. Returns how many rows were deleted.
+/// Deletes the seller's rows in `scope` that are not in `seen` (the product ids this attempt's
+/// export listed), sparing reserved rows (a purchase is using them), walking up the product ids
+/// `batch` rows per transaction. Each batch first checks the fence, holding the job row, so a worker
+/// whose lease was taken over deletes nothing more. Returns how many rows were deleted.
 ///
-/// The difference is taken here from two primary-key range reads rather than by an anti-join in
-/// SQL: without fresh statistics (a first import, autovacuum behind) the planner turned that
-/// anti-join into a nested loop scanning the seen-set once per row.
+/// The difference is taken here, batch by primary-key range, rather than by an anti-join in SQL,
+/// whose plan without fresh statistics (a first import, autovacuum behind) was a nested loop.
 pub async fn sweep(
     pool: &PgPool,
     user_id: UserId,
     lease: &Lease,
     scope: SweepScope<'_>,
+    seen: &RoaringTreemap,
     batch: i64,
 ) -> Result<u64, JobError> {
     let (all, blueprints, expansions) = scope.binds();
@@ -233,25 +229,13 @@ pub async fn sweep(
         .bind(batch)
         .fetch_all(&mut *tx)
         .await?;
-        let (Some(&first), Some(&last)) = (local.first(), local.last()) else {
+        let Some(&last) = local.last() else {
             return Ok(deleted);
         };
-        let seen: std::collections::HashSet<i64> = sqlx::query_scalar(
-            "SELECT product_id FROM sync_seen \
-             WHERE job_id = $1 AND fence = $2 AND product_id BETWEEN $3 AND $4",
-        )
-        .bind(lease.job.id)
-        .bind(lease.fence)
-        .bind(first)
-        .bind(last)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
         let stale: Vec<i64> = local
             .iter()
             .copied()
-            .filter(|id| !seen.contains(id))
+            .filter(|id| !seen.contains(seen_key(*id)))
             .collect();
         if !stale.is_empty() {
             let done = sqlx::query(
@@ -272,13 +256,7 @@ pub async fn sweep(
     }
 }
 
-/// Drops the seen-sets of this attempt and of the attempts before it (whose workers died or were
-/// fenced out), never those of a later attempt.
-pub async fn forget_seen(pool: &PgPool, lease: &Lease) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM sync_seen WHERE job_id = $1 AND fence <= $2")
-        .bind(lease.job.id)
-        .bind(lease.fence)
-        .execute(pool)
-        .await?;
-    Ok(())
+/// A product id as a member of a seen-set (a bijection of i64 onto u64, so any id fits).
+pub fn seen_key(product_id: i64) -> u64 {
+    u64::from_ne_bytes(product_id.to_ne_bytes())
 }

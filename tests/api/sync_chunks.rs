@@ -1,5 +1,5 @@
 //! The sync's chunk transaction against the real PostgreSQL: set-based upserts that skip unchanged
-//! rows, reserved rows left to the saga, the sweep, fencing, and a real deadlock retried.
+//! rows, reserved rows left to the saga, the sweep, fencing, a real deadlock retried, item counts.
 
 use std::time::Duration;
 
@@ -62,6 +62,11 @@ fn seller() -> UserId {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The seen-set of a sync whose export listed these product ids.
+fn seen(ids: std::ops::RangeInclusive<i64>) -> roaring::RoaringTreemap {
+    ids.map(brx_sync::sync::store::seen_key).collect()
+}
 
 async fn write(
     pool: &PgPool,
@@ -166,7 +171,7 @@ async fn the_sweep_deletes_what_this_sync_did_not_see_but_spares_reserved_rows_a
     write(&db.pool, &new, user, after.clone(), &metrics)
         .await
         .unwrap();
-    let deleted = sweep(&db.pool, user, &new, SweepScope::All, 7)
+    let deleted = sweep(&db.pool, user, &new, SweepScope::All, &seen(1..=60), 7)
         .await
         .unwrap();
 
@@ -211,6 +216,7 @@ async fn a_scoped_sweep_only_touches_its_blueprint() {
             blueprint_ids: &[2],
             expansion_ids: &[],
         },
+        &seen(1..=1),
         100,
     )
     .await
@@ -269,6 +275,68 @@ async fn a_worker_whose_lease_was_taken_over_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(rows, 0, "the whole chunk rolled back");
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_was_taken_over_sweeps_nothing() {
+    let db = TestDatabase::new().await;
+    let user = seller();
+    let metrics = Metrics::new().unwrap();
+    let old = lease_for(&db, user).await;
+    write(
+        &db.pool,
+        &old,
+        user,
+        (1..=10).map(|id| row(id, 1)).collect(),
+        &metrics,
+    )
+    .await
+    .unwrap();
+    jobs::succeed(&db.pool, &old).await.unwrap();
+    let new = NewJob {
+        user_id: user,
+        kind: "sync_full".into(),
+        lane: Lane::Bulk,
+        payload: serde_json::json!({}),
+        priority: 0,
+        max_attempts: 3,
+    };
+    jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
+    let stale = jobs::claim(
+        &db.pool,
+        Lane::Bulk,
+        "dead",
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    jobs::claim(
+        &db.pool,
+        Lane::Bulk,
+        "rescuer",
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // The stale attempt saw nothing: unfenced, its sweep would delete every row.
+    let result = sweep(&db.pool, user, &stale, SweepScope::All, &seen(1..=0), 100).await;
+
+    assert!(
+        matches!(result, Err(brx_sync::jobs::JobError::LeaseLost)),
+        "{result:?}"
+    );
+    assert_eq!(
+        brx_sync::sync::store::item_count(&db.pool, user)
+            .await
+            .unwrap(),
+        10
+    );
 }
 
 #[tokio::test]
@@ -412,7 +480,7 @@ async fn the_item_counter_follows_inserts_updates_sweeps_and_purges() {
     )
     .await
     .unwrap();
-    let swept = sweep(&db.pool, user, &new, SweepScope::All, 7)
+    let swept = sweep(&db.pool, user, &new, SweepScope::All, &seen(1..=40), 7)
         .await
         .unwrap();
     assert_eq!(swept, 20);

@@ -26,14 +26,6 @@ async fn until_chunks_done(rig: &SyncRig, id: uuid::Uuid, chunks: u64) {
     panic!("the sync never reached {chunks} chunks");
 }
 
-async fn seen_rows_left(rig: &SyncRig, id: uuid::Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM sync_seen WHERE job_id = $1")
-        .bind(id)
-        .fetch_one(&rig.pool)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_worker_killed_mid_sync_is_taken_over_and_the_result_is_exact() {
     let rig = SyncRig::new().await;
@@ -67,7 +59,6 @@ async fn a_worker_killed_mid_sync_is_taken_over_and_the_result_is_exact() {
         "the rescuer counted its own attempt only"
     );
     assert!(rig.matches_upstream(user, &seller.token).await);
-    assert_eq!(seen_rows_left(&rig, id).await, 0);
 }
 
 #[tokio::test]
@@ -135,7 +126,6 @@ async fn a_worker_paused_past_its_lease_writes_nothing_after_the_takeover() {
     assert!(rig.matches_upstream(user, &seller.token).await);
     let final_job = jobs::get(&rig.pool, id).await.unwrap();
     assert_eq!(final_job.state, JobState::Succeeded);
-    assert_eq!(seen_rows_left(&rig, id).await, 0);
 }
 
 #[tokio::test]
@@ -169,7 +159,6 @@ async fn a_running_sync_cancelled_stops_after_its_chunk_and_sweeps_nothing() {
         8_000,
         "a cancelled sync sweeps nothing"
     );
-    assert_eq!(seen_rows_left(&rig, id).await, 0);
 }
 
 #[tokio::test]
