@@ -325,7 +325,15 @@ async fn a_worker_whose_lease_was_taken_over_sweeps_nothing() {
     .unwrap();
 
     // The stale attempt saw nothing: unfenced, its sweep would delete every row.
-    let result = sweep(&db.pool, user, &stale, SweepScope::All, &seen(1..=0), 100).await;
+    let result = sweep(
+        &db.pool,
+        user,
+        &stale,
+        SweepScope::All,
+        &roaring::RoaringTreemap::new(),
+        100,
+    )
+    .await;
 
     assert!(
         matches!(result, Err(brx_sync::jobs::JobError::LeaseLost)),
