@@ -58,7 +58,7 @@ fn columns() -> String {
     format!("user_id, product_id, {VALUES}")
 }
 
-/// Figure 2's ceiling: `store::upsert_rows`'s upsert (bar the reserved-quantity rule), set-based.
+/// Figure 2's ceiling: `upsert::upsert_rows`'s upsert (bar the reserved-quantity rule), set-based.
 const STAGED_UPSERT: &str = "INSERT INTO inventory_items AS i (user_id, product_id, blueprint_id, \
          expansion_id, print_id, print_table, name, quantity, price_cents, currency, properties, \
          description, user_data_field, tag, graded) \

@@ -9,10 +9,7 @@ use backon::Retryable;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use super::{
-    scope::SyncProgress,
-    store::{self, SyncRow},
-};
+use super::{scope::SyncProgress, store::SyncRow, upsert};
 use crate::{
     domain::UserId,
     jobs::{JobError, Lease, store as jobs},
@@ -149,7 +146,7 @@ async fn write_once(
         .bind(format!("{}ms", target.statement_timeout.as_millis()))
         .execute(&mut *tx)
         .await?;
-    let written = store::upsert_rows(&mut tx, user_id, rows).await?;
+    let written = upsert::upsert_rows(&mut tx, user_id, rows).await?;
     let progress = SyncProgress {
         chunks_done: 1,
         products_seen: rows.len() as u64,

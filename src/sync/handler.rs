@@ -60,7 +60,7 @@ impl SyncSettings {
             chunk_size: config.sync_chunk_size as usize,
             chunks_in_flight: config.sync_chunks_in_flight as usize,
             statement_timeout: config.sync_statement_timeout,
-            sweep_batch: 5_000,
+            sweep_batch: 20_000,
             export_budget: config.cardtrader_export_timeout * 2,
         }
     }

@@ -1,8 +1,8 @@
 //! Bulk sync of a seller's CardTrader inventory into PostgreSQL: the streaming reader of
-//! `/products/export` ([`export`]), the chunk transaction with its retries ([`chunk`]), the SQL
-//! ([`store`]), the job's payload and counters ([`scope`]), the job ([`handler`]), the periodic
-//! scheduler ([`scheduler`]), the remap of unmapped rows ([`remap`]) and what callers use
-//! ([`service`]).
+//! `/products/export` ([`export`]), the chunk transaction with its retries ([`chunk`]), the
+//! fingerprinted upsert ([`upsert`]), the other SQL ([`store`]), the job's payload and counters
+//! ([`scope`]), the job ([`handler`]), the periodic scheduler ([`scheduler`]), the remap of unmapped
+//! rows ([`remap`]) and what callers use ([`service`]).
 
 pub mod chunk;
 pub mod export;
@@ -12,3 +12,4 @@ pub mod scheduler;
 pub mod scope;
 pub mod service;
 pub mod store;
+pub mod upsert;

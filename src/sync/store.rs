@@ -1,6 +1,5 @@
-//! SQL of the sync: one set-based upsert per chunk (UNNEST arrays) that rewrites only rows that changed
-//! and leaves the quantity of reserved rows to the purchase saga, and the batched, fenced sweep of
-//! the rows a sync did not see.
+//! SQL of the sync around the chunk upsert ([`super::upsert`]): the rows as the sync stores them,
+//! prints already stored, item counts, and the batched, fenced sweep of the rows a sync did not see.
 
 use roaring::RoaringTreemap;
 use sqlx::{PgConnection, PgPool};
@@ -96,90 +95,6 @@ pub async fn count_in_scope(
     .fetch_one(pool)
     .await?;
     Ok(u64::try_from(count).unwrap_or(0))
-}
-
-/// Upserts `rows` (sorted by product id by the caller, the lock order that keeps concurrent chunks from
-/// deadlocking) and returns how many rows were inserted or changed; unchanged rows are not rewritten.
-pub async fn upsert_rows(
-    conn: &mut PgConnection,
-    user_id: UserId,
-    rows: &[SyncRow],
-) -> Result<u64, sqlx::Error> {
-    let product_ids: Vec<i64> = rows.iter().map(|row| row.product_id).collect();
-    let blueprint_ids: Vec<i64> = rows.iter().map(|row| row.blueprint_id).collect();
-    let expansion_ids: Vec<Option<i64>> = rows.iter().map(|row| row.expansion_id).collect();
-    let print_ids: Vec<Option<i64>> = rows
-        .iter()
-        .map(|row| row.print.as_ref().map(|print| print.0))
-        .collect();
-    let print_tables: Vec<Option<&str>> = rows
-        .iter()
-        .map(|row| row.print.as_ref().map(|print| print.1.as_str()))
-        .collect();
-    let names: Vec<&str> = rows.iter().map(|row| row.name.as_str()).collect();
-    let quantities: Vec<i32> = rows.iter().map(|row| row.quantity).collect();
-    let prices: Vec<i64> = rows.iter().map(|row| row.price_cents).collect();
-    let currencies: Vec<&str> = rows.iter().map(|row| row.currency.as_str()).collect();
-    let properties: Vec<&serde_json::Value> = rows.iter().map(|row| &row.properties).collect();
-    let descriptions: Vec<Option<&str>> =
-        rows.iter().map(|row| row.description.as_deref()).collect();
-    let user_fields: Vec<Option<&str>> = rows
-        .iter()
-        .map(|row| row.user_data_field.as_deref())
-        .collect();
-    let tags: Vec<Option<&str>> = rows.iter().map(|row| row.tag.as_deref()).collect();
-    let graded: Vec<Option<bool>> = rows.iter().map(|row| row.graded).collect();
-    // A reserved row keeps its local quantity: the purchase saga owns it until it ends. Unchanged
-    // rows are filtered out before the insert, not only by the conflict clause: ON CONFLICT DO
-    // UPDATE … WHERE false still locks the row, which writes the heap and the WAL for nothing. The
-    // conflict clause stays for rows that change between the filter and the insert.
-    let written = sqlx::query(
-        "INSERT INTO inventory_items AS i (user_id, product_id, blueprint_id, expansion_id, print_id, print_table, \
-             name, quantity, price_cents, currency, properties, description, user_data_field, tag, graded) \
-         SELECT $1, u.* FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
-             $8::int[], $9::bigint[], $10::text[], $11::jsonb[], $12::text[], $13::text[], $14::text[], $15::bool[]) \
-             AS u(product_id, blueprint_id, expansion_id, print_id, print_table, name, quantity, price_cents, \
-                  currency, properties, description, user_data_field, tag, graded) \
-         WHERE NOT EXISTS (SELECT 1 FROM inventory_items c WHERE c.user_id = $1 AND c.product_id = u.product_id \
-             AND (c.blueprint_id, c.expansion_id, c.print_id, c.print_table, c.name, \
-                  CASE WHEN c.reserved_quantity > 0 THEN 0 ELSE c.quantity END, c.price_cents, c.currency, \
-                  c.properties, c.description, c.user_data_field, c.tag, c.graded) \
-             IS NOT DISTINCT FROM (u.blueprint_id, u.expansion_id, u.print_id, u.print_table, u.name, \
-                  CASE WHEN c.reserved_quantity > 0 THEN 0 ELSE u.quantity END, u.price_cents, u.currency, \
-                  u.properties, u.description, u.user_data_field, u.tag, u.graded)) \
-         ON CONFLICT ON CONSTRAINT inventory_items_pkey DO UPDATE SET \
-             blueprint_id = EXCLUDED.blueprint_id, expansion_id = EXCLUDED.expansion_id, \
-             print_id = EXCLUDED.print_id, print_table = EXCLUDED.print_table, name = EXCLUDED.name, \
-             quantity = CASE WHEN i.reserved_quantity > 0 THEN i.quantity ELSE EXCLUDED.quantity END, \
-             price_cents = EXCLUDED.price_cents, currency = EXCLUDED.currency, properties = EXCLUDED.properties, \
-             description = EXCLUDED.description, user_data_field = EXCLUDED.user_data_field, tag = EXCLUDED.tag, \
-             graded = EXCLUDED.graded, updated_at = now() \
-         WHERE (i.blueprint_id, i.expansion_id, i.print_id, i.print_table, i.name, \
-                CASE WHEN i.reserved_quantity > 0 THEN 0 ELSE i.quantity END, i.price_cents, i.currency, \
-                i.properties, i.description, i.user_data_field, i.tag, i.graded) \
-           IS DISTINCT FROM (EXCLUDED.blueprint_id, EXCLUDED.expansion_id, EXCLUDED.print_id, EXCLUDED.print_table, \
-                EXCLUDED.name, CASE WHEN i.reserved_quantity > 0 THEN 0 ELSE EXCLUDED.quantity END, \
-                EXCLUDED.price_cents, EXCLUDED.currency, EXCLUDED.properties, EXCLUDED.description, \
-                EXCLUDED.user_data_field, EXCLUDED.tag, EXCLUDED.graded)",
-    )
-    .bind(user_id.as_uuid())
-    .bind(&product_ids)
-    .bind(&blueprint_ids)
-    .bind(&expansion_ids)
-    .bind(&print_ids)
-    .bind(&print_tables)
-    .bind(&names)
-    .bind(&quantities)
-    .bind(&prices)
-    .bind(&currencies)
-    .bind(&properties)
-    .bind(&descriptions)
-    .bind(&user_fields)
-    .bind(&tags)
-    .bind(&graded)
-    .execute(&mut *conn)
-    .await?;
-    Ok(written.rows_affected())
 }
 
 /// The mappings already stored for these products, to keep them when the catalogue cannot be asked.

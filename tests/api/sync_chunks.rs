@@ -115,6 +115,40 @@ async fn a_resync_rewrites_only_the_rows_that_changed() {
 }
 
 #[tokio::test]
+async fn a_row_changed_by_another_writer_is_compared_in_full_at_the_next_sync() {
+    let db = TestDatabase::new().await;
+    let user = seller();
+    let lease = lease_for(&db, user).await;
+    let metrics = Metrics::new().unwrap();
+    let rows: Vec<SyncRow> = (1..=20).map(|id| row(id, 3)).collect();
+    write(&db.pool, &lease, user, rows.clone(), &metrics)
+        .await
+        .unwrap();
+    // A local writer (a purchase, an edit) changes a row without knowing about fingerprints.
+    sqlx::query("UPDATE inventory_items SET quantity = 9 WHERE product_id = 5")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let again = write(&db.pool, &lease, user, rows.clone(), &metrics)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        again.progress.written, 1,
+        "only the touched row is rewritten"
+    );
+    let quantity: i32 =
+        sqlx::query_scalar("SELECT quantity FROM inventory_items WHERE product_id = 5")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(quantity, 3, "upstream wins again");
+    let settled = write(&db.pool, &lease, user, rows, &metrics).await.unwrap();
+    assert_eq!(settled.progress.written, 0);
+}
+
+#[tokio::test]
 async fn a_reserved_row_keeps_its_local_quantity() {
     let db = TestDatabase::new().await;
     let user = seller();

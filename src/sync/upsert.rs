@@ -1,0 +1,199 @@
+//! The chunk upsert. Each row carries a fingerprint of its upstream content; one cheap query over
+//! (product id, fingerprint) pairs finds the rows that are new or changed since the last sync wrote
+//! them, and only those go through the set-based `UNNEST` upsert, which still rewrites a row only
+//! when its content differs and leaves the quantity of reserved rows to the purchase saga.
+
+use std::collections::HashSet;
+
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use super::store::SyncRow;
+use crate::domain::UserId;
+
+/// Bumped whenever the fingerprinted fields change, so old fingerprints never match new ones.
+const FINGERPRINT_VERSION: u8 = 1;
+
+/// A stable fingerprint of everything the sync writes into a row: the first 8 bytes of SHA-256
+/// over a canonical JSON encoding. Persisted, so it must not depend on the Rust version or process
+/// (std's hashers promise neither).
+pub fn fingerprint(row: &SyncRow) -> i64 {
+    let content = (
+        FINGERPRINT_VERSION,
+        row.blueprint_id,
+        row.expansion_id,
+        &row.print,
+        &row.name,
+        row.quantity,
+        row.price_cents,
+        &row.currency,
+        &row.properties,
+        &row.description,
+        &row.user_data_field,
+        &row.tag,
+        row.graded,
+    );
+    // Serializing integers, strings and a JSON value into a Vec cannot fail.
+    let encoded = serde_json::to_vec(&content).unwrap_or_default();
+    let digest = Sha256::digest(&encoded);
+    let mut first = [0_u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// Upserts `rows` (sorted by product id by the caller, the lock order that keeps concurrent chunks
+/// from deadlocking) and returns how many rows were inserted or changed.
+pub async fn upsert_rows(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    rows: &[SyncRow],
+) -> Result<u64, sqlx::Error> {
+    let fingerprints: Vec<i64> = rows.iter().map(fingerprint).collect();
+    let stale = stale_products(conn, user_id, rows, &fingerprints).await?;
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let (changed, fingerprints): (Vec<&SyncRow>, Vec<i64>) = rows
+        .iter()
+        .zip(fingerprints)
+        .filter(|(row, _)| stale.contains(&row.product_id))
+        .unzip();
+    write_rows(conn, user_id, &changed, &fingerprints).await
+}
+
+/// The products whose stored fingerprint is missing or differs: new rows, rows changed upstream,
+/// and rows another writer touched since (its trigger cleared the fingerprint).
+async fn stale_products(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    rows: &[SyncRow],
+    fingerprints: &[i64],
+) -> Result<HashSet<i64>, sqlx::Error> {
+    let product_ids: Vec<i64> = rows.iter().map(|row| row.product_id).collect();
+    let stale: Vec<i64> = sqlx::query_scalar(
+        "SELECT u.product_id FROM UNNEST($2::bigint[], $3::bigint[]) AS u(product_id, sync_hash) \
+         WHERE NOT EXISTS (SELECT 1 FROM inventory_items i \
+             WHERE i.user_id = $1 AND i.product_id = u.product_id AND i.sync_hash = u.sync_hash)",
+    )
+    .bind(user_id.as_uuid())
+    .bind(&product_ids)
+    .bind(fingerprints)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(stale.into_iter().collect())
+}
+
+/// One set-based upsert of `rows` with their fingerprints. A row is rewritten only when its content
+/// or fingerprint differs; a reserved row keeps its local quantity (the saga owns it until it ends).
+async fn write_rows(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    rows: &[&SyncRow],
+    fingerprints: &[i64],
+) -> Result<u64, sqlx::Error> {
+    let column = |value: fn(&SyncRow) -> Option<&str>| -> Vec<Option<&str>> {
+        rows.iter().map(|row| value(row)).collect()
+    };
+    let product_ids: Vec<i64> = rows.iter().map(|row| row.product_id).collect();
+    let blueprint_ids: Vec<i64> = rows.iter().map(|row| row.blueprint_id).collect();
+    let expansion_ids: Vec<Option<i64>> = rows.iter().map(|row| row.expansion_id).collect();
+    let print_ids: Vec<Option<i64>> = rows
+        .iter()
+        .map(|row| row.print.as_ref().map(|print| print.0))
+        .collect();
+    let print_tables = column(|row| row.print.as_ref().map(|print| print.1.as_str()));
+    let names: Vec<&str> = rows.iter().map(|row| row.name.as_str()).collect();
+    let quantities: Vec<i32> = rows.iter().map(|row| row.quantity).collect();
+    let prices: Vec<i64> = rows.iter().map(|row| row.price_cents).collect();
+    let currencies: Vec<&str> = rows.iter().map(|row| row.currency.as_str()).collect();
+    let properties: Vec<&serde_json::Value> = rows.iter().map(|row| &row.properties).collect();
+    let descriptions = column(|row| row.description.as_deref());
+    let user_fields = column(|row| row.user_data_field.as_deref());
+    let tags = column(|row| row.tag.as_deref());
+    let graded: Vec<Option<bool>> = rows.iter().map(|row| row.graded).collect();
+    let written = sqlx::query(
+        "INSERT INTO inventory_items AS i (user_id, product_id, blueprint_id, expansion_id, print_id, print_table, \
+             name, quantity, price_cents, currency, properties, description, user_data_field, tag, graded, sync_hash) \
+         SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
+             $8::int[], $9::bigint[], $10::text[], $11::jsonb[], $12::text[], $13::text[], $14::text[], $15::bool[], \
+             $16::bigint[]) \
+         ON CONFLICT ON CONSTRAINT inventory_items_pkey DO UPDATE SET \
+             blueprint_id = EXCLUDED.blueprint_id, expansion_id = EXCLUDED.expansion_id, \
+             print_id = EXCLUDED.print_id, print_table = EXCLUDED.print_table, name = EXCLUDED.name, \
+             quantity = CASE WHEN i.reserved_quantity > 0 THEN i.quantity ELSE EXCLUDED.quantity END, \
+             price_cents = EXCLUDED.price_cents, currency = EXCLUDED.currency, properties = EXCLUDED.properties, \
+             description = EXCLUDED.description, user_data_field = EXCLUDED.user_data_field, tag = EXCLUDED.tag, \
+             graded = EXCLUDED.graded, sync_hash = EXCLUDED.sync_hash, updated_at = now() \
+         WHERE (i.blueprint_id, i.expansion_id, i.print_id, i.print_table, i.name, \
+                CASE WHEN i.reserved_quantity > 0 THEN 0 ELSE i.quantity END, i.price_cents, i.currency, \
+                i.properties, i.description, i.user_data_field, i.tag, i.graded, i.sync_hash) \
+           IS DISTINCT FROM (EXCLUDED.blueprint_id, EXCLUDED.expansion_id, EXCLUDED.print_id, EXCLUDED.print_table, \
+                EXCLUDED.name, CASE WHEN i.reserved_quantity > 0 THEN 0 ELSE EXCLUDED.quantity END, \
+                EXCLUDED.price_cents, EXCLUDED.currency, EXCLUDED.properties, EXCLUDED.description, \
+                EXCLUDED.user_data_field, EXCLUDED.tag, EXCLUDED.graded, EXCLUDED.sync_hash)",
+    )
+    .bind(user_id.as_uuid())
+    .bind(&product_ids)
+    .bind(&blueprint_ids)
+    .bind(&expansion_ids)
+    .bind(&print_ids)
+    .bind(&print_tables)
+    .bind(&names)
+    .bind(&quantities)
+    .bind(&prices)
+    .bind(&currencies)
+    .bind(&properties)
+    .bind(&descriptions)
+    .bind(&user_fields)
+    .bind(&tags)
+    .bind(&graded)
+    .bind(fingerprints)
+    .execute(&mut *conn)
+    .await?;
+    Ok(written.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> SyncRow {
+        SyncRow {
+            product_id: 1,
+            blueprint_id: 7,
+            expansion_id: Some(3),
+            print: Some((70, "cards_prints".into())),
+            name: "Card".into(),
+            quantity: 2,
+            price_cents: 150,
+            currency: "EUR".into(),
+            properties: serde_json::json!({"condition": "Near Mint"}),
+            description: None,
+            user_data_field: None,
+            tag: None,
+            graded: Some(false),
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_follows_every_written_field_but_not_the_product_id() {
+        let base = fingerprint(&row());
+        assert_eq!(fingerprint(&row()), base, "stable");
+        let mut moved = row();
+        moved.product_id = 2;
+        assert_eq!(fingerprint(&moved), base);
+        let changes: [fn(&mut SyncRow); 6] = [
+            |r| r.quantity += 1,
+            |r| r.price_cents += 1,
+            |r| r.print = None,
+            |r| r.properties = serde_json::json!({"condition": "Played"}),
+            |r| r.tag = Some("x".into()),
+            |r| r.graded = None,
+        ];
+        for change in changes {
+            let mut changed = row();
+            change(&mut changed);
+            assert_ne!(fingerprint(&changed), base, "{changed:?}");
+        }
+    }
+}
