@@ -317,8 +317,9 @@ pub struct Config {
     /// Statement timeout of each sync chunk transaction.
     #[arg(long, env = "BRX_SYNC_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub sync_statement_timeout: Duration,
-    /// Chunks of one sync in flight at once (mapping one while another is written).
-    #[arg(long, env = "BRX_SYNC_CHUNKS_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16), global = true)]
+    /// Chunks of one sync in flight at once (mapping one while another is written); 0 picks 1 on a
+    /// machine of 2 cores or fewer (a second chunk there only slows RPCs) and 2 above.
+    #[arg(long, env = "BRX_SYNC_CHUNKS_IN_FLIGHT", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16), global = true)]
     pub sync_chunks_in_flight: u32,
     /// Chunk transactions open at once across every sync of this replica; must stay below
     /// BRX_PG_MAX_CONNECTIONS so RPCs and job bookkeeping always find a connection.

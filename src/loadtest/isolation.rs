@@ -47,14 +47,19 @@ struct SyncRow {
 /// each sync is compared with the idle phase before it and with the idle phase at the same item count.
 pub(super) async fn run(rig: &Rig, args: &LoadtestArgs) -> anyhow::Result<()> {
     let user = rig.connect_sellers(1, 1).await?[0];
-    let callers = args.status_callers as usize;
-    idle_phase(rig, user, callers, WARM_UP).await?;
-    let idle_empty = idle_phase(rig, user, callers, args.idle_for).await?;
-    let (import, first) = sync_phase(rig, user, callers, args.timeout).await?;
-    let idle_stored = idle_phase(rig, user, callers, args.idle_for).await?;
-    let (resync, second) = sync_phase(rig, user, callers, args.timeout).await?;
+    let (callers, rate) = (args.status_callers as usize, args.status_rate);
+    let load = (callers, rate);
+    idle_phase(rig, user, load, WARM_UP).await?;
+    let idle_empty = idle_phase(rig, user, load, args.idle_for).await?;
+    let (import, first) = sync_phase(rig, user, load, args.timeout).await?;
+    let idle_stored = idle_phase(rig, user, load, args.idle_for).await?;
+    let (resync, second) = sync_phase(rig, user, load, args.timeout).await?;
+    let pace = match rate {
+        0 => "back to back".to_owned(),
+        rate => format!("{rate} calls/s each"),
+    };
     println!(
-        "  run:   idle phases of {:?}, {callers} GetSyncStatus callers throughout",
+        "  run:   idle phases of {:?}, {callers} GetSyncStatus callers throughout, {pace}",
         args.idle_for
     );
     let phases = [
@@ -110,19 +115,19 @@ impl Phase {
 async fn idle_phase(
     rig: &Rig,
     user: UserId,
-    callers: usize,
+    load: (usize, u32),
     duration: Duration,
 ) -> anyhow::Result<Calls> {
     let done = CancellationToken::new();
     cancel_after(&done, duration);
-    measure_status(rig, user, callers, done).await
+    measure_status(rig, user, load, done).await
 }
 
 /// GetSyncStatus measured from StartSync of a full sync until the sync ends.
 async fn sync_phase(
     rig: &Rig,
     user: UserId,
-    callers: usize,
+    load: (usize, u32),
     timeout: Duration,
 ) -> anyhow::Result<(Calls, SyncRow)> {
     let job_id = start_sync(rig, user).await?;
@@ -133,7 +138,7 @@ async fn sync_phase(
         timeout,
         done.clone(),
     ));
-    let calls = measure_status(rig, user, callers, done).await?;
+    let calls = measure_status(rig, user, load, done).await?;
     Ok((calls, watcher.await??))
 }
 
@@ -145,11 +150,12 @@ fn cancel_after(token: &CancellationToken, after: Duration) {
     });
 }
 
-/// `callers` closed loops of GetSyncStatus for `user` until `done` is cancelled.
+/// `callers` loops of GetSyncStatus for `user` until `done` is cancelled, each at `rate` calls per
+/// second (open loop: a late call does not delay the schedule) or back to back when `rate` is 0.
 async fn measure_status(
     rig: &Rig,
     user: UserId,
-    callers: usize,
+    (callers, rate): (usize, u32),
     done: CancellationToken,
 ) -> anyhow::Result<Calls> {
     let mut tasks = tokio::task::JoinSet::new();
@@ -161,7 +167,12 @@ async fn measure_status(
                 latency: measure::histogram(),
                 failed: 0,
             };
+            let mut schedule =
+                (rate > 0).then(|| tokio::time::interval(Duration::from_secs(1) / rate));
             while !done.is_cancelled() {
+                if let Some(schedule) = schedule.as_mut() {
+                    schedule.tick().await;
+                }
                 let request = GetSyncStatusRequest {
                     user_id: user.to_string(),
                 };

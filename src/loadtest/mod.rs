@@ -33,6 +33,10 @@ pub struct LoadtestArgs {
     /// Concurrent GetSyncStatus callers (isolation).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub status_callers: u32,
+    /// Calls per second of each GetSyncStatus caller (isolation); 0 calls back to back, which
+    /// measures how the box degrades when the probe itself saturates the CPU.
+    #[arg(long, default_value_t = 50)]
+    pub status_rate: u32,
     /// How long each idle phase measures GetSyncStatus (isolation).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub idle_for: Duration,

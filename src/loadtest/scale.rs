@@ -96,7 +96,7 @@ fn print_settings(config: &Config) {
         config.bulk_concurrency,
         config.interactive_concurrency,
         config.sync_chunk_size,
-        config.sync_chunks_in_flight,
+        crate::sync::handler::SyncSettings::from_config(config).chunks_in_flight,
         config.pg_max_connections,
         config.sync_db_writers,
         config.job_poll_interval,

@@ -58,11 +58,24 @@ impl SyncSettings {
     pub fn from_config(config: &crate::config::Config) -> Self {
         Self {
             chunk_size: config.sync_chunk_size as usize,
-            chunks_in_flight: config.sync_chunks_in_flight as usize,
+            chunks_in_flight: chunks_in_flight(config.sync_chunks_in_flight),
             statement_timeout: config.sync_statement_timeout,
             sweep_batch: 20_000,
             export_budget: config.cardtrader_export_timeout * 2,
         }
+    }
+}
+
+/// `BRX_SYNC_CHUNKS_IN_FLIGHT`, with 0 resolved for this machine. Measured with `brx-sync loadtest
+/// --scenario isolation` on 2 cores: a second chunk in flight left the import's throughput unchanged
+/// but raised GetSyncStatus p99 from ~2x to ~5x its idle value.
+fn chunks_in_flight(configured: u32) -> usize {
+    match configured {
+        0 => {
+            let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+            if cores <= 2 { 1 } else { 2 }
+        }
+        chunks => chunks as usize,
     }
 }
 
