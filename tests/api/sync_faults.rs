@@ -72,8 +72,9 @@ async fn a_worker_paused_past_its_lease_writes_nothing_after_the_takeover() {
     fail::cfg("jobs.heartbeat", "return(60000)").unwrap();
     let id = rig.queue(user).await;
     let stop = CancellationToken::new();
+    // One slot: with a second one free, the zombie's own worker could take its expired job over.
     let zombie = tokio::spawn(
-        rig.worker("zombie", Duration::from_secs(1))
+        rig.worker_with_slots("zombie", Duration::from_secs(1), 1)
             .run(stop.clone()),
     );
     until_chunks_done(&rig, id, 1).await;

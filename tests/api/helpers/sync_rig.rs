@@ -122,10 +122,15 @@ impl SyncRig {
 
     /// A worker of the bulk lane running this rig's handler, owned by `owner`, with `lease`.
     pub(crate) fn worker(&self, owner: &str, lease: Duration) -> Worker {
+        self.worker_with_slots(owner, lease, 2)
+    }
+
+    /// [`Self::worker`] with `slots` jobs at once.
+    pub(crate) fn worker_with_slots(&self, owner: &str, lease: Duration, slots: usize) -> Worker {
         let settings = WorkerSettings {
             owner: owner.into(),
             lane: Lane::Bulk,
-            concurrency: 2,
+            concurrency: slots,
             lease,
             poll_interval: Duration::from_millis(50),
             aging: Duration::from_secs(60),
