@@ -35,7 +35,6 @@ use brx_sync::{
         store::SyncRow,
     },
 };
-use deadpool_redis::redis;
 use futures::{StreamExt, TryStreamExt};
 use mysql_async::prelude::Queryable;
 use rand::seq::SliceRandom;
@@ -227,29 +226,9 @@ impl Run {
     /// Deletes this run's cache entries and buckets, which would otherwise live for a day.
     async fn forget_redis_keys(&self) -> anyhow::Result<()> {
         let storage = Storage::connect_lazy(&self.config("none", "none"))?;
-        let mut conn = storage.redis.get().await?;
-        let pattern = format!("brx-bench-{}-*", self.id);
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(10_000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .exec_async(&mut conn)
-                    .await?;
-            }
-            match next {
-                0 => return Ok(()),
-                next => cursor = next,
-            }
-        }
+        let prefix = format!("brx-bench-{}-", self.id);
+        brx_sync::storage::delete_keys_with_prefix(&storage.redis, &prefix).await?;
+        Ok(())
     }
 }
 

@@ -46,3 +46,34 @@ pub(super) async fn ping(pool: &deadpool_redis::Pool) -> Result<(), String> {
         .map(drop)
         .map_err(|err| err.to_string())
 }
+
+/// Deletes every key starting with `prefix` (SCAN + UNLINK, a batch at a time, never KEYS): what a
+/// load test or benchmark run leaves behind under its own prefix. Returns how many were deleted.
+pub async fn delete_keys_with_prefix(
+    pool: &deadpool_redis::Pool,
+    prefix: &str,
+) -> anyhow::Result<u64> {
+    let mut conn = pool.get().await?;
+    let pattern = format!("{prefix}*");
+    let (mut cursor, mut deleted) = (0_u64, 0);
+    loop {
+        let (next, keys): (u64, Vec<String>) = deadpool_redis::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(5_000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            deleted += deadpool_redis::redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<u64>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}

@@ -57,6 +57,30 @@ async fn lease_for(db: &TestDatabase, user: UserId) -> Lease {
     .unwrap()
 }
 
+/// A claim of a new sync for `user` whose lease ran out and was taken over by another worker.
+async fn taken_over_lease(db: &TestDatabase, user: UserId) -> Lease {
+    let new = NewJob {
+        user_id: user,
+        kind: "sync_full".into(),
+        lane: Lane::Bulk,
+        payload: serde_json::json!({}),
+        priority: 0,
+        max_attempts: 3,
+    };
+    jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
+    let (short, long) = (Duration::from_millis(200), Duration::from_secs(60));
+    let stale = jobs::claim(&db.pool, Lane::Bulk, "dead", short, long)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    jobs::claim(&db.pool, Lane::Bulk, "rescuer", long, long)
+        .await
+        .unwrap()
+        .unwrap();
+    stale
+}
+
 fn seller() -> UserId {
     UserId::from_uuid(uuid::Uuid::new_v4()).unwrap()
 }
@@ -263,36 +287,7 @@ async fn a_scoped_sweep_only_touches_its_blueprint() {
 async fn a_worker_whose_lease_was_taken_over_writes_nothing() {
     let db = TestDatabase::new().await;
     let user = seller();
-    let new = NewJob {
-        user_id: user,
-        kind: "sync_full".into(),
-        lane: Lane::Bulk,
-        payload: serde_json::json!({}),
-        priority: 0,
-        max_attempts: 3,
-    };
-    jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
-    let stale = jobs::claim(
-        &db.pool,
-        Lane::Bulk,
-        "dead",
-        Duration::from_millis(200),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    jobs::claim(
-        &db.pool,
-        Lane::Bulk,
-        "rescuer",
-        Duration::from_secs(60),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let stale = taken_over_lease(&db, user).await;
 
     let result = write(
         &db.pool,
@@ -327,36 +322,7 @@ async fn a_worker_whose_lease_was_taken_over_sweeps_nothing() {
     .await
     .unwrap();
     jobs::succeed(&db.pool, &old).await.unwrap();
-    let new = NewJob {
-        user_id: user,
-        kind: "sync_full".into(),
-        lane: Lane::Bulk,
-        payload: serde_json::json!({}),
-        priority: 0,
-        max_attempts: 3,
-    };
-    jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
-    let stale = jobs::claim(
-        &db.pool,
-        Lane::Bulk,
-        "dead",
-        Duration::from_millis(200),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    jobs::claim(
-        &db.pool,
-        Lane::Bulk,
-        "rescuer",
-        Duration::from_secs(60),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let stale = taken_over_lease(&db, user).await;
 
     // The stale attempt saw nothing: unfenced, its sweep would delete every row.
     let result = sweep(
