@@ -1,0 +1,514 @@
+//! The purchase saga as a pure state machine: from the durable state, which step comes next; from a
+//! step's recorded intent or result, the new state. No I/O here. The driver runs each step outside
+//! any transaction, writes its intent to the step log before and its result after, and feeds both
+//! back through [`Saga::apply`]; a worker resuming a purchase folds the log with [`Saga::replay`]
+//! and carries on from [`Saga::next_step`].
+
+use serde::{Deserialize, Serialize};
+
+/// Give-backs that may fail (each retried with backoff) before a person has to look.
+pub const MAX_GIVE_BACK_FAILURES: u32 = 5;
+
+/// One line's progress on CardTrader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineStatus {
+    /// Not touched on CardTrader yet.
+    Pending,
+    /// The decrement was sent and its outcome is not known (a timeout, or a crash right after).
+    DecrementSent,
+    /// CardTrader took the stock.
+    Taken,
+    /// CardTrader could not take it (less stock, product gone, a 4xx): nothing to give back.
+    Refused,
+    /// The give-back was sent and its outcome is not known.
+    GiveBackSent,
+    /// Given back on CardTrader (incremented, or re-created from the snapshot).
+    GivenBack,
+}
+
+/// Where the whole purchase is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// Reserved locally; taking each line's stock on CardTrader in order.
+    Taking,
+    /// Every line taken: the local sale is being committed. From here on the sale stands.
+    Finalizing,
+    /// Sold on both sides.
+    Completed,
+    /// A line failed for good or the deadline passed: giving back, last line first.
+    Compensating {
+        /// Why the purchase is being undone.
+        reason: String,
+    },
+    /// Undone on CardTrader and locally.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Neither finishing nor undoing can be decided or done automatically.
+    RequiresAttention {
+        /// What a person has to look at.
+        reason: String,
+    },
+}
+
+impl Phase {
+    /// Whether the saga will take no further step on its own.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Phase::Completed | Phase::Failed { .. } | Phase::RequiresAttention { .. }
+        )
+    }
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Confirm CardTrader still has the line's quantity, then decrement it (record
+    /// [`Event::DecrementSent`] before sending).
+    TakeStock {
+        /// Line index.
+        line: usize,
+    },
+    /// Re-read CardTrader to decide whether a sent decrement was applied.
+    VerifyTake {
+        /// Line index.
+        line: usize,
+    },
+    /// Give the line's quantity back (record [`Event::GiveBackSent`] before sending).
+    GiveBack {
+        /// Line index.
+        line: usize,
+    },
+    /// Re-read CardTrader to decide whether a sent give-back was applied.
+    VerifyGiveBack {
+        /// Line index.
+        line: usize,
+    },
+    /// One local transaction: lower quantities and reservations, mark the purchase completed.
+    Finalize,
+    /// One local transaction: release the reservations, mark the purchase failed.
+    Release,
+    /// Nothing to do: the saga is terminal.
+    Stop,
+}
+
+/// A step's recorded intent or result: the entries of the step log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// About to send the decrement of `line`.
+    DecrementSent {
+        /// Line index.
+        line: usize,
+    },
+    /// CardTrader took `line`'s stock (answered, or verified after an unknown outcome).
+    Taken {
+        /// Line index.
+        line: usize,
+    },
+    /// CardTrader cannot take `line`'s stock, or a sent decrement was verified as not applied while
+    /// undoing.
+    Refused {
+        /// Line index.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A sent decrement was verified as not applied while taking stock: it may be sent again.
+    NotTaken {
+        /// Line index.
+        line: usize,
+    },
+    /// About to send the give-back of `line`.
+    GiveBackSent {
+        /// Line index.
+        line: usize,
+    },
+    /// `line`'s quantity is back on CardTrader.
+    GivenBack {
+        /// Line index.
+        line: usize,
+    },
+    /// The give-back of `line` failed, or was verified as not applied: it will be retried.
+    GiveBackFailed {
+        /// Line index.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Whether a sent call was applied cannot be told from CardTrader.
+    Undecidable {
+        /// Line index.
+        line: usize,
+        /// What was seen.
+        reason: String,
+    },
+    /// The purchase's deadline passed.
+    DeadlinePassed,
+    /// The local sale was committed.
+    Finalized,
+    /// The reservations were released.
+    Released,
+}
+
+/// The durable state of one purchase saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Saga {
+    /// Where the purchase is.
+    pub phase: Phase,
+    /// Each line's progress, in request order.
+    pub lines: Vec<LineStatus>,
+    /// Give-backs that failed so far.
+    pub give_back_failures: u32,
+}
+
+impl Saga {
+    /// A purchase of `lines` lines, reserved locally and not yet touched on CardTrader.
+    pub fn new(lines: usize) -> Self {
+        Self {
+            phase: Phase::Taking,
+            lines: vec![LineStatus::Pending; lines],
+            give_back_failures: 0,
+        }
+    }
+
+    /// The state a purchase of `lines` lines reaches through `log`: how a worker resumes it.
+    pub fn replay<'a>(lines: usize, log: impl IntoIterator<Item = &'a Event>) -> Self {
+        log.into_iter().fold(Self::new(lines), |mut saga, event| {
+            saga.apply(event);
+            saga
+        })
+    }
+
+    /// What to do next. An unknown outcome is always settled first: nothing is sent while it is
+    /// not known whether an earlier call took effect.
+    pub fn next_step(&self) -> Step {
+        let find = |status: LineStatus| self.lines.iter().position(|line| *line == status);
+        match &self.phase {
+            Phase::Completed | Phase::Failed { .. } | Phase::RequiresAttention { .. } => Step::Stop,
+            Phase::Finalizing => Step::Finalize,
+            Phase::Taking => match (find(LineStatus::DecrementSent), find(LineStatus::Pending)) {
+                (Some(line), _) => Step::VerifyTake { line },
+                (None, Some(line)) => Step::TakeStock { line },
+                (None, None) => Step::Finalize,
+            },
+            Phase::Compensating { .. } => {
+                if let Some(line) = find(LineStatus::DecrementSent) {
+                    Step::VerifyTake { line }
+                } else if let Some(line) = find(LineStatus::GiveBackSent) {
+                    Step::VerifyGiveBack { line }
+                } else if let Some(line) = self.lines.iter().rposition(|l| *l == LineStatus::Taken)
+                {
+                    Step::GiveBack { line }
+                } else {
+                    Step::Release
+                }
+            }
+        }
+    }
+
+    /// Applies one recorded event. Events that make no sense in the current state (a duplicate
+    /// after a crash, a deadline after finalizing) change nothing.
+    pub fn apply(&mut self, event: &Event) {
+        if self.phase.is_terminal() {
+            return;
+        }
+        match event {
+            Event::DecrementSent { line } => self.set(*line, LineStatus::DecrementSent),
+            Event::Taken { line } => {
+                self.set(*line, LineStatus::Taken);
+                if self.phase == Phase::Taking && self.lines.iter().all(|l| *l == LineStatus::Taken)
+                {
+                    self.phase = Phase::Finalizing;
+                }
+            }
+            Event::NotTaken { line } => self.set(*line, LineStatus::Pending),
+            Event::Refused { line, reason } => {
+                self.set(*line, LineStatus::Refused);
+                self.compensate(reason);
+            }
+            Event::GiveBackSent { line } => self.set(*line, LineStatus::GiveBackSent),
+            Event::GivenBack { line } => self.set(*line, LineStatus::GivenBack),
+            Event::GiveBackFailed { line, reason } => {
+                self.set(*line, LineStatus::Taken);
+                self.give_back_failures += 1;
+                if self.give_back_failures >= MAX_GIVE_BACK_FAILURES {
+                    self.phase = Phase::RequiresAttention {
+                        reason: format!(
+                            "giving back line {line} failed {} times: {reason}",
+                            self.give_back_failures
+                        ),
+                    };
+                }
+            }
+            Event::Undecidable { line, reason } => {
+                self.phase = Phase::RequiresAttention {
+                    reason: format!("cannot tell whether line {line} was applied: {reason}"),
+                };
+            }
+            Event::DeadlinePassed => self.compensate("the purchase's deadline passed"),
+            Event::Finalized => {
+                if self.phase == Phase::Finalizing {
+                    self.phase = Phase::Completed;
+                }
+            }
+            Event::Released => {
+                if let Phase::Compensating { reason } = &self.phase {
+                    self.phase = Phase::Failed {
+                        reason: reason.clone(),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Starts undoing, unless already undoing or past the point where the sale stands.
+    fn compensate(&mut self, reason: &str) {
+        if self.phase == Phase::Taking {
+            self.phase = Phase::Compensating {
+                reason: reason.to_owned(),
+            };
+        }
+    }
+
+    fn set(&mut self, line: usize, status: LineStatus) {
+        if let Some(slot) = self.lines.get_mut(line) {
+            *slot = status;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `saga` to its end, answering each step with `answer`, and returns the steps taken.
+    fn drive(saga: &mut Saga, mut answer: impl FnMut(Step) -> Vec<Event>) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for _ in 0..100 {
+            let step = saga.next_step();
+            steps.push(step);
+            if step == Step::Stop {
+                return steps;
+            }
+            for event in answer(step) {
+                saga.apply(&event);
+            }
+        }
+        panic!("the saga did not end: {saga:?}");
+    }
+
+    fn all_succeed(step: Step) -> Vec<Event> {
+        match step {
+            Step::TakeStock { line } => vec![Event::DecrementSent { line }, Event::Taken { line }],
+            Step::GiveBack { line } => {
+                vec![Event::GiveBackSent { line }, Event::GivenBack { line }]
+            }
+            Step::Finalize => vec![Event::Finalized],
+            Step::Release => vec![Event::Released],
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_purchase_takes_every_line_in_order_then_finalizes() {
+        let mut saga = Saga::new(3);
+
+        let steps = drive(&mut saga, all_succeed);
+
+        assert_eq!(
+            steps,
+            vec![
+                Step::TakeStock { line: 0 },
+                Step::TakeStock { line: 1 },
+                Step::TakeStock { line: 2 },
+                Step::Finalize,
+                Step::Stop
+            ]
+        );
+        assert_eq!(saga.phase, Phase::Completed);
+    }
+
+    #[test]
+    fn a_third_line_refused_gives_back_the_first_two_in_reverse_order_then_releases() {
+        let mut saga = Saga::new(3);
+
+        let steps = drive(&mut saga, |step| match step {
+            Step::TakeStock { line: 2 } => vec![Event::Refused {
+                line: 2,
+                reason: "CardTrader has 0".into(),
+            }],
+            other => all_succeed(other),
+        });
+
+        assert_eq!(
+            &steps[3..],
+            &[
+                Step::GiveBack { line: 1 },
+                Step::GiveBack { line: 0 },
+                Step::Release,
+                Step::Stop
+            ]
+        );
+        assert_eq!(
+            saga.phase,
+            Phase::Failed {
+                reason: "CardTrader has 0".into()
+            }
+        );
+        assert_eq!(
+            saga.lines,
+            vec![
+                LineStatus::GivenBack,
+                LineStatus::GivenBack,
+                LineStatus::Refused
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_decrement_is_verified_before_anything_else_is_sent() {
+        let mut saga = Saga::new(2);
+        saga.apply(&Event::DecrementSent { line: 0 });
+
+        assert_eq!(saga.next_step(), Step::VerifyTake { line: 0 });
+        saga.apply(&Event::Taken { line: 0 });
+        assert_eq!(
+            saga.next_step(),
+            Step::TakeStock { line: 1 },
+            "applied: not sent again"
+        );
+
+        let mut retried = Saga::new(2);
+        retried.apply(&Event::DecrementSent { line: 0 });
+        retried.apply(&Event::NotTaken { line: 0 });
+        assert_eq!(
+            retried.next_step(),
+            Step::TakeStock { line: 0 },
+            "verified as not applied: safe to send again"
+        );
+    }
+
+    #[test]
+    fn an_undecidable_outcome_needs_a_person_and_stops() {
+        let mut saga = Saga::new(1);
+        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&Event::Undecidable {
+            line: 0,
+            reason: "CardTrader unreachable".into(),
+        });
+
+        assert!(matches!(saga.phase, Phase::RequiresAttention { .. }));
+        assert_eq!(saga.next_step(), Step::Stop);
+    }
+
+    #[test]
+    fn a_deadline_while_taking_undoes_but_after_finalize_the_sale_stands() {
+        let mut late = Saga::new(2);
+        late.apply(&Event::DecrementSent { line: 0 });
+        late.apply(&Event::Taken { line: 0 });
+        late.apply(&Event::DeadlinePassed);
+        assert_eq!(late.next_step(), Step::GiveBack { line: 0 });
+
+        let mut sold = Saga::new(1);
+        sold.apply(&Event::DecrementSent { line: 0 });
+        sold.apply(&Event::Taken { line: 0 });
+        sold.apply(&Event::DeadlinePassed);
+        assert_eq!(sold.phase, Phase::Finalizing);
+        assert_eq!(sold.next_step(), Step::Finalize, "retries forward");
+    }
+
+    #[test]
+    fn a_decrement_in_doubt_while_undoing_is_verified_and_given_back_if_it_was_applied() {
+        let mut saga = Saga::new(2);
+        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&Event::Taken { line: 0 });
+        saga.apply(&Event::DecrementSent { line: 1 });
+        saga.apply(&Event::DeadlinePassed);
+
+        assert_eq!(saga.next_step(), Step::VerifyTake { line: 1 });
+        saga.apply(&Event::Taken { line: 1 });
+        assert_eq!(saga.next_step(), Step::GiveBack { line: 1 });
+    }
+
+    #[test]
+    fn give_backs_are_retried_until_the_bound_then_need_a_person() {
+        // Line 0 taken, the deadline passes before line 1.
+        let mut saga = Saga::new(2);
+        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&Event::Taken { line: 0 });
+        saga.apply(&Event::DeadlinePassed);
+        for attempt in 1..=MAX_GIVE_BACK_FAILURES {
+            assert_eq!(saga.next_step(), Step::GiveBack { line: 0 });
+            saga.apply(&Event::GiveBackSent { line: 0 });
+            assert_eq!(saga.next_step(), Step::VerifyGiveBack { line: 0 });
+            saga.apply(&Event::GiveBackFailed {
+                line: 0,
+                reason: "503".into(),
+            });
+            assert_eq!(saga.give_back_failures, attempt);
+        }
+
+        assert!(matches!(saga.phase, Phase::RequiresAttention { .. }));
+    }
+
+    #[test]
+    fn replaying_the_log_after_a_crash_at_every_point_resumes_where_it_stopped() {
+        let mut saga = Saga::new(3);
+        let mut log = Vec::new();
+        drive(&mut saga, |step| {
+            let events = match step {
+                Step::TakeStock { line: 2 } => vec![
+                    Event::DecrementSent { line: 2 },
+                    Event::Refused {
+                        line: 2,
+                        reason: "gone".into(),
+                    },
+                ],
+                other => all_succeed(other),
+            };
+            log.extend(events.clone());
+            events
+        });
+
+        // A crash after any prefix of the log: the replayed state equals the live one at that point,
+        // and driving it on ends the same way.
+        for cut in 0..=log.len() {
+            let mut resumed = Saga::replay(3, &log[..cut]);
+            let mut live = Saga::new(3);
+            log[..cut].iter().for_each(|event| live.apply(event));
+            assert_eq!(resumed, live);
+            drive(&mut resumed, |step| match step {
+                Step::TakeStock { line: 2 } => vec![Event::Refused {
+                    line: 2,
+                    reason: "gone".into(),
+                }],
+                // What CardTrader would show: line 2's decrement was refused, the others applied.
+                Step::VerifyTake { line: 2 } => vec![Event::NotTaken { line: 2 }],
+                Step::VerifyTake { line } => vec![Event::Taken { line }],
+                Step::VerifyGiveBack { line } => vec![Event::GivenBack { line }],
+                other => all_succeed(other),
+            });
+            assert_eq!(resumed.phase, saga.phase, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn late_or_repeated_events_on_a_terminal_saga_change_nothing() {
+        let mut saga = Saga::new(1);
+        drive(&mut saga, all_succeed);
+        let done = saga.clone();
+
+        saga.apply(&Event::DeadlinePassed);
+        saga.apply(&Event::Refused {
+            line: 0,
+            reason: "late".into(),
+        });
+
+        assert_eq!(saga, done);
+    }
+}
