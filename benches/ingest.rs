@@ -320,6 +320,7 @@ fn job(user: UserId, kind: &str) -> NewJob {
         payload: serde_json::json!({}),
         priority: 0,
         max_attempts: 1,
+        dedupe_key: String::new(),
     }
 }
 

@@ -100,6 +100,8 @@ pub struct Job {
     pub user_id: UserId,
     /// What it does, e.g. `sync_full`.
     pub kind: String,
+    /// Coalescing key within the seller and kind (see [`NewJob::dedupe_key`]).
+    pub dedupe_key: String,
     /// Its lane.
     pub lane: Lane,
     /// Its state.
@@ -143,6 +145,9 @@ pub struct NewJob {
     pub priority: i32,
     /// Claims allowed.
     pub max_attempts: i32,
+    /// Jobs of one seller and kind coalesce only when their keys are equal; empty for jobs that
+    /// coalesce per seller and kind (syncs), a purchase id for jobs that never do.
+    pub dedupe_key: String,
 }
 
 /// The result of an enqueue: a new job, or the queued one the request coalesced into.

@@ -13,7 +13,7 @@ use crate::domain::UserId;
 /// The columns of [`JobRow`], as a literal so queries stay `&'static str`.
 macro_rules! columns {
     () => {
-        "id, user_id, kind, lane, state, payload, attempts, max_attempts, run_at, fence, cancel_requested, \
+        "id, user_id, kind, dedupe_key, lane, state, payload, attempts, max_attempts, run_at, fence, cancel_requested, \
          last_error, progress, created_at, started_at, finished_at"
     };
 }
@@ -23,6 +23,7 @@ struct JobRow {
     id: Uuid,
     user_id: Uuid,
     kind: String,
+    dedupe_key: String,
     lane: String,
     state: String,
     payload: serde_json::Value,
@@ -48,6 +49,7 @@ impl TryFrom<JobRow> for Job {
             id: row.id,
             user_id: UserId::from_uuid(row.user_id).map_err(|_| decode("user_id"))?,
             kind: row.kind.clone(),
+            dedupe_key: row.dedupe_key.clone(),
             lane: Lane::parse(&row.lane).ok_or_else(|| decode("lane"))?,
             state: JobState::parse(&row.state).ok_or_else(|| decode("state"))?,
             payload: row.payload,
@@ -75,7 +77,7 @@ pub async fn enqueue(pool: &PgPool, new: &NewJob, max_depth: i64) -> Result<Enqu
     let depth = queued_in_lane(pool, new.lane).await?;
     // Joining an existing job adds nothing to the queue, so only a new job is refused.
     for _ in 0..3 {
-        if let Some(existing) = find_queued(pool, new.user_id, &new.kind).await? {
+        if let Some(existing) = find_queued(pool, new).await? {
             return Ok(Enqueued::Coalesced(existing));
         }
         if depth >= max_depth {
@@ -86,9 +88,9 @@ pub async fn enqueue(pool: &PgPool, new: &NewJob, max_depth: i64) -> Result<Enqu
             });
         }
         let sql = concat!(
-            "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (user_id, kind) WHERE state = 'queued' DO NOTHING RETURNING ",
+            "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING RETURNING ",
             columns!()
         );
         let inserted: Option<JobRow> = sqlx::query_as(sql)
@@ -99,6 +101,7 @@ pub async fn enqueue(pool: &PgPool, new: &NewJob, max_depth: i64) -> Result<Enqu
             .bind(&new.payload)
             .bind(new.priority)
             .bind(new.max_attempts)
+            .bind(&new.dedupe_key)
             .fetch_optional(pool)
             .await?;
         if let Some(row) = inserted {
@@ -106,7 +109,7 @@ pub async fn enqueue(pool: &PgPool, new: &NewJob, max_depth: i64) -> Result<Enqu
         }
         // Another request queued one between our lookup and insert: join it on the next pass.
     }
-    find_queued(pool, new.user_id, &new.kind)
+    find_queued(pool, new)
         .await?
         .map(Enqueued::Coalesced)
         .ok_or(JobError::NotFound)
@@ -149,15 +152,16 @@ pub async fn enqueue_merging(
     Err(JobError::Contended)
 }
 
-async fn find_queued(pool: &PgPool, user_id: UserId, kind: &str) -> Result<Option<Job>, JobError> {
+async fn find_queued(pool: &PgPool, new: &NewJob) -> Result<Option<Job>, JobError> {
     let sql = concat!(
         "SELECT ",
         columns!(),
-        " FROM jobs WHERE user_id = $1 AND kind = $2 AND state = 'queued'"
+        " FROM jobs WHERE user_id = $1 AND kind = $2 AND dedupe_key = $3 AND state = 'queued'"
     );
     let row: Option<JobRow> = sqlx::query_as(sql)
-        .bind(user_id.as_uuid())
-        .bind(kind)
+        .bind(new.user_id.as_uuid())
+        .bind(&new.kind)
+        .bind(&new.dedupe_key)
         .fetch_optional(pool)
         .await?;
     row.map(job).transpose()
@@ -175,7 +179,7 @@ pub async fn queued_in_lane(executor: impl PgExecutor<'_>, lane: Lane) -> Result
 
 /// Claims the next job of `lane` that no other worker holds, and bumps its fence. First a running job
 /// whose lease expired (its worker died). Then, among the due queued jobs whose seller runs no job of
-/// the same kind, the seller with the fewest jobs running in the lane goes first (sellers take turns),
+/// the same kind and key, the seller with the fewest jobs running in the lane goes first (sellers take turns),
 /// and within that the earliest effective due time: `run_at` moved earlier by `aging` per priority
 /// point, so a long wait eventually outranks a higher priority.
 pub async fn claim(
@@ -192,7 +196,7 @@ pub async fn claim(
              SELECT j.id FROM jobs j \
              WHERE j.lane = $1 AND j.state = 'queued' AND j.run_at <= now() \
                AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.user_id = j.user_id AND r.kind = j.kind \
-                               AND r.state = 'running') \
+                               AND r.dedupe_key = j.dedupe_key AND r.state = 'running') \
              ORDER BY j.run_at - make_interval(secs => j.priority * $4) LIMIT 64), \
          orphaned AS ( \
              SELECT j.id FROM jobs j WHERE j.lane = $1 AND j.state = 'running' AND j.lease_expires_at < now()), \

@@ -117,7 +117,7 @@ pub async fn queue_for_blueprints(pool: &PgPool, blueprints: &[i64]) -> Result<u
          SELECT gen_random_uuid(), user_id, $1, $2, '{}', 3 FROM ( \
              SELECT DISTINCT user_id FROM inventory_items \
              WHERE print_id IS NULL AND blueprint_id = ANY($3)) sellers \
-         ON CONFLICT (user_id, kind) WHERE state = 'queued' DO NOTHING",
+         ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING",
     )
     .bind(KIND_REMAP)
     .bind(Lane::Bulk.as_str())

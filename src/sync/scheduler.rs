@@ -111,7 +111,7 @@ impl SyncScheduler {
                          AND (j.state IN ('queued', 'running') \
                               OR j.created_at > now() - make_interval(secs => $3))) \
                  ORDER BY a.last_sync_at NULLS FIRST LIMIT $4) stale \
-             ON CONFLICT (user_id, kind) WHERE state = 'queued' DO NOTHING",
+             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING",
         )
         .bind(KIND_FULL)
         .bind(SCHEDULED_PRIORITY)

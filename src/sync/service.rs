@@ -101,6 +101,7 @@ impl Syncs {
             payload: scope.to_payload(),
             priority,
             max_attempts: 5,
+            dedupe_key: String::new(),
         };
         let enqueued = store::enqueue_merging(
             &self.pool,

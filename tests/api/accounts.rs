@@ -353,6 +353,7 @@ async fn disconnecting_cancels_the_sellers_jobs_and_purges_their_inventory_when_
         payload: serde_json::json!({}),
         priority: 0,
         max_attempts: 3,
+        dedupe_key: String::new(),
     };
     jobs::enqueue(&pool, &new_job("sync_full"), 100)
         .await

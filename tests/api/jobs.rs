@@ -33,6 +33,7 @@ fn new_job(user_id: UserId, kind: &str) -> NewJob {
         payload: serde_json::json!({}),
         priority: 0,
         max_attempts: 3,
+        dedupe_key: String::new(),
     }
 }
 
@@ -438,5 +439,44 @@ async fn stopping_a_worker_hands_its_running_job_back_to_the_queue() {
     assert_eq!(
         handed_back.attempts, 0,
         "an interrupted attempt is given back"
+    );
+}
+
+#[tokio::test]
+async fn jobs_with_their_own_keys_neither_coalesce_nor_wait_for_each_other() {
+    let db = TestDatabase::new().await;
+    let user = seller();
+    let keyed = |key: &str| NewJob {
+        dedupe_key: key.into(),
+        ..new_job(user, "purchase")
+    };
+
+    let first = store::enqueue(&db.pool, &keyed("p-1"), 1_000)
+        .await
+        .unwrap();
+    let second = store::enqueue(&db.pool, &keyed("p-2"), 1_000)
+        .await
+        .unwrap();
+    let again = store::enqueue(&db.pool, &keyed("p-1"), 1_000)
+        .await
+        .unwrap();
+
+    assert!(matches!(first, Enqueued::Created(_)));
+    assert!(matches!(second, Enqueued::Created(_)));
+    assert!(
+        matches!(again, Enqueued::Coalesced(_)),
+        "same key: same job"
+    );
+    let running = [
+        store::claim(&db.pool, Lane::Bulk, "w", LEASE, AGING)
+            .await
+            .unwrap(),
+        store::claim(&db.pool, Lane::Bulk, "w", LEASE, AGING)
+            .await
+            .unwrap(),
+    ];
+    assert!(
+        running.iter().all(Option::is_some),
+        "one seller's two purchases run at once"
     );
 }

@@ -28,6 +28,7 @@ async fn queue(db: &TestDatabase, user_id: UserId, kind: &str, priority: i32) ->
         payload: serde_json::json!({}),
         priority,
         max_attempts: 3,
+        dedupe_key: String::new(),
     };
     store::enqueue(&db.pool, &new, 1_000)
         .await

@@ -43,6 +43,7 @@ async fn lease_for(db: &TestDatabase, user: UserId) -> Lease {
         payload: serde_json::json!({}),
         priority: 0,
         max_attempts: 3,
+        dedupe_key: String::new(),
     };
     jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
     jobs::claim(
@@ -66,6 +67,7 @@ async fn taken_over_lease(db: &TestDatabase, user: UserId) -> Lease {
         payload: serde_json::json!({}),
         priority: 0,
         max_attempts: 3,
+        dedupe_key: String::new(),
     };
     jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
     let (short, long) = (Duration::from_millis(200), Duration::from_secs(60));

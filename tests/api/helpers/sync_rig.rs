@@ -112,6 +112,7 @@ impl SyncRig {
             payload: serde_json::json!({"scope": "full"}),
             priority: 0,
             max_attempts: 3,
+            dedupe_key: String::new(),
         };
         jobs::enqueue(&self.pool, &new, 1_000)
             .await
