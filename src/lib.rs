@@ -13,7 +13,7 @@
 //! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz`.
 //! - [`sync`]: bulk sync of CardTrader inventories: streamed export, chunk transactions, sweep, scheduler.
 //! - [`loadtest`]: `brx-sync loadtest`, many sellers synced at once against the simulator.
-//! - [`purchase`]: purchases as compensating sagas (the state machine so far).
+//! - [`purchase`]: purchases as compensating sagas (state machine and reservation so far).
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
 //! - [`rate_limit`]: per-seller adaptive CardTrader rate limits in Redis, with an in-process fallback.
 //! - [`retry`]: the named, bounded, full-jitter retry policies every retry uses.

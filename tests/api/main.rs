@@ -17,6 +17,7 @@ mod lifecycle;
 mod load_shedding;
 mod marketplace;
 mod metrics;
+mod purchase_reserve;
 mod rate_limit;
 mod reflection;
 mod simulator;
