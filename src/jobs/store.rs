@@ -190,7 +190,10 @@ pub async fn claim(
     aging: Duration,
 ) -> Result<Option<Lease>, JobError> {
     // `due` bounds the fairness sort to the most urgent jobs, so a deep queue costs one top-N sort and
-    // a few dozen index probes per claim rather than a probe per queued job.
+    // a few dozen index probes per claim rather than a probe per queued job. The locking query
+    // repeats the claimability conditions: `due` read an older snapshot, and only conditions of the
+    // locking query itself are re-checked on the row version a concurrent claim just committed.
+    // Without them two workers could claim the same job.
     let sql = concat!(
         "WITH due AS ( \
              SELECT j.id FROM jobs j \
@@ -203,6 +206,8 @@ pub async fn claim(
          candidate AS ( \
              SELECT j.id AS candidate_id FROM jobs j \
              WHERE j.id IN (SELECT id FROM due UNION ALL SELECT id FROM orphaned) \
+               AND j.lane = $1 AND ((j.state = 'queued' AND j.run_at <= now()) \
+                                    OR (j.state = 'running' AND j.lease_expires_at < now())) \
              ORDER BY (j.state = 'running') DESC, \
                  (SELECT count(*) FROM jobs o WHERE o.user_id = j.user_id AND o.lane = j.lane \
                   AND o.state = 'running'), \
@@ -212,7 +217,8 @@ pub async fn claim(
              lease_expires_at = now() + make_interval(secs => $3), fence = jobs.fence + 1, \
              attempts = CASE WHEN jobs.state = 'queued' THEN jobs.attempts + 1 ELSE jobs.attempts END, \
              started_at = coalesce(jobs.started_at, now()), updated_at = now() \
-         FROM candidate WHERE jobs.id = candidate.candidate_id RETURNING ",
+         FROM candidate WHERE jobs.id = candidate.candidate_id \
+           AND (jobs.state = 'queued' OR jobs.lease_expires_at < now()) RETURNING ",
         columns!()
     );
     let claimed = sqlx::query_as::<_, JobRow>(sql)

@@ -480,3 +480,39 @@ async fn jobs_with_their_own_keys_neither_coalesce_nor_wait_for_each_other() {
         "one seller's two purchases run at once"
     );
 }
+
+#[tokio::test]
+async fn many_racing_claims_never_hand_one_job_to_two_workers() {
+    let db = TestDatabase::new().await;
+    for _ in 0..30 {
+        store::enqueue(&db.pool, &new_job(seller(), "sync_full"), 1_000)
+            .await
+            .unwrap();
+    }
+
+    let claims: Vec<_> = (0..40)
+        .map(|n| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                store::claim(&pool, Lane::Bulk, &format!("w-{n}"), LEASE, AGING)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for claim in claims {
+        if let Some(lease) = claim.await.unwrap() {
+            claimed.push(lease.job.id);
+        }
+    }
+
+    let distinct: std::collections::HashSet<_> = claimed.iter().collect();
+    assert_eq!(distinct.len(), claimed.len(), "a job was claimed twice");
+    let fences: Vec<i64> = sqlx::query_scalar("SELECT fence FROM jobs WHERE state = 'running'")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert!(fences.iter().all(|fence| *fence == 1), "{fences:?}");
+    assert_eq!(fences.len(), claimed.len());
+}
