@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 PathBuf::from("proto/brx/sync/v1/accounts.proto"),
                 PathBuf::from("proto/brx/sync/v1/blueprints.proto"),
                 PathBuf::from("proto/brx/sync/v1/sync.proto"),
+                PathBuf::from("proto/brx/sync/v1/purchases.proto"),
             ],
             &includes,
         )?;

@@ -470,6 +470,7 @@ fn target<'a>(pool: &'a PgPool, writers: &'a Semaphore, lease: &'a Lease) -> Chu
         writers,
         lease,
         statement_timeout,
+        read_since: chrono::Utc::now(),
     }
 }
 

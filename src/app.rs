@@ -23,6 +23,10 @@ use crate::{
     },
     marketplace::MarketplaceClient,
     metrics::Metrics,
+    purchase::{
+        driver::{PurchaseEvents, PurchaseHandler},
+        service::Purchases,
+    },
     rate_limit::{Limits, RateLimiter},
     readiness::Readiness,
     storage::{Storage, StorageSupervisor},
@@ -141,7 +145,15 @@ impl App {
             config.database_url.clone(),
         );
         let mut supervisor_task = tokio::spawn(supervisor.run(workers.clone()));
-        let job_workers = job_workers(&config, &storage, &accounts, &catalog, &metrics);
+        let purchase_events = PurchaseEvents::default();
+        let job_workers = job_workers(
+            &config,
+            &storage,
+            &accounts,
+            &catalog,
+            &metrics,
+            &purchase_events,
+        );
         let wakeups = JobWakeups::new(
             storage.redis.clone(),
             &config.redis_key_prefix,
@@ -202,7 +214,15 @@ impl App {
             syncs: Syncs::new(
                 storage.pg.clone(),
                 accounts.clone(),
+                wakeups.clone(),
+                config.max_queue_depth,
+            ),
+            purchases: Purchases::new(
+                storage.pg.clone(),
+                accounts.clone(),
                 wakeups,
+                purchase_events,
+                metrics.clone(),
                 config.max_queue_depth,
             ),
             accounts,
@@ -266,14 +286,15 @@ impl App {
     }
 }
 
-/// One worker per lane with slots: full syncs and remaps on the bulk lane, targeted syncs on the
-/// interactive lane.
+/// One worker per lane with slots: full syncs and remaps on the bulk lane, targeted syncs and
+/// purchases on the interactive lane.
 fn job_workers(
     config: &Config,
     storage: &Storage,
     accounts: &Accounts,
     catalog: &BlueprintCatalog,
     metrics: &Metrics,
+    purchase_events: &PurchaseEvents,
 ) -> Vec<Worker> {
     let owner = format!("brx-sync-{}", uuid::Uuid::new_v4().simple());
     // One cap for every sync of this replica, below the pool size (config validation), so chunk
@@ -303,7 +324,15 @@ fn job_workers(
         catalog: catalog.clone(),
     };
     let bulk: Vec<Arc<dyn JobHandler>> = vec![Arc::new(sync(KIND_FULL)), Arc::new(remap)];
-    let interactive: Vec<Arc<dyn JobHandler>> = vec![Arc::new(sync(KIND_TARGETED))];
+    let purchases = PurchaseHandler {
+        pool: storage.pg.clone(),
+        accounts: accounts.clone(),
+        metrics: metrics.clone(),
+        events: purchase_events.clone(),
+        call_budget: config.cardtrader_request_timeout * 2,
+    };
+    let interactive: Vec<Arc<dyn JobHandler>> =
+        vec![Arc::new(sync(KIND_TARGETED)), Arc::new(purchases)];
     [
         (Lane::Bulk, bulk, config.bulk_concurrency),
         (

@@ -298,10 +298,13 @@ pub struct Config {
     #[arg(
         long,
         env = "BRX_INTERACTIVE_CONCURRENCY",
-        default_value_t = 8,
+        default_value_t = 32,
         global = true
     )]
     pub interactive_concurrency: u32,
+    /// How long a purchase may spend taking stock on CardTrader before it is undone instead.
+    #[arg(long, env = "BRX_PURCHASE_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub purchase_deadline: Duration,
     /// Job lease; a replica that dies has its jobs taken over after this long.
     #[arg(long, env = "BRX_JOB_LEASE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub job_lease: Duration,

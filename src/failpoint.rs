@@ -13,3 +13,14 @@ pub(crate) async fn pause(name: &str) {
 /// No-op outside test builds.
 #[cfg(not(feature = "failpoints"))]
 pub(crate) async fn pause(_name: &str) {}
+
+/// A place where a test may kill the work in progress, with `fail::cfg(name, "1*panic")`: the task
+/// dies there as if the process had, leaving its lease to expire.
+#[cfg(feature = "failpoints")]
+pub(crate) fn crash_point(name: &str) {
+    let _ = fail::eval(name, |_| ());
+}
+
+/// No-op outside test builds.
+#[cfg(not(feature = "failpoints"))]
+pub(crate) fn crash_point(_name: &str) {}

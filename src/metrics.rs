@@ -55,6 +55,15 @@ pub const JOBS_FINISHED_TOTAL: &str = "brx_jobs_finished_total";
 pub const JOBS: &str = "brx_jobs";
 /// Jobs queued by the periodic scheduler, by kind.
 pub const JOBS_SCHEDULED_TOTAL: &str = "brx_jobs_scheduled_total";
+/// Purchases that ended, by outcome (`completed`, `failed`, `requires_attention`).
+pub const PURCHASES_TOTAL: &str = "brx_purchases_total";
+/// Latency of one purchase saga step, by step (`reserve`, `take_stock`, `verify_take`, `give_back`,
+/// `verify_give_back`, `finalize`, `release`), CardTrader calls included.
+pub const PURCHASE_STEP_SECONDS: &str = "brx_purchase_step_seconds";
+/// Purchase lines given back on CardTrader, by how (`increment`, `recreate`).
+pub const PURCHASE_COMPENSATIONS_TOTAL: &str = "brx_purchase_compensations_total";
+/// Purchases in `requires_attention` across all replicas, as last read by this replica.
+pub const PURCHASES_REQUIRING_ATTENTION: &str = "brx_purchases_requiring_attention";
 /// Circuit breaker on the CardTrader host: 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "brx_cardtrader_breaker_state";
 
@@ -112,6 +121,14 @@ pub struct Metrics {
     pub jobs: IntGaugeVec,
     /// See [`JOBS_SCHEDULED_TOTAL`].
     pub jobs_scheduled: IntCounterVec,
+    /// See [`PURCHASES_TOTAL`].
+    pub purchases: IntCounterVec,
+    /// See [`PURCHASE_STEP_SECONDS`].
+    pub purchase_step_seconds: HistogramVec,
+    /// See [`PURCHASE_COMPENSATIONS_TOTAL`].
+    pub purchase_compensations: IntCounterVec,
+    /// See [`PURCHASES_REQUIRING_ATTENTION`].
+    pub purchases_requiring_attention: IntGauge,
 }
 
 impl Metrics {
@@ -258,6 +275,25 @@ impl Metrics {
                 JOBS_SCHEDULED_TOTAL,
                 "Jobs queued by the periodic scheduler, by kind.",
                 &["kind"],
+            )?,
+            purchases: counter_vec(
+                PURCHASES_TOTAL,
+                "Purchases that ended, by outcome.",
+                &["outcome"],
+            )?,
+            purchase_step_seconds: histogram_vec(
+                PURCHASE_STEP_SECONDS,
+                "Latency of one purchase saga step, CardTrader calls included.",
+                &["step"],
+            )?,
+            purchase_compensations: counter_vec(
+                PURCHASE_COMPENSATIONS_TOTAL,
+                "Purchase lines given back on CardTrader, by how.",
+                &["by"],
+            )?,
+            purchases_requiring_attention: gauge(
+                PURCHASES_REQUIRING_ATTENTION,
+                "Purchases waiting for an operator, across all replicas.",
             )?,
             registry,
         };

@@ -56,6 +56,11 @@ impl<S> Layer<S> for DeadlineLayer {
     }
 }
 
+/// When the RPC's budget runs out, for handlers that answer with what they have before then
+/// (Purchase answers with the saga's current state).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RpcDeadline(pub(crate) tokio::time::Instant);
+
 /// The service [`DeadlineLayer`] produces.
 #[derive(Debug, Clone)]
 pub(crate) struct Deadline<S> {
@@ -77,12 +82,15 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         // tonic's own timer on the caller's `grpc-timeout` sits outside this layer and answers
         // CANCELLED; ending a few milliseconds earlier makes the answer DEADLINE_EXCEEDED instead.
         let budget = grpc_timeout(request.headers()).map_or(self.ceiling, |t| {
             t.saturating_sub(CALLER_DEADLINE_MARGIN).min(self.ceiling)
         });
+        request
+            .extensions_mut()
+            .insert(RpcDeadline(tokio::time::Instant::now() + budget));
         let future = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout(budget, future).await {

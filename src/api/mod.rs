@@ -10,6 +10,7 @@ mod admin;
 mod blueprints;
 mod health;
 mod layers;
+mod purchases;
 mod sync;
 
 use std::{future::Future, time::Instant};
@@ -29,8 +30,10 @@ use admin::AdminApi;
 use blueprints::BlueprintApi;
 use pb::v1::{
     account_service_server::AccountServiceServer, admin_service_server::AdminServiceServer,
-    blueprint_service_server::BlueprintServiceServer, sync_service_server::SyncServiceServer,
+    blueprint_service_server::BlueprintServiceServer,
+    purchase_service_server::PurchaseServiceServer, sync_service_server::SyncServiceServer,
 };
+use purchases::PurchaseApi;
 use sync::SyncApi;
 
 /// What the gRPC server is built from.
@@ -50,6 +53,8 @@ pub struct GrpcParts {
     pub catalog: crate::blueprints::BlueprintCatalog,
     /// Bulk syncs.
     pub syncs: crate::sync::service::Syncs,
+    /// Purchases (PurchaseService).
+    pub purchases: crate::purchase::service::Purchases,
 }
 
 /// Builds the health bridge and the server future; the server stops accepting when `shutdown`
@@ -81,6 +86,10 @@ where
         syncs: parts.syncs.clone(),
     });
     let sync_service = SyncServiceServer::new(SyncApi { syncs: parts.syncs });
+    let purchase_service = PurchaseServiceServer::new(PurchaseApi {
+        purchases: parts.purchases,
+        purchase_deadline: config.purchase_deadline,
+    });
     let accounts = AccountServiceServer::new(AccountApi {
         accounts: parts.accounts,
     });
@@ -89,6 +98,7 @@ where
         <AccountServiceServer<AccountApi> as NamedService>::NAME,
         <BlueprintServiceServer<BlueprintApi> as NamedService>::NAME,
         <SyncServiceServer<SyncApi> as NamedService>::NAME,
+        <PurchaseServiceServer<PurchaseApi> as NamedService>::NAME,
     ];
     let bridge = HealthBridge::new(reporter, parts.readiness, parts.metrics.clone(), services);
 
@@ -131,6 +141,7 @@ where
         .add_service(accounts)
         .add_service(blueprint_service)
         .add_service(sync_service)
+        .add_service(purchase_service)
         .serve_with_incoming_shutdown(incoming, shutdown);
     Ok((bridge, server))
 }

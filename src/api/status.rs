@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use tonic::{Code, Status, metadata::MetadataValue};
 
-use crate::{accounts::AccountError, jobs::JobError, sync::service::SyncError};
+use crate::{
+    accounts::AccountError, jobs::JobError, purchase::PurchaseError, sync::service::SyncError,
+};
 
 /// Metadata key telling a shed or throttled caller how long to wait before retrying.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
@@ -112,5 +114,22 @@ mod tests {
         let status = internal("test", &cause);
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("hunter2"));
+    }
+}
+
+impl From<PurchaseError> for Status {
+    fn from(err: PurchaseError) -> Self {
+        match err {
+            PurchaseError::InsufficientStock { .. }
+            | PurchaseError::UnknownItem(_)
+            | PurchaseError::NotConnected
+            | PurchaseError::WrongState(_) => Status::failed_precondition(err.to_string()),
+            PurchaseError::KeyConflict => Status::already_exists(err.to_string()),
+            PurchaseError::NotFound => Status::not_found(err.to_string()),
+            PurchaseError::QueueFull => {
+                resource_exhausted(&err.to_string(), Duration::from_millis(500))
+            }
+            other => internal("purchase operation failed", &other),
+        }
     }
 }

@@ -189,7 +189,10 @@ fn positive_ids(field: &str, ids: &[i64]) -> Result<Vec<i64>, Status> {
     Ok(ids)
 }
 
-fn page_token(raw: &str) -> Result<Option<(chrono::DateTime<chrono::Utc>, Uuid)>, Status> {
+/// The (created_at, id) position a page token from [`encode_page_token`] names.
+pub(crate) fn page_token(
+    raw: &str,
+) -> Result<Option<(chrono::DateTime<chrono::Utc>, Uuid)>, Status> {
     if raw.is_empty() {
         return Ok(None);
     }
@@ -205,7 +208,12 @@ fn page_token(raw: &str) -> Result<Option<(chrono::DateTime<chrono::Utc>, Uuid)>
 }
 
 fn encode_token(job: &Job) -> String {
-    let raw = format!("{}/{}", job.created_at.timestamp_micros(), job.id);
+    encode_page_token(job.created_at, job.id)
+}
+
+/// A token for the page after the row created at `at` with `id`, in newest-first order.
+pub(crate) fn encode_page_token(at: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
+    let raw = format!("{}/{}", at.timestamp_micros(), id);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 

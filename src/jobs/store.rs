@@ -115,6 +115,27 @@ pub async fn enqueue(pool: &PgPool, new: &NewJob, max_depth: i64) -> Result<Enqu
         .ok_or(JobError::NotFound)
 }
 
+/// Queues `new` inside the caller's transaction, without coalescing or a depth check: for jobs whose
+/// `dedupe_key` is unique (one per purchase), queued together with the row they work on.
+pub async fn insert(conn: &mut sqlx::PgConnection, new: &NewJob) -> Result<Uuid, JobError> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(new.user_id.as_uuid())
+    .bind(&new.kind)
+    .bind(new.lane.as_str())
+    .bind(&new.payload)
+    .bind(new.priority)
+    .bind(new.max_attempts)
+    .bind(&new.dedupe_key)
+    .execute(conn)
+    .await?;
+    Ok(id)
+}
+
 /// Like [`enqueue`], but a request that joins a queued job widens it: `merge(queued, requested)`
 /// becomes the queued job's payload (a union of ids, say), so no request is coalesced away into a
 /// narrower job. The swap is compare-and-set on the payload; if the job was claimed or changed in

@@ -1,11 +1,16 @@
-//! Purchases as compensating sagas (issue #6, in progress): the pure state machine ([`saga`]) and
-//! the reservation that starts a purchase ([`store`]); the step log, the driver on the durable jobs
-//! and `PurchaseService` build on them.
+//! Purchases as compensating sagas (DESIGN.md §6). The saga is a pure state machine ([`saga`]);
+//! [`store`] holds its SQL (the reservation, the fenced step log, the local sale or release);
+//! [`driver`] runs it on the durable job worker, calling CardTrader outside any transaction; and
+//! [`service`] is what the RPCs call.
 
+pub mod driver;
 pub mod saga;
+pub mod service;
 pub mod store;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::domain::UserId;
@@ -32,6 +37,58 @@ pub struct NewPurchase {
     pub buyer_ref: String,
     /// Past this instant a purchase still taking stock on CardTrader is compensated.
     pub deadline: DateTime<Utc>,
+}
+
+/// The job kind that drives a purchase.
+pub const KIND_PURCHASE: &str = "purchase";
+
+/// A CardTrader product as it was before a line took its stock: enough to re-create it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductSnapshot {
+    /// Blueprint.
+    pub blueprint_id: i64,
+    /// Price in cents.
+    pub price_cents: i64,
+    /// Currency of the price.
+    pub currency: String,
+    /// Editable properties (condition, language, foil...).
+    pub properties: Map<String, Value>,
+    /// Free text.
+    pub description: Option<String>,
+    /// The seller's free field.
+    pub user_data_field: Option<String>,
+    /// Graded.
+    pub graded: Option<bool>,
+}
+
+/// How a line's stock goes back to CardTrader, decided from what CardTrader showed just before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum GiveBackPlan {
+    /// The product still exists with `from` units: increment it back.
+    Increment {
+        /// Its quantity before the give-back.
+        from: i64,
+    },
+    /// The product is gone (the decrement took it to 0): create it again from the snapshot.
+    /// CardTrader merges a create into an identical product; `merged_into` is that product and
+    /// its quantity, when there was one.
+    Recreate {
+        /// An identical product (same blueprint and properties) and its quantity, if any.
+        merged_into: Option<(i64, i64)>,
+    },
+}
+
+/// What the driver learnt about a line on CardTrader, stored with the line before any call whose
+/// outcome may have to be decided from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineMemo {
+    /// CardTrader's quantity of the product when the line was confirmed (0: not there).
+    pub seen_quantity: i64,
+    /// The product as it was.
+    pub product: Option<ProductSnapshot>,
+    /// How the give-back was sent, once it was.
+    pub give_back: Option<GiveBackPlan>,
 }
 
 /// What reserving a purchase did.
@@ -62,6 +119,21 @@ pub enum PurchaseError {
     /// The idempotency key was used for a different request.
     #[error("the idempotency key was already used for a different request")]
     KeyConflict,
+    /// The interactive queue is full.
+    #[error("too many purchases are waiting; retry shortly")]
+    QueueFull,
+    /// No such purchase.
+    #[error("no such purchase")]
+    NotFound,
+    /// The seller's CardTrader account is not connected.
+    #[error("the seller's CardTrader account is not connected")]
+    NotConnected,
+    /// The purchase is not in a state that allows this (e.g. Retry of a completed one).
+    #[error("{0}")]
+    WrongState(String),
+    /// The driver's lease was taken over: it must stop and write nothing more.
+    #[error("the purchase's lease was taken over")]
+    LeaseLost,
     /// Storage failure.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

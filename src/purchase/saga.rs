@@ -153,6 +153,17 @@ pub enum Event {
     Finalized,
     /// The reservations were released.
     Released,
+    /// An operator asked for a purchase in `RequiresAttention` to be tried again: unknown outcomes
+    /// are verified again and give-backs get a fresh allowance of failures.
+    Retried,
+    /// An operator settled a purchase in `RequiresAttention` by hand: `sold` keeps the sale
+    /// (completed), otherwise it is undone (failed). The local effect is the operator's call.
+    Resolved {
+        /// Whether the sale stands.
+        sold: bool,
+        /// The operator's note.
+        note: String,
+    },
 }
 
 /// The durable state of one purchase saga.
@@ -214,6 +225,11 @@ impl Saga {
     /// Applies one recorded event. Events that make no sense in the current state (a duplicate
     /// after a crash, a deadline after finalizing) change nothing.
     pub fn apply(&mut self, event: &Event) {
+        if let Phase::RequiresAttention { reason } = &self.phase {
+            let reason = reason.clone();
+            self.settle_by_hand(event, &reason);
+            return;
+        }
         if self.phase.is_terminal() {
             return;
         }
@@ -263,6 +279,39 @@ impl Saga {
                     };
                 }
             }
+            // Only meaningful in `RequiresAttention` (see `settle_by_hand`).
+            Event::Retried | Event::Resolved { .. } => {}
+        }
+    }
+
+    /// The only events a purchase in `RequiresAttention` takes: an operator's retry or resolution.
+    fn settle_by_hand(&mut self, event: &Event, reason: &str) {
+        match event {
+            Event::Retried => {
+                self.give_back_failures = 0;
+                let undoing = self.lines.iter().any(|line| {
+                    matches!(
+                        line,
+                        LineStatus::Refused | LineStatus::GiveBackSent | LineStatus::GivenBack
+                    )
+                });
+                self.phase = if self.lines.iter().all(|line| *line == LineStatus::Taken) {
+                    Phase::Finalizing
+                } else if undoing || reason.starts_with("giving back") {
+                    Phase::Compensating {
+                        reason: format!("retried after: {reason}"),
+                    }
+                } else {
+                    Phase::Taking
+                };
+            }
+            Event::Resolved { sold: true, .. } => self.phase = Phase::Completed,
+            Event::Resolved { sold: false, note } => {
+                self.phase = Phase::Failed {
+                    reason: format!("resolved by an operator: {note}"),
+                }
+            }
+            _ => {}
         }
     }
 
@@ -495,6 +544,60 @@ mod tests {
             });
             assert_eq!(resumed.phase, saga.phase, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_retry_verifies_again_and_a_resolution_ends_the_purchase() {
+        let mut saga = Saga::new(2);
+        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&Event::Undecidable {
+            line: 0,
+            reason: "quantity moved".into(),
+        });
+        saga.apply(&Event::Taken { line: 0 });
+        assert!(
+            matches!(saga.phase, Phase::RequiresAttention { .. }),
+            "nothing but an operator moves it"
+        );
+
+        saga.apply(&Event::Retried);
+        assert_eq!(saga.phase, Phase::Taking);
+        assert_eq!(saga.next_step(), Step::VerifyTake { line: 0 });
+
+        let mut stuck = Saga::new(1);
+        stuck.apply(&Event::DecrementSent { line: 0 });
+        stuck.apply(&Event::Undecidable {
+            line: 0,
+            reason: "unreachable".into(),
+        });
+        stuck.apply(&Event::Resolved {
+            sold: false,
+            note: "checked by hand: not taken".into(),
+        });
+        assert!(matches!(stuck.phase, Phase::Failed { .. }));
+        assert_eq!(stuck.next_step(), Step::Stop);
+    }
+
+    #[test]
+    fn a_retry_of_failing_give_backs_carries_on_undoing_with_a_fresh_allowance() {
+        let mut saga = Saga::new(2);
+        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&Event::Taken { line: 0 });
+        saga.apply(&Event::DeadlinePassed);
+        for _ in 0..MAX_GIVE_BACK_FAILURES {
+            saga.apply(&Event::GiveBackSent { line: 0 });
+            saga.apply(&Event::GiveBackFailed {
+                line: 0,
+                reason: "503".into(),
+            });
+        }
+        assert!(matches!(saga.phase, Phase::RequiresAttention { .. }));
+
+        saga.apply(&Event::Retried);
+
+        assert!(matches!(saga.phase, Phase::Compensating { .. }));
+        assert_eq!(saga.give_back_failures, 0);
+        assert_eq!(saga.next_step(), Step::GiveBack { line: 0 });
     }
 
     #[test]

@@ -1,15 +1,30 @@
 //! SQL of purchases. Reserving is one short transaction: the purchase recorded under its idempotency
 //! key, the item rows locked in product id order (the lock order every writer shares), each line's
-//! availability checked, `reserved_quantity` raised, the lines stored. Nothing is left behind when it
-//! fails.
+//! availability checked, `reserved_quantity` raised, the lines stored, and the job that drives the
+//! saga queued. Nothing is left behind when it fails. Every later write of the driver is a fenced
+//! transaction that appends to the step log ([`append`]), so a worker whose lease was taken over
+//! changes nothing.
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{NewPurchase, PurchaseError, Reserved, saga::Saga};
+use super::{
+    KIND_PURCHASE, LineMemo, NewPurchase, PurchaseError, Reserved,
+    saga::{Event, Phase, Saga},
+};
+use crate::{
+    domain::UserId,
+    jobs::{self, JobError, Lane, Lease, NewJob},
+};
+
+/// Claims a purchase job gets: each is a full resume from the step log, and most failures are
+/// bounded by the saga itself (the deadline, the give-back allowance), so this only stops a
+/// purchase that can make no progress at all (CardTrader unreadable for many minutes).
+pub const PURCHASE_JOB_ATTEMPTS: i32 = 25;
 
 /// SHA-256 of what makes two requests the same: their lines, in order, and the buyer.
 pub fn request_hash(purchase: &NewPurchase) -> Vec<u8> {
@@ -23,8 +38,13 @@ pub fn request_hash(purchase: &NewPurchase) -> Vec<u8> {
     Sha256::digest(&encoded).to_vec()
 }
 
-/// Records `purchase` and reserves its stock, or finds the purchase already recorded under its key.
-pub async fn reserve(pool: &PgPool, purchase: &NewPurchase) -> Result<Reserved, PurchaseError> {
+/// Records `purchase`, reserves its stock and queues the job that drives it, or finds the purchase
+/// already recorded under its key. `max_depth` bounds the interactive lane's queue.
+pub async fn reserve(
+    pool: &PgPool,
+    purchase: &NewPurchase,
+    max_depth: i64,
+) -> Result<Reserved, PurchaseError> {
     let hash = request_hash(purchase);
     let mut tx = pool.begin().await?;
     let id = Uuid::new_v4();
@@ -47,10 +67,40 @@ pub async fn reserve(pool: &PgPool, purchase: &NewPurchase) -> Result<Reserved, 
     if inserted.is_none() {
         return existing(&mut tx, purchase, &hash).await;
     }
+    let depth = jobs::store::queued_in_lane(&mut *tx, Lane::Interactive)
+        .await
+        .map_err(jobs_error)?;
+    if depth >= max_depth {
+        return Err(PurchaseError::QueueFull);
+    }
     reserve_items(&mut tx, purchase).await?;
     store_lines(&mut tx, id, purchase).await?;
+    jobs::store::insert(&mut tx, &driver_job(purchase.user_id, id))
+        .await
+        .map_err(jobs_error)?;
     tx.commit().await?;
     Ok(Reserved::Created(id))
+}
+
+/// The job that drives purchase `id`: interactive, never coalesced with another purchase's.
+pub fn driver_job(user_id: UserId, id: Uuid) -> NewJob {
+    NewJob {
+        user_id,
+        kind: KIND_PURCHASE.to_owned(),
+        lane: Lane::Interactive,
+        payload: serde_json::json!({ "purchase_id": id }),
+        // A waiting buyer comes before targeted syncs and pushes.
+        priority: 10,
+        max_attempts: PURCHASE_JOB_ATTEMPTS,
+        dedupe_key: id.to_string(),
+    }
+}
+
+fn jobs_error(err: JobError) -> PurchaseError {
+    match err {
+        JobError::Database(err) => PurchaseError::Database(err),
+        other => PurchaseError::Internal(other.to_string()),
+    }
 }
 
 /// The purchase already under this key: a replay if it is the same request, a conflict if not.
@@ -139,4 +189,496 @@ async fn store_lines(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// One line as stored, with what the driver learnt about it on CardTrader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLine {
+    /// Line index.
+    pub line: usize,
+    /// The CardTrader product the line takes stock of.
+    pub product_id: i64,
+    /// How many.
+    pub quantity: i32,
+    /// What was seen on CardTrader (written before the decrement is sent).
+    pub memo: Option<LineMemo>,
+    /// The id of the product re-created by a give-back, which the local row now points to.
+    pub recreated_product_id: Option<i64>,
+}
+
+impl StoredLine {
+    /// The local item this line holds a reservation on.
+    pub fn local_product_id(&self) -> i64 {
+        self.recreated_product_id.unwrap_or(self.product_id)
+    }
+}
+
+/// A purchase as stored: the request, the folded saga and the step log's length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPurchase {
+    /// Purchase id.
+    pub id: Uuid,
+    /// The seller.
+    pub user_id: UserId,
+    /// The caller's idempotency key.
+    pub idempotency_key: String,
+    /// The shop's buyer or order reference.
+    pub buyer_ref: String,
+    /// The saga's state, as of the last step.
+    pub saga: Saga,
+    /// Past this instant a purchase still taking stock is compensated.
+    pub deadline: DateTime<Utc>,
+    /// An operator's resolution and note, for a purchase that needed one.
+    pub resolution: Option<(String, String)>,
+    /// Its lines, in order.
+    pub lines: Vec<StoredLine>,
+    /// Entries in the step log.
+    pub steps: i32,
+    /// When it was reserved.
+    pub created_at: DateTime<Utc>,
+    /// When it was last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it ended, if it has.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PurchaseRow {
+    id: Uuid,
+    user_id: Uuid,
+    idempotency_key: String,
+    buyer_ref: String,
+    saga: serde_json::Value,
+    deadline: DateTime<Utc>,
+    resolution: Option<String>,
+    resolution_note: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    steps: i32,
+}
+
+/// The columns of [`PurchaseRow`], as a literal so queries stay `&'static str`.
+macro_rules! purchase_columns {
+    () => {
+        "p.id, p.user_id, p.idempotency_key, p.buyer_ref, p.saga, p.deadline, \
+         p.resolution, p.resolution_note, p.created_at, p.updated_at, p.finished_at, \
+         (SELECT count(*)::int FROM purchase_steps s WHERE s.purchase_id = p.id) AS steps"
+    };
+}
+
+/// The purchase `id`, or `None`.
+pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<StoredPurchase>, PurchaseError> {
+    let sql = concat!(
+        "SELECT ",
+        purchase_columns!(),
+        " FROM purchases p WHERE p.id = $1"
+    );
+    let row: Option<PurchaseRow> = sqlx::query_as(sql).bind(id).fetch_optional(pool).await?;
+    let Some(row) = row else { return Ok(None) };
+    let lines = load_lines(pool, &[id])
+        .await?
+        .remove(&id)
+        .unwrap_or_default();
+    Ok(Some(decode(row, lines)?))
+}
+
+/// A page of the seller's purchases, newest first, optionally in one state, after `before`.
+pub async fn list(
+    pool: &PgPool,
+    user_id: UserId,
+    state: Option<&str>,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<StoredPurchase>, PurchaseError> {
+    let (before_at, before_id) = before.unzip();
+    let sql = concat!(
+        "SELECT ",
+        purchase_columns!(),
+        " FROM purchases p \
+         WHERE p.user_id = $1 AND ($2::text IS NULL OR p.state = $2) \
+           AND ($3::timestamptz IS NULL OR (p.created_at, p.id) < ($3, $4)) \
+         ORDER BY p.created_at DESC, p.id DESC LIMIT $5"
+    );
+    let rows: Vec<PurchaseRow> = sqlx::query_as(sql)
+        .bind(user_id.as_uuid())
+        .bind(state)
+        .bind(before_at)
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    let mut lines = load_lines(pool, &ids).await?;
+    rows.into_iter()
+        .map(|row| {
+            let mine = lines.remove(&row.id).unwrap_or_default();
+            decode(row, mine)
+        })
+        .collect()
+}
+
+async fn load_lines(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<BTreeMap<Uuid, Vec<StoredLine>>, PurchaseError> {
+    let rows: Vec<(Uuid, i32, i64, i32, Option<serde_json::Value>, Option<i64>)> = sqlx::query_as(
+        "SELECT purchase_id, line, product_id, quantity, snapshot, recreated_product_id \
+         FROM purchase_lines WHERE purchase_id = ANY($1) ORDER BY purchase_id, line",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    let mut by_purchase: BTreeMap<Uuid, Vec<StoredLine>> = BTreeMap::new();
+    for (purchase_id, line, product_id, quantity, memo, recreated_product_id) in rows {
+        let memo = memo
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|err| PurchaseError::Internal(format!("unreadable line memo: {err}")))?;
+        by_purchase
+            .entry(purchase_id)
+            .or_default()
+            .push(StoredLine {
+                line: usize::try_from(line).unwrap_or(0),
+                product_id,
+                quantity,
+                memo,
+                recreated_product_id,
+            });
+    }
+    Ok(by_purchase)
+}
+
+fn decode(row: PurchaseRow, lines: Vec<StoredLine>) -> Result<StoredPurchase, PurchaseError> {
+    let saga = serde_json::from_value(row.saga)
+        .map_err(|err| PurchaseError::Internal(format!("unreadable saga of {}: {err}", row.id)))?;
+    let user_id = UserId::from_uuid(row.user_id)
+        .map_err(|err| PurchaseError::Internal(format!("bad user id on {}: {err}", row.id)))?;
+    Ok(StoredPurchase {
+        id: row.id,
+        user_id,
+        idempotency_key: row.idempotency_key,
+        buyer_ref: row.buyer_ref,
+        saga,
+        deadline: row.deadline,
+        resolution: row.resolution.zip(row.resolution_note),
+        lines,
+        steps: row.steps,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        finished_at: row.finished_at,
+    })
+}
+
+/// The step log of purchase `id`, in order.
+pub async fn step_log(pool: &PgPool, id: Uuid) -> Result<Vec<Event>, PurchaseError> {
+    let events: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT event FROM purchase_steps WHERE purchase_id = $1 ORDER BY seq")
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+    events
+        .into_iter()
+        .map(|event| {
+            serde_json::from_value(event)
+                .map_err(|err| PurchaseError::Internal(format!("unreadable step of {id}: {err}")))
+        })
+        .collect()
+}
+
+/// The `state` column's value for a phase.
+pub fn state_name(phase: &Phase) -> &'static str {
+    match phase {
+        Phase::Taking => "taking",
+        Phase::Finalizing => "finalizing",
+        Phase::Completed => "completed",
+        Phase::Compensating { .. } => "compensating",
+        Phase::Failed { .. } => "failed",
+        Phase::RequiresAttention { .. } => "requires_attention",
+    }
+}
+
+/// Appends `events` to the step log at `seq` and stores the saga they lead to, inside the caller's
+/// transaction. With a lease, the job row is held `FOR SHARE` after checking the fence first, so a
+/// takeover waits for this transaction and a fenced-out worker appends nothing; operators' actions
+/// pass `None` and hold the purchase row instead.
+pub async fn append(
+    conn: &mut PgConnection,
+    lease: Option<&Lease>,
+    id: Uuid,
+    seq: i32,
+    events: &[Event],
+    saga: &Saga,
+) -> Result<(), PurchaseError> {
+    let fence = match lease {
+        Some(lease) => {
+            jobs::store::lock_fenced(&mut *conn, lease)
+                .await
+                .map_err(|err| match err {
+                    JobError::LeaseLost => PurchaseError::LeaseLost,
+                    other => jobs_error(other),
+                })?;
+            lease.fence
+        }
+        None => 0,
+    };
+    let encoded: Vec<serde_json::Value> = events
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()
+        .map_err(|err| PurchaseError::Internal(err.to_string()))?;
+    let seqs: Vec<i32> = (seq..).take(events.len()).collect();
+    sqlx::query(
+        "INSERT INTO purchase_steps (purchase_id, seq, event, fence) \
+         SELECT $1, s.seq, s.event, $4 FROM UNNEST($2::int[], $3::jsonb[]) AS s(seq, event)",
+    )
+    .bind(id)
+    .bind(&seqs)
+    .bind(&encoded)
+    .bind(fence)
+    .execute(&mut *conn)
+    .await?;
+    let failure_reason = match &saga.phase {
+        Phase::Failed { reason } | Phase::RequiresAttention { reason } => Some(reason.as_str()),
+        _ => None,
+    };
+    let saga_json =
+        serde_json::to_value(saga).map_err(|err| PurchaseError::Internal(err.to_string()))?;
+    sqlx::query(
+        "UPDATE purchases SET saga = $2, state = $3, failure_reason = $4, updated_at = now(), \
+             finished_at = CASE WHEN $5 THEN coalesce(finished_at, now()) ELSE NULL END \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&saga_json)
+    .bind(state_name(&saga.phase))
+    .bind(failure_reason)
+    .bind(saga.phase.is_terminal())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes the CardTrader locks of every product in `product_ids` for purchase `id`, all or none: a
+/// product locked by another purchase leaves nothing taken and returns `false`. Locks this
+/// purchase already holds (from before a crash) count as taken.
+pub async fn lock_products(
+    pool: &PgPool,
+    user_id: UserId,
+    id: Uuid,
+    product_ids: &[i64],
+) -> Result<bool, PurchaseError> {
+    let mut ids = product_ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut tx = pool.begin().await?;
+    // Inserted in id order, so two purchases wanting overlapping products never wait on each other
+    // in a cycle.
+    sqlx::query(
+        "INSERT INTO purchase_product_locks (user_id, product_id, purchase_id) \
+         SELECT $1, p, $3 FROM UNNEST($2::bigint[]) AS p ORDER BY p \
+         ON CONFLICT ON CONSTRAINT purchase_product_locks_pkey DO NOTHING",
+    )
+    .bind(user_id.as_uuid())
+    .bind(&ids)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM purchase_product_locks \
+         WHERE user_id = $1 AND product_id = ANY($2) AND purchase_id = $3",
+    )
+    .bind(user_id.as_uuid())
+    .bind(&ids)
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if held as usize == ids.len() {
+        tx.commit().await?;
+        Ok(true)
+    } else {
+        tx.rollback().await?;
+        Ok(false)
+    }
+}
+
+/// Drops every CardTrader lock purchase `id` holds; part of the step that ends it.
+pub async fn unlock_products(conn: &mut PgConnection, id: Uuid) -> Result<(), PurchaseError> {
+    sqlx::query("DELETE FROM purchase_product_locks WHERE purchase_id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores what was learnt about a line on CardTrader.
+pub async fn save_memo(
+    conn: &mut PgConnection,
+    id: Uuid,
+    line: usize,
+    memo: &LineMemo,
+) -> Result<(), PurchaseError> {
+    let memo =
+        serde_json::to_value(memo).map_err(|err| PurchaseError::Internal(err.to_string()))?;
+    sqlx::query("UPDATE purchase_lines SET snapshot = $3 WHERE purchase_id = $1 AND line = $2")
+        .bind(id)
+        .bind(line as i32)
+        .bind(&memo)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A give-back re-created line `line`'s product as `new_id`: the local row, and the lines of other
+/// unfinished purchases of the old product (which cannot have touched it on CardTrader: this
+/// purchase holds its lock), now point to the new product. When the seller already has a local row
+/// for `new_id` (CardTrader merged the create into an identical product) nothing is re-pointed and
+/// the next sync reconciles the two.
+pub async fn repoint(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    id: Uuid,
+    line: usize,
+    old_id: i64,
+    new_id: i64,
+) -> Result<(), PurchaseError> {
+    let moved = sqlx::query(
+        "UPDATE inventory_items SET product_id = $3, updated_at = now() \
+         WHERE user_id = $1 AND product_id = $2 \
+           AND NOT EXISTS (SELECT 1 FROM inventory_items WHERE user_id = $1 AND product_id = $3)",
+    )
+    .bind(user_id.as_uuid())
+    .bind(old_id)
+    .bind(new_id)
+    .execute(&mut *conn)
+    .await?;
+    if moved.rows_affected() == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE purchase_lines SET recreated_product_id = $4 WHERE purchase_id = $1 AND line = $2 AND product_id = $3",
+    )
+    .bind(id)
+    .bind(line as i32)
+    .bind(old_id)
+    .bind(new_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE purchase_lines l SET product_id = $3 FROM purchases p \
+         WHERE l.purchase_id = p.id AND p.user_id = $1 AND p.id <> $4 AND l.product_id = $2 \
+           AND l.recreated_product_id IS NULL AND p.state IN ('taking', 'compensating')",
+    )
+    .bind(user_id.as_uuid())
+    .bind(old_id)
+    .bind(new_id)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The sale stands locally: each line's item loses its quantity and its reservation.
+pub async fn commit_sale(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    lines: &[StoredLine],
+) -> Result<(), PurchaseError> {
+    let (ids, amounts) = amounts_by_item(lines);
+    sqlx::query(
+        "UPDATE inventory_items i SET quantity = i.quantity - w.amount, \
+             reserved_quantity = i.reserved_quantity - w.amount, updated_at = now() \
+         FROM (SELECT * FROM UNNEST($2::bigint[], $3::int[]) AS w(product_id, amount) ORDER BY product_id) w \
+         WHERE i.user_id = $1 AND i.product_id = w.product_id",
+    )
+    .bind(user_id.as_uuid())
+    .bind(&ids)
+    .bind(&amounts)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The purchase is undone locally: reservations released, and an item CardTrader was seen to have
+/// less of than the shop thought is lowered to CardTrader's quantity, when no other purchase holds
+/// a reservation on it (else the next sync corrects it).
+pub async fn release(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    lines: &[StoredLine],
+    corrections: &[(i64, i64)],
+) -> Result<(), PurchaseError> {
+    let (ids, amounts) = amounts_by_item(lines);
+    sqlx::query(
+        "UPDATE inventory_items i SET reserved_quantity = i.reserved_quantity - w.amount, updated_at = now() \
+         FROM (SELECT * FROM UNNEST($2::bigint[], $3::int[]) AS w(product_id, amount) ORDER BY product_id) w \
+         WHERE i.user_id = $1 AND i.product_id = w.product_id",
+    )
+    .bind(user_id.as_uuid())
+    .bind(&ids)
+    .bind(&amounts)
+    .execute(&mut *conn)
+    .await?;
+    if !corrections.is_empty() {
+        let (ids, seen): (Vec<i64>, Vec<i64>) = corrections.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE inventory_items i SET quantity = LEAST(i.quantity, c.seen::int), updated_at = now() \
+             FROM UNNEST($2::bigint[], $3::bigint[]) AS c(product_id, seen) \
+             WHERE i.user_id = $1 AND i.product_id = c.product_id AND i.reserved_quantity = 0 \
+               AND i.quantity > c.seen",
+        )
+        .bind(user_id.as_uuid())
+        .bind(&ids)
+        .bind(&seen)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Per local item, the quantity of the lines, in item id order.
+fn amounts_by_item(lines: &[StoredLine]) -> (Vec<i64>, Vec<i32>) {
+    let mut amounts: BTreeMap<i64, i32> = BTreeMap::new();
+    for line in lines {
+        *amounts.entry(line.local_product_id()).or_default() += line.quantity;
+    }
+    amounts.into_iter().unzip()
+}
+
+/// Holds purchase `id` for an operator's action: its row locked, its state returned.
+pub async fn lock_for_operator(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<String>, PurchaseError> {
+    Ok(
+        sqlx::query_scalar("SELECT state FROM purchases WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
+/// Records an operator's resolution of purchase `id`.
+pub async fn record_resolution(
+    conn: &mut PgConnection,
+    id: Uuid,
+    resolution: &str,
+    note: &str,
+) -> Result<(), PurchaseError> {
+    sqlx::query("UPDATE purchases SET resolution = $2, resolution_note = $3 WHERE id = $1")
+        .bind(id)
+        .bind(resolution)
+        .bind(note)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Purchases waiting for a person, for the gauge.
+pub async fn attention_count(pool: &PgPool) -> Result<i64, PurchaseError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM purchases WHERE state = 'requires_attention'")
+            .fetch_one(pool)
+            .await?,
+    )
 }

@@ -54,7 +54,16 @@ pub(crate) async fn apply(state: Arc<SimState>, req: Request, next: Next) -> Res
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
-    let action = roll(&faults, &mut rand::rng());
+    let in_scope =
+        faults.path_ends_with.is_empty() || req.uri().path().ends_with(&faults.path_ends_with);
+    let mut action = if in_scope {
+        roll(&faults, &mut rand::rng())
+    } else {
+        Action::Pass
+    };
+    if action != Action::Pass && !state.take_fault(&faults) {
+        action = Action::Pass;
+    }
     match action {
         Action::Pass => next.run(req).await,
         Action::Json5xx(status) => json_error(status),

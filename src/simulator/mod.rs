@@ -132,6 +132,11 @@ pub struct Faults {
     pub burst_429: u32,
     /// Extra delay before `/products/export` starts answering.
     pub export_delay_ms: u64,
+    /// When not empty, the rates above apply only to requests whose path ends with this (e.g.
+    /// `/increment`), so a test can fail one kind of call and let the others through.
+    pub path_ends_with: String,
+    /// When not 0, only this many requests are faulted (latency excepted); then the rates stop.
+    pub max_faulted: u32,
 }
 
 /// One simulated CardTrader account: its token, ids and webhook secret.

@@ -104,6 +104,8 @@ pub(crate) struct SimState {
     pub(crate) config: SimulatorConfig,
     faults: RwLock<Faults>,
     burst_left: AtomicU32,
+    /// Faults left before the rates stop, when `max_faulted` is set.
+    faulted_left: AtomicU32,
     sellers: RwLock<Sellers>,
     pub(crate) jobs: Jobs,
     pub(crate) orders: Mutex<OrderBook>,
@@ -117,6 +119,7 @@ impl SimState {
         let state = Arc::new(Self {
             faults: RwLock::new(Faults::default()),
             burst_left: AtomicU32::new(0),
+            faulted_left: AtomicU32::new(0),
             sellers: RwLock::default(),
             jobs: Jobs::default(),
             orders: Mutex::default(),
@@ -183,7 +186,19 @@ impl SimState {
     /// Replaces the faults; `burst_429` starts a new burst.
     pub(crate) fn set_faults(&self, faults: Faults) {
         self.burst_left.store(faults.burst_429, Ordering::Relaxed);
+        self.faulted_left
+            .store(faults.max_faulted, Ordering::Relaxed);
         *self.faults.write().unwrap_or_else(PoisonError::into_inner) = faults;
+    }
+
+    /// Whether a fault rolled for a request may be applied: always without `max_faulted`, else
+    /// while any of the allowance is left (taking one).
+    pub(crate) fn take_fault(&self, faults: &Faults) -> bool {
+        faults.max_faulted == 0
+            || self
+                .faulted_left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
     }
 
     /// Takes one request out of the injected 429 burst, if any is left.

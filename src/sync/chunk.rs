@@ -41,6 +41,8 @@ pub struct ChunkTarget<'a> {
     pub lease: &'a Lease,
     /// `SET LOCAL statement_timeout` of the transaction.
     pub statement_timeout: Duration,
+    /// When the export was requested (database time): rows changed since keep their quantity.
+    pub read_since: chrono::DateTime<chrono::Utc>,
 }
 
 /// Why a chunk could not be written.
@@ -146,7 +148,7 @@ async fn write_once(
         .bind(format!("{}ms", target.statement_timeout.as_millis()))
         .execute(&mut *tx)
         .await?;
-    let written = upsert::upsert_rows(&mut tx, user_id, rows).await?;
+    let written = upsert::upsert_rows(&mut tx, user_id, rows, target.read_since).await?;
     let progress = SyncProgress {
         chunks_done: 1,
         products_seen: rows.len() as u64,

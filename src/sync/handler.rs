@@ -153,6 +153,12 @@ impl SyncHandler {
             .await
             .map_err(job_failure)?;
 
+        // Database time, like the rows' `updated_at`: a row changed after this keeps its quantity
+        // (the export may predate the change) and is not swept.
+        let read_since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(transient)?;
         let options = match scope {
             SyncScope::Full => CallOptions::bulk(self.settings.export_budget),
             SyncScope::Targeted { .. } => CallOptions::interactive(self.settings.export_budget),
@@ -165,7 +171,7 @@ impl SyncHandler {
         // one more is being read.
         let mut written = std::pin::pin!(
             chunks
-                .map_ok(|products| self.write(context, products))
+                .map_ok(|products| self.write(context, products, read_since))
                 .try_buffer_unordered(self.settings.chunks_in_flight)
         );
         // The product ids this attempt's export listed: what the sweep keeps. Per attempt and in
@@ -191,6 +197,7 @@ impl SyncHandler {
             sweep_scope,
             &seen,
             self.settings.sweep_batch,
+            read_since,
         )
         .await
         .map_err(job_failure)?;
@@ -234,6 +241,7 @@ impl SyncHandler {
         &self,
         context: &JobContext,
         products: Vec<Product>,
+        read_since: chrono::DateTime<chrono::Utc>,
     ) -> Result<(ChunkOutcome, Vec<i64>), Stop> {
         let user_id = context.lease.job.user_id;
         let rows = self.rows(user_id, &products).await?;
@@ -244,6 +252,7 @@ impl SyncHandler {
             writers: &self.writers,
             lease: &context.lease,
             statement_timeout: self.settings.statement_timeout,
+            read_since,
         };
         let outcome = write_chunk(target, user_id, rows, &self.metrics)
             .await

@@ -124,6 +124,7 @@ pub async fn sweep(
     scope: SweepScope<'_>,
     seen: &RoaringTreemap,
     batch: i64,
+    read_since: chrono::DateTime<chrono::Utc>,
 ) -> Result<u64, JobError> {
     let (all, blueprints, expansions) = scope.binds();
     let (mut deleted, mut after) = (0, i64::MIN);
@@ -155,10 +156,11 @@ pub async fn sweep(
         if !stale.is_empty() {
             let done = sqlx::query(
                 "DELETE FROM inventory_items \
-                 WHERE user_id = $1 AND product_id = ANY($2) AND reserved_quantity = 0",
+                 WHERE user_id = $1 AND product_id = ANY($2) AND reserved_quantity = 0 AND updated_at < $3",
             )
             .bind(user_id.as_uuid())
             .bind(&stale)
+            .bind(read_since)
             .execute(&mut *tx)
             .await?;
             deleted += done.rows_affected();

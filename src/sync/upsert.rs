@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
@@ -42,11 +43,14 @@ pub fn fingerprint(row: &SyncRow) -> i64 {
 }
 
 /// Upserts `rows` (sorted by product id by the caller, the lock order that keeps concurrent chunks
-/// from deadlocking) and returns how many rows were inserted or changed.
+/// from deadlocking) and returns how many rows were inserted or changed. `read_since` is when the
+/// export these rows come from was requested: a row changed locally since then (a purchase, an
+/// edit) keeps its quantity, which the export may predate.
 pub async fn upsert_rows(
     conn: &mut PgConnection,
     user_id: UserId,
     rows: &[SyncRow],
+    read_since: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
     let fingerprints: Vec<i64> = rows.iter().map(fingerprint).collect();
     let stale = stale_products(conn, user_id, rows, &fingerprints).await?;
@@ -58,7 +62,7 @@ pub async fn upsert_rows(
         .zip(fingerprints)
         .filter(|(row, _)| stale.contains(&row.product_id))
         .unzip();
-    write_rows(conn, user_id, &changed, &fingerprints).await
+    write_rows(conn, user_id, &changed, &fingerprints, read_since).await
 }
 
 /// The products whose stored fingerprint is missing or differs: new rows, rows changed upstream,
@@ -84,12 +88,15 @@ async fn stale_products(
 }
 
 /// One set-based upsert of `rows` with their fingerprints. A row is rewritten only when its content
-/// or fingerprint differs; a reserved row keeps its local quantity (the saga owns it until it ends).
+/// or fingerprint differs. A reserved row (a saga owns its quantity until it ends) or one changed
+/// since `read_since` keeps its local quantity, and loses its fingerprint so the next sync compares
+/// it in full.
 async fn write_rows(
     conn: &mut PgConnection,
     user_id: UserId,
     rows: &[&SyncRow],
     fingerprints: &[i64],
+    read_since: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
     let column = |value: fn(&SyncRow) -> Option<&str>| -> Vec<Option<&str>> {
         rows.iter().map(|row| value(row)).collect()
@@ -120,15 +127,19 @@ async fn write_rows(
          ON CONFLICT ON CONSTRAINT inventory_items_pkey DO UPDATE SET \
              blueprint_id = EXCLUDED.blueprint_id, expansion_id = EXCLUDED.expansion_id, \
              print_id = EXCLUDED.print_id, print_table = EXCLUDED.print_table, name = EXCLUDED.name, \
-             quantity = CASE WHEN i.reserved_quantity > 0 THEN i.quantity ELSE EXCLUDED.quantity END, \
+             quantity = CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN i.quantity \
+                 ELSE EXCLUDED.quantity END, \
              price_cents = EXCLUDED.price_cents, currency = EXCLUDED.currency, properties = EXCLUDED.properties, \
              description = EXCLUDED.description, user_data_field = EXCLUDED.user_data_field, tag = EXCLUDED.tag, \
-             graded = EXCLUDED.graded, sync_hash = EXCLUDED.sync_hash, updated_at = now() \
+             graded = EXCLUDED.graded, \
+             sync_hash = CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN NULL \
+                 ELSE EXCLUDED.sync_hash END, \
+             updated_at = now() \
          WHERE (i.blueprint_id, i.expansion_id, i.print_id, i.print_table, i.name, \
-                CASE WHEN i.reserved_quantity > 0 THEN 0 ELSE i.quantity END, i.price_cents, i.currency, \
-                i.properties, i.description, i.user_data_field, i.tag, i.graded, i.sync_hash) \
+                CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN 0 ELSE i.quantity END, i.price_cents, \
+                i.currency, i.properties, i.description, i.user_data_field, i.tag, i.graded, i.sync_hash) \
            IS DISTINCT FROM (EXCLUDED.blueprint_id, EXCLUDED.expansion_id, EXCLUDED.print_id, EXCLUDED.print_table, \
-                EXCLUDED.name, CASE WHEN i.reserved_quantity > 0 THEN 0 ELSE EXCLUDED.quantity END, \
+                EXCLUDED.name, CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN 0 ELSE EXCLUDED.quantity END, \
                 EXCLUDED.price_cents, EXCLUDED.currency, EXCLUDED.properties, EXCLUDED.description, \
                 EXCLUDED.user_data_field, EXCLUDED.tag, EXCLUDED.graded, EXCLUDED.sync_hash)",
     )
@@ -148,6 +159,7 @@ async fn write_rows(
     .bind(&tags)
     .bind(&graded)
     .bind(fingerprints)
+    .bind(read_since)
     .execute(&mut *conn)
     .await?;
     Ok(written.rows_affected())

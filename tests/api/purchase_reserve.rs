@@ -65,8 +65,8 @@ async fn a_purchase_reserves_its_lines_once_and_a_replay_touches_nothing() {
     let user = seller_with_items(&db, &[(1, 5), (2, 5)]).await;
     let request = purchase(user, "k-1", &[(2, 1), (1, 2), (2, 1)]);
 
-    let first = store::reserve(&db.pool, &request).await.unwrap();
-    let replay = store::reserve(&db.pool, &request).await.unwrap();
+    let first = store::reserve(&db.pool, &request, 1_000).await.unwrap();
+    let replay = store::reserve(&db.pool, &request, 1_000).await.unwrap();
 
     let Reserved::Created(id) = first else {
         panic!("{first:?}")
@@ -87,11 +87,11 @@ async fn a_purchase_reserves_its_lines_once_and_a_replay_touches_nothing() {
 async fn the_same_key_with_another_request_is_a_conflict() {
     let db = TestDatabase::new().await;
     let user = seller_with_items(&db, &[(1, 5)]).await;
-    store::reserve(&db.pool, &purchase(user, "k-1", &[(1, 1)]))
+    store::reserve(&db.pool, &purchase(user, "k-1", &[(1, 1)]), 1_000)
         .await
         .unwrap();
 
-    let other = store::reserve(&db.pool, &purchase(user, "k-1", &[(1, 2)])).await;
+    let other = store::reserve(&db.pool, &purchase(user, "k-1", &[(1, 2)]), 1_000).await;
 
     assert!(
         matches!(other, Err(PurchaseError::KeyConflict)),
@@ -105,8 +105,8 @@ async fn a_short_or_unknown_item_reserves_nothing_and_records_nothing() {
     let db = TestDatabase::new().await;
     let user = seller_with_items(&db, &[(1, 5), (2, 1)]).await;
 
-    let short = store::reserve(&db.pool, &purchase(user, "k-1", &[(1, 2), (2, 2)])).await;
-    let unknown = store::reserve(&db.pool, &purchase(user, "k-2", &[(1, 1), (9, 1)])).await;
+    let short = store::reserve(&db.pool, &purchase(user, "k-1", &[(1, 2), (2, 2)]), 1_000).await;
+    let unknown = store::reserve(&db.pool, &purchase(user, "k-2", &[(1, 1), (9, 1)]), 1_000).await;
 
     assert!(
         matches!(
@@ -138,7 +138,7 @@ async fn two_hundred_buyers_racing_for_ten_units_reserve_exactly_ten() {
                 db.pool.clone(),
                 purchase(user, &format!("k-{n}"), &[(1, 1)]),
             );
-            tokio::spawn(async move { store::reserve(&pool, &request).await })
+            tokio::spawn(async move { store::reserve(&pool, &request, 1_000).await })
         })
         .collect();
     let (mut won, mut short) = (0, 0);

@@ -107,6 +107,7 @@ async fn write(
         writers: &writers,
         lease,
         statement_timeout: TIMEOUT,
+        read_since: chrono::Utc::now(),
     };
     write_chunk(target, user, rows, metrics).await
 }
@@ -231,9 +232,17 @@ async fn the_sweep_deletes_what_this_sync_did_not_see_but_spares_reserved_rows_a
     write(&db.pool, &new, user, after.clone(), &metrics)
         .await
         .unwrap();
-    let deleted = sweep(&db.pool, user, &new, SweepScope::All, &seen(1..=60), 7)
-        .await
-        .unwrap();
+    let deleted = sweep(
+        &db.pool,
+        user,
+        &new,
+        SweepScope::All,
+        &seen(1..=60),
+        7,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(deleted, 39, "61..=99 gone, 100 is reserved");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE user_id = $1")
@@ -278,6 +287,7 @@ async fn a_scoped_sweep_only_touches_its_blueprint() {
         },
         &seen(1..=1),
         100,
+        chrono::Utc::now(),
     )
     .await
     .unwrap();
@@ -334,6 +344,7 @@ async fn a_worker_whose_lease_was_taken_over_sweeps_nothing() {
         SweepScope::All,
         &roaring::RoaringTreemap::new(),
         100,
+        chrono::Utc::now(),
     )
     .await;
 
@@ -490,9 +501,17 @@ async fn the_item_counter_follows_inserts_updates_sweeps_and_purges() {
     )
     .await
     .unwrap();
-    let swept = sweep(&db.pool, user, &new, SweepScope::All, &seen(1..=40), 7)
-        .await
-        .unwrap();
+    let swept = sweep(
+        &db.pool,
+        user,
+        &new,
+        SweepScope::All,
+        &seen(1..=40),
+        7,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(swept, 20);
     assert_eq!(counter(user).await, 40);
 

@@ -1,0 +1,368 @@
+//! `PurchaseService`: checked input in, one call into [`Purchases`], purchases out.
+
+use std::{collections::HashSet, pin::Pin, time::Duration};
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::{
+    accounts::timestamp,
+    auth,
+    layers::RpcDeadline,
+    pb::v1 as pb,
+    status,
+    sync::{encode_page_token, page_token},
+};
+use crate::{
+    domain::UserId,
+    purchase::{
+        NewPurchase, PurchaseLine,
+        saga::{LineStatus, Phase},
+        service::Purchases,
+        store::{StoredPurchase, state_name},
+    },
+};
+
+/// Lines one purchase may have.
+const MAX_PURCHASE_LINES: usize = 100;
+/// Longest idempotency key or buyer reference.
+const MAX_REFERENCE_LEN: usize = 200;
+/// Longest operator note.
+const MAX_NOTE_LEN: usize = 2_000;
+/// Purchase answers this long before the RPC's deadline with the saga's current state, so the
+/// caller gets a state rather than DEADLINE_EXCEEDED.
+const ANSWER_MARGIN: Duration = Duration::from_millis(50);
+/// How long one WatchPurchase wait lasts before it re-reads anyway.
+const WATCH_SLICE: Duration = Duration::from_secs(5);
+
+/// Handler state of `PurchaseService`.
+#[derive(Debug, Clone)]
+pub(crate) struct PurchaseApi {
+    pub(crate) purchases: Purchases,
+    /// How long a purchase may take stock before it is compensated.
+    pub(crate) purchase_deadline: Duration,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Purchase, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::purchase_service_server::PurchaseService for PurchaseApi {
+    async fn purchase(
+        &self,
+        request: Request<pb::PurchaseRequest>,
+    ) -> Result<Response<pb::Purchase>, Status> {
+        let user_id = user_id(&request.get_ref().user_id)?;
+        auth::require_user(&request, user_id)?;
+        let answer_by = request
+            .extensions()
+            .get::<RpcDeadline>()
+            .map_or_else(
+                || tokio::time::Instant::now() + Duration::from_secs(30),
+                |deadline| deadline.0,
+            )
+            .checked_sub(ANSWER_MARGIN)
+            .unwrap_or_else(tokio::time::Instant::now);
+        let new = new_purchase(
+            user_id,
+            request.into_inner(),
+            chrono::Utc::now()
+                + chrono::Duration::from_std(self.purchase_deadline)
+                    .unwrap_or(chrono::Duration::seconds(30)),
+        )?;
+        let outcome = self.purchases.purchase(&new, answer_by).await?;
+        let mut answer = encode(&outcome.purchase);
+        answer.replayed = outcome.replayed;
+        if let Phase::Failed { reason } = &outcome.purchase.saga.phase {
+            return Err(Status::aborted(format!(
+                "purchase {} failed and was undone: {reason}",
+                outcome.purchase.id
+            )));
+        }
+        Ok(Response::new(answer))
+    }
+
+    async fn get_purchase(
+        &self,
+        request: Request<pb::GetPurchaseRequest>,
+    ) -> Result<Response<pb::Purchase>, Status> {
+        let purchase = self.owned(&request).await?;
+        Ok(Response::new(encode(&purchase)))
+    }
+
+    async fn list_purchases(
+        &self,
+        request: Request<pb::ListPurchasesRequest>,
+    ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
+        let user_id = user_id(&request.get_ref().user_id)?;
+        auth::require_user(&request, user_id)?;
+        let body = request.into_inner();
+        let page_size = match body.page_size {
+            0 => 20,
+            size @ 1..=100 => i64::from(size),
+            _ => {
+                return Err(status::invalid_argument(
+                    "page_size",
+                    "must be between 1 and 100",
+                ));
+            }
+        };
+        let state = match pb::PurchaseState::try_from(body.state) {
+            Ok(pb::PurchaseState::Unspecified) => None,
+            Ok(state) => Some(state_column(state)),
+            Err(_) => return Err(status::invalid_argument("state", "unknown state")),
+        };
+        let before = page_token(&body.page_token)?;
+        let purchases = self
+            .purchases
+            .list(user_id, state, before, page_size)
+            .await?;
+        let next_page_token = match purchases.last() {
+            Some(last) if purchases.len() as i64 == page_size => {
+                encode_page_token(last.created_at, last.id)
+            }
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListPurchasesResponse {
+            purchases: purchases.iter().map(encode).collect(),
+            next_page_token,
+        }))
+    }
+
+    type WatchPurchaseStream = WatchStream;
+
+    async fn watch_purchase(
+        &self,
+        request: Request<pb::GetPurchaseRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let first = self.owned(&request).await?;
+        let purchases = self.purchases.clone();
+        let stream = futures::stream::unfold(Some(first), move |next| {
+            let purchases = purchases.clone();
+            async move {
+                let purchase = next?;
+                let encoded = encode(&purchase);
+                let follow = if purchase.saga.phase.is_terminal() {
+                    None
+                } else {
+                    let until = tokio::time::Instant::now() + WATCH_SLICE;
+                    // Waits for the next step (or a slice), then the stream sends it.
+                    let mut changed = purchases
+                        .changed_since(purchase.id, purchase.steps, until)
+                        .await;
+                    while matches!(&changed, Ok(p) if p.steps == purchase.steps && !p.saga.phase.is_terminal())
+                    {
+                        let until = tokio::time::Instant::now() + WATCH_SLICE;
+                        changed = purchases
+                            .changed_since(purchase.id, purchase.steps, until)
+                            .await;
+                    }
+                    match changed {
+                        Ok(changed) => Some(changed),
+                        Err(err) => return Some((Err(Status::from(err)), None)),
+                    }
+                };
+                Some((Ok(encoded), follow))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn retry_purchase(
+        &self,
+        request: Request<pb::GetPurchaseRequest>,
+    ) -> Result<Response<pb::Purchase>, Status> {
+        auth::require_service(&request)?;
+        let id = purchase_id(&request.get_ref().purchase_id)?;
+        Ok(Response::new(encode(&self.purchases.retry(id).await?)))
+    }
+
+    async fn resolve_purchase(
+        &self,
+        request: Request<pb::ResolvePurchaseRequest>,
+    ) -> Result<Response<pb::Purchase>, Status> {
+        auth::require_service(&request)?;
+        let body = request.into_inner();
+        let id = purchase_id(&body.purchase_id)?;
+        let sold = match pb::Resolution::try_from(body.resolution) {
+            Ok(pb::Resolution::Sold) => true,
+            Ok(pb::Resolution::Undone) => false,
+            _ => {
+                return Err(status::invalid_argument(
+                    "resolution",
+                    "must be RESOLUTION_SOLD or RESOLUTION_UNDONE",
+                ));
+            }
+        };
+        let note = body.note.trim();
+        if note.is_empty() || note.chars().count() > MAX_NOTE_LEN {
+            return Err(status::invalid_argument(
+                "note",
+                format!("required, at most {MAX_NOTE_LEN} characters"),
+            ));
+        }
+        Ok(Response::new(encode(
+            &self.purchases.resolve(id, sold, note).await?,
+        )))
+    }
+}
+
+impl PurchaseApi {
+    /// The purchase named in the request, if the caller may see it.
+    async fn owned(
+        &self,
+        request: &Request<pb::GetPurchaseRequest>,
+    ) -> Result<StoredPurchase, Status> {
+        let id = purchase_id(&request.get_ref().purchase_id)?;
+        let purchase = self.purchases.get(id).await?;
+        auth::require_user(request, purchase.user_id)?;
+        Ok(purchase)
+    }
+}
+
+fn user_id(raw: &str) -> Result<UserId, Status> {
+    UserId::parse(raw).map_err(|err| status::invalid_argument("user_id", err))
+}
+
+fn purchase_id(raw: &str) -> Result<Uuid, Status> {
+    Uuid::try_parse(raw.trim())
+        .map_err(|_| status::invalid_argument("purchase_id", "must be a UUID"))
+}
+
+/// The request checked field by field; the first bad field is named.
+fn new_purchase(
+    user_id: UserId,
+    body: pb::PurchaseRequest,
+    deadline: chrono::DateTime<chrono::Utc>,
+) -> Result<NewPurchase, Status> {
+    let key = body.idempotency_key.trim();
+    if key.is_empty() || key.chars().count() > MAX_REFERENCE_LEN {
+        return Err(status::invalid_argument(
+            "idempotency_key",
+            format!("required, at most {MAX_REFERENCE_LEN} characters"),
+        ));
+    }
+    if body.buyer_ref.chars().count() > MAX_REFERENCE_LEN {
+        return Err(status::invalid_argument(
+            "buyer_ref",
+            format!("at most {MAX_REFERENCE_LEN} characters"),
+        ));
+    }
+    if body.lines.is_empty() || body.lines.len() > MAX_PURCHASE_LINES {
+        return Err(status::invalid_argument(
+            "lines",
+            format!("1 to {MAX_PURCHASE_LINES} lines"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut lines = Vec::with_capacity(body.lines.len());
+    for (index, line) in body.lines.iter().enumerate() {
+        if line.item_id <= 0 {
+            return Err(status::invalid_argument(
+                &format!("lines[{index}].item_id"),
+                "must be positive",
+            ));
+        }
+        if line.quantity < 1 {
+            return Err(status::invalid_argument(
+                &format!("lines[{index}].quantity"),
+                "must be at least 1",
+            ));
+        }
+        // One line per item: CardTrader's stock of an item is taken in one call.
+        if !seen.insert(line.item_id) {
+            return Err(status::invalid_argument(
+                &format!("lines[{index}].item_id"),
+                "each item may appear in one line only",
+            ));
+        }
+        lines.push(PurchaseLine {
+            product_id: line.item_id,
+            quantity: line.quantity,
+        });
+    }
+    Ok(NewPurchase {
+        user_id,
+        idempotency_key: key.to_owned(),
+        lines,
+        buyer_ref: body.buyer_ref,
+        deadline,
+    })
+}
+
+fn state_column(state: pb::PurchaseState) -> &'static str {
+    match state {
+        pb::PurchaseState::Taking | pb::PurchaseState::Unspecified => "taking",
+        pb::PurchaseState::Finalizing => "finalizing",
+        pb::PurchaseState::Completed => "completed",
+        pb::PurchaseState::Compensating => "compensating",
+        pb::PurchaseState::Failed => "failed",
+        pb::PurchaseState::RequiresAttention => "requires_attention",
+    }
+}
+
+fn encode_state(phase: &Phase) -> pb::PurchaseState {
+    match state_name(phase) {
+        "taking" => pb::PurchaseState::Taking,
+        "finalizing" => pb::PurchaseState::Finalizing,
+        "completed" => pb::PurchaseState::Completed,
+        "compensating" => pb::PurchaseState::Compensating,
+        "failed" => pb::PurchaseState::Failed,
+        _ => pb::PurchaseState::RequiresAttention,
+    }
+}
+
+fn encode_line(status: LineStatus) -> pb::LineState {
+    match status {
+        LineStatus::Pending => pb::LineState::Pending,
+        LineStatus::DecrementSent => pb::LineState::DecrementSent,
+        LineStatus::Taken => pb::LineState::Taken,
+        LineStatus::Refused => pb::LineState::Refused,
+        LineStatus::GiveBackSent => pb::LineState::GiveBackSent,
+        LineStatus::GivenBack => pb::LineState::GivenBack,
+    }
+}
+
+pub(crate) fn encode(purchase: &StoredPurchase) -> pb::Purchase {
+    let failure_reason = match &purchase.saga.phase {
+        Phase::Failed { reason }
+        | Phase::RequiresAttention { reason }
+        | Phase::Compensating { reason } => reason.clone(),
+        _ => String::new(),
+    };
+    let (resolution, resolution_note) = purchase.resolution.clone().unwrap_or_default();
+    pb::Purchase {
+        purchase_id: purchase.id.to_string(),
+        user_id: purchase.user_id.to_string(),
+        idempotency_key: purchase.idempotency_key.clone(),
+        buyer_ref: purchase.buyer_ref.clone(),
+        state: encode_state(&purchase.saga.phase).into(),
+        lines: purchase
+            .lines
+            .iter()
+            .map(|line| pb::PurchaseLineStatus {
+                item_id: line.product_id,
+                quantity: line.quantity,
+                state: encode_line(
+                    purchase
+                        .saga
+                        .lines
+                        .get(line.line)
+                        .copied()
+                        .unwrap_or(LineStatus::Pending),
+                )
+                .into(),
+                recreated_item_id: line.recreated_product_id.unwrap_or(0),
+            })
+            .collect(),
+        failure_reason,
+        resolution,
+        resolution_note,
+        steps: u32::try_from(purchase.steps).unwrap_or(0),
+        replayed: false,
+        created_at: Some(timestamp(purchase.created_at)),
+        updated_at: Some(timestamp(purchase.updated_at)),
+        finished_at: purchase.finished_at.map(timestamp),
+        deadline: Some(timestamp(purchase.deadline)),
+    }
+}

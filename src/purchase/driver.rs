@@ -1,0 +1,794 @@
+//! Runs purchase sagas on the durable job worker. Each attempt folds the step log back into the saga
+//! and carries on from [`Saga::next_step`], so a purchase whose worker died is resumed by whichever
+//! worker takes its lease over. CardTrader is only called between transactions: every step writes
+//! its intent (with what CardTrader showed before) to the step log first and its result after, so an
+//! unknown outcome is decided by re-reading CardTrader, never by sending again.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::{
+    GiveBackPlan, KIND_PURCHASE, LineMemo, ProductSnapshot, PurchaseError,
+    saga::{Event, LineStatus, Phase, Saga, Step},
+    store::{self, StoredLine, StoredPurchase},
+};
+use crate::{
+    accounts::{Accounts, Credentials},
+    jobs::worker::{JobContext, JobFailure, JobHandler},
+    marketplace::{
+        CallOptions, ExportFilter, MarketplaceError,
+        types::{NewProduct, Product},
+    },
+    metrics::Metrics,
+    retry::full_jitter,
+};
+
+/// Tells waiting callers on this replica that a purchase moved; they re-read it. Callers whose
+/// purchase another replica drives find out by polling.
+#[derive(Debug, Clone)]
+pub struct PurchaseEvents {
+    sender: broadcast::Sender<Uuid>,
+}
+
+impl Default for PurchaseEvents {
+    fn default() -> Self {
+        // A lagging receiver just re-reads its purchase, so a small buffer is enough.
+        let (sender, _) = broadcast::channel(1024);
+        Self { sender }
+    }
+}
+
+impl PurchaseEvents {
+    /// Announces that purchase `id` changed.
+    pub fn changed(&self, id: Uuid) {
+        // No receiver is fine: nobody is waiting.
+        let _ = self.sender.send(id);
+    }
+
+    /// A receiver of every announcement from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
+        self.sender.subscribe()
+    }
+}
+
+/// The `purchase` job kind.
+#[derive(Debug, Clone)]
+pub struct PurchaseHandler {
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// Sellers' tokens and the CardTrader client.
+    pub accounts: Accounts,
+    /// Step latency, outcomes, compensations.
+    pub metrics: Metrics,
+    /// Wakes callers waiting on this replica.
+    pub events: PurchaseEvents,
+    /// Budget of one CardTrader call (rate-limit wait included).
+    pub call_budget: Duration,
+}
+
+#[tonic::async_trait]
+impl JobHandler for PurchaseHandler {
+    fn kind(&self) -> &'static str {
+        KIND_PURCHASE
+    }
+
+    async fn run(&self, context: JobContext) -> Result<(), JobFailure> {
+        let id = context
+            .lease
+            .job
+            .payload
+            .get("purchase_id")
+            .and_then(|id| id.as_str())
+            .and_then(|id| Uuid::try_parse(id).ok())
+            .ok_or_else(|| JobFailure::Permanent("the job names no purchase".into()))?;
+        let Some(purchase) = store::load(&self.pool, id).await.map_err(transient)? else {
+            return Err(JobFailure::Permanent(format!("no purchase {id}")));
+        };
+        let credentials = self
+            .accounts
+            .credentials(purchase.user_id)
+            .await
+            .map_err(|err| JobFailure::Transient(format!("reading the seller's token: {err}")))?;
+        let mut run = Run {
+            handler: self,
+            context: &context,
+            seq: purchase.steps,
+            saga: purchase.saga.clone(),
+            purchase,
+            credentials,
+        };
+        let result = run.drive().await;
+        self.events.changed(id);
+        result
+    }
+}
+
+/// One attempt at one purchase.
+struct Run<'a> {
+    handler: &'a PurchaseHandler,
+    context: &'a JobContext,
+    purchase: StoredPurchase,
+    saga: Saga,
+    /// The next step-log sequence number.
+    seq: i32,
+    credentials: Credentials,
+}
+
+/// A local write that commits together with the events it belongs to.
+enum Also {
+    Nothing,
+    Memo(usize, LineMemo),
+    Repoint { line: usize, old: i64, new: i64 },
+    Sale,
+    Release(Vec<(i64, i64)>),
+}
+
+/// What CardTrader showed of one product.
+enum Seen {
+    Present(Product),
+    Absent,
+}
+
+impl Run<'_> {
+    async fn drive(&mut self) -> Result<(), JobFailure> {
+        if self.saga.phase == Phase::Taking {
+            self.lock_products().await?;
+        }
+        loop {
+            if let Some(stop) = self.context.should_stop() {
+                // A cancellation request means nothing to a purchase: only the deadline undoes one.
+                if stop != JobFailure::Cancelled {
+                    return Err(stop);
+                }
+            }
+            let step = self.saga.next_step();
+            let started = Instant::now();
+            let outcome = match step {
+                Step::Stop => break,
+                Step::TakeStock { line } => self.take_stock(line).await,
+                Step::VerifyTake { line } => self.verify_take(line).await,
+                Step::GiveBack { line } => self.give_back(line).await,
+                Step::VerifyGiveBack { line } => self.verify_give_back(line).await,
+                Step::Finalize => self.finish(Also::Sale, Event::Finalized).await,
+                Step::Release => {
+                    let corrections = self.corrections();
+                    self.finish(Also::Release(corrections), Event::Released)
+                        .await
+                }
+            };
+            self.handler
+                .metrics
+                .purchase_step_seconds
+                .with_label_values(&[step_name(step)])
+                .observe(started.elapsed().as_secs_f64());
+            outcome?;
+        }
+        let outcome = match self.saga.phase {
+            Phase::Completed => "completed",
+            Phase::Failed { .. } => "failed",
+            _ => "requires_attention",
+        };
+        self.handler
+            .metrics
+            .purchases
+            .with_label_values(&[outcome])
+            .inc();
+        if let Phase::RequiresAttention { reason } = &self.saga.phase {
+            tracing::error!(purchase_id = %self.purchase.id, %reason, "purchase requires attention");
+            refresh_attention_gauge(&self.handler.pool, &self.handler.metrics).await;
+        }
+        Ok(())
+    }
+
+    /// Takes this purchase's CardTrader locks, waiting while another purchase holds one of its
+    /// products. A purchase that cannot get them before its deadline is undone (nothing was taken).
+    async fn lock_products(&mut self) -> Result<(), JobFailure> {
+        let mut waits = full_jitter(Duration::from_millis(5), Duration::from_millis(100), None);
+        loop {
+            // Lines may have been re-pointed to a re-created product while we waited.
+            let ids: Vec<i64> = self.reload_lines().await?;
+            let locked = store::lock_products(
+                &self.handler.pool,
+                self.purchase.user_id,
+                self.purchase.id,
+                &ids,
+            )
+            .await
+            .map_err(transient)?;
+            if locked && self.reload_lines().await? == ids {
+                return Ok(());
+            }
+            if Utc::now() > self.purchase.deadline {
+                return self
+                    .record(vec![Event::DeadlinePassed], Also::Nothing)
+                    .await;
+            }
+            if let Some(stop) = self
+                .context
+                .should_stop()
+                .filter(|s| *s != JobFailure::Cancelled)
+            {
+                return Err(stop);
+            }
+            let wait = waits.next().unwrap_or(Duration::from_millis(100));
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn reload_lines(&mut self) -> Result<Vec<i64>, JobFailure> {
+        if let Some(fresh) = store::load(&self.handler.pool, self.purchase.id)
+            .await
+            .map_err(transient)?
+        {
+            self.purchase.lines = fresh.lines;
+        }
+        Ok(self
+            .purchase
+            .lines
+            .iter()
+            .map(StoredLine::local_product_id)
+            .collect())
+    }
+
+    /// Confirms CardTrader has the line's quantity, records the snapshot and the intent, then sends
+    /// the decrement.
+    async fn take_stock(&mut self, line: usize) -> Result<(), JobFailure> {
+        if Utc::now() > self.purchase.deadline {
+            return self
+                .record(vec![Event::DeadlinePassed], Also::Nothing)
+                .await;
+        }
+        let (product_id, quantity) = self.line_item(line)?;
+        let seen = match self.read_product(line).await {
+            Ok(seen) => seen,
+            Err(MarketplaceError::Unauthorized) => {
+                return self
+                    .refuse(line, "CardTrader rejected the seller's token", 0)
+                    .await;
+            }
+            Err(err) => return Err(call_failure(err)),
+        };
+        let product = match seen {
+            Seen::Absent => {
+                let reason = format!("product {product_id} is no longer on CardTrader");
+                return self.refuse(line, &reason, 0).await;
+            }
+            Seen::Present(product) if product.quantity < i64::from(quantity) => {
+                let reason = format!(
+                    "CardTrader has {} of product {product_id}, {quantity} wanted",
+                    product.quantity
+                );
+                return self.refuse(line, &reason, product.quantity).await;
+            }
+            Seen::Present(product) => product,
+        };
+        let memo = LineMemo {
+            seen_quantity: product.quantity,
+            product: Some(snapshot(&product)),
+            give_back: None,
+        };
+        self.record(vec![Event::DecrementSent { line }], Also::Memo(line, memo))
+            .await?;
+        crate::failpoint::crash_point("purchase.after_decrement_sent");
+        let sent = self
+            .marketplace()
+            .increment_product(
+                self.credentials.seller(),
+                self.options(),
+                product_id,
+                -i64::from(quantity),
+            )
+            .await;
+        crate::failpoint::crash_point("purchase.after_decrement");
+        match sent {
+            Ok(_) => {
+                self.record(vec![Event::Taken { line }], Also::Nothing)
+                    .await
+            }
+            // The next step verifies it.
+            Err(err) if outcome_unknown(&err) => {
+                tracing::info!(error = %err, line, "decrement outcome unknown; verifying");
+                Ok(())
+            }
+            Err(MarketplaceError::RateLimited { retry_after, .. }) => {
+                self.record(vec![Event::NotTaken { line }], Also::Nothing)
+                    .await?;
+                Err(JobFailure::RateLimited { wait: retry_after })
+            }
+            Err(err) => {
+                let seen = memo_seen(self, line);
+                self.refuse(line, &err.to_string(), seen).await
+            }
+        }
+    }
+
+    /// Decides from CardTrader whether the sent decrement was applied.
+    async fn verify_take(&mut self, line: usize) -> Result<(), JobFailure> {
+        let (_, quantity) = self.line_item(line)?;
+        let seen_before = memo_seen(self, line);
+        let seen = match self.read_product(line).await {
+            Ok(seen) => seen,
+            Err(err) => return self.unreadable(line, err).await,
+        };
+        let quantity = i64::from(quantity);
+        let applied = match &seen {
+            Seen::Present(product) if product.quantity == seen_before - quantity => Some(true),
+            Seen::Present(product) if product.quantity == seen_before => Some(false),
+            // The decrement took it to 0 and CardTrader deleted it.
+            Seen::Absent if seen_before == quantity => Some(true),
+            _ => None,
+        };
+        let event = match applied {
+            Some(true) => Event::Taken { line },
+            Some(false) if self.saga.phase == Phase::Taking => Event::NotTaken { line },
+            Some(false) => Event::Refused {
+                line,
+                reason: "the decrement was not applied".into(),
+            },
+            None => Event::Undecidable {
+                line,
+                reason: format!(
+                    "CardTrader had {seen_before}, the decrement was {quantity}, now it shows {}",
+                    describe(&seen)
+                ),
+            },
+        };
+        self.record(vec![event], Also::Nothing).await
+    }
+
+    /// Gives a taken line back: increments the product again, or re-creates it if it is gone.
+    async fn give_back(&mut self, line: usize) -> Result<(), JobFailure> {
+        let (product_id, quantity) = self.line_item(line)?;
+        let seen = match self.read_product(line).await {
+            Ok(seen) => seen,
+            Err(err) => return self.give_back_failed(line, err).await,
+        };
+        let plan = match &seen {
+            Seen::Present(product) => GiveBackPlan::Increment {
+                from: product.quantity,
+            },
+            Seen::Absent => GiveBackPlan::Recreate {
+                merged_into: self.identical_product(line).await?,
+            },
+        };
+        let mut memo = self.memo(line).cloned().unwrap_or(LineMemo {
+            seen_quantity: 0,
+            product: None,
+            give_back: None,
+        });
+        memo.give_back = Some(plan);
+        let Some(product) = memo.product.clone() else {
+            // Never happens: a line is only taken after its snapshot was stored.
+            let reason = "no snapshot of the product to give it back from".to_owned();
+            return self
+                .record(
+                    vec![Event::Undecidable { line, reason }],
+                    Also::Memo(line, memo),
+                )
+                .await;
+        };
+        self.record(vec![Event::GiveBackSent { line }], Also::Memo(line, memo))
+            .await?;
+        crate::failpoint::crash_point("purchase.after_give_back_sent");
+        let seller = self.credentials.seller();
+        let sent = match plan {
+            GiveBackPlan::Increment { .. } => self
+                .marketplace()
+                .increment_product(seller, self.options(), product_id, i64::from(quantity))
+                .await
+                .map(|_| product_id),
+            GiveBackPlan::Recreate { .. } => self
+                .marketplace()
+                .create_product(seller, self.options(), &recreation(&product, quantity))
+                .await
+                .map(|created| created.id),
+        };
+        crate::failpoint::crash_point("purchase.after_give_back");
+        match sent {
+            Ok(new_id) => self.given_back(line, plan, product_id, new_id).await,
+            Err(err) if outcome_unknown(&err) => {
+                tracing::info!(error = %err, line, "give-back outcome unknown; verifying");
+                Ok(())
+            }
+            Err(err) => self.give_back_failed(line, err).await,
+        }
+    }
+
+    /// Decides from CardTrader whether the sent give-back was applied.
+    async fn verify_give_back(&mut self, line: usize) -> Result<(), JobFailure> {
+        let (product_id, quantity) = self.line_item(line)?;
+        let quantity = i64::from(quantity);
+        let Some(plan) = self.memo(line).and_then(|memo| memo.give_back) else {
+            return self
+                .record(
+                    vec![Event::GiveBackFailed {
+                        line,
+                        reason: "no record of how it was sent".into(),
+                    }],
+                    Also::Nothing,
+                )
+                .await;
+        };
+        let decided: Result<Option<i64>, String> = match plan {
+            GiveBackPlan::Increment { from } => match self.read_product(line).await {
+                Ok(Seen::Present(p)) if p.quantity == from + quantity => Ok(Some(product_id)),
+                Ok(Seen::Present(p)) if p.quantity == from => Ok(None),
+                Ok(seen) => Err(format!(
+                    "CardTrader had {from}, {quantity} was given back, now it shows {}",
+                    describe(&seen)
+                )),
+                Err(err) => return self.unreadable(line, err).await,
+            },
+            GiveBackPlan::Recreate { merged_into } => {
+                let products = match self.read_blueprint(line).await {
+                    Ok(products) => products,
+                    Err(err) => return self.unreadable(line, err).await,
+                };
+                let snapshot = self.memo(line).and_then(|memo| memo.product.clone());
+                let identical: Vec<&Product> = products
+                    .iter()
+                    .filter(|p| snapshot.as_ref().is_some_and(|s| same_kind(s, p)))
+                    .collect();
+                match merged_into {
+                    Some((id, before)) => match identical.iter().find(|p| p.id == id) {
+                        Some(p) if p.quantity == before + quantity => Ok(Some(id)),
+                        Some(p) if p.quantity == before => Ok(None),
+                        _ => Err(format!("product {id} it merged into moved")),
+                    },
+                    None => match identical.as_slice() {
+                        [] => Ok(None),
+                        [p] if p.quantity == quantity => Ok(Some(p.id)),
+                        _ => Err(format!(
+                            "{} identical products after the re-create",
+                            identical.len()
+                        )),
+                    },
+                }
+            }
+        };
+        match decided {
+            Ok(Some(new_id)) => self.given_back(line, plan, product_id, new_id).await,
+            Ok(None) => {
+                self.record(
+                    vec![Event::GiveBackFailed {
+                        line,
+                        reason: "the give-back was not applied".into(),
+                    }],
+                    Also::Nothing,
+                )
+                .await?;
+                // Sent again after the job's backoff, not at once.
+                Err(JobFailure::Transient("give-back not applied".into()))
+            }
+            Err(reason) => {
+                self.record(vec![Event::Undecidable { line, reason }], Also::Nothing)
+                    .await
+            }
+        }
+    }
+
+    async fn given_back(
+        &mut self,
+        line: usize,
+        plan: GiveBackPlan,
+        old: i64,
+        new: i64,
+    ) -> Result<(), JobFailure> {
+        let by = match plan {
+            GiveBackPlan::Increment { .. } => "increment",
+            GiveBackPlan::Recreate { .. } => "recreate",
+        };
+        let also = if new == old {
+            Also::Nothing
+        } else {
+            Also::Repoint { line, old, new }
+        };
+        self.record(vec![Event::GivenBack { line }], also).await?;
+        self.handler
+            .metrics
+            .purchase_compensations
+            .with_label_values(&[by])
+            .inc();
+        Ok(())
+    }
+
+    /// A give-back that failed without doubt: counted (the saga bounds them), then retried after the
+    /// job's backoff.
+    async fn give_back_failed(
+        &mut self,
+        line: usize,
+        err: MarketplaceError,
+    ) -> Result<(), JobFailure> {
+        let reason = err.to_string();
+        self.record(vec![Event::GiveBackFailed { line, reason }], Also::Nothing)
+            .await?;
+        if self.saga.phase.is_terminal() {
+            return Ok(());
+        }
+        Err(call_failure(err))
+    }
+
+    /// CardTrader could not be read to decide an outcome: try again later, and on the job's last
+    /// attempt hand it to a person rather than guess.
+    async fn unreadable(&mut self, line: usize, err: MarketplaceError) -> Result<(), JobFailure> {
+        let job = &self.context.lease.job;
+        if job.attempts >= job.max_attempts {
+            let reason = format!("CardTrader could not be read: {err}");
+            return self
+                .record(vec![Event::Undecidable { line, reason }], Also::Nothing)
+                .await;
+        }
+        Err(call_failure(err))
+    }
+
+    async fn refuse(&mut self, line: usize, reason: &str, seen: i64) -> Result<(), JobFailure> {
+        let mut memo = self.memo(line).cloned().unwrap_or(LineMemo {
+            seen_quantity: seen,
+            product: None,
+            give_back: None,
+        });
+        memo.seen_quantity = seen;
+        let event = Event::Refused {
+            line,
+            reason: reason.to_owned(),
+        };
+        self.record(vec![event], Also::Memo(line, memo)).await
+    }
+
+    /// The last local transaction: the sale or the release, the locks dropped, the event logged.
+    async fn finish(&mut self, also: Also, event: Event) -> Result<(), JobFailure> {
+        self.record(vec![event], also).await?;
+        crate::failpoint::crash_point("purchase.after_finish");
+        Ok(())
+    }
+
+    /// For each refused line, CardTrader's quantity as seen: the local item is lowered to it.
+    fn corrections(&self) -> Vec<(i64, i64)> {
+        self.purchase
+            .lines
+            .iter()
+            .filter(|line| self.saga.lines.get(line.line) == Some(&LineStatus::Refused))
+            .filter_map(|line| Some((line.local_product_id(), line.memo.as_ref()?.seen_quantity)))
+            .collect()
+    }
+
+    /// Writes `events` (and `also`) in one fenced transaction, then folds them into the saga.
+    async fn record(&mut self, events: Vec<Event>, also: Also) -> Result<(), JobFailure> {
+        let mut next = self.saga.clone();
+        for event in &events {
+            next.apply(event);
+        }
+        let purchase = &self.purchase;
+        let user_id = purchase.user_id;
+        let result: Result<(), PurchaseError> = async {
+            let mut tx = self.handler.pool.begin().await?;
+            match &also {
+                Also::Nothing => {}
+                Also::Memo(line, memo) => {
+                    store::save_memo(&mut tx, purchase.id, *line, memo).await?
+                }
+                Also::Repoint { line, old, new } => {
+                    store::repoint(&mut tx, user_id, purchase.id, *line, *old, *new).await?
+                }
+                Also::Sale => {
+                    store::commit_sale(&mut tx, user_id, &purchase.lines).await?;
+                    store::unlock_products(&mut tx, purchase.id).await?;
+                }
+                Also::Release(corrections) => {
+                    store::release(&mut tx, user_id, &purchase.lines, corrections).await?;
+                    store::unlock_products(&mut tx, purchase.id).await?;
+                }
+            }
+            store::append(
+                &mut tx,
+                Some(&self.context.lease),
+                purchase.id,
+                self.seq,
+                &events,
+                &next,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {}
+            Err(PurchaseError::LeaseLost) => {
+                return Err(JobFailure::Transient("lease lost".into()));
+            }
+            Err(err) => return Err(transient(err)),
+        }
+        self.seq += events.len() as i32;
+        match also {
+            Also::Memo(line, memo) => {
+                if let Some(stored) = self.purchase.lines.get_mut(line) {
+                    stored.memo = Some(memo);
+                }
+            }
+            Also::Repoint { line, new, .. } => {
+                if let Some(stored) = self.purchase.lines.get_mut(line) {
+                    stored.recreated_product_id = Some(new);
+                }
+            }
+            _ => {}
+        }
+        self.saga = next;
+        self.handler.events.changed(self.purchase.id);
+        Ok(())
+    }
+
+    fn line_item(&self, line: usize) -> Result<(i64, i32), JobFailure> {
+        let stored = self
+            .purchase
+            .lines
+            .get(line)
+            .ok_or_else(|| JobFailure::Permanent(format!("the purchase has no line {line}")))?;
+        Ok((stored.local_product_id(), stored.quantity))
+    }
+
+    fn memo(&self, line: usize) -> Option<&LineMemo> {
+        self.purchase.lines.get(line)?.memo.as_ref()
+    }
+
+    fn marketplace(&self) -> &crate::marketplace::MarketplaceClient {
+        self.handler.accounts.marketplace()
+    }
+
+    fn options(&self) -> CallOptions {
+        CallOptions::interactive(self.handler.call_budget)
+    }
+
+    /// The blueprint of a line's product: from the snapshot, else from the local item.
+    async fn blueprint(&self, line: usize) -> Result<i64, MarketplaceError> {
+        if let Some(product) = self.memo(line).and_then(|memo| memo.product.as_ref()) {
+            return Ok(product.blueprint_id);
+        }
+        let (product_id, _) = self
+            .line_item(line)
+            .map_err(|err| MarketplaceError::NotFound {
+                message: err.to_string(),
+            })?;
+        let blueprint: Option<i64> = sqlx::query_scalar(
+            "SELECT blueprint_id FROM inventory_items WHERE user_id = $1 AND product_id = $2",
+        )
+        .bind(self.purchase.user_id.as_uuid())
+        .bind(product_id)
+        .fetch_optional(&self.handler.pool)
+        .await
+        .map_err(|err| MarketplaceError::Unavailable {
+            reason: format!("reading the local item: {err}"),
+        })?;
+        blueprint.ok_or_else(|| MarketplaceError::NotFound {
+            message: format!("the shop no longer has item {product_id}"),
+        })
+    }
+
+    /// The seller's products of the line's blueprint, as CardTrader has them now.
+    async fn read_blueprint(&self, line: usize) -> Result<Vec<Product>, MarketplaceError> {
+        let blueprint = match self.blueprint(line).await {
+            Ok(blueprint) => blueprint,
+            Err(MarketplaceError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        self.marketplace()
+            .export_products(
+                self.credentials.seller(),
+                self.options(),
+                ExportFilter::Blueprint(blueprint),
+            )
+            .await
+    }
+
+    /// The line's product as CardTrader has it now.
+    async fn read_product(&self, line: usize) -> Result<Seen, MarketplaceError> {
+        let (product_id, _) = self
+            .line_item(line)
+            .map_err(|err| MarketplaceError::NotFound {
+                message: err.to_string(),
+            })?;
+        let products = self.read_blueprint(line).await?;
+        Ok(products
+            .into_iter()
+            .find(|product| product.id == product_id)
+            .map_or(Seen::Absent, Seen::Present))
+    }
+
+    /// A product CardTrader would merge a re-create of the line's snapshot into, and its quantity.
+    async fn identical_product(&self, line: usize) -> Result<Option<(i64, i64)>, JobFailure> {
+        let Some(snapshot) = self.memo(line).and_then(|memo| memo.product.clone()) else {
+            return Ok(None);
+        };
+        let products = self.read_blueprint(line).await.map_err(call_failure)?;
+        Ok(products
+            .iter()
+            .find(|product| same_kind(&snapshot, product))
+            .map(|product| (product.id, product.quantity)))
+    }
+}
+
+fn memo_seen(run: &Run<'_>, line: usize) -> i64 {
+    run.memo(line).map_or(0, |memo| memo.seen_quantity)
+}
+
+fn snapshot(product: &Product) -> ProductSnapshot {
+    ProductSnapshot {
+        blueprint_id: product.blueprint_id,
+        price_cents: product.price_cents,
+        currency: product.price_currency.clone(),
+        properties: product.properties_hash.clone(),
+        description: product.description.clone(),
+        user_data_field: product.user_data_field.clone(),
+        graded: product.graded,
+    }
+}
+
+/// Whether CardTrader would merge a create of `snapshot` into `product`: same blueprint and
+/// properties.
+fn same_kind(snapshot: &ProductSnapshot, product: &Product) -> bool {
+    product.blueprint_id == snapshot.blueprint_id && product.properties_hash == snapshot.properties
+}
+
+fn recreation(snapshot: &ProductSnapshot, quantity: i32) -> NewProduct {
+    NewProduct {
+        blueprint_id: snapshot.blueprint_id,
+        price: snapshot.price_cents as f64 / 100.0,
+        quantity: i64::from(quantity),
+        description: snapshot.description.clone(),
+        user_data_field: snapshot.user_data_field.clone(),
+        properties: Some(snapshot.properties.clone()),
+        graded: snapshot.graded,
+    }
+}
+
+fn describe(seen: &Seen) -> String {
+    match seen {
+        Seen::Present(product) => product.quantity.to_string(),
+        Seen::Absent => "no product".into(),
+    }
+}
+
+/// Whether a failed write may still have been applied: no answer in time, a 5xx, a connection lost.
+fn outcome_unknown(err: &MarketplaceError) -> bool {
+    matches!(
+        err,
+        MarketplaceError::Timeout | MarketplaceError::Unavailable { .. }
+    )
+}
+
+fn call_failure(err: MarketplaceError) -> JobFailure {
+    match err {
+        MarketplaceError::RateLimited { retry_after, .. } => {
+            JobFailure::RateLimited { wait: retry_after }
+        }
+        other => JobFailure::Transient(other.to_string()),
+    }
+}
+
+fn transient(err: PurchaseError) -> JobFailure {
+    JobFailure::Transient(err.to_string())
+}
+
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::TakeStock { .. } => "take_stock",
+        Step::VerifyTake { .. } => "verify_take",
+        Step::GiveBack { .. } => "give_back",
+        Step::VerifyGiveBack { .. } => "verify_give_back",
+        Step::Finalize => "finalize",
+        Step::Release => "release",
+        Step::Stop => "stop",
+    }
+}
+
+/// Re-reads how many purchases wait for a person.
+pub async fn refresh_attention_gauge(pool: &PgPool, metrics: &Metrics) {
+    match store::attention_count(pool).await {
+        Ok(count) => metrics.purchases_requiring_attention.set(count),
+        Err(err) => tracing::warn!(error = %err, "counting purchases requiring attention failed"),
+    }
+}

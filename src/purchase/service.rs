@@ -1,0 +1,246 @@
+//! What `PurchaseService` calls: start a purchase and wait for its outcome, read and list purchases,
+//! and the operators' retry and resolution of purchases that need a person.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::{
+    NewPurchase, PurchaseError, Reserved,
+    driver::{PurchaseEvents, refresh_attention_gauge},
+    saga::{Event, Saga},
+    store::{self, StoredPurchase},
+};
+use crate::{
+    accounts::{AccountError, AccountStatus, Accounts},
+    domain::UserId,
+    jobs::{Lane, wake::JobWakeups},
+    metrics::Metrics,
+};
+
+/// How often a waiting caller re-reads a purchase another replica may be driving.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Purchases, as the RPCs see them.
+#[derive(Debug, Clone)]
+pub struct Purchases {
+    pool: PgPool,
+    accounts: Accounts,
+    wakeups: JobWakeups,
+    events: PurchaseEvents,
+    metrics: Metrics,
+    max_queue_depth: i64,
+}
+
+/// What a purchase request led to.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The purchase as it stands (terminal unless the caller's wait ran out first).
+    pub purchase: StoredPurchase,
+    /// Whether this was a replay of a request stored earlier under the same key.
+    pub replayed: bool,
+}
+
+impl Purchases {
+    /// The service over `pool`; new purchases wake workers through `wakeups`.
+    pub fn new(
+        pool: PgPool,
+        accounts: Accounts,
+        wakeups: JobWakeups,
+        events: PurchaseEvents,
+        metrics: Metrics,
+        max_queue_depth: i64,
+    ) -> Self {
+        Self {
+            pool,
+            accounts,
+            wakeups,
+            events,
+            metrics,
+            max_queue_depth,
+        }
+    }
+
+    /// Reserves `purchase` and waits until its saga ends or `wait_until`, whichever comes first (the
+    /// saga goes on either way). A replay waits for the stored purchase the same way.
+    pub async fn purchase(
+        &self,
+        purchase: &NewPurchase,
+        wait_until: Instant,
+    ) -> Result<Outcome, PurchaseError> {
+        let account = self
+            .accounts
+            .get(purchase.user_id)
+            .await
+            .map_err(|err| match err {
+                AccountError::NotFound => PurchaseError::NotConnected,
+                other => PurchaseError::Internal(other.to_string()),
+            })?;
+        if account.status != AccountStatus::Connected {
+            return Err(PurchaseError::NotConnected);
+        }
+        let started = std::time::Instant::now();
+        let reserved = store::reserve(&self.pool, purchase, self.max_queue_depth).await;
+        self.metrics
+            .purchase_step_seconds
+            .with_label_values(&["reserve"])
+            .observe(started.elapsed().as_secs_f64());
+        let (id, replayed) = match reserved? {
+            Reserved::Created(id) => {
+                self.wakeups.announce(Lane::Interactive);
+                (id, false)
+            }
+            Reserved::Replay(id) => (id, true),
+        };
+        let purchase = self.wait(id, wait_until).await?;
+        Ok(Outcome { purchase, replayed })
+    }
+
+    /// The purchase `id`.
+    pub async fn get(&self, id: Uuid) -> Result<StoredPurchase, PurchaseError> {
+        store::load(&self.pool, id)
+            .await?
+            .ok_or(PurchaseError::NotFound)
+    }
+
+    /// A page of the seller's purchases, newest first.
+    pub async fn list(
+        &self,
+        user_id: UserId,
+        state: Option<&str>,
+        before: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<StoredPurchase>, PurchaseError> {
+        store::list(&self.pool, user_id, state, before, limit).await
+    }
+
+    /// The purchase once it has changed since `seen_steps` steps (or ended), or as it is at
+    /// `until`.
+    pub async fn changed_since(
+        &self,
+        id: Uuid,
+        seen_steps: i32,
+        until: Instant,
+    ) -> Result<StoredPurchase, PurchaseError> {
+        let mut changes = self.events.subscribe();
+        loop {
+            let purchase = self.get(id).await?;
+            if purchase.steps != seen_steps
+                || purchase.saga.phase.is_terminal()
+                || Instant::now() >= until
+            {
+                return Ok(purchase);
+            }
+            let wake = tokio::time::sleep(POLL_INTERVAL);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    () = &mut wake => break,
+                    () = tokio::time::sleep_until(until) => break,
+                    changed = changes.recv() => match changed {
+                        Ok(changed) if changed != id => continue,
+                        // Ours, or announcements were missed: re-read.
+                        _ => break,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Waits until purchase `id` ends or `until`, and returns it as it is then.
+    pub async fn wait(&self, id: Uuid, until: Instant) -> Result<StoredPurchase, PurchaseError> {
+        loop {
+            let purchase = self.get(id).await?;
+            if purchase.saga.phase.is_terminal() || Instant::now() >= until {
+                return Ok(purchase);
+            }
+            self.changed_since(id, purchase.steps, until).await?;
+        }
+    }
+
+    /// Sends a purchase in `requires_attention` through its saga again: unknown outcomes are
+    /// verified afresh and give-backs get a new allowance.
+    pub async fn retry(&self, id: Uuid) -> Result<StoredPurchase, PurchaseError> {
+        let mut tx = self.pool.begin().await?;
+        let seq = self.lock_attention_case(&mut tx, id).await?;
+        // Read under the row lock: no other operator can change it now, and no driver runs a
+        // purchase in requires_attention.
+        let purchase = self.get(id).await?;
+        let saga = apply(&purchase.saga, &Event::Retried);
+        store::append(&mut tx, None, id, seq, &[Event::Retried], &saga).await?;
+        crate::jobs::store::insert(&mut tx, &store::driver_job(purchase.user_id, id))
+            .await
+            .map_err(|err| PurchaseError::Internal(err.to_string()))?;
+        tx.commit().await?;
+        tracing::warn!(purchase_id = %id, "purchase retried by an operator");
+        self.wakeups.announce(Lane::Interactive);
+        refresh_attention_gauge(&self.pool, &self.metrics).await;
+        self.get(id).await
+    }
+
+    /// Settles a purchase in `requires_attention` by an operator's decision: `sold` keeps the sale
+    /// (local stock lowered), otherwise it is undone (reservations released). The operator has made
+    /// CardTrader agree; the decision and `note` are recorded.
+    pub async fn resolve(
+        &self,
+        id: Uuid,
+        sold: bool,
+        note: &str,
+    ) -> Result<StoredPurchase, PurchaseError> {
+        let mut tx = self.pool.begin().await?;
+        let seq = self.lock_attention_case(&mut tx, id).await?;
+        // Read under the row lock: no other operator can change it now, and no driver runs a
+        // purchase in requires_attention.
+        let purchase = self.get(id).await?;
+        if sold {
+            store::commit_sale(&mut tx, purchase.user_id, &purchase.lines).await?;
+        } else {
+            store::release(&mut tx, purchase.user_id, &purchase.lines, &[]).await?;
+        }
+        store::unlock_products(&mut tx, id).await?;
+        let event = Event::Resolved {
+            sold,
+            note: note.to_owned(),
+        };
+        let saga = apply(&purchase.saga, &event);
+        store::append(&mut tx, None, id, seq, &[event], &saga).await?;
+        let resolution = if sold { "sold" } else { "undone" };
+        store::record_resolution(&mut tx, id, resolution, note).await?;
+        tx.commit().await?;
+        tracing::warn!(purchase_id = %id, resolution, note, "purchase resolved by an operator");
+        self.events.changed(id);
+        refresh_attention_gauge(&self.pool, &self.metrics).await;
+        self.get(id).await
+    }
+
+    /// Locks the purchase row, checks it still needs attention, and returns the next step number.
+    async fn lock_attention_case(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        id: Uuid,
+    ) -> Result<i32, PurchaseError> {
+        let state = store::lock_for_operator(&mut *conn, id)
+            .await?
+            .ok_or(PurchaseError::NotFound)?;
+        if state != "requires_attention" {
+            return Err(PurchaseError::WrongState(format!(
+                "the purchase is {state}, not requires_attention"
+            )));
+        }
+        let steps: i32 =
+            sqlx::query_scalar("SELECT count(*)::int FROM purchase_steps WHERE purchase_id = $1")
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(steps)
+    }
+}
+
+fn apply(saga: &Saga, event: &Event) -> Saga {
+    let mut next = saga.clone();
+    next.apply(event);
+    next
+}
