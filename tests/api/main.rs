@@ -18,6 +18,7 @@ mod load_shedding;
 mod marketplace;
 mod metrics;
 mod purchase_reserve;
+mod purchases;
 mod rate_limit;
 mod reflection;
 mod simulator;

@@ -3,6 +3,7 @@
 mod catalog;
 mod process;
 mod proxy;
+mod purchase_rig;
 mod sync_rig;
 
 use std::{net::SocketAddr, time::Duration};
@@ -27,6 +28,7 @@ use tonic_health::pb::{
 pub(crate) use catalog::CatalogDb;
 pub(crate) use process::ServeProcess;
 pub(crate) use proxy::TcpProxy;
+pub(crate) use purchase_rig::PurchaseRig;
 pub(crate) use sync_rig::{SyncRig, progress};
 
 pub(crate) const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
