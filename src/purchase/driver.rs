@@ -273,7 +273,6 @@ impl Run<'_> {
         };
         self.record(vec![Event::DecrementSent { line }], Also::Memo(line, memo))
             .await?;
-        crate::failpoint::crash_point("purchase.after_decrement_sent");
         let sent = self
             .marketplace()
             .increment_product(
@@ -373,7 +372,6 @@ impl Run<'_> {
         };
         self.record(vec![Event::GiveBackSent { line }], Also::Memo(line, memo))
             .await?;
-        crate::failpoint::crash_point("purchase.after_give_back_sent");
         let seller = self.credentials.seller();
         let sent = match plan {
             GiveBackPlan::Increment { .. } => self
@@ -541,9 +539,7 @@ impl Run<'_> {
 
     /// The last local transaction: the sale or the release, the locks dropped, the event logged.
     async fn finish(&mut self, also: Also, event: Event) -> Result<(), JobFailure> {
-        self.record(vec![event], also).await?;
-        crate::failpoint::crash_point("purchase.after_finish");
-        Ok(())
+        self.record(vec![event], also).await
     }
 
     /// For each refused line, CardTrader's quantity as seen: the local item is lowered to it.
@@ -619,6 +615,8 @@ impl Run<'_> {
         }
         self.saga = next;
         self.handler.events.changed(self.purchase.id);
+        // Every step boundary: a test may kill the driver right after any entry of the log.
+        crate::failpoint::crash_point("purchase.after_record");
         Ok(())
     }
 

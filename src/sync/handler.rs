@@ -245,6 +245,8 @@ impl SyncHandler {
     ) -> Result<(ChunkOutcome, Vec<i64>), Stop> {
         let user_id = context.lease.job.user_id;
         let rows = self.rows(user_id, &products).await?;
+        // Lets a test change rows between the export's reading and this chunk's write.
+        crate::failpoint::pause("sync.before_chunk_write").await;
         let product_ids = products.iter().map(|product| product.id).collect();
         drop(products);
         let target = ChunkTarget {

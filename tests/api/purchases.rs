@@ -52,7 +52,10 @@ async fn too_little_local_stock_is_refused_with_nothing_reserved_or_recorded() {
     let item = shop.stocked(1, 1).await[0];
     let (quantity, _) = shop.local(item).await.unwrap();
 
-    let refused = shop.buy("short", &[(item, quantity + 1)]).await.unwrap_err();
+    let refused = shop
+        .buy("short", &[(item, quantity + 1)])
+        .await
+        .unwrap_err();
 
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains(&item.to_string()));
@@ -73,7 +76,10 @@ async fn bad_requests_name_the_field() {
         (shop.request("k", &[]), "lines"),
         (shop.request("k", &[(item, 0)]), "lines[0].quantity"),
         (shop.request("k", &[(item, 1), (-4, 1)]), "lines[1].item_id"),
-        (shop.request("k", &[(item, 1), (item, 1)]), "lines[1].item_id"),
+        (
+            shop.request("k", &[(item, 1), (item, 1)]),
+            "lines[1].item_id",
+        ),
     ];
     for (request, field) in cases {
         let status = shop
@@ -128,7 +134,11 @@ async fn cardtrader_having_less_than_the_shop_is_compensated_and_the_local_quant
     assert_eq!(failed.code(), Code::Aborted, "{failed:?}");
     assert!(failed.message().contains("CardTrader has 1"), "{failed:?}");
     assert_eq!(shop.upstream(item), Some(1), "nothing taken on CardTrader");
-    assert_eq!(shop.local(item).await, Some((1, 0)), "corrected to CardTrader's");
+    assert_eq!(
+        shop.local(item).await,
+        Some((1, 0)),
+        "corrected to CardTrader's"
+    );
     assert_eq!(shop.leftovers().await, (0, 0));
 }
 
@@ -140,7 +150,10 @@ async fn a_third_line_failing_gives_the_first_two_back_on_cardtrader_in_reverse_
         shop.set_stock(*id, 4).await;
     }
     // The third line's product is gone on CardTrader.
-    shop.rig.app.simulator.set_quantity(&shop.token, items[2], 0);
+    shop.rig
+        .app
+        .simulator
+        .set_quantity(&shop.token, items[2], 0);
 
     let failed = shop
         .buy("three", &[(items[0], 1), (items[1], 2), (items[2], 1)])
@@ -175,7 +188,10 @@ async fn a_product_taken_to_zero_is_deleted_and_recreated_by_a_later_compensatio
     shop.set_stock(items[0], 2).await;
     shop.set_stock(items[1], 3).await;
     // The second line asks for more than CardTrader has.
-    shop.rig.app.simulator.set_quantity(&shop.token, items[1], 1);
+    shop.rig
+        .app
+        .simulator
+        .set_quantity(&shop.token, items[1], 1);
 
     let failed = shop
         .buy("zero", &[(items[0], 2), (items[1], 3)])
@@ -209,7 +225,10 @@ async fn a_decrement_applied_but_unanswered_is_decided_as_applied_and_not_sent_t
     })
     .await;
     let item = shop.stocked(3, 1).await[0];
-    let (upstream, local) = (shop.upstream(item).unwrap(), shop.local(item).await.unwrap());
+    let (upstream, local) = (
+        shop.upstream(item).unwrap(),
+        shop.local(item).await.unwrap(),
+    );
     shop.rig.app.simulator.set_faults(Faults {
         timeout_after_apply_rate: 1.0,
         path_ends_with: "/increment".into(),
@@ -257,8 +276,17 @@ async fn two_hundred_buyers_racing_for_ten_units_sell_exactly_ten_on_both_sides(
         .iter()
         .filter(|r| matches!(r, Err(s) if s.code() == Code::FailedPrecondition))
         .count();
-    assert_eq!((sold, refused), (10, 190), "{:?}", results.iter().find(|r| r.is_err()));
-    assert_eq!(shop.upstream(item), None, "all 10 sold: CardTrader deleted it");
+    assert_eq!(
+        (sold, refused),
+        (10, 190),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    assert_eq!(
+        shop.upstream(item),
+        None,
+        "all 10 sold: CardTrader deleted it"
+    );
     assert_eq!(shop.local(item).await, Some((0, 0)));
     assert_eq!(shop.leftovers().await, (0, 0));
 }
@@ -268,17 +296,20 @@ async fn a_full_sync_during_purchases_does_not_clobber_what_they_sold() {
     let shop = PurchaseRig::new(8, 300).await;
     let items = shop.stocked(2, 40).await;
     let before: Vec<i64> = items.iter().map(|id| shop.upstream(*id).unwrap()).collect();
-
-    let buying = futures::future::join_all(
-        items
-            .iter()
-            .enumerate()
-            .map(|(n, id)| {
-                let shop = &shop;
-                async move { shop.buy(&format!("during-{n}"), &[(*id, 1)]).await }
-            }),
-    );
-    let (results, synced) = tokio::join!(buying, shop.rig.sync(shop.user));
+    // The sync reads the whole export, then holds its chunk while every purchase runs: the export
+    // it writes predates them all.
+    fail::cfg("sync.before_chunk_write", "return(3000)").unwrap();
+    let sync = shop.rig.sync(shop.user);
+    let buying = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        futures::future::join_all(items.iter().enumerate().map(|(n, id)| {
+            let shop = &shop;
+            async move { shop.buy(&format!("during-{n}"), &[(*id, 1)]).await }
+        }))
+        .await
+    };
+    let (results, synced) = tokio::join!(buying, sync);
+    fail::remove("sync.before_chunk_write");
 
     assert_eq!(synced.state, brx_sync::jobs::JobState::Succeeded);
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
@@ -354,7 +385,10 @@ async fn a_purchase_can_be_read_listed_and_watched_only_by_its_seller() {
     assert_eq!(listed.purchases[0].purchase_id, purchase.purchase_id);
     let last = watched.message().await.unwrap().unwrap();
     assert_eq!(last.state(), PurchaseState::Completed);
-    assert!(watched.message().await.unwrap().is_none(), "ends when terminal");
+    assert!(
+        watched.message().await.unwrap().is_none(),
+        "ends when terminal"
+    );
     assert_eq!(denied.code(), Code::PermissionDenied);
 }
 

@@ -10,9 +10,7 @@ use brx_sync::{
         JobState, Lane,
         worker::{Worker, WorkerSettings},
     },
-    pb::v1::{
-        PurchaseLine, PurchaseRequest, purchase_service_client::PurchaseServiceClient,
-    },
+    pb::v1::{PurchaseLine, PurchaseRequest, purchase_service_client::PurchaseServiceClient},
     purchase::{
         driver::{PurchaseEvents, PurchaseHandler},
         store::{self, StoredPurchase},
@@ -156,7 +154,11 @@ impl PurchaseRig {
             .filter(|id| self.upstream(*id) >= Some(i64::from(quantity)))
             .take(n)
             .collect();
-        assert_eq!(picked.len(), n, "the seller has too few items with {quantity}");
+        assert_eq!(
+            picked.len(),
+            n,
+            "the seller has too few items with {quantity}"
+        );
         picked
     }
 
