@@ -17,6 +17,7 @@ mod lifecycle;
 mod load_shedding;
 mod marketplace;
 mod metrics;
+mod purchase_crash;
 mod purchase_reserve;
 mod purchases;
 mod rate_limit;

@@ -1,0 +1,316 @@
+//! The purchase driver killed at every step boundary: right after each entry of the step log, and
+//! right after each CardTrader write whose answer was not recorded yet. Another worker takes the
+//! lease over and finishes or undoes the purchase from the log; the invariant holds every time:
+//! CardTrader stock + local stock add up with what was sold, nothing is applied twice, and no
+//! reservation or CardTrader lock is left. Also: give-backs that keep failing need a person, who can
+//! retry or resolve the purchase.
+
+use std::time::Duration;
+
+use brx_sync::{
+    pb::v1::{GetPurchaseRequest, PurchaseState, Resolution, ResolvePurchaseRequest},
+    purchase::saga::Phase,
+    simulator::Faults,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::helpers::{PurchaseRig, authorized};
+
+const LEASE: Duration = Duration::from_secs(1);
+
+/// Two workers of the interactive lane driving the test's purchases.
+struct Workers {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Workers {
+    fn start(shop: &PurchaseRig) -> Self {
+        let stop = CancellationToken::new();
+        let tasks = ["worker-a", "worker-b"]
+            .into_iter()
+            .map(|owner| tokio::spawn(shop.worker(owner, LEASE).run(stop.clone())))
+            .collect();
+        Self { stop, tasks }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Buys `lines` with the driver killed at the `nth` evaluation of crash point `point`, and returns
+/// the purchase once another worker has ended it.
+async fn buy_killed_at(
+    shop: &PurchaseRig,
+    point: &str,
+    nth: usize,
+    key: &str,
+    lines: &[(i64, i32)],
+) -> brx_sync::purchase::store::StoredPurchase {
+    let actions = if nth == 0 {
+        "1*panic".to_owned()
+    } else {
+        format!("{nth}*off->1*panic")
+    };
+    fail::cfg(point, &actions).unwrap();
+    // Answers when the purchase ends (or ABORTED when it was undone); the state is read below.
+    let _ = shop.buy(key, lines).await;
+    let id = purchase_id(shop, key).await;
+    shop.until_done(&id.to_string()).await;
+    // Killed after the last entry, the purchase has ended but its job has not: it ends once
+    // another worker took it over and found nothing left to do.
+    for _ in 0..100 {
+        let state: String = sqlx::query_scalar(
+            "SELECT state FROM jobs WHERE kind = 'purchase' AND dedupe_key = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(&shop.rig.pool)
+        .await
+        .unwrap();
+        if state == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fail::remove(point);
+    shop.until_done(&id.to_string()).await
+}
+
+async fn purchase_id(shop: &PurchaseRig, key: &str) -> uuid::Uuid {
+    sqlx::query_scalar("SELECT id FROM purchases WHERE user_id = $1 AND idempotency_key = $2")
+        .bind(shop.user.as_uuid())
+        .bind(key)
+        .fetch_one(&shop.rig.pool)
+        .await
+        .unwrap()
+}
+
+/// Claims of the purchase's job: a takeover bumps the fence once more (a rescue spends no attempt).
+async fn claims(shop: &PurchaseRig, purchase: uuid::Uuid) -> i64 {
+    sqlx::query_scalar("SELECT fence FROM jobs WHERE kind = 'purchase' AND dedupe_key = $1")
+        .bind(purchase.to_string())
+        .fetch_one(&shop.rig.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_purchase_killed_at_any_boundary_is_finished_by_another_worker() {
+    let shop = PurchaseRig::new(0, 120).await;
+    let workers = Workers::start(&shop);
+    // Five log entries (two lines taken, then the sale), two decrements.
+    let boundaries = (0..5)
+        .map(|n| ("purchase.after_record", n))
+        .chain((0..2).map(|n| ("purchase.after_decrement", n)));
+    let all = shop.stocked(1, 14).await;
+    for (case, (point, nth)) in boundaries.enumerate() {
+        let items = all[2 * case..2 * case + 2].to_vec();
+        for id in &items {
+            shop.set_stock(*id, 3).await;
+        }
+
+        let ended = buy_killed_at(
+            &shop,
+            point,
+            nth,
+            &format!("ok-{case}"),
+            &[(items[0], 1), (items[1], 2)],
+        )
+        .await;
+
+        let at = format!("killed at {point} #{nth}");
+        assert_eq!(ended.saga.phase, Phase::Completed, "{at}: {ended:?}");
+        assert_eq!(shop.upstream(items[0]), Some(2), "{at}: taken once");
+        assert_eq!(shop.upstream(items[1]), Some(1), "{at}: taken once");
+        assert_eq!(shop.local(items[0]).await, Some((2, 0)), "{at}");
+        assert_eq!(shop.local(items[1]).await, Some((1, 0)), "{at}");
+        assert_eq!(shop.leftovers().await, (0, 0), "{at}");
+        assert!(claims(&shop, ended.id).await >= 2, "{at}: a takeover ran");
+    }
+    workers.stop().await;
+}
+
+/// Ten log entries: three lines (the first takes its product to 0), the third refused, two
+/// give-backs (the first a re-create), the release; two decrements and two give-backs sent.
+fn undo_boundaries() -> impl Iterator<Item = (&'static str, usize)> {
+    (0..10)
+        .map(|n| ("purchase.after_record", n))
+        .chain((0..2).map(|n| ("purchase.after_decrement", n)))
+        .chain((0..2).map(|n| ("purchase.after_give_back", n)))
+}
+
+#[tokio::test]
+async fn a_purchase_killed_at_any_boundary_while_undoing_is_undone_by_another_worker() {
+    let shop = PurchaseRig::new(0, 200).await;
+    let workers = Workers::start(&shop);
+    let all = shop.stocked(1, 42).await;
+    for (case, (point, nth)) in undo_boundaries().enumerate() {
+        let items = all[3 * case..3 * case + 3].to_vec();
+        shop.set_stock(items[0], 2).await;
+        shop.set_stock(items[1], 3).await;
+        shop.set_stock(items[2], 3).await;
+        // CardTrader has less of the third item than the shop thinks.
+        shop.rig
+            .app
+            .simulator
+            .set_quantity(&shop.token, items[2], 1);
+
+        let ended = buy_killed_at(
+            &shop,
+            point,
+            nth,
+            &format!("undo-{case}"),
+            &[(items[0], 2), (items[1], 1), (items[2], 2)],
+        )
+        .await;
+
+        let at = format!("killed at {point} #{nth}");
+        assert!(
+            matches!(&ended.saga.phase, Phase::Failed { reason } if reason.contains("CardTrader has 1")),
+            "{at}: {ended:?}"
+        );
+        let recreated = ended.lines[0]
+            .recreated_product_id
+            .unwrap_or_else(|| panic!("{at}: line 0 was re-created"));
+        assert_eq!(shop.upstream(items[0]), None, "{at}");
+        assert_eq!(shop.upstream(recreated), Some(2), "{at}: given back once");
+        assert_eq!(shop.local(recreated).await, Some((2, 0)), "{at}");
+        assert_eq!(shop.upstream(items[1]), Some(3), "{at}: given back once");
+        assert_eq!(shop.local(items[1]).await, Some((3, 0)), "{at}");
+        assert_eq!(shop.upstream(items[2]), Some(1), "{at}");
+        assert_eq!(shop.local(items[2]).await, Some((1, 0)), "{at}: corrected");
+        assert_eq!(shop.leftovers().await, (0, 0), "{at}");
+        assert!(claims(&shop, ended.id).await >= 2, "{at}: a takeover ran");
+    }
+    workers.stop().await;
+}
+
+/// A purchase whose give-back (a re-create) CardTrader keeps failing: it ends in requires_attention
+/// with its reservations held.
+async fn stuck_purchase(shop: &PurchaseRig, key: &str) -> (uuid::Uuid, Vec<i64>) {
+    let items = shop.stocked(1, 2).await;
+    shop.set_stock(items[0], 2).await;
+    shop.set_stock(items[1], 3).await;
+    shop.rig
+        .app
+        .simulator
+        .set_quantity(&shop.token, items[1], 1);
+    shop.rig.app.simulator.set_faults(Faults {
+        error_5xx_rate: 1.0,
+        path_ends_with: "/products".into(),
+        ..Faults::default()
+    });
+    let _ = shop.buy(key, &[(items[0], 2), (items[1], 3)]).await;
+    let id = purchase_id(shop, key).await;
+    let ended = shop.until_done(&id.to_string()).await;
+    assert!(
+        matches!(&ended.saga.phase, Phase::RequiresAttention { reason } if reason.contains("failed 5 times")),
+        "{ended:?}"
+    );
+    assert_eq!(shop.local(items[0]).await, Some((2, 2)), "still reserved");
+    shop.rig.app.simulator.set_faults(Faults::default());
+    (id, items)
+}
+
+#[tokio::test]
+async fn give_backs_that_keep_failing_need_a_person_and_a_retry_finishes_the_undo() {
+    let shop = PurchaseRig::new(0, 60).await;
+    let workers = Workers::start(&shop);
+    let (id, items) = stuck_purchase(&shop, "stuck").await;
+    // The driver refreshes the gauge just after recording the purchase's end.
+    let gauge = &shop.handler.metrics.purchases_requiring_attention;
+    for _ in 0..50 {
+        if gauge.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gauge.get(), 1);
+    let mut client = shop.client().await;
+    let seller = shop.rig.app.seller_token(shop.user);
+    let request = || GetPurchaseRequest {
+        purchase_id: id.to_string(),
+    };
+
+    let denied = client
+        .retry_purchase(authorized(request(), &seller))
+        .await
+        .unwrap_err();
+    let retried = client
+        .retry_purchase(authorized(request(), &shop.rig.app.service_token()))
+        .await
+        .unwrap()
+        .into_inner();
+    let ended = shop.until_done(&id.to_string()).await;
+
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_ne!(retried.state(), PurchaseState::RequiresAttention);
+    assert!(
+        matches!(ended.saga.phase, Phase::Failed { .. }),
+        "{ended:?}"
+    );
+    let recreated = ended.lines[0].recreated_product_id.unwrap();
+    assert_eq!(shop.upstream(recreated), Some(2));
+    assert_eq!(shop.local(recreated).await, Some((2, 0)));
+    assert_eq!(shop.local(items[1]).await, Some((1, 0)));
+    assert_eq!(shop.leftovers().await, (0, 0));
+    let again = client
+        .retry_purchase(authorized(request(), &shop.rig.app.service_token()))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    workers.stop().await;
+}
+
+#[tokio::test]
+async fn an_operator_resolves_a_stuck_purchase_with_a_recorded_note() {
+    let shop = PurchaseRig::new(0, 60).await;
+    let workers = Workers::start(&shop);
+    let (id, items) = stuck_purchase(&shop, "resolve").await;
+    let mut client = shop.client().await;
+    let service = shop.rig.app.service_token();
+    let resolve = |resolution: Resolution, note: &str| ResolvePurchaseRequest {
+        purchase_id: id.to_string(),
+        resolution: resolution.into(),
+        note: note.into(),
+    };
+
+    let no_note = client
+        .resolve_purchase(authorized(resolve(Resolution::Undone, " "), &service))
+        .await
+        .unwrap_err();
+    let no_resolution = client
+        .resolve_purchase(authorized(resolve(Resolution::Unspecified, "x"), &service))
+        .await
+        .unwrap_err();
+    let resolved = client
+        .resolve_purchase(authorized(
+            resolve(Resolution::Undone, "re-listed by hand on CardTrader"),
+            &service,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert!(no_note.message().starts_with("note"), "{no_note:?}");
+    assert!(
+        no_resolution.message().starts_with("resolution"),
+        "{no_resolution:?}"
+    );
+    assert_eq!(resolved.state(), PurchaseState::Failed);
+    assert_eq!(resolved.resolution, "undone");
+    assert_eq!(resolved.resolution_note, "re-listed by hand on CardTrader");
+    assert_eq!(shop.local(items[0]).await, Some((2, 0)), "released");
+    assert_eq!(shop.leftovers().await, (0, 0));
+    let (_, metrics) = shop.rig.app.http_get("/metrics").await;
+    assert!(
+        metrics.contains("brx_purchases_requiring_attention 0"),
+        "{metrics}"
+    );
+    workers.stop().await;
+}
