@@ -21,9 +21,10 @@ use crate::{
     domain::UserId,
     pb::v1::{
         ConnectAccountRequest, GetStatsRequest, GetSyncRequest, MappingState, PoolState,
-        ResolveBlueprintsRequest, StartSyncRequest, account_service_client::AccountServiceClient,
-        admin_service_client::AdminServiceClient, blueprint_service_client::BlueprintServiceClient,
-        sync_service_client::SyncServiceClient,
+        PurchaseLine, PurchaseRequest, ResolveBlueprintsRequest, StartSyncRequest,
+        account_service_client::AccountServiceClient, admin_service_client::AdminServiceClient,
+        blueprint_service_client::BlueprintServiceClient,
+        purchase_service_client::PurchaseServiceClient, sync_service_client::SyncServiceClient,
     },
     simulator::{SimulatorConfig, SimulatorHandle},
 };
@@ -53,7 +54,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await
         .context("seeding the MySQL catalogue (is MariaDB running at BRX_MYSQL_URL?)")?;
     println!(
-        "[1/8] catalogue fixture: {CATALOGUE_PRINTS} prints in {} ({:.1} s)",
+        "[1/9] catalogue fixture: {CATALOGUE_PRINTS} prints in {} ({:.1} s)",
         config.catalog_tables.join(", "),
         started.elapsed().as_secs_f64()
     );
@@ -64,7 +65,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     println!(
-        "[2/8] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics; CardTrader simulator at {}",
+        "[2/9] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics; CardTrader simulator at {}",
         simulator.base_url()
     );
 
@@ -72,7 +73,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .connect()
         .await?;
     wait_until_serving(HealthClient::new(channel.clone())).await?;
-    println!("[3/8] database reachable and migrated: health is SERVING");
+    println!("[3/9] database reachable and migrated: health is SERVING");
 
     let token = mint_token(&secret, None, "service", Duration::from_secs(300))?;
     let mut request = tonic::Request::new(GetStatsRequest {});
@@ -84,7 +85,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await?
         .into_inner();
     println!(
-        "[4/8] AdminService.GetStats as the service role: version {}",
+        "[4/9] AdminService.GetStats as the service role: version {}",
         stats.version
     );
     for pool in &stats.pools {
@@ -108,11 +109,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     resolve_some_blueprints(channel_for(grpc_addr).await?, &token, &simulator).await?;
     let expected = simulator.inventory_len(&simulator.token(1));
     sync_the_seller(channel_for(grpc_addr).await?, &token, expected).await?;
+    buy_from_the_seller(channel_for(grpc_addr).await?, &token, &simulator).await?;
 
     let _ = stop.send(());
     server.await.context("server task")??;
     simulator.shutdown().await;
-    println!("[8/8] graceful shutdown: NOT_SERVING, RPCs drained, pools closed\n\ndemo finished");
+    println!("[9/9] graceful shutdown: NOT_SERVING, RPCs drained, pools closed\n\ndemo finished");
     Ok(())
 }
 
@@ -154,7 +156,7 @@ async fn resolve_some_blueprints(
             .filter(|m| m.state() == MappingState::Mapped)
             .count();
         println!(
-            "[6/8] BlueprintService.ResolveBlueprints ({pass}): {} blueprints, {mapped} mapped, {} unmapped, in {:.1} ms",
+            "[6/9] BlueprintService.ResolveBlueprints ({pass}): {} blueprints, {mapped} mapped, {} unmapped, in {:.1} ms",
             mappings.len(),
             mappings.len() - mapped,
             started.elapsed().as_secs_f64() * 1000.0
@@ -204,13 +206,83 @@ async fn sync_the_seller(channel: Channel, token: &str, expected: u64) -> anyhow
     bar.finish_and_clear();
     let progress = last.progress.unwrap_or_default();
     println!(
-        "[7/8] SyncService.StartSync + WatchSync: {:?}; {} products seen, {} written, {} unchanged, {} unmapped, {} swept",
+        "[7/9] SyncService.StartSync + WatchSync: {:?}; {} products seen, {} written, {} unchanged, {} unmapped, {} swept",
         last.state(),
         progress.products_seen,
         progress.written,
         progress.unchanged,
         progress.unmapped,
         progress.deleted
+    );
+    Ok(())
+}
+
+/// Two purchases of the demo seller's items: one that completes on both sides, and one whose second
+/// item CardTrader no longer has, so the first is given back and the purchase is undone.
+async fn buy_from_the_seller(
+    channel: Channel,
+    token: &str,
+    simulator: &SimulatorHandle,
+) -> anyhow::Result<()> {
+    let cardtrader = simulator.token(1);
+    let upstream = |id: i64| {
+        simulator
+            .product(&cardtrader, id)
+            .and_then(|product| product.get("quantity").and_then(serde_json::Value::as_i64))
+    };
+    // The seller's first listings with at least two units (product ids start at 100,000,001).
+    let items: Vec<i64> = (100_000_001..100_000_001 + 1_000)
+        .filter(|id| upstream(*id).is_some_and(|quantity| quantity >= 2))
+        .take(3)
+        .collect();
+    let [sold, given_back, gone] = items[..] else {
+        anyhow::bail!("the demo seller has too few listings with two units");
+    };
+    let mut client = PurchaseServiceClient::new(channel);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let purchase = |key: &str, lines: &[(i64, i32)]| PurchaseRequest {
+        user_id: DEMO_SELLER.into(),
+        idempotency_key: format!("demo-{run}-{key}"),
+        lines: lines
+            .iter()
+            .map(|&(item_id, quantity)| PurchaseLine { item_id, quantity })
+            .collect(),
+        buyer_ref: format!("demo order {key}"),
+    };
+
+    let before = upstream(sold);
+    let started = std::time::Instant::now();
+    let completed = client
+        .purchase(with_bearer(purchase("1", &[(sold, 1)]), token)?)
+        .await?
+        .into_inner();
+    println!(
+        "[8/9] PurchaseService.Purchase: {:?} in {:.0} ms, {} step-log entries; item {sold} on CardTrader {} -> {}",
+        completed.state(),
+        started.elapsed().as_secs_f64() * 1000.0,
+        completed.steps,
+        before.unwrap_or(0),
+        upstream(sold).unwrap_or(0)
+    );
+
+    // Sold elsewhere behind the service's back: CardTrader no longer has the second item.
+    simulator.set_quantity(&cardtrader, gone, 0);
+    let before = upstream(given_back);
+    let undone = client
+        .purchase(with_bearer(
+            purchase("2", &[(given_back, 1), (gone, 1)]),
+            token,
+        )?)
+        .await;
+    let message = match undone {
+        Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        Ok(purchase) => format!("{:?}", purchase.into_inner().state()),
+    };
+    println!(
+        "      a purchase whose second item CardTrader no longer has: {message}\n      \
+         item {given_back} was taken on CardTrader, then given back: {} before, {} after; reservations released",
+        before.unwrap_or(0),
+        upstream(given_back).unwrap_or(0)
     );
     Ok(())
 }
@@ -251,7 +323,7 @@ async fn connect_a_seller(
         .await?
         .into_inner();
     println!(
-        "[5/8] AccountService.ConnectAccount: seller {seller} is {:?} as CardTrader user {}; token checked with /info, stored encrypted",
+        "[5/9] AccountService.ConnectAccount: seller {seller} is {:?} as CardTrader user {}; token checked with /info, stored encrypted",
         account.status(),
         account.cardtrader_user_id
     );
