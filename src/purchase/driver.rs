@@ -27,11 +27,20 @@ use crate::{
     retry::full_jitter,
 };
 
-/// Tells waiting callers on this replica that a purchase moved; they re-read it. Callers whose
-/// purchase another replica drives find out by polling.
+/// Tells waiting callers on this replica that a purchase moved, and whether it has ended; they
+/// re-read it. Callers whose purchase another replica drives find out by polling.
 #[derive(Debug, Clone)]
 pub struct PurchaseEvents {
-    sender: broadcast::Sender<Uuid>,
+    sender: broadcast::Sender<Change>,
+}
+
+/// One announcement: the purchase, and whether it has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// The purchase.
+    pub id: Uuid,
+    /// Whether it reached a terminal state.
+    pub ended: bool,
 }
 
 impl Default for PurchaseEvents {
@@ -43,14 +52,14 @@ impl Default for PurchaseEvents {
 }
 
 impl PurchaseEvents {
-    /// Announces that purchase `id` changed.
-    pub fn changed(&self, id: Uuid) {
+    /// Announces that purchase `id` changed (and `ended`).
+    pub fn changed(&self, id: Uuid, ended: bool) {
         // No receiver is fine: nobody is waiting.
-        let _ = self.sender.send(id);
+        let _ = self.sender.send(Change { id, ended });
     }
 
     /// A receiver of every announcement from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.sender.subscribe()
     }
 }
@@ -102,7 +111,7 @@ impl JobHandler for PurchaseHandler {
             credentials,
         };
         let result = run.drive().await;
-        self.events.changed(id);
+        self.events.changed(id, run.saga.phase.is_terminal());
         result
     }
 }
@@ -189,17 +198,23 @@ impl Run<'_> {
     async fn lock_products(&mut self) -> Result<(), JobFailure> {
         let mut waits = full_jitter(Duration::from_millis(5), Duration::from_millis(100), None);
         loop {
-            // Lines may have been re-pointed to a re-created product while we waited.
-            let ids: Vec<i64> = self.reload_lines().await?;
-            let locked = store::lock_products(
-                &self.handler.pool,
-                self.purchase.user_id,
-                self.purchase.id,
-                &ids,
-            )
-            .await
-            .map_err(transient)?;
-            if locked && self.reload_lines().await? == ids {
+            let locked =
+                store::lock_products(&self.handler.pool, self.purchase.user_id, self.purchase.id)
+                    .await
+                    .map_err(transient)?;
+            if let Some(ids) = locked {
+                let mut mine: Vec<i64> = self
+                    .purchase
+                    .lines
+                    .iter()
+                    .map(StoredLine::local_product_id)
+                    .collect();
+                mine.sort_unstable();
+                mine.dedup();
+                if mine != ids {
+                    // A give-back re-pointed a line to a re-created product while we waited.
+                    self.reload_lines().await?;
+                }
                 return Ok(());
             }
             if Utc::now() > self.purchase.deadline {
@@ -219,19 +234,14 @@ impl Run<'_> {
         }
     }
 
-    async fn reload_lines(&mut self) -> Result<Vec<i64>, JobFailure> {
+    async fn reload_lines(&mut self) -> Result<(), JobFailure> {
         if let Some(fresh) = store::load(&self.handler.pool, self.purchase.id)
             .await
             .map_err(transient)?
         {
             self.purchase.lines = fresh.lines;
         }
-        Ok(self
-            .purchase
-            .lines
-            .iter()
-            .map(StoredLine::local_product_id)
-            .collect())
+        Ok(())
     }
 
     /// Confirms CardTrader has the line's quantity, records the snapshot and the intent, then sends
@@ -246,8 +256,9 @@ impl Run<'_> {
         let seen = match self.read_product(line).await {
             Ok(seen) => seen,
             Err(MarketplaceError::Unauthorized) => {
+                // Nothing was seen: the local quantity is left as it is.
                 return self
-                    .refuse(line, "CardTrader rejected the seller's token", 0)
+                    .refuse(line, "CardTrader rejected the seller's token", None)
                     .await;
             }
             Err(err) => return Err(call_failure(err)),
@@ -255,14 +266,14 @@ impl Run<'_> {
         let product = match seen {
             Seen::Absent => {
                 let reason = format!("product {product_id} is no longer on CardTrader");
-                return self.refuse(line, &reason, 0).await;
+                return self.refuse(line, &reason, Some(0)).await;
             }
             Seen::Present(product) if product.quantity < i64::from(quantity) => {
                 let reason = format!(
                     "CardTrader has {} of product {product_id}, {quantity} wanted",
                     product.quantity
                 );
-                return self.refuse(line, &reason, product.quantity).await;
+                return self.refuse(line, &reason, Some(product.quantity)).await;
             }
             Seen::Present(product) => product,
         };
@@ -298,10 +309,8 @@ impl Run<'_> {
                     .await?;
                 Err(JobFailure::RateLimited { wait: retry_after })
             }
-            Err(err) => {
-                let seen = memo_seen(self, line);
-                self.refuse(line, &err.to_string(), seen).await
-            }
+            // Refused outright (a 404 or 4xx): the quantity seen just before stands.
+            Err(err) => self.refuse(line, &err.to_string(), None).await,
         }
     }
 
@@ -523,18 +532,31 @@ impl Run<'_> {
         Err(call_failure(err))
     }
 
-    async fn refuse(&mut self, line: usize, reason: &str, seen: i64) -> Result<(), JobFailure> {
-        let mut memo = self.memo(line).cloned().unwrap_or(LineMemo {
-            seen_quantity: seen,
-            product: None,
-            give_back: None,
-        });
-        memo.seen_quantity = seen;
+    /// Records that CardTrader cannot take the line; `seen` is the quantity CardTrader showed, which
+    /// the release lowers the local item to.
+    async fn refuse(
+        &mut self,
+        line: usize,
+        reason: &str,
+        seen: Option<i64>,
+    ) -> Result<(), JobFailure> {
         let event = Event::Refused {
             line,
             reason: reason.to_owned(),
         };
-        self.record(vec![event], Also::Memo(line, memo)).await
+        let also = match seen {
+            Some(seen_quantity) => {
+                let mut memo = self.memo(line).cloned().unwrap_or(LineMemo {
+                    seen_quantity,
+                    product: None,
+                    give_back: None,
+                });
+                memo.seen_quantity = seen_quantity;
+                Also::Memo(line, memo)
+            }
+            None => Also::Nothing,
+        };
+        self.record(vec![event], also).await
     }
 
     /// The last local transaction: the sale or the release, the locks dropped, the event logged.
@@ -614,7 +636,9 @@ impl Run<'_> {
             _ => {}
         }
         self.saga = next;
-        self.handler.events.changed(self.purchase.id);
+        self.handler
+            .events
+            .changed(self.purchase.id, self.saga.phase.is_terminal());
         // Every step boundary: a test may kill the driver right after any entry of the log.
         crate::failpoint::crash_point("purchase.after_record");
         Ok(())
@@ -642,36 +666,18 @@ impl Run<'_> {
     }
 
     /// The blueprint of a line's product: from the snapshot, else from the local item.
-    async fn blueprint(&self, line: usize) -> Result<i64, MarketplaceError> {
-        if let Some(product) = self.memo(line).and_then(|memo| memo.product.as_ref()) {
-            return Ok(product.blueprint_id);
-        }
-        let (product_id, _) = self
-            .line_item(line)
-            .map_err(|err| MarketplaceError::NotFound {
-                message: err.to_string(),
-            })?;
-        let blueprint: Option<i64> = sqlx::query_scalar(
-            "SELECT blueprint_id FROM inventory_items WHERE user_id = $1 AND product_id = $2",
-        )
-        .bind(self.purchase.user_id.as_uuid())
-        .bind(product_id)
-        .fetch_optional(&self.handler.pool)
-        .await
-        .map_err(|err| MarketplaceError::Unavailable {
-            reason: format!("reading the local item: {err}"),
-        })?;
-        blueprint.ok_or_else(|| MarketplaceError::NotFound {
-            message: format!("the shop no longer has item {product_id}"),
-        })
+    fn blueprint(&self, line: usize) -> Option<i64> {
+        self.memo(line)
+            .and_then(|memo| memo.product.as_ref())
+            .map(|product| product.blueprint_id)
+            .or_else(|| self.purchase.lines.get(line)?.blueprint_id)
     }
 
     /// The seller's products of the line's blueprint, as CardTrader has them now.
     async fn read_blueprint(&self, line: usize) -> Result<Vec<Product>, MarketplaceError> {
-        let blueprint = match self.blueprint(line).await {
-            Ok(blueprint) => blueprint,
-            Err(MarketplaceError::NotFound { .. }) => return Ok(Vec::new()),
-            Err(err) => return Err(err),
+        // The shop no longer has the item, and never took a snapshot of it: nothing to find.
+        let Some(blueprint) = self.blueprint(line) else {
+            return Ok(Vec::new());
         };
         self.marketplace()
             .export_products(

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     NewPurchase, PurchaseError, Reserved,
-    driver::{PurchaseEvents, refresh_attention_gauge},
+    driver::{Change, PurchaseEvents, refresh_attention_gauge},
     saga::{Event, Saga},
     store::{self, StoredPurchase},
 };
@@ -125,39 +125,45 @@ impl Purchases {
         seen_steps: i32,
         until: Instant,
     ) -> Result<StoredPurchase, PurchaseError> {
+        self.watch(id, until, |purchase| purchase.steps != seen_steps, |_| true)
+            .await
+    }
+
+    /// Waits until purchase `id` ends or `until`, and returns it as it is then.
+    pub async fn wait(&self, id: Uuid, until: Instant) -> Result<StoredPurchase, PurchaseError> {
+        // Only the announcement of its end is worth a re-read.
+        self.watch(id, until, |_| false, |change| change.ended)
+            .await
+    }
+
+    /// Re-reads purchase `id` until it ends, `done` says so, or `until`; between reads, waits for an
+    /// announcement that `wakes`, or the poll interval (another replica may be driving it).
+    async fn watch(
+        &self,
+        id: Uuid,
+        until: Instant,
+        done: impl Fn(&StoredPurchase) -> bool,
+        wakes: impl Fn(&Change) -> bool,
+    ) -> Result<StoredPurchase, PurchaseError> {
         let mut changes = self.events.subscribe();
         loop {
             let purchase = self.get(id).await?;
-            if purchase.steps != seen_steps
-                || purchase.saga.phase.is_terminal()
-                || Instant::now() >= until
-            {
+            if done(&purchase) || purchase.saga.phase.is_terminal() || Instant::now() >= until {
                 return Ok(purchase);
             }
-            let wake = tokio::time::sleep(POLL_INTERVAL);
-            tokio::pin!(wake);
+            let poll = tokio::time::sleep(POLL_INTERVAL);
+            tokio::pin!(poll);
             loop {
                 tokio::select! {
-                    () = &mut wake => break,
+                    () = &mut poll => break,
                     () = tokio::time::sleep_until(until) => break,
-                    changed = changes.recv() => match changed {
-                        Ok(changed) if changed != id => continue,
+                    change = changes.recv() => match change {
+                        Ok(change) if change.id != id || !wakes(&change) => continue,
                         // Ours, or announcements were missed: re-read.
                         _ => break,
                     },
                 }
             }
-        }
-    }
-
-    /// Waits until purchase `id` ends or `until`, and returns it as it is then.
-    pub async fn wait(&self, id: Uuid, until: Instant) -> Result<StoredPurchase, PurchaseError> {
-        loop {
-            let purchase = self.get(id).await?;
-            if purchase.saga.phase.is_terminal() || Instant::now() >= until {
-                return Ok(purchase);
-            }
-            self.changed_since(id, purchase.steps, until).await?;
         }
     }
 
@@ -211,7 +217,7 @@ impl Purchases {
         store::record_resolution(&mut tx, id, resolution, note).await?;
         tx.commit().await?;
         tracing::warn!(purchase_id = %id, resolution, note, "purchase resolved by an operator");
-        self.events.changed(id);
+        self.events.changed(id, true);
         refresh_attention_gauge(&self.pool, &self.metrics).await;
         self.get(id).await
     }

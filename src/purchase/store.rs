@@ -204,6 +204,8 @@ pub struct StoredLine {
     pub memo: Option<LineMemo>,
     /// The id of the product re-created by a give-back, which the local row now points to.
     pub recreated_product_id: Option<i64>,
+    /// The local item's blueprint, `None` when the shop no longer has the item.
+    pub blueprint_id: Option<i64>,
 }
 
 impl StoredLine {
@@ -322,15 +324,29 @@ async fn load_lines(
     pool: &PgPool,
     ids: &[Uuid],
 ) -> Result<BTreeMap<Uuid, Vec<StoredLine>>, PurchaseError> {
-    let rows: Vec<(Uuid, i32, i64, i32, Option<serde_json::Value>, Option<i64>)> = sqlx::query_as(
-        "SELECT purchase_id, line, product_id, quantity, snapshot, recreated_product_id \
-         FROM purchase_lines WHERE purchase_id = ANY($1) ORDER BY purchase_id, line",
+    type LineRow = (
+        Uuid,
+        i32,
+        i64,
+        i32,
+        Option<serde_json::Value>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let rows: Vec<LineRow> = sqlx::query_as(
+        "SELECT l.purchase_id, l.line, l.product_id, l.quantity, l.snapshot, l.recreated_product_id, \
+                i.blueprint_id \
+         FROM purchase_lines l JOIN purchases p ON p.id = l.purchase_id \
+         LEFT JOIN inventory_items i ON i.user_id = p.user_id \
+              AND i.product_id = coalesce(l.recreated_product_id, l.product_id) \
+         WHERE l.purchase_id = ANY($1) ORDER BY l.purchase_id, l.line",
     )
     .bind(ids)
     .fetch_all(pool)
     .await?;
     let mut by_purchase: BTreeMap<Uuid, Vec<StoredLine>> = BTreeMap::new();
-    for (purchase_id, line, product_id, quantity, memo, recreated_product_id) in rows {
+    for (purchase_id, line, product_id, quantity, memo, recreated_product_id, blueprint_id) in rows
+    {
         let memo = memo
             .map(serde_json::from_value)
             .transpose()
@@ -344,6 +360,7 @@ async fn load_lines(
                 quantity,
                 memo,
                 recreated_product_id,
+                blueprint_id,
             });
     }
     Ok(by_purchase)
@@ -459,22 +476,28 @@ pub async fn append(
     Ok(())
 }
 
-/// Takes the CardTrader locks of every product in `product_ids` for purchase `id`, all or none: a
-/// product locked by another purchase leaves nothing taken and returns `false`. Locks this
-/// purchase already holds (from before a crash) count as taken.
+/// Takes the CardTrader locks of every product purchase `id`'s lines name, all or none, and returns
+/// those product ids; `None` when another purchase holds one of them (nothing is taken then). Locks
+/// this purchase already holds (from before a crash) count as taken. The lines are read under a
+/// share lock, so a give-back re-pointing them to a re-created product waits until this commits.
 pub async fn lock_products(
     pool: &PgPool,
     user_id: UserId,
     id: Uuid,
-    product_ids: &[i64],
-) -> Result<bool, PurchaseError> {
-    let mut ids = product_ids.to_vec();
+) -> Result<Option<Vec<i64>>, PurchaseError> {
+    let mut tx = pool.begin().await?;
+    let mut ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT coalesce(recreated_product_id, product_id) FROM purchase_lines \
+         WHERE purchase_id = $1 FOR SHARE",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
     ids.sort_unstable();
     ids.dedup();
-    let mut tx = pool.begin().await?;
     // Inserted in id order, so two purchases wanting overlapping products never wait on each other
     // in a cycle.
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO purchase_product_locks (user_id, product_id, purchase_id) \
          SELECT $1, p, $3 FROM UNNEST($2::bigint[]) AS p ORDER BY p \
          ON CONFLICT ON CONSTRAINT purchase_product_locks_pkey DO NOTHING",
@@ -483,22 +506,28 @@ pub async fn lock_products(
     .bind(&ids)
     .bind(id)
     .execute(&mut *tx)
-    .await?;
-    let held: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM purchase_product_locks \
-         WHERE user_id = $1 AND product_id = ANY($2) AND purchase_id = $3",
-    )
-    .bind(user_id.as_uuid())
-    .bind(&ids)
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if held as usize == ids.len() {
+    .await?
+    .rows_affected();
+    let held = if inserted as usize == ids.len() {
+        ids.len()
+    } else {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM purchase_product_locks \
+             WHERE user_id = $1 AND product_id = ANY($2) AND purchase_id = $3",
+        )
+        .bind(user_id.as_uuid())
+        .bind(&ids)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        usize::try_from(held).unwrap_or(0)
+    };
+    if held == ids.len() {
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(ids))
     } else {
         tx.rollback().await?;
-        Ok(false)
+        Ok(None)
     }
 }
 

@@ -400,3 +400,58 @@ async fn list_one(shop: &PurchaseRig) -> uuid::Uuid {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_purchase_past_its_deadline_gives_back_what_it_took() {
+    let shop = PurchaseRig::with(4, 10, |config| {
+        config.purchase_deadline = Duration::from_millis(600);
+    })
+    .await;
+    let items = shop.stocked(2, 2).await;
+    let before: Vec<Option<i64>> = items.iter().map(|id| shop.upstream(*id)).collect();
+    // Each CardTrader call takes 400 ms: the first line alone outlasts the deadline.
+    shop.rig.app.simulator.set_faults(Faults {
+        latency_ms: 400,
+        ..Faults::default()
+    });
+
+    let failed = shop
+        .buy("late", &[(items[0], 1), (items[1], 1)])
+        .await
+        .unwrap_err();
+
+    assert_eq!(failed.code(), Code::Aborted, "{failed:?}");
+    assert!(failed.message().contains("deadline"), "{failed:?}");
+    let after: Vec<Option<i64>> = items.iter().map(|id| shop.upstream(*id)).collect();
+    assert_eq!(after, before, "the first line was given back");
+    assert_eq!(shop.leftovers().await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_caller_whose_deadline_comes_first_gets_the_current_state_and_the_saga_goes_on() {
+    let shop = PurchaseRig::new(4, 10).await;
+    let item = shop.stocked(2, 1).await[0];
+    let before = shop.upstream(item).unwrap();
+    shop.rig.app.simulator.set_faults(Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    });
+    let mut request = authorized(
+        shop.request("impatient", &[(item, 1)]),
+        &shop.rig.app.seller_token(shop.user),
+    );
+    request.set_timeout(Duration::from_millis(250));
+
+    let answer = shop
+        .client()
+        .await
+        .purchase(request)
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(answer.state(), PurchaseState::Taking, "{answer:?}");
+    let ended = shop.until_done(&answer.purchase_id).await;
+    assert_eq!(ended.saga.phase, brx_sync::purchase::saga::Phase::Completed);
+    assert_eq!(shop.upstream(item), Some(before - 1));
+}
