@@ -97,6 +97,23 @@ pub fn code_of_layer_error(err: &(dyn std::error::Error + Send + Sync + 'static)
     Code::Unknown
 }
 
+impl From<PurchaseError> for Status {
+    fn from(err: PurchaseError) -> Self {
+        match err {
+            PurchaseError::InsufficientStock { .. }
+            | PurchaseError::UnknownItem(_)
+            | PurchaseError::NotConnected
+            | PurchaseError::WrongState(_) => Status::failed_precondition(err.to_string()),
+            PurchaseError::KeyConflict => Status::already_exists(err.to_string()),
+            PurchaseError::NotFound => Status::not_found(err.to_string()),
+            PurchaseError::QueueFull => {
+                resource_exhausted(&err.to_string(), Duration::from_millis(500))
+            }
+            other => internal("purchase operation failed", &other),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,22 +131,5 @@ mod tests {
         let status = internal("test", &cause);
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("hunter2"));
-    }
-}
-
-impl From<PurchaseError> for Status {
-    fn from(err: PurchaseError) -> Self {
-        match err {
-            PurchaseError::InsufficientStock { .. }
-            | PurchaseError::UnknownItem(_)
-            | PurchaseError::NotConnected
-            | PurchaseError::WrongState(_) => Status::failed_precondition(err.to_string()),
-            PurchaseError::KeyConflict => Status::already_exists(err.to_string()),
-            PurchaseError::NotFound => Status::not_found(err.to_string()),
-            PurchaseError::QueueFull => {
-                resource_exhausted(&err.to_string(), Duration::from_millis(500))
-            }
-            other => internal("purchase operation failed", &other),
-        }
     }
 }

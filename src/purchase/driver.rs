@@ -138,7 +138,7 @@ enum Also {
 
 /// What CardTrader showed of one product.
 enum Seen {
-    Present(Product),
+    Present(Box<Product>),
     Absent,
 }
 
@@ -699,7 +699,7 @@ impl Run<'_> {
         Ok(products
             .into_iter()
             .find(|product| product.id == product_id)
-            .map_or(Seen::Absent, Seen::Present))
+            .map_or(Seen::Absent, |product| Seen::Present(Box::new(product))))
     }
 
     /// A product CardTrader would merge a re-create of the line's snapshot into, and its quantity.
