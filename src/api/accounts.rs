@@ -4,11 +4,8 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use tonic::{Request, Response, Status};
 
-use super::{auth, pb::v1 as pb, status};
-use crate::{
-    accounts::{Account, AccountStatus, Accounts},
-    domain::UserId,
-};
+use super::{auth, fields::user_id, pb::v1 as pb, status};
+use crate::accounts::{Account, AccountStatus, Accounts};
 
 /// Handler state of `AccountService`.
 #[derive(Debug, Clone)]
@@ -63,10 +60,6 @@ impl pb::account_service_server::AccountService for AccountApi {
             self.accounts.disconnect(user_id, purge).await?,
         )))
     }
-}
-
-fn user_id(raw: &str) -> Result<UserId, Status> {
-    UserId::parse(raw).map_err(|err| status::invalid_argument("user_id", err))
 }
 
 fn encode(account: Account) -> pb::Account {

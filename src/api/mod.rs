@@ -8,6 +8,7 @@ pub mod status;
 mod accounts;
 mod admin;
 mod blueprints;
+mod fields;
 mod health;
 mod layers;
 mod purchases;

@@ -9,10 +9,10 @@ use uuid::Uuid;
 use super::{
     accounts::timestamp,
     auth,
+    fields::{encode_page_token, page_size, page_token, user_id},
     layers::RpcDeadline,
     pb::v1 as pb,
     status,
-    sync::{encode_page_token, page_token},
 };
 use crate::{
     domain::UserId,
@@ -97,16 +97,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let body = request.into_inner();
-        let page_size = match body.page_size {
-            0 => 20,
-            size @ 1..=100 => i64::from(size),
-            _ => {
-                return Err(status::invalid_argument(
-                    "page_size",
-                    "must be between 1 and 100",
-                ));
-            }
-        };
+        let page_size = page_size(body.page_size)?;
         let state = match pb::PurchaseState::try_from(body.state) {
             Ok(pb::PurchaseState::Unspecified) => None,
             Ok(state) => Some(state_column(state)),
@@ -218,10 +209,6 @@ impl PurchaseApi {
         auth::require_user(request, purchase.user_id)?;
         Ok(purchase)
     }
-}
-
-fn user_id(raw: &str) -> Result<UserId, Status> {
-    UserId::parse(raw).map_err(|err| status::invalid_argument("user_id", err))
 }
 
 fn purchase_id(raw: &str) -> Result<Uuid, Status> {

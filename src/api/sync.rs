@@ -2,14 +2,18 @@
 
 use std::{pin::Pin, time::Duration};
 
-use base64::Engine;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{accounts::timestamp, auth, pb::v1 as pb, status};
+use super::{
+    accounts::timestamp,
+    auth,
+    fields::{encode_page_token, page_size, page_token, user_id},
+    pb::v1 as pb,
+    status,
+};
 use crate::{
-    domain::UserId,
     jobs::{Enqueued, Job, JobState},
     sync::{
         scope::{MAX_TARGETED_IDS, SyncProgress, SyncScope},
@@ -60,16 +64,7 @@ impl pb::sync_service_server::SyncService for SyncApi {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let body = request.into_inner();
-        let page_size = match body.page_size {
-            0 => 20,
-            size @ 1..=100 => i64::from(size),
-            _ => {
-                return Err(status::invalid_argument(
-                    "page_size",
-                    "must be between 1 and 100",
-                ));
-            }
-        };
+        let page_size = page_size(body.page_size)?;
         let before = page_token(&body.page_token)?;
         let jobs = self.syncs.list(user_id, before, page_size).await?;
         let next_page_token = match jobs.last() {
@@ -154,10 +149,6 @@ impl SyncApi {
     }
 }
 
-fn user_id(raw: &str) -> Result<UserId, Status> {
-    UserId::parse(raw).map_err(|err| status::invalid_argument("user_id", err))
-}
-
 fn scope(request: &pb::StartSyncRequest) -> Result<SyncScope, Status> {
     let (blueprint_ids, expansion_ids) = (&request.blueprint_ids, &request.expansion_ids);
     if blueprint_ids.is_empty() && expansion_ids.is_empty() {
@@ -189,32 +180,8 @@ fn positive_ids(field: &str, ids: &[i64]) -> Result<Vec<i64>, Status> {
     Ok(ids)
 }
 
-/// The (created_at, id) position a page token from [`encode_page_token`] names.
-pub(crate) fn page_token(
-    raw: &str,
-) -> Result<Option<(chrono::DateTime<chrono::Utc>, Uuid)>, Status> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || status::invalid_argument("page_token", "not a token from a previous page");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(raw)
-        .map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let (micros, id) = text.split_once('/').ok_or_else(invalid)?;
-    let micros: i64 = micros.parse().map_err(|_| invalid())?;
-    let at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
-    Ok(Some((at, Uuid::try_parse(id).map_err(|_| invalid())?)))
-}
-
 fn encode_token(job: &Job) -> String {
     encode_page_token(job.created_at, job.id)
-}
-
-/// A token for the page after the row created at `at` with `id`, in newest-first order.
-pub(crate) fn encode_page_token(at: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
-    let raw = format!("{}/{}", at.timestamp_micros(), id);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
 fn encode(job: &Job) -> pb::SyncJob {
