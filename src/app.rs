@@ -154,6 +154,10 @@ impl App {
             &metrics,
             &purchase_events,
         );
+        let interactive_start = job_workers
+            .iter()
+            .find(|worker| worker.lane() == Lane::Interactive)
+            .map(Worker::local_start);
         let wakeups = JobWakeups::new(
             storage.redis.clone(),
             &config.redis_key_prefix,
@@ -224,6 +228,7 @@ impl App {
                 purchase_events,
                 metrics.clone(),
                 config.max_queue_depth,
+                interactive_start,
             ),
             accounts,
             catalog,

@@ -136,6 +136,43 @@ pub async fn insert(conn: &mut sqlx::PgConnection, new: &NewJob) -> Result<Uuid,
     Ok(id)
 }
 
+/// Queues `new` already claimed by `owner` for `lease` (its first attempt, fence 1), inside the
+/// caller's transaction: for work the replica that asked for it starts at once, without a claim. If
+/// that replica dies first, the lease runs out and any worker rescues the job like any orphan.
+pub async fn insert_claimed(
+    conn: &mut sqlx::PgConnection,
+    new: &NewJob,
+    owner: &str,
+    lease: Duration,
+) -> Result<Lease, JobError> {
+    let sql = concat!(
+        "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key, \
+             state, lease_owner, lease_expires_at, fence, attempts, started_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, now() + make_interval(secs => $10), \
+             1, 1, now()) RETURNING ",
+        columns!()
+    );
+    let row: JobRow = sqlx::query_as(sql)
+        .bind(Uuid::new_v4())
+        .bind(new.user_id.as_uuid())
+        .bind(&new.kind)
+        .bind(new.lane.as_str())
+        .bind(&new.payload)
+        .bind(new.priority)
+        .bind(new.max_attempts)
+        .bind(&new.dedupe_key)
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .fetch_one(conn)
+        .await?;
+    let job = job(row)?;
+    Ok(Lease {
+        fence: job.fence,
+        owner: owner.to_owned(),
+        job,
+    })
+}
+
 /// Like [`enqueue`], but a request that joins a queued job widens it: `merge(queued, requested)`
 /// becomes the queued job's payload (a union of ids, say), so no request is coalesced away into a
 /// narrower job. The swap is compare-and-set on the payload; if the job was claimed or changed in

@@ -12,7 +12,7 @@ use std::{
 };
 
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{JobError, Lane, Lease, store};
@@ -104,6 +104,50 @@ pub struct Worker {
     settings: WorkerSettings,
     wake: Arc<tokio::sync::Notify>,
     metrics: Metrics,
+    slots: Arc<Semaphore>,
+    handed: mpsc::UnboundedSender<(Lease, OwnedSemaphorePermit)>,
+    handed_in: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(Lease, OwnedSemaphorePermit)>>>,
+}
+
+/// A free slot of a worker, held for a job about to be handed to it.
+#[derive(Debug)]
+pub struct Slot(OwnedSemaphorePermit);
+
+/// Hands a worker jobs this replica has just created already claimed (see
+/// [`super::store::insert_claimed`]), so they start without a claim round trip or a wake-up.
+#[derive(Debug, Clone)]
+pub struct LocalStart {
+    slots: Arc<Semaphore>,
+    handed: mpsc::UnboundedSender<(Lease, OwnedSemaphorePermit)>,
+    owner: String,
+    lease: Duration,
+}
+
+impl LocalStart {
+    /// The `lease_owner` a job handed to this worker must carry.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The lease length such a job must be claimed for.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// A free slot, if the worker has one now; without one, queue the job instead.
+    pub fn try_slot(&self) -> Option<Slot> {
+        self.slots.clone().try_acquire_owned().ok().map(Slot)
+    }
+
+    /// Runs the claimed `lease` in `slot`. Should the worker have stopped, the job's lease runs out
+    /// and another worker rescues it.
+    pub fn start(&self, lease: Lease, slot: Slot) {
+        if self.handed.send((lease, slot.0)).is_err() {
+            tracing::warn!(
+                "the worker has stopped; the job will be rescued when its lease runs out"
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -128,12 +172,26 @@ impl Worker {
             .into_iter()
             .map(|handler| (handler.kind(), handler))
             .collect();
+        let (handed, handed_in) = mpsc::unbounded_channel();
         Self {
             pool,
             handlers,
+            slots: Arc::new(Semaphore::new(settings.concurrency)),
             settings,
             wake: Arc::new(tokio::sync::Notify::new()),
             metrics,
+            handed,
+            handed_in: std::sync::Mutex::new(Some(handed_in)),
+        }
+    }
+
+    /// A handle that starts jobs claimed at creation on this worker's free slots.
+    pub fn local_start(&self) -> LocalStart {
+        LocalStart {
+            slots: self.slots.clone(),
+            handed: self.handed.clone(),
+            owner: self.settings.owner.clone(),
+            lease: self.settings.lease,
         }
     }
 
@@ -149,12 +207,30 @@ impl Worker {
 
     /// Claims and runs jobs until `shutdown`; running jobs are then interrupted and handed back.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let slots = self.slots.clone();
+        let mut handed = self
+            .handed_in
+            .lock()
+            .map_err(|_| anyhow::anyhow!("worker state poisoned"))?
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the worker is already running"))?;
         let this = Arc::new(self);
         let mut running = tokio::task::JoinSet::new();
+        let spawn = |running: &mut tokio::task::JoinSet<()>, lease: Lease, permit| {
+            let this = this.clone();
+            let shutdown = shutdown.clone();
+            running.spawn(async move {
+                this.execute(lease, shutdown).await;
+                drop(permit);
+            });
+        };
         loop {
             let permit = tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some((lease, permit)) = handed.recv() => {
+                    spawn(&mut running, lease, permit);
+                    continue;
+                }
                 permit = slots.clone().acquire_owned() => permit?,
             };
             match store::claim(
@@ -167,12 +243,7 @@ impl Worker {
             .await
             {
                 Ok(Some(lease)) => {
-                    let this = this.clone();
-                    let shutdown = shutdown.clone();
-                    running.spawn(async move {
-                        this.execute(lease, shutdown).await;
-                        drop(permit);
-                    });
+                    spawn(&mut running, lease, permit);
                     continue;
                 }
                 Ok(None) => drop(permit),
@@ -183,10 +254,16 @@ impl Worker {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some((lease, permit)) = handed.recv() => spawn(&mut running, lease, permit),
                 () = this.wake.notified() => {}
                 () = tokio::time::sleep(this.settings.poll_interval) => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
             }
+        }
+        // Jobs handed over but not started go back to the queue, like interrupted ones.
+        handed.close();
+        while let Ok((lease, _permit)) = handed.try_recv() {
+            this.settle(&lease, Err(JobFailure::Interrupted)).await;
         }
         while running.join_next().await.is_some() {}
         Ok(())

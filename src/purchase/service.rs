@@ -17,7 +17,7 @@ use super::{
 use crate::{
     accounts::{AccountError, AccountStatus, Accounts},
     domain::UserId,
-    jobs::{Lane, wake::JobWakeups},
+    jobs::{Lane, wake::JobWakeups, worker::LocalStart},
     metrics::Metrics,
 };
 
@@ -33,6 +33,8 @@ pub struct Purchases {
     events: PurchaseEvents,
     metrics: Metrics,
     max_queue_depth: i64,
+    /// Starts a new purchase on this replica's worker at once, when it has a free slot.
+    local: Option<LocalStart>,
 }
 
 /// What a purchase request led to.
@@ -53,6 +55,7 @@ impl Purchases {
         events: PurchaseEvents,
         metrics: Metrics,
         max_queue_depth: i64,
+        local: Option<LocalStart>,
     ) -> Self {
         Self {
             pool,
@@ -61,6 +64,7 @@ impl Purchases {
             events,
             metrics,
             max_queue_depth,
+            local,
         }
     }
 
@@ -83,17 +87,31 @@ impl Purchases {
             return Err(PurchaseError::NotConnected);
         }
         let started = std::time::Instant::now();
-        let reserved = store::reserve(&self.pool, purchase, self.max_queue_depth).await;
+        // With a free slot here, the job is created claimed and started on it: no claim query, no
+        // wake-up. Otherwise it is queued for any replica's worker.
+        let slot = self.local.as_ref().and_then(LocalStart::try_slot);
+        let claim = self
+            .local
+            .as_ref()
+            .filter(|_| slot.is_some())
+            .map(|local| (local.owner(), local.lease()));
+        let reserved = store::reserve_with(&self.pool, purchase, self.max_queue_depth, claim).await;
         self.metrics
             .purchase_step_seconds
             .with_label_values(&["reserve"])
             .observe(started.elapsed().as_secs_f64());
         let (id, replayed) = match reserved? {
-            Reserved::Created(id) => {
+            (Reserved::Created(id), Some(lease)) => {
+                if let (Some(local), Some(slot)) = (&self.local, slot) {
+                    local.start(lease, slot);
+                }
+                (id, false)
+            }
+            (Reserved::Created(id), None) => {
                 self.wakeups.announce(Lane::Interactive);
                 (id, false)
             }
-            Reserved::Replay(id) => (id, true),
+            (Reserved::Replay(id), _) => (id, true),
         };
         let purchase = self.wait(id, wait_until).await?;
         Ok(Outcome { purchase, replayed })

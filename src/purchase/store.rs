@@ -45,6 +45,20 @@ pub async fn reserve(
     purchase: &NewPurchase,
     max_depth: i64,
 ) -> Result<Reserved, PurchaseError> {
+    Ok(reserve_with(pool, purchase, max_depth, None).await?.0)
+}
+
+/// Who claims a purchase's job as it is created: `(owner, lease)` of the local worker.
+pub type LocalClaim<'a> = Option<(&'a str, std::time::Duration)>;
+
+/// [`reserve`], with the driver's job created already claimed by `claim` when given (the lease
+/// is returned), so the local worker starts it at once.
+pub async fn reserve_with(
+    pool: &PgPool,
+    purchase: &NewPurchase,
+    max_depth: i64,
+    claim: LocalClaim<'_>,
+) -> Result<(Reserved, Option<Lease>), PurchaseError> {
     let hash = request_hash(purchase);
     let mut tx = pool.begin().await?;
     let id = Uuid::new_v4();
@@ -65,7 +79,7 @@ pub async fn reserve(
     .fetch_optional(&mut *tx)
     .await?;
     if inserted.is_none() {
-        return existing(&mut tx, purchase, &hash).await;
+        return Ok((existing(&mut tx, purchase, &hash).await?, None));
     }
     let depth = jobs::store::queued_in_lane(&mut *tx, Lane::Interactive)
         .await
@@ -75,11 +89,22 @@ pub async fn reserve(
     }
     reserve_items(&mut tx, purchase).await?;
     store_lines(&mut tx, id, purchase).await?;
-    jobs::store::insert(&mut tx, &driver_job(purchase.user_id, id))
-        .await
-        .map_err(jobs_error)?;
+    let job = driver_job(purchase.user_id, id);
+    let lease = match claim {
+        Some((owner, lease)) => Some(
+            jobs::store::insert_claimed(&mut tx, &job, owner, lease)
+                .await
+                .map_err(jobs_error)?,
+        ),
+        None => {
+            jobs::store::insert(&mut tx, &job)
+                .await
+                .map_err(jobs_error)?;
+            None
+        }
+    };
     tx.commit().await?;
-    Ok(Reserved::Created(id))
+    Ok((Reserved::Created(id), lease))
 }
 
 /// The job that drives purchase `id`: interactive, never coalesced with another purchase's.
