@@ -98,6 +98,18 @@ pub(super) fn percentiles_us(histogram: &Histogram<u64>) -> String {
     )
 }
 
+/// `p50 … p90 … p99 … max …` of a histogram of microseconds.
+pub(super) fn percentiles_p90_us(histogram: &Histogram<u64>) -> String {
+    let at = |quantile| millis(histogram.value_at_quantile(quantile));
+    format!(
+        "p50 {}  p90 {}  p99 {}  max {}",
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        millis(histogram.max())
+    )
+}
+
 /// Microseconds as milliseconds or seconds, whichever reads better.
 pub(super) fn millis(us: u64) -> String {
     match us {

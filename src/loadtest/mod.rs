@@ -1,12 +1,16 @@
 //! `brx-sync loadtest`: the real replica, in-process, against the simulator in a child process. `scale`
 //! starts many sellers' full syncs at once and reports throughput, job latency, peak RSS and PostgreSQL
-//! connections; `isolation` measures GetSyncStatus latency while one large sync runs.
+//! connections; `isolation` measures GetSyncStatus latency while one large sync runs; `purchases`
+//! measures PurchaseService.Purchase over many sellers, clean and with CardTrader faults, and checks
+//! that stock adds up on both sides afterwards.
 //!
 //! Layout: `rig` sets up and tears down everything a scenario needs, `simulator` is the child process,
-//! `measure` holds the samplers and number formatting, `scale` and `isolation` are the scenarios.
+//! `measure` holds the samplers and number formatting, `scale`, `isolation` and `purchases` are the
+//! scenarios.
 
 mod isolation;
 mod measure;
+mod purchases;
 mod rig;
 mod scale;
 mod simulator;
@@ -21,10 +25,10 @@ pub struct LoadtestArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Scenario::Scale)]
     pub scenario: Scenario,
-    /// Sellers synced at once (scale; isolation always uses one).
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub sellers: u32,
-    /// Products per seller; 1,000 for scale and 200,000 for isolation when omitted.
+    /// Sellers; 1,000 for scale and 100 for purchases when omitted (isolation always uses one).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sellers: Option<u32>,
+    /// Products per seller; 1,000 for scale, 200,000 for isolation and 10 for purchases when omitted.
     #[arg(long)]
     pub products: Option<u64>,
     /// ConnectAccount calls in flight while the sellers are connected.
@@ -40,7 +44,16 @@ pub struct LoadtestArgs {
     /// How long each idle phase measures GetSyncStatus (isolation).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub idle_for: Duration,
-    /// Longest wait for the syncs to end before the run counts as failed.
+    /// Concurrent buyers calling PurchaseService.Purchase (purchases).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub buyers: u32,
+    /// How long each purchases phase (clean, then with faults) keeps buying.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Purchases each purchases phase makes instead of running for `--duration`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub purchases: Option<u64>,
+    /// Longest wait for the syncs (or the purchases) to end before the run counts as failed.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
@@ -52,6 +65,10 @@ pub enum Scenario {
     Scale,
     /// GetSyncStatus p99 while one large sync runs, against its idle p99.
     Isolation,
+    /// Concurrent buyers calling Purchase, clean and then with CardTrader faults and stock lowered
+    /// behind the shop's back: purchases/s against the raw CardTrader calls, latency, outcomes,
+    /// compensations, and the stock invariant after each phase.
+    Purchases,
 }
 
 impl Scenario {
@@ -59,6 +76,7 @@ impl Scenario {
         match self {
             Scenario::Scale => "scale",
             Scenario::Isolation => "isolation",
+            Scenario::Purchases => "purchases",
         }
     }
 }
@@ -66,8 +84,9 @@ impl Scenario {
 impl LoadtestArgs {
     fn sellers(&self) -> u32 {
         match self.scenario {
-            Scenario::Scale => self.sellers,
+            Scenario::Scale => self.sellers.unwrap_or(1_000),
             Scenario::Isolation => 1,
+            Scenario::Purchases => self.sellers.unwrap_or(100),
         }
     }
 
@@ -75,13 +94,14 @@ impl LoadtestArgs {
         let default = match self.scenario {
             Scenario::Scale => 1_000,
             Scenario::Isolation => 200_000,
+            Scenario::Purchases => 10,
         };
         self.products.unwrap_or(default)
     }
 }
 
 /// Runs the chosen scenario and prints its report; tears everything down whatever the outcome, and
-/// fails when a sync failed.
+/// fails when a sync failed (or, for purchases, when the stock invariant was violated).
 pub async fn run(config: Config, args: LoadtestArgs) -> anyhow::Result<()> {
     let (sellers, products) = (args.sellers(), args.products());
     println!(
@@ -90,11 +110,16 @@ pub async fn run(config: Config, args: LoadtestArgs) -> anyhow::Result<()> {
         measure::thousands(u64::from(sellers)),
         measure::thousands(products)
     );
+    let config = match args.scenario {
+        Scenario::Purchases => purchases::replica_config(config),
+        Scenario::Scale | Scenario::Isolation => config,
+    };
     let rig = rig::Rig::start(config, sellers, products).await?;
     let scenario = async {
         match args.scenario {
             Scenario::Scale => scale::run(&rig, &args).await,
             Scenario::Isolation => isolation::run(&rig, &args).await,
+            Scenario::Purchases => purchases::run(&rig, &args).await,
         }
     };
     let outcome = tokio::select! {

@@ -47,6 +47,8 @@ pub(super) struct Rig {
     pub(super) channels: Vec<Channel>,
     /// Service-role bearer token.
     pub(super) token: String,
+    /// The replica's HTTP side port, where `/metrics` is served.
+    pub(super) http_addr: std::net::SocketAddr,
     stop: oneshot::Sender<()>,
     server: JoinHandle<anyhow::Result<()>>,
 }
@@ -62,7 +64,7 @@ impl Rig {
             "  setup: PostgreSQL database {database}, Redis prefix {}",
             config.redis_key_prefix
         );
-        let (stop, server, grpc_addr) = match start_replica(&config).await {
+        let (stop, server, grpc_addr, http_addr) = match start_replica(&config).await {
             Ok(replica) => replica,
             Err(err) => {
                 drop_database(&config.database_url).await;
@@ -85,6 +87,7 @@ impl Rig {
             monitor,
             simulator,
             channels: Vec::new(),
+            http_addr,
             stop,
             server,
         };
@@ -118,6 +121,12 @@ impl Rig {
             started.elapsed().as_secs_f64()
         );
         Ok(users)
+    }
+
+    /// The replica's Prometheus exposition, as `GET /metrics` serves it.
+    pub(super) async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("http://{}/metrics", self.http_addr);
+        Ok(reqwest::get(url).await?.error_for_status()?.text().await?)
     }
 
     /// The gRPC connection for the `i`-th caller.
@@ -207,9 +216,11 @@ async fn start_simulator(sellers: u32, products: u64) -> anyhow::Result<Simulato
     Ok(simulator)
 }
 
+/// The stop signal, the serving task, and the gRPC and HTTP addresses of a started replica.
 type Replica = (
     oneshot::Sender<()>,
     JoinHandle<anyhow::Result<()>>,
+    std::net::SocketAddr,
     std::net::SocketAddr,
 );
 
@@ -226,12 +237,12 @@ async fn start_replica(config: &Config) -> anyhow::Result<Replica> {
         started.elapsed().as_secs_f64()
     );
     let app = App::build(config.clone()).await?;
-    let grpc_addr = app.grpc_addr();
+    let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    Ok((stop, server, grpc_addr))
+    Ok((stop, server, grpc_addr, http_addr))
 }
 
 /// Drops the load test database, ending any connection still open to it; failures are only logged.

@@ -106,7 +106,7 @@ fn print_settings(config: &Config) {
 }
 
 /// Fires one full-sync StartSync per seller, all at once; returns how many calls were retried.
-async fn start_all(rig: &Rig, users: &[UserId]) -> anyhow::Result<u32> {
+pub(super) async fn start_all(rig: &Rig, users: &[UserId]) -> anyhow::Result<u32> {
     let calls = users
         .iter()
         .enumerate()
@@ -149,7 +149,11 @@ async fn start_one(
 
 /// Waits until all `expected` full syncs are terminal, with a progress bar; returns the most jobs
 /// seen running at once.
-async fn wait_for_jobs(pool: &PgPool, expected: u64, timeout: Duration) -> anyhow::Result<i64> {
+pub(super) async fn wait_for_jobs(
+    pool: &PgPool,
+    expected: u64,
+    timeout: Duration,
+) -> anyhow::Result<i64> {
     let bar = ProgressBar::new(expected).with_style(ProgressStyle::with_template(
         "  {spinner} syncs {pos}/{len} ended {wide_bar} {msg} ({elapsed})",
     )?);

@@ -4,8 +4,10 @@
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::Context;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::process::{Child, Command};
+
+use crate::simulator::Faults;
 
 /// Requests in flight while the per-token statistics are collected.
 const STATS_CONCURRENCY: usize = 16;
@@ -18,11 +20,20 @@ pub(super) struct SimulatorProcess {
     http: reqwest::Client,
 }
 
-/// What the simulator saw from every seeded token together.
+/// What the simulator saw from every seeded token together (or from one).
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct SimStats {
     pub(super) requests: u64,
     pub(super) rejected_429: u64,
+    /// Most requests one token sent in any 10-second window since the start.
+    pub(super) peak_in_10s: u64,
+}
+
+/// A product as the simulator's `/products/export` lists it; the fields the load test reads.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub(super) struct SimProduct {
+    pub(super) id: i64,
+    pub(super) quantity: i64,
 }
 
 impl SimulatorProcess {
@@ -62,16 +73,30 @@ impl SimulatorProcess {
 
     /// Requests and 429 answers summed over tokens `sim-token-1..=sellers`.
     pub(super) async fn stats(&self, sellers: u32) -> anyhow::Result<SimStats> {
-        let mut per_token = futures::stream::iter(1..=sellers)
-            .map(|n| self.token_stats(n))
-            .buffer_unordered(STATS_CONCURRENCY);
         let mut total = SimStats::default();
-        while let Some(stats) = per_token.next().await {
-            let stats = stats?;
+        for stats in self.stats_per_token(sellers).await? {
             total.requests += stats.requests;
             total.rejected_429 += stats.rejected_429;
+            total.peak_in_10s = total.peak_in_10s.max(stats.peak_in_10s);
         }
         Ok(total)
+    }
+
+    /// The statistics of tokens `sim-token-1..=sellers`, in token order.
+    pub(super) async fn stats_per_token(&self, sellers: u32) -> anyhow::Result<Vec<SimStats>> {
+        futures::stream::iter(1..=sellers)
+            .map(|n| self.token_stats(n))
+            .buffered(STATS_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// A cheap handle on the simulator's HTTP API, for tasks of their own.
+    pub(super) fn api(&self) -> SimulatorApi {
+        SimulatorApi {
+            http: self.http.clone(),
+            addr: self.addr,
+        }
     }
 
     /// Kills the child and reaps it.
@@ -82,7 +107,7 @@ impl SimulatorProcess {
     }
 
     async fn token_stats(&self, seller: u32) -> anyhow::Result<SimStats> {
-        let url = format!("http://{}/_sim/stats?token=sim-token-{seller}", self.addr);
+        let url = format!("http://{}/_sim/stats?token={}", self.addr, token(seller));
         let body: serde_json::Value = self
             .http
             .get(url)
@@ -95,6 +120,7 @@ impl SimulatorProcess {
         Ok(SimStats {
             requests: field("total").unwrap_or(0),
             rejected_429: field("rejected_429").unwrap_or(0),
+            peak_in_10s: field("max_general_in_any_10s").unwrap_or(0),
         })
     }
 
@@ -106,7 +132,7 @@ impl SimulatorProcess {
             if let Some(status) = self.child.try_wait()? {
                 anyhow::bail!("the simulator exited at start-up ({status})");
             }
-            let answer = self.http.get(&info).bearer_auth("sim-token-1").send().await;
+            let answer = self.http.get(&info).bearer_auth(token(1)).send().await;
             if matches!(&answer, Ok(response) if response.status().is_success()) {
                 return Ok(());
             }
@@ -116,6 +142,90 @@ impl SimulatorProcess {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The simulator's API and admin routes, as the purchases scenario drives them; cheap to clone.
+#[derive(Debug, Clone)]
+pub(super) struct SimulatorApi {
+    http: reqwest::Client,
+    addr: SocketAddr,
+}
+
+impl SimulatorApi {
+    fn base_url(&self) -> String {
+        format!("http://{}/api/v2", self.addr)
+    }
+
+    /// Seller `seller`'s products through the API (rate-limited like any client), all of them or
+    /// those of one blueprint.
+    pub(super) async fn export(
+        &self,
+        seller: u32,
+        blueprint: Option<i64>,
+    ) -> anyhow::Result<Vec<SimProduct>> {
+        let mut url = format!("{}/products/export", self.base_url());
+        if let Some(blueprint) = blueprint {
+            url.push_str(&format!("?blueprint_id={blueprint}"));
+        }
+        let answer = self.http.get(url).bearer_auth(token(seller)).send().await?;
+        Ok(answer.error_for_status()?.json().await?)
+    }
+
+    /// `POST /products/:id/increment` as seller `seller`, through the API.
+    pub(super) async fn increment(
+        &self,
+        seller: u32,
+        product: i64,
+        delta: i64,
+    ) -> anyhow::Result<()> {
+        let url = format!("{}/products/{product}/increment", self.base_url());
+        self.http
+            .post(url)
+            .bearer_auth(token(seller))
+            .json(&serde_json::json!({ "delta_quantity": delta }))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// Sets a product's quantity behind every client's back (admin route; ≤ 0 deletes it).
+    pub(super) async fn set_quantity(
+        &self,
+        seller: u32,
+        product: i64,
+        quantity: i64,
+    ) -> anyhow::Result<()> {
+        let url = format!(
+            "http://{}/_sim/sellers/{}/products/{product}",
+            self.addr,
+            token(seller)
+        );
+        self.http
+            .patch(url)
+            .json(&serde_json::json!({ "quantity": quantity }))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// Replaces the injected faults.
+    pub(super) async fn set_faults(&self, faults: &Faults) -> anyhow::Result<()> {
+        let url = format!("http://{}/_sim/faults", self.addr);
+        self.http
+            .put(url)
+            .json(faults)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+}
+
+/// The bearer token of seeded seller `seller`.
+fn token(seller: u32) -> String {
+    format!("sim-token-{seller}")
 }
 
 /// A loopback address with a port that was free a moment ago (the child binds it right after).
