@@ -144,7 +144,10 @@ enum Seen {
 
 impl Run<'_> {
     async fn drive(&mut self) -> Result<(), JobFailure> {
-        if self.saga.phase == Phase::Taking {
+        // The reservation took the locks when the products were free; they outlive crashes.
+        let locked_at_reserve =
+            self.context.lease.job.payload.get("locked") == Some(&serde_json::Value::Bool(true));
+        if self.saga.phase == Phase::Taking && !locked_at_reserve {
             self.lock_products().await?;
         }
         loop {

@@ -81,15 +81,20 @@ pub async fn reserve_with(
     if inserted.is_none() {
         return Ok((existing(&mut tx, purchase, &hash).await?, None));
     }
-    let depth = jobs::store::queued_in_lane(&mut *tx, Lane::Interactive)
-        .await
-        .map_err(jobs_error)?;
-    if depth >= max_depth {
-        return Err(PurchaseError::QueueFull);
+    // A job started here at once adds nothing to the queue.
+    if claim.is_none() {
+        let depth = jobs::store::queued_in_lane(&mut *tx, Lane::Interactive)
+            .await
+            .map_err(jobs_error)?;
+        if depth >= max_depth {
+            return Err(PurchaseError::QueueFull);
+        }
     }
     reserve_items(&mut tx, purchase).await?;
     store_lines(&mut tx, id, purchase).await?;
-    let job = driver_job(purchase.user_id, id);
+    let locked = try_lock_new(&mut tx, purchase, id).await?;
+    let mut job = driver_job(purchase.user_id, id);
+    job.payload["locked"] = serde_json::Value::Bool(locked);
     let lease = match claim {
         Some((owner, lease)) => Some(
             jobs::store::insert_claimed(&mut tx, &job, owner, lease)
@@ -105,6 +110,36 @@ pub async fn reserve_with(
     };
     tx.commit().await?;
     Ok((Reserved::Created(id), lease))
+}
+
+/// Takes the CardTrader locks of a purchase being reserved, if no other purchase holds any of its
+/// products; all or none. Saves the driver a transaction in the common case of free products.
+async fn try_lock_new(
+    conn: &mut PgConnection,
+    purchase: &NewPurchase,
+    id: Uuid,
+) -> Result<bool, PurchaseError> {
+    let mut ids: Vec<i64> = purchase.lines.iter().map(|line| line.product_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let inserted = sqlx::query(
+        "INSERT INTO purchase_product_locks (user_id, product_id, purchase_id) \
+         SELECT $1, p, $3 FROM UNNEST($2::bigint[]) AS p ORDER BY p \
+         ON CONFLICT ON CONSTRAINT purchase_product_locks_pkey DO NOTHING",
+    )
+    .bind(purchase.user_id.as_uuid())
+    .bind(&ids)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted as usize == ids.len() {
+        return Ok(true);
+    }
+    // Some are held by another purchase: the driver waits for all of them instead. Every lock of
+    // this purchase was taken just now, by this statement.
+    unlock_products(conn, id).await?;
+    Ok(false)
 }
 
 /// The job that drives purchase `id`: interactive, never coalesced with another purchase's.
@@ -441,9 +476,10 @@ pub fn state_name(phase: &Phase) -> &'static str {
 }
 
 /// Appends `events` to the step log at `seq` and stores the saga they lead to, inside the caller's
-/// transaction. With a lease, the job row is held `FOR SHARE` after checking the fence first, so a
-/// takeover waits for this transaction and a fenced-out worker appends nothing; operators' actions
-/// pass `None` and hold the purchase row instead.
+/// transaction, in one statement. With a lease, the job row is held `FOR SHARE` if the fence still
+/// matches, so a takeover waits for this transaction, and a fenced-out worker appends nothing (the
+/// caller's transaction is then rolled back whole). Operators' actions pass `None` and hold the
+/// purchase row instead.
 pub async fn append(
     conn: &mut PgConnection,
     lease: Option<&Lease>,
@@ -452,53 +488,48 @@ pub async fn append(
     events: &[Event],
     saga: &Saga,
 ) -> Result<(), PurchaseError> {
-    let fence = match lease {
-        Some(lease) => {
-            jobs::store::lock_fenced(&mut *conn, lease)
-                .await
-                .map_err(|err| match err {
-                    JobError::LeaseLost => PurchaseError::LeaseLost,
-                    other => jobs_error(other),
-                })?;
-            lease.fence
-        }
-        None => 0,
-    };
     let encoded: Vec<serde_json::Value> = events
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<_, _>>()
         .map_err(|err| PurchaseError::Internal(err.to_string()))?;
     let seqs: Vec<i32> = (seq..).take(events.len()).collect();
-    sqlx::query(
-        "INSERT INTO purchase_steps (purchase_id, seq, event, fence) \
-         SELECT $1, s.seq, s.event, $4 FROM UNNEST($2::int[], $3::jsonb[]) AS s(seq, event)",
-    )
-    .bind(id)
-    .bind(&seqs)
-    .bind(&encoded)
-    .bind(fence)
-    .execute(&mut *conn)
-    .await?;
     let failure_reason = match &saga.phase {
         Phase::Failed { reason } | Phase::RequiresAttention { reason } => Some(reason.as_str()),
         _ => None,
     };
     let saga_json =
         serde_json::to_value(saga).map_err(|err| PurchaseError::Internal(err.to_string()))?;
-    sqlx::query(
-        "UPDATE purchases SET saga = $2, state = $3, failure_reason = $4, updated_at = now(), \
-             finished_at = CASE WHEN $5 THEN coalesce(finished_at, now()) ELSE NULL END \
-         WHERE id = $1",
+    let appended: i64 = sqlx::query_scalar(
+        "WITH held AS ( \
+             SELECT $6::uuid IS NULL OR EXISTS ( \
+                 SELECT 1 FROM jobs WHERE id = $6 AND fence = $7 AND state = 'running' FOR SHARE) AS ok), \
+         steps AS ( \
+             INSERT INTO purchase_steps (purchase_id, seq, event, fence) \
+             SELECT $1, s.seq, s.event, coalesce($7, 0) FROM UNNEST($2::int[], $3::jsonb[]) AS s(seq, event) \
+             WHERE (SELECT ok FROM held)), \
+         saga AS ( \
+             UPDATE purchases SET saga = $4, state = $5, failure_reason = $8, updated_at = now(), \
+                 finished_at = CASE WHEN $9 THEN coalesce(finished_at, now()) ELSE NULL END \
+             WHERE id = $1 AND (SELECT ok FROM held) RETURNING 1) \
+         SELECT count(*) FROM saga",
     )
     .bind(id)
+    .bind(&seqs)
+    .bind(&encoded)
     .bind(&saga_json)
     .bind(state_name(&saga.phase))
+    .bind(lease.map(|lease| lease.job.id))
+    .bind(lease.map(|lease| lease.fence))
     .bind(failure_reason)
     .bind(saga.phase.is_terminal())
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
+    if appended == 1 {
+        Ok(())
+    } else {
+        Err(PurchaseError::LeaseLost)
+    }
 }
 
 /// Takes the CardTrader locks of every product purchase `id`'s lines name, all or none, and returns

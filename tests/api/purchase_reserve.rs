@@ -154,3 +154,67 @@ async fn two_hundred_buyers_racing_for_ten_units_reserve_exactly_ten() {
     assert_eq!(reserved(&db, user).await, vec![(1, 10)]);
     assert_eq!(purchases(&db).await, 10);
 }
+
+#[tokio::test]
+async fn a_step_from_a_worker_whose_lease_was_taken_over_is_not_appended() {
+    use brx_sync::purchase::saga::{Event, Saga};
+    let db = TestDatabase::new().await;
+    let user = seller_with_items(&db, &[(1, 5)]).await;
+    let (reserved, lease) = store::reserve_with(
+        &db.pool,
+        &purchase(user, "k-1", &[(1, 1)]),
+        1_000,
+        Some(("worker-a", std::time::Duration::from_secs(30))),
+    )
+    .await
+    .unwrap();
+    let (Reserved::Created(id), Some(lease)) = (reserved, lease) else {
+        panic!("{reserved:?}")
+    };
+    let mut saga = Saga::new(1);
+    saga.apply(&Event::DecrementSent { line: 0 });
+    let mut stale = lease.clone();
+    stale.fence -= 1;
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let refused = store::append(
+        &mut tx,
+        Some(&stale),
+        id,
+        0,
+        &[Event::DecrementSent { line: 0 }],
+        &saga,
+    )
+    .await;
+    tx.rollback().await.unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    store::append(
+        &mut tx,
+        Some(&lease),
+        id,
+        0,
+        &[Event::DecrementSent { line: 0 }],
+        &saga,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    assert!(
+        matches!(refused, Err(PurchaseError::LeaseLost)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store::step_log(&db.pool, id).await.unwrap(),
+        vec![Event::DecrementSent { line: 0 }]
+    );
+    let stored = store::load(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(stored.saga, saga);
+    let locks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM purchase_product_locks WHERE purchase_id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(locks, 1, "the reservation took the product's lock");
+}
