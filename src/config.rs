@@ -39,7 +39,8 @@ pub enum Command {
     Simulator(crate::simulator::SimulatorArgs),
     /// Print a caller JWT signed with BRX_JWT_HS256_SECRET, for grpcurl and local testing.
     Token(TokenArgs),
-    /// Start many sellers' syncs at once against the simulator and report throughput and latency.
+    /// Load the real replica against the simulator: many syncs at once (scale), RPC latency during a
+    /// big sync (isolation), or purchases (throughput, latency, invariants); see README.
     Loadtest(crate::loadtest::LoadtestArgs),
 }
 
