@@ -1,8 +1,8 @@
 //! `brx-sync loadtest`: the real replica, in-process, against the simulator in a child process. `scale`
 //! starts many sellers' full syncs at once and reports throughput, job latency, peak RSS and PostgreSQL
 //! connections; `isolation` measures GetSyncStatus latency while one large sync runs; `purchases`
-//! measures PurchaseService.Purchase over many sellers, clean and with CardTrader faults, and checks
-//! that stock adds up on both sides afterwards.
+//! measures PurchaseService.Purchase over many sellers, closed-loop and then paced, clean and with
+//! CardTrader faults, and checks that stock adds up on both sides afterwards.
 //!
 //! Layout: `rig` sets up and tears down everything a scenario needs, `simulator` is the child process,
 //! `measure` holds the samplers and number formatting, `scale`, `isolation` and `purchases` are the
@@ -47,9 +47,13 @@ pub struct LoadtestArgs {
     /// Concurrent buyers calling PurchaseService.Purchase (purchases).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub buyers: u32,
-    /// How long each purchases phase (clean, then with faults) keeps buying.
+    /// How long each purchases phase (closed loop, paced, paced with faults) keeps buying.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Purchases per second the buyers offer together in the paced purchases phases, each buyer
+    /// on its own evenly spaced schedule.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
     /// Purchases each purchases phase makes instead of running for `--duration`.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub purchases: Option<u64>,
@@ -65,9 +69,9 @@ pub enum Scenario {
     Scale,
     /// GetSyncStatus p99 while one large sync runs, against its idle p99.
     Isolation,
-    /// Concurrent buyers calling Purchase, clean and then with CardTrader faults and stock lowered
-    /// behind the shop's back: purchases/s against the raw CardTrader calls, latency, outcomes,
-    /// compensations, and the stock invariant after each phase.
+    /// Concurrent buyers calling Purchase, closed-loop (throughput), then paced at `--rate` clean and
+    /// with CardTrader faults and stock lowered behind the shop's back: purchases/s against the raw
+    /// CardTrader calls, latency, outcomes, compensations, and the stock invariant after each phase.
     Purchases,
 }
 

@@ -1,8 +1,10 @@
 //! The purchases scenario (issue #6): concurrent buyers calling PurchaseService.Purchase over many
-//! sellers' items, first clean, then with CardTrader faults and some stock lowered behind the shop's
-//! back; after each phase the stock of both sides is checked against the sales, and the rate is set
+//! sellers' items: closed-loop for the most the service does, then paced at `--rate` for the latency
+//! at that rate, clean and then with CardTrader faults and some stock lowered behind the shop's back.
+//! After each phase the stock of both sides is checked against the sales, and the rate is set
 //! against the raw CardTrader calls a purchase makes, measured in the same run.
 
+mod answers;
 mod buyers;
 mod ceiling;
 mod figures;
@@ -66,26 +68,47 @@ struct Item {
     blueprint_id: i64,
 }
 
-/// The two phases; their purchases' idempotency keys start with the phase's name.
+/// The buying phases, in the order they run; their purchases' idempotency keys start with the
+/// phase's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Clean,
+    /// Every buyer sends its next purchase as soon as the previous one answered: the throughput.
+    /// With a fixed number of buyers its latency is buyers / rate (Little's law), so it is not the
+    /// phase to judge latency by.
+    ClosedLoop,
+    /// The buyers together offer `--rate` purchases a second; no faults.
+    Paced,
+    /// Paced as well, with CardTrader faults and some stock lowered behind the shop's back.
     Faults,
 }
 
 impl Phase {
     fn key_prefix(self) -> &'static str {
         match self {
-            Phase::Clean => "clean",
+            Phase::ClosedLoop => "closed",
+            Phase::Paced => "paced",
             Phase::Faults => "faults",
+        }
+    }
+
+    /// How the report and the progress lines name the phase.
+    fn name(self) -> &'static str {
+        match self {
+            Phase::ClosedLoop => "closed loop",
+            Phase::Paced => "paced",
+            Phase::Faults => "paced with faults",
         }
     }
 
     fn faults(self) -> Option<Faults> {
         match self {
-            Phase::Clean => None,
+            Phase::ClosedLoop | Phase::Paced => None,
             Phase::Faults => Some(faults()),
         }
+    }
+
+    fn paced(self) -> bool {
+        self != Phase::ClosedLoop
     }
 }
 
@@ -97,7 +120,8 @@ pub(super) async fn run(rig: &Rig, args: &LoadtestArgs) -> anyhow::Result<()> {
         .await?;
     stock_up(rig, args.sellers()).await?;
     let sellers = Arc::new(sync_sellers(rig, &users, args.timeout).await?);
-    let clean = run_phase(rig, &sellers, args, Phase::Clean).await?;
+    let closed_loop = run_phase(rig, &sellers, args, Phase::ClosedLoop).await?;
+    let paced = run_phase(rig, &sellers, args, Phase::Paced).await?;
     let lowered = lower_stock(rig, &sellers).await?;
     let faulted = run_phase(rig, &sellers, args, Phase::Faults).await?;
     let peak_in_10s = rig.simulator.stats(args.sellers()).await?.peak_in_10s;
@@ -114,7 +138,7 @@ pub(super) async fn run(rig: &Rig, args: &LoadtestArgs) -> anyhow::Result<()> {
         lowered: lowered.len(),
         peak_in_10s,
         ceiling,
-        phases: [clean, faulted],
+        phases: [closed_loop, paced, faulted],
     };
     report.print();
     report.verdict()
@@ -241,7 +265,7 @@ async fn lower_stock(rig: &Rig, sellers: &[Seller]) -> anyhow::Result<HashSet<i6
 #[derive(Debug)]
 struct PhaseRun {
     phase: Phase,
-    answers: buyers::Answers,
+    answers: answers::Answers,
     traffic: figures::Traffic,
     counters: figures::Counters,
     check: stock::Check,
@@ -278,7 +302,7 @@ async fn run_phase(
     println!(
         "  run:   {} phase: {} purchases answered in {:.1} s, the last one ended {:.1} s later; \
          stock checked",
-        phase.key_prefix(),
+        phase.name(),
         thousands(answers.tally.total()),
         answers.wall.as_secs_f64(),
         settled.as_secs_f64()

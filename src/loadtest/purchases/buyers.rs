@@ -1,9 +1,9 @@
-//! The buyers: each calls PurchaseService.Purchase on random items of random sellers, one call after
-//! the other, until the phase's budget is spent, and records how long each answer took and what it
-//! was.
+//! The buyers: each calls PurchaseService.Purchase on random items of random sellers until the
+//! phase's budget is spent, either one call after the other (the closed loop, which finds the most
+//! the service does) or on its own share of a fixed schedule (paced, which finds the latency at a
+//! given rate).
 
 use std::{
-    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -11,128 +11,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
 
-use super::{Phase, Seller};
+use super::{
+    Phase, Seller,
+    answers::{Answers, Pacing, Slot},
+};
 use crate::{
     demo::with_bearer,
-    loadtest::{LoadtestArgs, measure, rig::Rig},
-    pb::v1::{
-        PurchaseLine, PurchaseRequest, PurchaseState,
-        purchase_service_client::PurchaseServiceClient,
-    },
+    loadtest::{LoadtestArgs, rig::Rig},
+    pb::v1::{PurchaseLine, PurchaseRequest, purchase_service_client::PurchaseServiceClient},
 };
 
 /// Share of the faults phase's purchases that have two or three lines.
 const MULTI_LINE_SHARE: f64 = 0.2;
 
-/// How each Purchase call was answered.
-#[derive(Debug, Default)]
-pub(super) struct Tally {
-    /// OK, the purchase COMPLETED.
-    pub(super) completed: u64,
-    /// ABORTED: the saga failed and was compensated.
-    pub(super) aborted: u64,
-    /// FAILED_PRECONDITION: not enough stock locally (or an item no longer listed).
-    pub(super) out_of_stock: u64,
-    /// OK, the purchase in REQUIRES_ATTENTION.
-    pub(super) requires_attention: u64,
-    /// OK, the purchase still running when the RPC's deadline came.
-    pub(super) unfinished: u64,
-    /// Any other status: count and the first message, by code.
-    pub(super) other: BTreeMap<String, (u64, String)>,
-}
-
-impl Tally {
-    /// Every answer.
-    pub(super) fn total(&self) -> u64 {
-        let other: u64 = self.other.values().map(|(count, _)| count).sum();
-        self.completed
-            + self.aborted
-            + self.out_of_stock
-            + self.requires_attention
-            + self.unfinished
-            + other
-    }
-
-    fn add(&mut self, other: Tally) {
-        self.completed += other.completed;
-        self.aborted += other.aborted;
-        self.out_of_stock += other.out_of_stock;
-        self.requires_attention += other.requires_attention;
-        self.unfinished += other.unfinished;
-        for (code, (count, message)) in other.other {
-            self.other.entry(code).or_insert((0, message)).0 += count;
-        }
-    }
-}
-
-/// What the buyers of one phase saw.
-#[derive(Debug)]
-pub(super) struct Answers {
-    /// Latency of every answer, µs.
-    pub(super) latency: Histogram<u64>,
-    /// Latency of the COMPLETED answers, µs.
-    pub(super) completed_latency: Histogram<u64>,
-    /// The answers by kind.
-    pub(super) tally: Tally,
-    /// Lines asked for, over every call.
-    pub(super) lines: u64,
-    /// First call sent → last answer received.
-    pub(super) wall: Duration,
-}
-
-impl Answers {
-    fn new() -> Self {
-        Self {
-            latency: measure::histogram(),
-            completed_latency: measure::histogram(),
-            tally: Tally::default(),
-            lines: 0,
-            wall: Duration::ZERO,
-        }
-    }
-
-    fn add(&mut self, other: Answers) -> anyhow::Result<()> {
-        self.latency.add(&other.latency)?;
-        self.completed_latency.add(&other.completed_latency)?;
-        self.tally.add(other.tally);
-        self.lines += other.lines;
-        Ok(())
-    }
-
-    fn record(
-        &mut self,
-        answer: Result<tonic::Response<crate::pb::v1::Purchase>, tonic::Status>,
-        took: Duration,
-    ) {
-        let micros = took.as_micros() as u64;
-        self.latency.saturating_record(micros);
-        let tally = &mut self.tally;
-        match answer.map(|response| response.into_inner().state()) {
-            Ok(PurchaseState::Completed) => {
-                tally.completed += 1;
-                self.completed_latency.saturating_record(micros);
-            }
-            Ok(PurchaseState::RequiresAttention) => tally.requires_attention += 1,
-            Ok(_) => tally.unfinished += 1,
-            Err(status) => match status.code() {
-                tonic::Code::Aborted => tally.aborted += 1,
-                tonic::Code::FailedPrecondition => tally.out_of_stock += 1,
-                code => {
-                    let message = status.message().to_owned();
-                    tally
-                        .other
-                        .entry(format!("{code:?}"))
-                        .or_insert((0, message))
-                        .0 += 1;
-                }
-            },
-        }
-    }
-}
-
-/// When the buyers stop: at an instant, or after a number of calls shared by all of them.
+/// When the closed-loop buyers stop: at an instant, or after a number of calls shared by all of them.
 #[derive(Debug)]
 enum Budget {
     Until(Instant),
@@ -149,7 +44,40 @@ impl Budget {
     }
 }
 
-/// Runs `args.buyers` buyers until the phase's budget is spent and every call was answered.
+/// The paced phases' schedule: call `n` is due `n / rate` after the start, and buyer `i` sends calls
+/// `i`, `i + buyers`, `i + 2 buyers`, … so each buyer keeps its own evenly spaced times.
+#[derive(Debug)]
+struct Schedule {
+    start: Instant,
+    rate: f64,
+    buyers: u64,
+    /// Calls are due before this offset, or (with `--purchases`) number fewer than this many.
+    until: Option<Duration>,
+    calls: Option<u64>,
+}
+
+impl Schedule {
+    fn new(start: Instant, args: &LoadtestArgs) -> Self {
+        Self {
+            start,
+            rate: f64::from(args.rate),
+            buyers: u64::from(args.buyers),
+            until: args.purchases.is_none().then_some(args.duration),
+            calls: args.purchases,
+        }
+    }
+
+    /// When the buyer's `k`-th call is due, from the start; `None` once the budget is spent.
+    fn due(&self, buyer: u64, k: u64) -> Option<Duration> {
+        let n = buyer + k * self.buyers;
+        let due = Duration::from_secs_f64(n as f64 / self.rate);
+        let within = self.until.is_none_or(|end| due < end) && self.calls.is_none_or(|c| n < c);
+        within.then_some(due)
+    }
+}
+
+/// Runs `args.buyers` buyers, closed-loop or paced as the phase is, until the phase's budget is spent
+/// and every call was answered.
 pub(super) async fn buy(
     rig: &Rig,
     sellers: &Arc<Vec<Seller>>,
@@ -157,33 +85,27 @@ pub(super) async fn buy(
     args: &LoadtestArgs,
 ) -> anyhow::Result<Answers> {
     let started = Instant::now();
-    let budget = Arc::new(match args.purchases {
-        Some(limit) => Budget::Calls {
-            sent: AtomicU64::new(0),
-            limit,
-        },
-        None => Budget::Until(started + args.duration),
-    });
-    let mut tasks = tokio::task::JoinSet::new();
-    for buyer in 0..args.buyers as usize {
-        let client = PurchaseServiceClient::new(rig.channel(buyer));
-        let (token, sellers, budget) = (rig.token.clone(), sellers.clone(), budget.clone());
-        tasks.spawn(async move {
-            let mut answers = Answers::new();
-            let mut client = client;
-            let mut call = 0_u64;
-            while budget.take() {
-                let request = purchase(&sellers, phase, buyer, call);
-                answers.lines += request.lines.len() as u64;
-                call += 1;
-                let sent = Instant::now();
-                let answer = client.purchase(with_bearer(request, &token)?).await;
-                answers.record(answer, sent.elapsed());
-            }
-            anyhow::Ok(answers)
+    let pacing = || phase.paced().then(|| Pacing::new(f64::from(args.rate)));
+    let mut tasks = JoinSet::new();
+    if phase.paced() {
+        let schedule = Arc::new(Schedule::new(started, args));
+        for buyer in 0..args.buyers {
+            let buyer = Buyer::new(rig, sellers, phase, buyer);
+            tasks.spawn(buyer.paced(schedule.clone(), pacing()));
+        }
+    } else {
+        let budget = Arc::new(match args.purchases {
+            Some(limit) => Budget::Calls {
+                sent: AtomicU64::new(0),
+                limit,
+            },
+            None => Budget::Until(started + args.duration),
         });
+        for buyer in 0..args.buyers {
+            tasks.spawn(Buyer::new(rig, sellers, phase, buyer).closed_loop(budget.clone()));
+        }
     }
-    let mut all = Answers::new();
+    let mut all = Answers::new(pacing());
     while let Some(answers) = tasks.join_next().await {
         all.add(answers??)?;
     }
@@ -191,9 +113,85 @@ pub(super) async fn buy(
     Ok(all)
 }
 
+/// One buyer: its own connection, the seller list, and its number in the phase's idempotency keys.
+#[derive(Debug)]
+struct Buyer {
+    client: PurchaseServiceClient<Channel>,
+    token: String,
+    sellers: Arc<Vec<Seller>>,
+    phase: Phase,
+    number: u32,
+}
+
+impl Buyer {
+    fn new(rig: &Rig, sellers: &Arc<Vec<Seller>>, phase: Phase, number: u32) -> Self {
+        Self {
+            client: PurchaseServiceClient::new(rig.channel(number as usize)),
+            token: rig.token.clone(),
+            sellers: sellers.clone(),
+            phase,
+            number,
+        }
+    }
+
+    /// Sends each call as soon as the previous one answered.
+    async fn closed_loop(mut self, budget: Arc<Budget>) -> anyhow::Result<Answers> {
+        let mut answers = Answers::new(None);
+        let mut call = 0_u64;
+        while budget.take() {
+            let request = self.request(call, &mut answers)?;
+            call += 1;
+            let sent = Instant::now();
+            let answer = self.client.purchase(request).await;
+            answers.record(answer, sent.elapsed());
+        }
+        Ok(answers)
+    }
+
+    /// Sends each call at its time on the schedule, or as soon as the previous one answered when
+    /// that came later; latency counts from the scheduled time, so a slow answer also charges the
+    /// calls it held back (no coordinated omission).
+    async fn paced(
+        mut self,
+        schedule: Arc<Schedule>,
+        pacing: Option<Pacing>,
+    ) -> anyhow::Result<Answers> {
+        let mut answers = Answers::new(pacing);
+        let mut call = 0_u64;
+        while let Some(due) = schedule.due(u64::from(self.number), call) {
+            let request = self.request(call, &mut answers)?;
+            call += 1;
+            let scheduled = schedule.start + due;
+            let lag = Instant::now().saturating_duration_since(scheduled);
+            tokio::time::sleep_until(scheduled.into()).await;
+            let sent = Instant::now();
+            let answer = self.client.purchase(request).await;
+            let slot = Slot {
+                due,
+                scheduled,
+                sent,
+                lag,
+            };
+            answers.record_paced(answer, &slot);
+        }
+        Ok(answers)
+    }
+
+    /// The buyer's `call`-th request with its bearer token; its lines are counted in `answers`.
+    fn request(
+        &self,
+        call: u64,
+        answers: &mut Answers,
+    ) -> anyhow::Result<tonic::Request<PurchaseRequest>> {
+        let request = purchase(&self.sellers, self.phase, self.number, call);
+        answers.lines += request.lines.len() as u64;
+        with_bearer(request, &self.token)
+    }
+}
+
 /// A purchase of a random seller's items under a fresh idempotency key: one item, or in the faults
 /// phase two or three distinct items one time in five; one unit each.
-fn purchase(sellers: &[Seller], phase: Phase, buyer: usize, call: u64) -> PurchaseRequest {
+fn purchase(sellers: &[Seller], phase: Phase, buyer: u32, call: u64) -> PurchaseRequest {
     let seller = &sellers[rand::random_range(0..sellers.len())];
     let items = &seller.items;
     let wanted = if phase == Phase::Faults && rand::random_bool(MULTI_LINE_SHARE) {
@@ -213,5 +211,38 @@ fn purchase(sellers: &[Seller], phase: Phase, buyer: usize, call: u64) -> Purcha
         idempotency_key: format!("{}-{buyer}-{call}", phase.key_prefix()),
         lines,
         buyer_ref: format!("loadtest buyer {buyer}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(until: Option<Duration>, calls: Option<u64>) -> Schedule {
+        Schedule {
+            start: Instant::now(),
+            rate: 300.0,
+            buyers: 100,
+            until,
+            calls,
+        }
+    }
+
+    #[test]
+    fn each_buyer_keeps_its_own_evenly_spaced_times_until_the_duration_ends() {
+        let schedule = schedule(Some(Duration::from_secs(1)), None);
+        let millis = |buyer, k| schedule.due(buyer, k).map(|due| due.as_millis());
+        assert_eq!(millis(0, 0), Some(0));
+        assert_eq!(millis(3, 0), Some(10));
+        assert_eq!(millis(3, 1), Some(343));
+        assert_eq!(millis(99, 2), Some(996));
+        assert_eq!(millis(0, 3), None);
+    }
+
+    #[test]
+    fn the_schedule_ends_after_the_number_of_calls_asked_for() {
+        let schedule = schedule(None, Some(150));
+        assert!(schedule.due(49, 1).is_some());
+        assert!(schedule.due(50, 1).is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! The purchases report: each phase's rate against the ceiling and CardTrader's limit, latency,
 //! answers, the replica's counters, CardTrader traffic and the stock invariant.
 
-use super::{PhaseRun, Seller, buyers::Tally, ceiling::Ceiling, faults};
+use super::{Phase, PhaseRun, Seller, answers::Tally, ceiling::Ceiling, faults};
 use crate::{
     config::Config,
     loadtest::{
@@ -10,9 +10,9 @@ use crate::{
     },
 };
 
-/// Target of the clean phase: completed purchases per second.
+/// Target of the paced phases: purchases answered per second, sustained.
 const TARGET_RATE: f64 = 300.0;
-/// Target of the clean phase: p99 of Purchase, µs.
+/// Target of the paced phases: p99 of Purchase from the scheduled send, µs.
 const TARGET_P99_US: u64 = 100_000;
 /// CardTrader calls one single-line purchase makes: the export by blueprint, then the increment.
 const CALLS_PER_PURCHASE: f64 = 2.0;
@@ -25,10 +25,11 @@ pub(super) struct Report<'a> {
     pub(super) sellers: &'a [Seller],
     /// Items lowered on CardTrader before the faults phase.
     pub(super) lowered: usize,
-    /// Most requests one seller sent in any 10 s window, setup and both phases.
+    /// Most requests one seller sent in any 10 s window, setup and every phase.
     pub(super) peak_in_10s: u64,
     pub(super) ceiling: Ceiling,
-    pub(super) phases: [PhaseRun; 2],
+    /// Closed loop, paced, paced with faults.
+    pub(super) phases: [PhaseRun; 3],
 }
 
 impl Report<'_> {
@@ -77,11 +78,12 @@ impl Report<'_> {
                 self.sellers.len()
             ),
         );
-        let planned = TARGET_RATE / sellers * CALLS_PER_PURCHASE * 10.0;
+        let rate = f64::from(self.args.rate);
+        let planned = rate / sellers * CALLS_PER_PURCHASE * 10.0;
         row(
             "per-seller rate planned",
             format!(
-                "{planned:.0} requests / 10 s a seller at the {TARGET_RATE:.0} purchases/s target \
+                "{planned:.0} requests / 10 s a seller at the paced {rate:.0} purchases/s \
                  (sellers picked uniformly); the most one seller sent in any 10 s of the run: {} \
                  (CardTrader allows {limit})",
                 self.peak_in_10s
@@ -90,62 +92,94 @@ impl Report<'_> {
     }
 
     fn print_phase(&self, run: &PhaseRun) {
+        self.print_heading(run);
+        self.print_rate(run);
+        print_latency(run);
+        self.print_jobs(run);
+        print_answers(run);
+        print_outcomes(run);
+        print_traffic(run);
+        print_check(run);
+    }
+
+    fn print_heading(&self, run: &PhaseRun) {
+        let (buyers, rate) = (self.args.buyers, self.args.rate);
+        let paced = format!(
+            "{rate} purchases/s offered by {buyers} buyers, each one every {} on its own schedule; \
+             latency counts from the scheduled send",
+            measure::millis((f64::from(buyers) / f64::from(rate) * 1e6) as u64)
+        );
+        match run.phase {
+            Phase::ClosedLoop => println!(
+                "  closed loop: throughput: {buyers} buyers, each sending its next purchase as soon as \
+                 the previous one answered; no faults (latency is buyers / rate here, so the targets \
+                 are judged paced)"
+            ),
+            Phase::Paced => println!("  paced: {paced}; no faults"),
+            Phase::Faults => {
+                let faults = faults();
+                println!(
+                    "  paced with faults: {paced}; {:.0}% 5xx and {:.0}% timeout-after-apply on every \
+                     CardTrader request (BRX_CARDTRADER_REQUEST_TIMEOUT {:?}); {} items lowered on \
+                     CardTrader beforehand; one purchase in five of 2-3 lines",
+                    faults.error_5xx_rate * 100.0,
+                    faults.timeout_after_apply_rate * 100.0,
+                    self.config.cardtrader_request_timeout,
+                    self.lowered
+                );
+            }
+        }
+    }
+
+    /// COMPLETED/s against the ceiling and CardTrader's limit; paced, also the rate sustained
+    /// against the target and how many calls went out late.
+    fn print_rate(&self, run: &PhaseRun) {
         let answers = &run.answers;
-        let wall = answers.wall.as_secs_f64().max(f64::EPSILON);
-        let rate = answers.tally.completed as f64 / wall;
+        let span = match &answers.pacing {
+            Some(pacing) => pacing.span(),
+            None => answers.wall,
+        };
+        let per_second = |count: u64| count as f64 / span.as_secs_f64().max(f64::EPSILON);
+        let rate = per_second(answers.tally.completed);
         let (ceiling, limit) = (
             rate / self.ceiling.rate().max(f64::EPSILON),
             rate / self.limit_rate(),
         );
-        let clean = run.phase == super::Phase::Clean;
-        if clean {
-            println!("  clean phase: no faults");
-        } else {
-            let faults = faults();
-            println!(
-                "  faults phase: {:.0}% 5xx and {:.0}% timeout-after-apply on every CardTrader request \
-                 (BRX_CARDTRADER_REQUEST_TIMEOUT {:?}); {} items lowered on CardTrader beforehand; \
-                 one purchase in five of 2-3 lines",
-                faults.error_5xx_rate * 100.0,
-                faults.timeout_after_apply_rate * 100.0,
-                self.config.cardtrader_request_timeout,
-                self.lowered
-            );
-        }
-        let target = if clean {
-            format!(
-                " (target >= {TARGET_RATE:.0}: {})",
-                verdict(rate >= TARGET_RATE)
-            )
-        } else {
-            String::new()
+        let against = format!("{ceiling:.2}x the ceiling, {limit:.2}x CardTrader's limit");
+        let Some(pacing) = &answers.pacing else {
+            row("purchases/s", format!("{rate:.0} COMPLETED/s; {against}"));
+            return;
         };
+        let sustained = per_second(answers.tally.total());
         row(
             "purchases/s",
             format!(
-                "{rate:.0} COMPLETED/s{target}; {ceiling:.2}x the ceiling, {limit:.2}x CardTrader's limit"
+                "{sustained:.0}/s answered of {:.0} offered (target >= {TARGET_RATE:.0} sustained: \
+                 {}), {rate:.0} COMPLETED/s; {against}",
+                pacing.rate,
+                verdict(sustained >= TARGET_RATE)
             ),
         );
-        let p99 = answers.latency.value_at_quantile(0.99);
-        let target = if clean {
-            format!(
-                " (target p99 < {}: {})",
-                measure::millis(TARGET_P99_US),
-                verdict(p99 < TARGET_P99_US)
-            )
+        let late = if pacing.late == 0 {
+            "none".to_owned()
         } else {
-            String::new()
+            format!(
+                "{}, behind by {}",
+                thousands(pacing.late),
+                measure::percentiles_p90_us(&pacing.lag)
+            )
         };
         row(
-            "latency, every answer",
-            format!("{}{target}", measure::percentiles_p90_us(&answers.latency)),
+            "sent late",
+            format!(
+                "{late} (of {} calls; a buyer's previous purchase had not answered by the next one's time)",
+                thousands(answers.tally.total())
+            ),
         );
-        if !clean {
-            row(
-                "latency, COMPLETED",
-                measure::percentiles_p90_us(&answers.completed_latency),
-            );
-        }
+    }
+
+    /// The purchase jobs' time queued and running, and the worker slots that kept busy.
+    fn print_jobs(&self, run: &PhaseRun) {
         row(
             "  queued for a worker slot",
             measure::percentiles_p90_us(&run.jobs.queued),
@@ -155,7 +189,7 @@ impl Report<'_> {
             measure::percentiles_p90_us(&run.jobs.running),
         );
         // Little's law: jobs per second times the mean time in a state is the mean number in it.
-        let jobs_per_second = run.jobs.running.len() as f64 / wall;
+        let jobs_per_second = run.jobs.running.len() as f64 / wall_seconds(run);
         let mean = |histogram: &hdrhistogram::Histogram<u64>| histogram.mean() / 1e6;
         row(
             "  worker slots busy (mean)",
@@ -166,34 +200,6 @@ impl Report<'_> {
                 jobs_per_second * mean(&run.jobs.queued)
             ),
         );
-        row(
-            "answers",
-            format!(
-                "{} in {:.1} s ({:.2} lines each): {}",
-                thousands(answers.tally.total()),
-                answers.wall.as_secs_f64(),
-                answers.lines as f64 / answers.tally.total().max(1) as f64,
-                describe(&answers.tally)
-            ),
-        );
-        for (code, (count, message)) in &answers.tally.other {
-            row(&format!("  {code}"), format!("{count} x, first: {message}"));
-        }
-        print_outcomes(run);
-        let traffic = &run.traffic;
-        row(
-            "CardTrader requests",
-            format!(
-                "{} ({:.2} a COMPLETED purchase), {} answered 429; busiest seller {} in {:.1} s ({:.0} / 10 s)",
-                thousands(traffic.requests),
-                traffic.requests as f64 / answers.tally.completed.max(1) as f64,
-                thousands(traffic.rejected_429),
-                traffic.busiest,
-                wall,
-                traffic.busiest as f64 / wall * 10.0
-            ),
-        );
-        print_check(run);
     }
 
     /// CardTrader's general limit less the client's safety margin, per 10 s.
@@ -206,7 +212,7 @@ impl Report<'_> {
         self.sellers.len() as f64 * self.bucket_per_10s() / 10.0 / CALLS_PER_PURCHASE
     }
 
-    /// Fails when either phase broke the stock invariant; missed targets are figures, not failures.
+    /// Fails when any phase broke the stock invariant; missed targets are figures, not failures.
     pub(super) fn verdict(&self) -> anyhow::Result<()> {
         let violations: usize = self
             .phases
@@ -218,6 +224,77 @@ impl Report<'_> {
         }
         Ok(())
     }
+}
+
+/// Latency of every answer (paced: from the scheduled send, against the target, and from the actual
+/// send) and, with faults, of the COMPLETED ones.
+fn print_latency(run: &PhaseRun) {
+    let answers = &run.answers;
+    let Some(pacing) = &answers.pacing else {
+        row(
+            "latency, every answer",
+            measure::percentiles_p90_us(&answers.latency),
+        );
+        return;
+    };
+    let p99 = answers.latency.value_at_quantile(0.99);
+    row(
+        "latency, every answer",
+        format!(
+            "{} (target p99 < {}: {})",
+            measure::percentiles_p90_us(&answers.latency),
+            measure::millis(TARGET_P99_US),
+            verdict(p99 < TARGET_P99_US)
+        ),
+    );
+    row(
+        "  from the actual send",
+        measure::percentiles_p90_us(&pacing.from_send),
+    );
+    if run.phase.faults().is_some() {
+        row(
+            "latency, COMPLETED",
+            measure::percentiles_p90_us(&answers.completed_latency),
+        );
+    }
+}
+
+fn print_answers(run: &PhaseRun) {
+    let answers = &run.answers;
+    row(
+        "answers",
+        format!(
+            "{} in {:.1} s ({:.2} lines each): {}",
+            thousands(answers.tally.total()),
+            answers.wall.as_secs_f64(),
+            answers.lines as f64 / answers.tally.total().max(1) as f64,
+            describe(&answers.tally)
+        ),
+    );
+    for (code, (count, message)) in &answers.tally.other {
+        row(&format!("  {code}"), format!("{count} x, first: {message}"));
+    }
+}
+
+fn print_traffic(run: &PhaseRun) {
+    let (traffic, wall) = (&run.traffic, wall_seconds(run));
+    row(
+        "CardTrader requests",
+        format!(
+            "{} ({:.2} a COMPLETED purchase), {} answered 429; busiest seller {} in {wall:.1} s \
+             ({:.0} / 10 s)",
+            thousands(traffic.requests),
+            traffic.requests as f64 / run.answers.tally.completed.max(1) as f64,
+            thousands(traffic.rejected_429),
+            traffic.busiest,
+            traffic.busiest as f64 / wall * 10.0
+        ),
+    );
+}
+
+/// First call sent (or scheduled) → last answer, in seconds, never zero.
+fn wall_seconds(run: &PhaseRun) -> f64 {
+    run.answers.wall.as_secs_f64().max(f64::EPSILON)
 }
 
 /// The purchases table, `brx_purchases_total` and `brx_purchase_compensations_total` for the phase.
