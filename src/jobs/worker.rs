@@ -107,6 +107,7 @@ pub struct Worker {
     slots: Arc<Semaphore>,
     handed: mpsc::UnboundedSender<(Lease, OwnedSemaphorePermit)>,
     handed_in: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(Lease, OwnedSemaphorePermit)>>>,
+    backlog: Arc<AtomicBool>,
 }
 
 /// A free slot of a worker, held for a job about to be handed to it.
@@ -121,6 +122,9 @@ pub struct LocalStart {
     handed: mpsc::UnboundedSender<(Lease, OwnedSemaphorePermit)>,
     owner: String,
     lease: Duration,
+    /// Set while queued jobs may be waiting: a free slot goes to them first (the claim loop
+    /// clears it once a claim finds nothing), so new work cannot starve queued work.
+    backlog: Arc<AtomicBool>,
 }
 
 impl LocalStart {
@@ -134,9 +138,19 @@ impl LocalStart {
         self.lease
     }
 
-    /// A free slot, if the worker has one now; without one, queue the job instead.
+    /// A free slot, if the worker has one now and no queued job is waiting for it; without one,
+    /// queue the job instead.
     pub fn try_slot(&self) -> Option<Slot> {
+        if self.backlog.load(Ordering::Relaxed) {
+            return None;
+        }
         self.slots.clone().try_acquire_owned().ok().map(Slot)
+    }
+
+    /// Tells the worker a job was queued rather than handed to it, so free slots go to the queue
+    /// until it is drained.
+    pub fn queued(&self) {
+        self.backlog.store(true, Ordering::Relaxed);
     }
 
     /// Runs the claimed `lease` in `slot`. Should the worker have stopped, the job's lease runs out
@@ -182,6 +196,8 @@ impl Worker {
             metrics,
             handed,
             handed_in: std::sync::Mutex::new(Some(handed_in)),
+            // Until the first claim looks, assume there is queued work.
+            backlog: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -192,6 +208,7 @@ impl Worker {
             handed: self.handed.clone(),
             owner: self.settings.owner.clone(),
             lease: self.settings.lease,
+            backlog: self.backlog.clone(),
         }
     }
 
@@ -246,7 +263,10 @@ impl Worker {
                     spawn(&mut running, lease, permit);
                     continue;
                 }
-                Ok(None) => drop(permit),
+                Ok(None) => {
+                    this.backlog.store(false, Ordering::Relaxed);
+                    drop(permit);
+                }
                 Err(error) => {
                     drop(permit);
                     tracing::warn!(%error, lane = this.settings.lane.as_str(), "claiming a job failed");

@@ -109,6 +109,9 @@ impl Purchases {
                 (id, false)
             }
             (Reserved::Created(id), None) => {
+                if let Some(local) = &self.local {
+                    local.queued();
+                }
                 self.wakeups.announce(Lane::Interactive);
                 (id, false)
             }
