@@ -122,17 +122,7 @@ async fn try_lock_new(
     let mut ids: Vec<i64> = purchase.lines.iter().map(|line| line.product_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let inserted = sqlx::query(
-        "INSERT INTO purchase_product_locks (user_id, product_id, purchase_id) \
-         SELECT $1, p, $3 FROM UNNEST($2::bigint[]) AS p ORDER BY p \
-         ON CONFLICT ON CONSTRAINT purchase_product_locks_pkey DO NOTHING",
-    )
-    .bind(purchase.user_id.as_uuid())
-    .bind(&ids)
-    .bind(id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let inserted = insert_locks(conn, purchase.user_id, &ids, id).await?;
     if inserted as usize == ids.len() {
         return Ok(true);
     }
@@ -551,19 +541,7 @@ pub async fn lock_products(
     .await?;
     ids.sort_unstable();
     ids.dedup();
-    // Inserted in id order, so two purchases wanting overlapping products never wait on each other
-    // in a cycle.
-    let inserted = sqlx::query(
-        "INSERT INTO purchase_product_locks (user_id, product_id, purchase_id) \
-         SELECT $1, p, $3 FROM UNNEST($2::bigint[]) AS p ORDER BY p \
-         ON CONFLICT ON CONSTRAINT purchase_product_locks_pkey DO NOTHING",
-    )
-    .bind(user_id.as_uuid())
-    .bind(&ids)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let inserted = insert_locks(&mut tx, user_id, &ids, id).await?;
     let held = if inserted as usize == ids.len() {
         ids.len()
     } else {
@@ -585,6 +563,28 @@ pub async fn lock_products(
         tx.rollback().await?;
         Ok(None)
     }
+}
+
+/// Inserts the locks of `product_ids` (sorted) for purchase `id`, skipping those already held by
+/// anyone; returns how many it inserted. In id order, so two purchases wanting overlapping products
+/// never wait on each other in a cycle.
+async fn insert_locks(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    product_ids: &[i64],
+    id: Uuid,
+) -> Result<u64, PurchaseError> {
+    Ok(sqlx::query(
+        "INSERT INTO purchase_product_locks (user_id, product_id, purchase_id) \
+         SELECT $1, p, $3 FROM UNNEST($2::bigint[]) AS p ORDER BY p \
+         ON CONFLICT ON CONSTRAINT purchase_product_locks_pkey DO NOTHING",
+    )
+    .bind(user_id.as_uuid())
+    .bind(product_ids)
+    .bind(id)
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
 
 /// Drops every CardTrader lock purchase `id` holds; part of the step that ends it.
