@@ -383,13 +383,19 @@ async fn load_lines(
         Option<i64>,
         Option<i64>,
     );
+    // Driven from `unnest` rather than `= ANY($1)`: the planner guesses a
+    // handful of rows for an unnested array, so it walks the primary keys.
+    // With `ANY` and no fresh statistics it hash-joined a scan of every
+    // purchase ever made, which was most of PostgreSQL's CPU per purchase.
     let rows: Vec<LineRow> = sqlx::query_as(
         "SELECT l.purchase_id, l.line, l.product_id, l.quantity, l.snapshot, l.recreated_product_id, \
                 i.blueprint_id \
-         FROM purchase_lines l JOIN purchases p ON p.id = l.purchase_id \
+         FROM unnest($1::uuid[]) AS wanted(id) \
+         JOIN purchases p ON p.id = wanted.id \
+         JOIN purchase_lines l ON l.purchase_id = wanted.id \
          LEFT JOIN inventory_items i ON i.user_id = p.user_id \
               AND i.product_id = coalesce(l.recreated_product_id, l.product_id) \
-         WHERE l.purchase_id = ANY($1) ORDER BY l.purchase_id, l.line",
+         ORDER BY l.purchase_id, l.line",
     )
     .bind(ids)
     .fetch_all(pool)
