@@ -18,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 use super::{JobError, Lane, Lease, store};
 use crate::{metrics::Metrics, retry::full_jitter};
 
+/// Most jobs one claim takes at once (bounded so one replica does not sweep a deep queue that other
+/// replicas could share).
+const MAX_CLAIM_BATCH: usize = 16;
+
 /// How a job's run ended, when it did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobFailure {
@@ -250,25 +254,37 @@ impl Worker {
                 }
                 permit = slots.clone().acquire_owned() => permit?,
             };
-            match store::claim(
+            // Every free slot is filled by one claim: claiming one job per round trip capped a busy
+            // lane at a few hundred jobs a second while slots stood idle.
+            let mut permits = vec![permit];
+            while permits.len() < MAX_CLAIM_BATCH {
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let wanted = permits.len();
+            match store::claim_many(
                 &this.pool,
                 this.settings.lane,
                 &this.settings.owner,
                 this.settings.lease,
                 this.settings.aging,
+                wanted,
             )
             .await
             {
-                Ok(Some(lease)) => {
-                    spawn(&mut running, lease, permit);
-                    continue;
-                }
-                Ok(None) => {
+                Ok(leases) => {
+                    let drained = leases.len() < wanted;
+                    for (lease, permit) in leases.into_iter().zip(permits) {
+                        spawn(&mut running, lease, permit);
+                    }
+                    if !drained {
+                        continue;
+                    }
                     this.backlog.store(false, Ordering::Relaxed);
-                    drop(permit);
                 }
                 Err(error) => {
-                    drop(permit);
                     tracing::warn!(%error, lane = this.settings.lane.as_str(), "claiming a job failed");
                 }
             }

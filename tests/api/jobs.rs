@@ -482,6 +482,44 @@ async fn jobs_with_their_own_keys_neither_coalesce_nor_wait_for_each_other() {
 }
 
 #[tokio::test]
+async fn racing_batch_claims_never_hand_one_job_to_two_workers() {
+    let db = TestDatabase::new().await;
+    for _ in 0..60 {
+        store::enqueue(&db.pool, &new_job(seller(), "sync_full"), 1_000)
+            .await
+            .unwrap();
+    }
+
+    let claims: Vec<_> = (0..12)
+        .map(|n| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                store::claim_many(&pool, Lane::Bulk, &format!("w-{n}"), LEASE, AGING, 8)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for claim in claims {
+        claimed.extend(claim.await.unwrap().into_iter().map(|lease| lease.job.id));
+    }
+
+    let distinct: std::collections::HashSet<_> = claimed.iter().collect();
+    assert_eq!(distinct.len(), claimed.len(), "a job was claimed twice");
+    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(running, claimed.len() as i64);
+    assert!(
+        claimed.len() >= 8,
+        "at least one batch went through: {}",
+        claimed.len()
+    );
+}
+
+#[tokio::test]
 async fn many_racing_claims_never_hand_one_job_to_two_workers() {
     let db = TestDatabase::new().await;
     for _ in 0..30 {

@@ -144,3 +144,42 @@ async fn an_announced_job_wakes_the_workers_of_another_replica_through_redis() {
     stop.cancel();
     listening.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn one_claim_of_several_jobs_spreads_them_over_sellers() {
+    let db = TestDatabase::new().await;
+    let (busy, quiet, other) = (seller(), seller(), seller());
+    // The busy seller's three jobs are the oldest, so a plain due-order batch would take them all.
+    let mut busy_jobs = Vec::new();
+    for (n, kind) in ["push_a", "push_b", "push_c"].into_iter().enumerate() {
+        let id = queue(&db, busy, kind, 0).await;
+        backdate(&db, id, Duration::from_secs(60 - 10 * n as u64)).await;
+        busy_jobs.push(id);
+    }
+    let quiet_job = queue(&db, quiet, "push_a", 0).await;
+    let other_job = queue(&db, other, "push_a", 0).await;
+
+    let batch: Vec<uuid::Uuid> =
+        store::claim_many(&db.pool, Lane::Interactive, "w", LEASE, AGING, 3)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|lease| lease.job.id)
+            .collect();
+
+    assert_eq!(batch.len(), 3);
+    assert!(
+        batch.contains(&busy_jobs[0]),
+        "the busy seller's oldest job takes its turn"
+    );
+    assert!(
+        batch.contains(&quiet_job) && batch.contains(&other_job),
+        "{batch:?}"
+    );
+    let rest = store::claim_many(&db.pool, Lane::Interactive, "w", LEASE, AGING, 16)
+        .await
+        .unwrap();
+    let rest: Vec<uuid::Uuid> = rest.into_iter().map(|lease| lease.job.id).collect();
+    assert_eq!(rest.len(), 2, "the rest, and nothing claimed twice");
+    assert!(rest.contains(&busy_jobs[1]) && rest.contains(&busy_jobs[2]));
+}
