@@ -331,7 +331,7 @@ fn worker_settings() -> WorkerSettings {
         concurrency: 1,
         lease: Duration::from_secs(30),
         poll_interval: Duration::from_millis(20),
-        aging: Duration::from_secs(60),
+        ranking: brx_sync::jobs::Ranking::default(),
         retry_min: Duration::from_millis(50),
         retry_max: Duration::from_millis(200),
     }
@@ -459,7 +459,14 @@ async fn load_rows(pool: &PgPool, user: UserId) -> anyhow::Result<Vec<SyncRow>> 
 async fn lease(pool: &PgPool, user: UserId, kind: &str) -> anyhow::Result<Lease> {
     jobs::enqueue(pool, &job(user, kind), 1_000).await?;
     let hour = Duration::from_secs(3600);
-    let claimed = jobs::claim(pool, Lane::Bulk, "bench", hour, hour).await?;
+    let claimed = jobs::claim(
+        pool,
+        Lane::Bulk,
+        "bench",
+        hour,
+        brx_sync::jobs::Ranking::default(),
+    )
+    .await?;
     claimed.context("the queued job was not claimed")
 }
 

@@ -320,7 +320,10 @@ fn job_workers(
         concurrency: concurrency as usize,
         lease: config.job_lease,
         poll_interval: config.job_poll_interval,
-        aging: config.job_aging,
+        ranking: crate::jobs::Ranking {
+            aging: config.job_aging,
+            turn: config.job_turn_cost,
+        },
         retry_min: std::time::Duration::from_secs(1),
         retry_max: std::time::Duration::from_secs(60),
     };

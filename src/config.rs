@@ -332,6 +332,10 @@ pub struct Config {
     /// A queued job gains one priority point for each such wait, so old jobs are not starved.
     #[arg(long, env = "BRX_JOB_AGING", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub job_aging: Duration,
+    /// A queued job ranks as if due this much later for each job its seller already runs in the
+    /// lane or has due ahead of it: sellers take turns, yet a long wait outranks a newer seller's job.
+    #[arg(long, env = "BRX_JOB_TURN_COST", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
+    pub job_turn_cost: Duration,
     /// The scheduler queues a full sync for a connected account whose last sync is older than this.
     #[arg(long, env = "BRX_SYNC_STALE_AFTER", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
     pub sync_stale_after: Duration,

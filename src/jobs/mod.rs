@@ -168,6 +168,28 @@ impl Enqueued {
     }
 }
 
+/// How a claim orders the due jobs of a lane: by effective due time, `run_at` moved earlier by
+/// `aging` for each priority point and later by `turn` for each job its seller already runs in the
+/// lane or has due ahead of it. Sellers thus take turns, yet a job that has waited longer than a few
+/// turns outranks a newer seller's job, so no seller's work starves under sustained load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ranking {
+    /// A queued job gains one priority point per this much waiting.
+    pub aging: Duration,
+    /// What each job ahead of it from the same seller costs a job.
+    pub turn: Duration,
+}
+
+impl Default for Ranking {
+    /// The defaults of `BRX_JOB_AGING` and `BRX_JOB_TURN_COST`.
+    fn default() -> Self {
+        Self {
+            aging: Duration::from_secs(60),
+            turn: Duration::from_secs(1),
+        }
+    }
+}
+
 /// A claimed job: the lease the worker must keep and the fence its writes must carry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {

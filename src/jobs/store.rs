@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::{Enqueued, Job, JobError, JobState, Lane, Lease, NewJob};
+use super::{Enqueued, Job, JobError, JobState, Lane, Lease, NewJob, Ranking};
 use crate::domain::UserId;
 
 /// The columns of [`JobRow`], as a literal so queries stay `&'static str`.
@@ -242,24 +242,24 @@ pub async fn claim(
     lane: Lane,
     owner: &str,
     lease: Duration,
-    aging: Duration,
+    ranking: Ranking,
 ) -> Result<Option<Lease>, JobError> {
-    Ok(claim_many(pool, lane, owner, lease, aging, 1).await?.pop())
+    Ok(claim_many(pool, lane, owner, lease, ranking, 1)
+        .await?
+        .pop())
 }
 
 /// Claims up to `max` jobs of `lane` that no other worker holds, in one statement, and bumps their
-/// fences. First running jobs whose lease expired (their worker died). Then, among the due queued
-/// jobs whose seller runs no job of the same kind and key, sellers take turns: a job's turn is the
-/// number of jobs its seller already runs in the lane plus the number of its due jobs ahead of it,
-/// lowest first, so a batch spreads over sellers as single claims would. Ties go to the earliest
-/// effective due time: `run_at` moved earlier by `aging` per priority point, so a long wait
-/// eventually outranks a higher priority.
+/// fences. First running jobs whose lease expired (their worker died). Then the due queued jobs
+/// whose seller runs no job of the same kind and key, in [`Ranking`] order: a job's turns are the
+/// jobs its seller already runs in the lane plus its due jobs ahead of it, so a batch spreads over
+/// sellers as single claims would.
 pub async fn claim_many(
     pool: &PgPool,
     lane: Lane,
     owner: &str,
     lease: Duration,
-    aging: Duration,
+    ranking: Ranking,
     max: usize,
 ) -> Result<Vec<Lease>, JobError> {
     // `due` bounds the fairness sort to the most urgent jobs, so a deep queue costs one top-N sort and
@@ -285,13 +285,14 @@ pub async fn claim_many(
                AND j.lane = $1 AND ((j.state = 'queued' AND j.run_at <= now()) \
                                     OR (j.state = 'running' AND j.lease_expires_at < now())) \
              ORDER BY (j.state = 'running') DESC, \
-                 (SELECT count(*) FROM jobs o WHERE o.user_id = j.user_id AND o.lane = j.lane \
-                  AND o.state = 'running') \
-                 + (SELECT count(*) FROM jobs q WHERE q.user_id = j.user_id AND q.lane = j.lane \
-                    AND q.state = 'queued' AND q.run_at <= now() \
-                    AND q.run_at - make_interval(secs => q.priority * $4) \
-                        < j.run_at - make_interval(secs => j.priority * $4)), \
                  j.run_at - make_interval(secs => j.priority * $4) \
+                 + make_interval(secs => $6 * ( \
+                     (SELECT count(*) FROM jobs o WHERE o.user_id = j.user_id AND o.lane = j.lane \
+                      AND o.state = 'running') \
+                     + (SELECT count(*) FROM jobs q WHERE q.user_id = j.user_id AND q.lane = j.lane \
+                        AND q.state = 'queued' AND q.run_at <= now() \
+                        AND q.run_at - make_interval(secs => q.priority * $4) \
+                            < j.run_at - make_interval(secs => j.priority * $4)))) \
              LIMIT $5 FOR UPDATE SKIP LOCKED) \
          UPDATE jobs SET state = 'running', lease_owner = $2, \
              lease_expires_at = now() + make_interval(secs => $3), fence = jobs.fence + 1, \
@@ -305,8 +306,9 @@ pub async fn claim_many(
         .bind(lane.as_str())
         .bind(owner)
         .bind(lease.as_secs_f64())
-        .bind(aging.as_secs_f64())
+        .bind(ranking.aging.as_secs_f64())
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .bind(ranking.turn.as_secs_f64())
         .fetch_all(pool)
         .await;
     let rows = match claimed {

@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{JobError, Lane, Lease, store};
+use super::{JobError, Lane, Lease, Ranking, store};
 use crate::{metrics::Metrics, retry::full_jitter};
 
 /// Most jobs one claim takes at once (bounded so one replica does not sweep a deep queue that other
@@ -93,8 +93,8 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// How often to poll for work when idle (wake-ups may come sooner).
     pub poll_interval: Duration,
-    /// A queued job gains one priority point per this much waiting.
-    pub aging: Duration,
+    /// How claims order the lane's due jobs.
+    pub ranking: Ranking,
     /// First and largest retry backoff.
     pub retry_min: Duration,
     /// Largest retry backoff.
@@ -269,7 +269,7 @@ impl Worker {
                 this.settings.lane,
                 &this.settings.owner,
                 this.settings.lease,
-                this.settings.aging,
+                this.settings.ranking,
                 wanted,
             )
             .await

@@ -87,6 +87,9 @@ impl Purchases {
         if account.status != AccountStatus::Connected {
             return Err(PurchaseError::NotConnected);
         }
+        // Subscribed before the saga can start, so the announcement of its end cannot be missed and
+        // a purchase created here needs no read until then.
+        let changes = self.events.subscribe();
         let started = std::time::Instant::now();
         // With a free slot here, the job is created claimed and started on it: no claim query, no
         // wake-up. Otherwise it is queued for any replica's worker.
@@ -101,24 +104,38 @@ impl Purchases {
             .purchase_step_seconds
             .with_label_values(&["reserve"])
             .observe(started.elapsed().as_secs_f64());
-        let (id, replayed) = match reserved? {
+        let (id, fresh) = match reserved? {
             (Reserved::Created(id), Some(lease)) => {
                 if let (Some(local), Some(slot)) = (&self.local, slot) {
                     local.start(lease, slot);
                 }
-                (id, false)
+                (id, true)
             }
             (Reserved::Created(id), None) => {
                 if let Some(local) = &self.local {
                     local.queued();
                 }
                 self.wakeups.announce(Lane::Interactive);
-                (id, false)
+                (id, true)
             }
-            (Reserved::Replay(id), _) => (id, true),
+            (Reserved::Replay(id), _) => (id, false),
         };
-        let purchase = self.wait(id, wait_until).await?;
-        Ok(Outcome { purchase, replayed })
+        let purchase = self
+            .watch(
+                id,
+                wait_until,
+                Watch {
+                    changes,
+                    read_first: !fresh,
+                },
+                |_| false,
+                |change| change.ended,
+            )
+            .await?;
+        Ok(Outcome {
+            purchase,
+            replayed: !fresh,
+        })
     }
 
     /// The purchase `id`.
@@ -147,14 +164,22 @@ impl Purchases {
         seen_steps: i32,
         until: Instant,
     ) -> Result<StoredPurchase, PurchaseError> {
-        self.watch(id, until, |purchase| purchase.steps != seen_steps, |_| true)
-            .await
+        let watch = Watch::from_now(&self.events);
+        self.watch(
+            id,
+            until,
+            watch,
+            |purchase| purchase.steps != seen_steps,
+            |_| true,
+        )
+        .await
     }
 
     /// Waits until purchase `id` ends or `until`, and returns it as it is then.
     pub async fn wait(&self, id: Uuid, until: Instant) -> Result<StoredPurchase, PurchaseError> {
         // Only the announcement of its end is worth a re-read.
-        self.watch(id, until, |_| false, |change| change.ended)
+        let watch = Watch::from_now(&self.events);
+        self.watch(id, until, watch, |_| false, |change| change.ended)
             .await
     }
 
@@ -164,15 +189,22 @@ impl Purchases {
         &self,
         id: Uuid,
         until: Instant,
+        watch: Watch,
         done: impl Fn(&StoredPurchase) -> bool,
         wakes: impl Fn(&Change) -> bool,
     ) -> Result<StoredPurchase, PurchaseError> {
-        let mut changes = self.events.subscribe();
+        let Watch {
+            mut changes,
+            mut read_first,
+        } = watch;
         loop {
-            let purchase = self.get(id).await?;
-            if done(&purchase) || purchase.saga.phase.is_terminal() || Instant::now() >= until {
-                return Ok(purchase);
+            if read_first {
+                let purchase = self.get(id).await?;
+                if done(&purchase) || purchase.saga.phase.is_terminal() || Instant::now() >= until {
+                    return Ok(purchase);
+                }
             }
+            read_first = true;
             let poll = tokio::time::sleep(POLL_INTERVAL);
             tokio::pin!(poll);
             loop {
@@ -264,6 +296,23 @@ impl Purchases {
                 .fetch_one(&mut *conn)
                 .await?;
         Ok(steps)
+    }
+}
+
+/// Where a watch starts: the announcements it listens to, and whether the purchase must be read
+/// before the first one (it may have moved already).
+struct Watch {
+    changes: tokio::sync::broadcast::Receiver<Change>,
+    read_first: bool,
+}
+
+impl Watch {
+    /// Listening from now, reading the purchase first.
+    fn from_now(events: &PurchaseEvents) -> Self {
+        Self {
+            changes: events.subscribe(),
+            read_first: true,
+        }
     }
 }
 

@@ -185,16 +185,34 @@ async fn reserve_items(
         *wanted.entry(line.product_id).or_default() += line.quantity;
     }
     let ids: Vec<i64> = wanted.keys().copied().collect();
-    let stock: Vec<(i64, i32, i32)> = sqlx::query_as(
-        "SELECT product_id, quantity, reserved_quantity FROM inventory_items \
-         WHERE user_id = $1 AND product_id = ANY($2) ORDER BY product_id FOR UPDATE",
+    let amounts: Vec<i32> = wanted.values().copied().collect();
+    // One statement: `locked` takes the row locks in product id order, and the update raises the
+    // reservations only if every line is available. The rows as they were come back, so a
+    // shortfall can be named (the caller's transaction is then rolled back).
+    let stock: Vec<(i64, Option<i32>, Option<i32>)> = sqlx::query_as(
+        "WITH wanted AS (SELECT * FROM UNNEST($2::bigint[], $3::int[]) AS w(product_id, amount)), \
+         locked AS ( \
+             SELECT product_id, quantity, reserved_quantity FROM inventory_items \
+             WHERE user_id = $1 AND product_id = ANY($2) ORDER BY product_id FOR UPDATE), \
+         stock AS ( \
+             SELECT w.product_id, w.amount, l.quantity, l.reserved_quantity \
+             FROM wanted w LEFT JOIN locked l USING (product_id)), \
+         raised AS ( \
+             UPDATE inventory_items i SET reserved_quantity = i.reserved_quantity + s.amount, \
+                 updated_at = now() \
+             FROM stock s \
+             WHERE i.user_id = $1 AND i.product_id = s.product_id \
+               AND NOT EXISTS (SELECT 1 FROM stock short WHERE short.quantity IS NULL \
+                               OR short.quantity - short.reserved_quantity < short.amount)) \
+         SELECT product_id, quantity, reserved_quantity FROM stock ORDER BY product_id",
     )
     .bind(purchase.user_id.as_uuid())
     .bind(&ids)
+    .bind(&amounts)
     .fetch_all(&mut *conn)
     .await?;
-    for (product_id, requested) in &wanted {
-        let Some((_, quantity, reserved)) = stock.iter().find(|row| row.0 == *product_id) else {
+    for ((product_id, requested), (_, quantity, reserved)) in wanted.iter().zip(&stock) {
+        let (Some(quantity), Some(reserved)) = (quantity, reserved) else {
             return Err(PurchaseError::UnknownItem(*product_id));
         };
         let available = quantity - reserved;
@@ -206,17 +224,6 @@ async fn reserve_items(
             });
         }
     }
-    let amounts: Vec<i32> = wanted.values().copied().collect();
-    sqlx::query(
-        "UPDATE inventory_items i SET reserved_quantity = i.reserved_quantity + w.amount, updated_at = now() \
-         FROM UNNEST($2::bigint[], $3::int[]) AS w(product_id, amount) \
-         WHERE i.user_id = $1 AND i.product_id = w.product_id",
-    )
-    .bind(purchase.user_id.as_uuid())
-    .bind(&ids)
-    .bind(&amounts)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 
@@ -241,8 +248,9 @@ async fn store_lines(
     Ok(())
 }
 
-/// One line as stored, with what the driver learnt about it on CardTrader.
-#[derive(Debug, Clone, PartialEq)]
+/// One line as stored, with what the driver learnt about it on CardTrader. Read as one element of
+/// the JSON array the purchase queries aggregate, so a purchase and its lines are one query.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct StoredLine {
     /// Line index.
     pub line: usize,
@@ -251,6 +259,7 @@ pub struct StoredLine {
     /// How many.
     pub quantity: i32,
     /// What was seen on CardTrader (written before the decrement is sent).
+    #[serde(rename = "snapshot")]
     pub memo: Option<LineMemo>,
     /// The id of the product re-created by a give-back, which the local row now points to.
     pub recreated_product_id: Option<i64>,
@@ -308,6 +317,7 @@ struct PurchaseRow {
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
     steps: i32,
+    lines: serde_json::Value,
 }
 
 /// The columns of [`PurchaseRow`], as a literal so queries stay `&'static str`.
@@ -315,7 +325,15 @@ macro_rules! purchase_columns {
     () => {
         "p.id, p.user_id, p.idempotency_key, p.buyer_ref, p.saga, p.deadline, \
          p.resolution, p.resolution_note, p.created_at, p.updated_at, p.finished_at, \
-         (SELECT count(*)::int FROM purchase_steps s WHERE s.purchase_id = p.id) AS steps"
+         (SELECT count(*)::int FROM purchase_steps s WHERE s.purchase_id = p.id) AS steps, \
+         (SELECT coalesce(jsonb_agg(jsonb_build_object( \
+                     'line', l.line, 'product_id', l.product_id, 'quantity', l.quantity, \
+                     'snapshot', l.snapshot, 'recreated_product_id', l.recreated_product_id, \
+                     'blueprint_id', i.blueprint_id) ORDER BY l.line), '[]') \
+          FROM purchase_lines l \
+          LEFT JOIN inventory_items i ON i.user_id = p.user_id \
+               AND i.product_id = coalesce(l.recreated_product_id, l.product_id) \
+          WHERE l.purchase_id = p.id) AS lines"
     };
 }
 
@@ -327,12 +345,7 @@ pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<StoredPurchase>, Pur
         " FROM purchases p WHERE p.id = $1"
     );
     let row: Option<PurchaseRow> = sqlx::query_as(sql).bind(id).fetch_optional(pool).await?;
-    let Some(row) = row else { return Ok(None) };
-    let lines = load_lines(pool, &[id])
-        .await?
-        .remove(&id)
-        .unwrap_or_default();
-    Ok(Some(decode(row, lines)?))
+    row.map(decode).transpose()
 }
 
 /// A page of the seller's purchases, newest first, optionally in one state, after `before`.
@@ -360,71 +373,14 @@ pub async fn list(
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-    let mut lines = load_lines(pool, &ids).await?;
-    rows.into_iter()
-        .map(|row| {
-            let mine = lines.remove(&row.id).unwrap_or_default();
-            decode(row, mine)
-        })
-        .collect()
+    rows.into_iter().map(decode).collect()
 }
 
-async fn load_lines(
-    pool: &PgPool,
-    ids: &[Uuid],
-) -> Result<BTreeMap<Uuid, Vec<StoredLine>>, PurchaseError> {
-    type LineRow = (
-        Uuid,
-        i32,
-        i64,
-        i32,
-        Option<serde_json::Value>,
-        Option<i64>,
-        Option<i64>,
-    );
-    // Driven from `unnest` rather than `= ANY($1)`: the planner guesses a
-    // handful of rows for an unnested array, so it walks the primary keys.
-    // With `ANY` and no fresh statistics it hash-joined a scan of every
-    // purchase ever made, which was most of PostgreSQL's CPU per purchase.
-    let rows: Vec<LineRow> = sqlx::query_as(
-        "SELECT l.purchase_id, l.line, l.product_id, l.quantity, l.snapshot, l.recreated_product_id, \
-                i.blueprint_id \
-         FROM unnest($1::uuid[]) AS wanted(id) \
-         JOIN purchases p ON p.id = wanted.id \
-         JOIN purchase_lines l ON l.purchase_id = wanted.id \
-         LEFT JOIN inventory_items i ON i.user_id = p.user_id \
-              AND i.product_id = coalesce(l.recreated_product_id, l.product_id) \
-         ORDER BY l.purchase_id, l.line",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    let mut by_purchase: BTreeMap<Uuid, Vec<StoredLine>> = BTreeMap::new();
-    for (purchase_id, line, product_id, quantity, memo, recreated_product_id, blueprint_id) in rows
-    {
-        let memo = memo
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|err| PurchaseError::Internal(format!("unreadable line memo: {err}")))?;
-        by_purchase
-            .entry(purchase_id)
-            .or_default()
-            .push(StoredLine {
-                line: usize::try_from(line).unwrap_or(0),
-                product_id,
-                quantity,
-                memo,
-                recreated_product_id,
-                blueprint_id,
-            });
-    }
-    Ok(by_purchase)
-}
-
-fn decode(row: PurchaseRow, lines: Vec<StoredLine>) -> Result<StoredPurchase, PurchaseError> {
+fn decode(row: PurchaseRow) -> Result<StoredPurchase, PurchaseError> {
     let saga = serde_json::from_value(row.saga)
         .map_err(|err| PurchaseError::Internal(format!("unreadable saga of {}: {err}", row.id)))?;
+    let lines = serde_json::from_value(row.lines)
+        .map_err(|err| PurchaseError::Internal(format!("unreadable lines of {}: {err}", row.id)))?;
     let user_id = UserId::from_uuid(row.user_id)
         .map_err(|err| PurchaseError::Internal(format!("bad user id on {}: {err}", row.id)))?;
     Ok(StoredPurchase {

@@ -363,7 +363,7 @@ async fn disconnecting_cancels_the_sellers_jobs_and_purges_their_inventory_when_
         Lane::Bulk,
         "w",
         std::time::Duration::from_secs(60),
-        std::time::Duration::from_secs(60),
+        brx_sync::jobs::Ranking::default(),
     )
     .await
     .unwrap()

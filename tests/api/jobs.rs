@@ -13,7 +13,7 @@ use std::{
 use brx_sync::{
     domain::UserId,
     jobs::{
-        Enqueued, JobError, JobState, Lane, NewJob, store,
+        Enqueued, JobError, JobState, Lane, NewJob, Ranking, store,
         worker::{JobContext, JobFailure, JobHandler, Worker, WorkerSettings},
     },
 };
@@ -39,6 +39,11 @@ fn new_job(user_id: UserId, kind: &str) -> NewJob {
 
 const LEASE: Duration = Duration::from_secs(30);
 const AGING: Duration = Duration::from_secs(60);
+const TURN: Duration = Duration::from_secs(5);
+const RANKING: Ranking = Ranking {
+    aging: AGING,
+    turn: TURN,
+};
 
 #[tokio::test]
 async fn fifty_concurrent_requests_for_one_seller_coalesce_into_one_queued_job() {
@@ -81,14 +86,14 @@ async fn concurrent_claims_get_different_jobs() {
     }
 
     let (a, b) = tokio::join!(
-        store::claim(&db.pool, Lane::Bulk, "worker-a", LEASE, AGING),
-        store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE, AGING)
+        store::claim(&db.pool, Lane::Bulk, "worker-a", LEASE, RANKING),
+        store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE, RANKING)
     );
 
     let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
     assert_ne!(a.job.id, b.job.id);
     assert!(
-        store::claim(&db.pool, Lane::Bulk, "worker-c", LEASE, AGING)
+        store::claim(&db.pool, Lane::Bulk, "worker-c", LEASE, RANKING)
             .await
             .unwrap()
             .is_none()
@@ -102,7 +107,7 @@ async fn a_seller_runs_one_job_of_a_kind_at_a_time_and_a_new_request_queues_behi
     store::enqueue(&db.pool, &new_job(user, "sync_full"), 1_000)
         .await
         .unwrap();
-    let running = store::claim(&db.pool, Lane::Bulk, "worker-a", LEASE, AGING)
+    let running = store::claim(&db.pool, Lane::Bulk, "worker-a", LEASE, RANKING)
         .await
         .unwrap()
         .unwrap();
@@ -116,14 +121,14 @@ async fn a_seller_runs_one_job_of_a_kind_at_a_time_and_a_new_request_queues_behi
         "one running and one queued are allowed"
     );
     assert!(
-        store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE, AGING)
+        store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE, RANKING)
             .await
             .unwrap()
             .is_none(),
         "not while the first runs"
     );
     store::succeed(&db.pool, &running).await.unwrap();
-    let second = store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE, AGING)
+    let second = store::claim(&db.pool, Lane::Bulk, "worker-b", LEASE, RANKING)
         .await
         .unwrap()
         .unwrap();
@@ -141,14 +146,14 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_can_no_longer_write()
         Lane::Bulk,
         "dead-worker",
         Duration::from_millis(300),
-        AGING,
+        RANKING,
     )
     .await
     .unwrap()
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let fresh = store::claim(&db.pool, Lane::Bulk, "rescuer", LEASE, AGING)
+    let fresh = store::claim(&db.pool, Lane::Bulk, "rescuer", LEASE, RANKING)
         .await
         .unwrap()
         .unwrap();
@@ -211,7 +216,7 @@ async fn cancelling_a_queued_job_ends_it_and_a_running_one_is_asked_to_stop() {
         .unwrap();
 
     let cancelled = store::cancel(&db.pool, queued.job().id).await.unwrap();
-    let running = store::claim(&db.pool, Lane::Bulk, "w", LEASE, AGING)
+    let running = store::claim(&db.pool, Lane::Bulk, "w", LEASE, RANKING)
         .await
         .unwrap()
         .unwrap();
@@ -265,7 +270,7 @@ fn worker(db: &TestDatabase, handler: Scripted, lease: Duration) -> Worker {
         concurrency: 4,
         lease,
         poll_interval: Duration::from_millis(50),
-        aging: AGING,
+        ranking: RANKING,
         retry_min: Duration::from_millis(10),
         retry_max: Duration::from_millis(50),
     };
@@ -468,10 +473,10 @@ async fn jobs_with_their_own_keys_neither_coalesce_nor_wait_for_each_other() {
         "same key: same job"
     );
     let running = [
-        store::claim(&db.pool, Lane::Bulk, "w", LEASE, AGING)
+        store::claim(&db.pool, Lane::Bulk, "w", LEASE, RANKING)
             .await
             .unwrap(),
-        store::claim(&db.pool, Lane::Bulk, "w", LEASE, AGING)
+        store::claim(&db.pool, Lane::Bulk, "w", LEASE, RANKING)
             .await
             .unwrap(),
     ];
@@ -494,7 +499,7 @@ async fn racing_batch_claims_never_hand_one_job_to_two_workers() {
         .map(|n| {
             let pool = db.pool.clone();
             tokio::spawn(async move {
-                store::claim_many(&pool, Lane::Bulk, &format!("w-{n}"), LEASE, AGING, 8)
+                store::claim_many(&pool, Lane::Bulk, &format!("w-{n}"), LEASE, RANKING, 8)
                     .await
                     .unwrap()
             })
@@ -532,7 +537,7 @@ async fn many_racing_claims_never_hand_one_job_to_two_workers() {
         .map(|n| {
             let pool = db.pool.clone();
             tokio::spawn(async move {
-                store::claim(&pool, Lane::Bulk, &format!("w-{n}"), LEASE, AGING)
+                store::claim(&pool, Lane::Bulk, &format!("w-{n}"), LEASE, RANKING)
                     .await
                     .unwrap()
             })

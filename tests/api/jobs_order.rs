@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use brx_sync::{
     domain::UserId,
-    jobs::{Lane, NewJob, store, wake::JobWakeups},
+    jobs::{Lane, NewJob, Ranking, store, wake::JobWakeups},
     storage::Storage,
 };
 use tokio::sync::Notify;
@@ -15,6 +15,11 @@ use crate::helpers::{TestDatabase, test_config};
 
 const LEASE: Duration = Duration::from_secs(30);
 const AGING: Duration = Duration::from_secs(60);
+const TURN: Duration = Duration::from_secs(5);
+const RANKING: Ranking = Ranking {
+    aging: AGING,
+    turn: TURN,
+};
 
 fn seller() -> UserId {
     UserId::from_uuid(uuid::Uuid::new_v4()).unwrap()
@@ -38,7 +43,7 @@ async fn queue(db: &TestDatabase, user_id: UserId, kind: &str, priority: i32) ->
 }
 
 async fn claim_next(db: &TestDatabase) -> uuid::Uuid {
-    store::claim(&db.pool, Lane::Interactive, "w", LEASE, AGING)
+    store::claim(&db.pool, Lane::Interactive, "w", LEASE, RANKING)
         .await
         .unwrap()
         .unwrap()
@@ -63,13 +68,31 @@ async fn a_seller_with_a_running_job_yields_to_a_seller_with_none() {
     assert_eq!(claim_next(&db).await, first);
     // The busy seller queued more (and earlier) work than the other seller.
     let busy_second = queue(&db, busy, "push_b", 0).await;
-    backdate(&db, busy_second, Duration::from_secs(30)).await;
+    backdate(&db, busy_second, TURN / 2).await;
     let other = queue(&db, waiting, "push_a", 0).await;
 
     let next = claim_next(&db).await;
 
     assert_eq!(next, other, "the seller with nothing running goes first");
     assert_eq!(claim_next(&db).await, busy_second);
+}
+
+#[tokio::test]
+async fn a_job_that_waited_longer_than_its_turns_outranks_a_newer_sellers_job() {
+    let db = TestDatabase::new().await;
+    let (busy, newcomer) = (seller(), seller());
+    let running = queue(&db, busy, "push_a", 0).await;
+    assert_eq!(claim_next(&db).await, running);
+    let waited = queue(&db, busy, "push_b", 0).await;
+    backdate(&db, waited, TURN * 2).await;
+    let fresh = queue(&db, newcomer, "push_a", 0).await;
+
+    assert_eq!(
+        claim_next(&db).await,
+        waited,
+        "one turn behind, two turns older"
+    );
+    assert_eq!(claim_next(&db).await, fresh);
 }
 
 #[tokio::test]
@@ -149,18 +172,19 @@ async fn an_announced_job_wakes_the_workers_of_another_replica_through_redis() {
 async fn one_claim_of_several_jobs_spreads_them_over_sellers() {
     let db = TestDatabase::new().await;
     let (busy, quiet, other) = (seller(), seller(), seller());
-    // The busy seller's three jobs are the oldest, so a plain due-order batch would take them all.
+    // The busy seller's three jobs are the oldest (by less than a turn), so a plain due-order batch
+    // would take them all.
     let mut busy_jobs = Vec::new();
     for (n, kind) in ["push_a", "push_b", "push_c"].into_iter().enumerate() {
         let id = queue(&db, busy, kind, 0).await;
-        backdate(&db, id, Duration::from_secs(60 - 10 * n as u64)).await;
+        backdate(&db, id, Duration::from_millis(1_000 - 200 * n as u64)).await;
         busy_jobs.push(id);
     }
     let quiet_job = queue(&db, quiet, "push_a", 0).await;
     let other_job = queue(&db, other, "push_a", 0).await;
 
     let batch: Vec<uuid::Uuid> =
-        store::claim_many(&db.pool, Lane::Interactive, "w", LEASE, AGING, 3)
+        store::claim_many(&db.pool, Lane::Interactive, "w", LEASE, RANKING, 3)
             .await
             .unwrap()
             .into_iter()
@@ -176,7 +200,7 @@ async fn one_claim_of_several_jobs_spreads_them_over_sellers() {
         batch.contains(&quiet_job) && batch.contains(&other_job),
         "{batch:?}"
     );
-    let rest = store::claim_many(&db.pool, Lane::Interactive, "w", LEASE, AGING, 16)
+    let rest = store::claim_many(&db.pool, Lane::Interactive, "w", LEASE, RANKING, 16)
         .await
         .unwrap();
     let rest: Vec<uuid::Uuid> = rest.into_iter().map(|lease| lease.job.id).collect();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use brx_sync::{
     domain::UserId,
-    jobs::{Lane, Lease, NewJob, store as jobs},
+    jobs::{Lane, Lease, NewJob, Ranking, store as jobs},
     metrics::Metrics,
     sync::{
         chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
@@ -51,7 +51,7 @@ async fn lease_for(db: &TestDatabase, user: UserId) -> Lease {
         Lane::Bulk,
         "test",
         Duration::from_secs(60),
-        Duration::from_secs(60),
+        Ranking::default(),
     )
     .await
     .unwrap()
@@ -71,12 +71,12 @@ async fn taken_over_lease(db: &TestDatabase, user: UserId) -> Lease {
     };
     jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
     let (short, long) = (Duration::from_millis(200), Duration::from_secs(60));
-    let stale = jobs::claim(&db.pool, Lane::Bulk, "dead", short, long)
+    let stale = jobs::claim(&db.pool, Lane::Bulk, "dead", short, Ranking::default())
         .await
         .unwrap()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    jobs::claim(&db.pool, Lane::Bulk, "rescuer", long, long)
+    jobs::claim(&db.pool, Lane::Bulk, "rescuer", long, Ranking::default())
         .await
         .unwrap()
         .unwrap();

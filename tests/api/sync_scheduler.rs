@@ -89,7 +89,7 @@ async fn a_seller_whose_scheduled_sync_failed_is_not_requeued_every_round() {
         Lane::Bulk,
         "w",
         Duration::from_secs(30),
-        Duration::from_secs(60),
+        brx_sync::jobs::Ranking::default(),
     )
     .await
     .unwrap()

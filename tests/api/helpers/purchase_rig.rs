@@ -106,7 +106,10 @@ impl PurchaseRig {
             concurrency: 8,
             lease,
             poll_interval: Duration::from_millis(50),
-            aging: Duration::from_secs(60),
+            ranking: brx_sync::jobs::Ranking {
+                aging: Duration::from_secs(60),
+                turn: Duration::from_secs(1),
+            },
             retry_min: Duration::from_millis(50),
             retry_max: Duration::from_millis(200),
         };
