@@ -210,6 +210,8 @@ impl App {
                 .listen(config.redis_url.clone(), workers.clone()),
         );
 
+        let webhook_intake =
+            crate::webhooks::WebhookIntake::new(storage.pg.clone(), accounts.clone());
         let parts = GrpcParts {
             storage: storage.clone(),
             readiness: readiness.clone(),
@@ -246,7 +248,8 @@ impl App {
             metrics,
             readiness: readiness.clone(),
             storage: storage.clone(),
-        });
+        })
+        .merge(crate::webhooks::routes(webhook_intake));
         let http = axum::serve(http_listener, router)
             .with_graceful_shutdown(stop_http.clone().cancelled_owned());
         let mut http_task = tokio::spawn(async move { http.await.map_err(anyhow::Error::from) });
@@ -339,8 +342,14 @@ fn job_workers(
         events: purchase_events.clone(),
         call_budget: config.cardtrader_request_timeout * 2,
     };
-    let interactive: Vec<Arc<dyn JobHandler>> =
-        vec![Arc::new(sync(KIND_TARGETED)), Arc::new(purchases)];
+    let webhooks = crate::webhooks::ApplyHandler {
+        pool: storage.pg.clone(),
+    };
+    let interactive: Vec<Arc<dyn JobHandler>> = vec![
+        Arc::new(sync(KIND_TARGETED)),
+        Arc::new(purchases),
+        Arc::new(webhooks),
+    ];
     [
         (Lane::Bulk, bulk, config.bulk_concurrency),
         (

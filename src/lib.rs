@@ -46,6 +46,7 @@ pub mod simulator;
 pub mod storage;
 pub mod sync;
 pub mod telemetry;
+pub mod webhooks;
 
 mod failpoint;
 

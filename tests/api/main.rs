@@ -30,3 +30,4 @@ mod sync_jobs;
 mod sync_rpc;
 mod sync_scheduler;
 mod telemetry;
+mod webhooks;

@@ -1,0 +1,1 @@
+//! Signed CardTrader webhooks: verification, de-duplication and order application.
