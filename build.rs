@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 PathBuf::from("proto/brx/sync/v1/blueprints.proto"),
                 PathBuf::from("proto/brx/sync/v1/sync.proto"),
                 PathBuf::from("proto/brx/sync/v1/purchases.proto"),
+                PathBuf::from("proto/brx/sync/v1/inventory.proto"),
             ],
             &includes,
         )?;

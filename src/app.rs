@@ -342,12 +342,18 @@ fn job_workers(
         events: purchase_events.clone(),
         call_budget: config.cardtrader_request_timeout * 2,
     };
+    let pushes = crate::inventory::push::PushHandler {
+        pool: storage.pg.clone(),
+        accounts: accounts.clone(),
+        call_budget: config.cardtrader_request_timeout * 2,
+    };
     let webhooks = crate::webhooks::ApplyHandler {
         pool: storage.pg.clone(),
     };
     let interactive: Vec<Arc<dyn JobHandler>> = vec![
         Arc::new(sync(KIND_TARGETED)),
         Arc::new(purchases),
+        Arc::new(pushes),
         Arc::new(webhooks),
     ];
     [

@@ -33,6 +33,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod inventory;
 pub mod jobs;
 pub mod loadtest;
 pub mod marketplace;

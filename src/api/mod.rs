@@ -10,6 +10,7 @@ mod admin;
 mod blueprints;
 mod fields;
 mod health;
+mod inventory;
 mod layers;
 mod purchases;
 mod sync;
@@ -29,9 +30,11 @@ use crate::{config::Config, metrics::Metrics, readiness::Readiness, storage::Sto
 use accounts::AccountApi;
 use admin::AdminApi;
 use blueprints::BlueprintApi;
+use inventory::InventoryApi;
 use pb::v1::{
     account_service_server::AccountServiceServer, admin_service_server::AdminServiceServer,
     blueprint_service_server::BlueprintServiceServer,
+    inventory_service_server::InventoryServiceServer,
     purchase_service_server::PurchaseServiceServer, sync_service_server::SyncServiceServer,
 };
 use purchases::PurchaseApi;
@@ -73,6 +76,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    let inventory_pool = parts.storage.pg.clone();
     let admin = AdminServiceServer::new(AdminApi {
         storage: parts.storage,
         readiness: parts.readiness.clone(),
@@ -91,6 +95,10 @@ where
         purchases: parts.purchases,
         purchase_deadline: config.purchase_deadline,
     });
+    let inventory_service = InventoryServiceServer::new(InventoryApi {
+        pool: inventory_pool,
+        accounts: parts.accounts.clone(),
+    });
     let accounts = AccountServiceServer::new(AccountApi {
         accounts: parts.accounts,
     });
@@ -100,6 +108,7 @@ where
         <BlueprintServiceServer<BlueprintApi> as NamedService>::NAME,
         <SyncServiceServer<SyncApi> as NamedService>::NAME,
         <PurchaseServiceServer<PurchaseApi> as NamedService>::NAME,
+        <InventoryServiceServer<InventoryApi> as NamedService>::NAME,
     ];
     let bridge = HealthBridge::new(reporter, parts.readiness, parts.metrics.clone(), services);
 
@@ -143,6 +152,7 @@ where
         .add_service(blueprint_service)
         .add_service(sync_service)
         .add_service(purchase_service)
+        .add_service(inventory_service)
         .serve_with_incoming_shutdown(incoming, shutdown);
     Ok((bridge, server))
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use tonic::{Code, Status, metadata::MetadataValue};
 
 use crate::{
-    accounts::AccountError, jobs::JobError, purchase::PurchaseError, sync::service::SyncError,
+    accounts::AccountError, inventory::InventoryError, jobs::JobError, purchase::PurchaseError,
+    sync::service::SyncError,
 };
 
 /// Metadata key telling a shed or throttled caller how long to wait before retrying.
@@ -110,6 +111,18 @@ impl From<PurchaseError> for Status {
                 resource_exhausted(&err.to_string(), Duration::from_millis(500))
             }
             other => internal("purchase operation failed", &other),
+        }
+    }
+}
+
+impl From<InventoryError> for Status {
+    fn from(err: InventoryError) -> Self {
+        match err {
+            InventoryError::NotFound => Status::not_found("no such item for this seller"),
+            InventoryError::BelowReserved { .. }
+            | InventoryError::Reserved { .. }
+            | InventoryError::NotConnected => Status::failed_precondition(err.to_string()),
+            other => internal("inventory operation failed", &other),
         }
     }
 }

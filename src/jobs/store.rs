@@ -136,6 +136,29 @@ pub async fn insert(conn: &mut sqlx::PgConnection, new: &NewJob) -> Result<Uuid,
     Ok(id)
 }
 
+/// Queues `new` inside the caller's transaction unless a job of the same seller, kind and key is
+/// queued already (which will do the work): the outbox pattern, where the row to work on commits
+/// together with the promise that a job will look at it. No depth check: refusing would lose the
+/// edit the caller is committing.
+pub async fn insert_coalesced(conn: &mut sqlx::PgConnection, new: &NewJob) -> Result<(), JobError> {
+    sqlx::query(
+        "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING",
+    )
+    .bind(Uuid::new_v4())
+    .bind(new.user_id.as_uuid())
+    .bind(&new.kind)
+    .bind(new.lane.as_str())
+    .bind(&new.payload)
+    .bind(new.priority)
+    .bind(new.max_attempts)
+    .bind(&new.dedupe_key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Queues `new` already claimed by `owner` for `lease` (its first attempt, fence 1), inside the
 /// caller's transaction: for work the replica that asked for it starts at once, without a claim. If
 /// that replica dies first, the lease runs out and any worker rescues the job like any orphan.

@@ -19,7 +19,8 @@ use secrecy::SecretString;
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use error::MarketplaceError;
 use types::{
-    Envelope, GamesBody, Info, MarketProduct, NewProduct, Product, ProductResource, ProductUpdate,
+    BulkAccepted, BulkJob, BulkUpdateItem, Envelope, GamesBody, Info, MarketProduct, NewProduct,
+    Product, ProductResource, ProductUpdate,
 };
 
 use crate::{
@@ -268,6 +269,68 @@ impl MarketplaceClient {
             Ok(_) | Err(MarketplaceError::NotFound { .. }) => Ok(()),
             Err(err) => Err(err),
         }
+    }
+
+    /// `POST /products/bulk_update` with absolute values (idempotent, so retried); returns the job
+    /// to poll with [`Self::bulk_job`].
+    pub async fn bulk_update(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        items: &[BulkUpdateItem],
+    ) -> Result<String, MarketplaceError> {
+        let spec = self.inner.write(
+            "products_bulk_update",
+            Method::POST,
+            "/products/bulk_update".into(),
+            true,
+        );
+        let body = serde_json::json!({ "products": items });
+        let accepted: BulkAccepted = self
+            .inner
+            .call_json(seller, options, spec, Some(&body))
+            .await?;
+        Ok(accepted.job)
+    }
+
+    /// `POST /products/bulk_destroy` (deleting twice is harmless, so retried); returns the job.
+    pub async fn bulk_destroy(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        product_ids: &[i64],
+    ) -> Result<String, MarketplaceError> {
+        let spec = self.inner.write(
+            "products_bulk_destroy",
+            Method::POST,
+            "/products/bulk_destroy".into(),
+            true,
+        );
+        let products: Vec<serde_json::Value> = product_ids
+            .iter()
+            .map(|id| serde_json::json!({ "id": id }))
+            .collect();
+        let body = serde_json::json!({ "products": products });
+        let accepted: BulkAccepted = self
+            .inner
+            .call_json(seller, options, spec, Some(&body))
+            .await?;
+        Ok(accepted.job)
+    }
+
+    /// `GET /jobs/:uuid`, under its own limit of one call a second.
+    pub async fn bulk_job(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        uuid: &str,
+    ) -> Result<BulkJob, MarketplaceError> {
+        let spec = self
+            .inner
+            .read("job_status", format!("/jobs/{uuid}"), Scope::Jobs);
+        self.inner
+            .call_json(seller, options, spec, None::<&()>)
+            .await
     }
 
     /// `POST /products/:id/increment`. Not idempotent: never retried. Returns the product, or `None`

@@ -306,6 +306,74 @@ pub struct ProductUpdate {
     pub properties: Option<Map<String, Value>>,
 }
 
+/// One product of a `bulk_update`: its id and the absolute values to set.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BulkUpdateItem {
+    /// Product id.
+    pub id: i64,
+    /// The values to set.
+    #[serde(flatten)]
+    pub update: ProductUpdate,
+}
+
+/// `{"job": uuid}`, the answer of every bulk call.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct BulkAccepted {
+    pub(crate) job: String,
+}
+
+/// A bulk job as `GET /jobs/:uuid` shows it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct BulkJob {
+    /// The job's uuid.
+    pub uuid: String,
+    /// `pending`, `running`, `completed` (even if items failed) or `unprocessable` (all failed).
+    pub state: String,
+    /// One result per submitted item, in payload order once completed.
+    #[serde(default)]
+    pub results: Vec<BulkItemResult>,
+}
+
+impl BulkJob {
+    /// Whether CardTrader has finished with the job, well or not.
+    pub fn finished(&self) -> bool {
+        matches!(self.state.as_str(), "completed" | "unprocessable")
+    }
+}
+
+/// The outcome of one item of a bulk job.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct BulkItemResult {
+    /// `ok`, `warning` or `error`.
+    pub result: String,
+    /// The item's index in the submitted payload.
+    pub job_index: usize,
+    /// The product, when there is one.
+    #[serde(default)]
+    pub product_id: Option<i64>,
+    /// `{field: [messages]}` (properties nested one level), on errors.
+    #[serde(default)]
+    pub errors: Value,
+}
+
+impl BulkItemResult {
+    /// Whether the item was applied (a warning is applied too: CardTrader ignored part of it).
+    pub fn applied(&self) -> bool {
+        self.result != "error"
+    }
+
+    /// The item's error messages as one line, `field: message; ...`.
+    pub fn error_text(&self) -> String {
+        let mut messages = Vec::new();
+        collect_strings(&self.errors, &mut messages);
+        if messages.is_empty() {
+            format!("CardTrader reported {} for this item", self.result)
+        } else {
+            messages.join("; ")
+        }
+    }
+}
+
 /// CardTrader's error envelope; 429s carry only `error`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct ErrorBody {

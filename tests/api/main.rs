@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod blueprints;
 mod health;
+mod inventory;
 mod jobs;
 mod jobs_order;
 mod lifecycle;
