@@ -66,7 +66,9 @@ pub async fn upsert_rows(
 }
 
 /// The products whose stored fingerprint is missing or differs: new rows, rows changed upstream,
-/// and rows another writer touched since (its trigger cleared the fingerprint).
+/// and rows another writer touched since (its trigger cleared the fingerprint). A product with a
+/// local edit still on its way to CardTrader is left out: the export predates the edit, and writing
+/// it would undo the edit locally (or bring back an item deleted locally) until the push lands.
 async fn stale_products(
     conn: &mut PgConnection,
     user_id: UserId,
@@ -77,7 +79,9 @@ async fn stale_products(
     let stale: Vec<i64> = sqlx::query_scalar(
         "SELECT u.product_id FROM UNNEST($2::bigint[], $3::bigint[]) AS u(product_id, sync_hash) \
          WHERE NOT EXISTS (SELECT 1 FROM inventory_items i \
-             WHERE i.user_id = $1 AND i.product_id = u.product_id AND i.sync_hash = u.sync_hash)",
+             WHERE i.user_id = $1 AND i.product_id = u.product_id AND i.sync_hash = u.sync_hash) \
+           AND NOT EXISTS (SELECT 1 FROM inventory_pushes p \
+             WHERE p.user_id = $1 AND p.product_id = u.product_id AND p.state = 'pending')",
     )
     .bind(user_id.as_uuid())
     .bind(&product_ids)

@@ -638,3 +638,35 @@ async fn offers_are_read_from_the_offer_index() {
         assert!(plan.contains(index), "{column}: {plan}");
     }
 }
+
+#[tokio::test]
+async fn a_sync_neither_undoes_a_pending_edit_nor_brings_back_a_pending_deletion() {
+    // No interactive worker in the app: the pushes stay pending while the sync runs.
+    let shop = PurchaseRig::new(0, 20).await;
+    let ids = shop.stocked(1, 2).await;
+    let mut request = edit(&shop, ids[0]);
+    request.price_cents = Some(5_555);
+    update(&shop, request).await.unwrap();
+    let deletion = GetItemRequest {
+        user_id: shop.user.to_string(),
+        product_id: ids[1],
+    };
+    client(&shop)
+        .await
+        .delete_item(as_seller(&shop, deletion))
+        .await
+        .unwrap();
+
+    let synced = shop.rig.sync(shop.user).await;
+
+    assert_eq!(synced.state, brx_sync::jobs::JobState::Succeeded);
+    let kept = get(&shop, ids[0]).await;
+    assert_eq!(kept.price_cents, 5_555, "the edit survived the sync");
+    assert_eq!(kept.push_state(), PushState::Pending);
+    assert_eq!(
+        shop.local(ids[1]).await,
+        None,
+        "the deleted item stayed deleted"
+    );
+    assert_ne!(upstream_field(&shop, ids[0], "price_cents"), 5_555);
+}
