@@ -1,7 +1,21 @@
 //! CardTrader's order webhooks: `POST /webhooks/cardtrader/{user_id}` on the HTTP side port stores a
-//! verified event, and the `webhook_apply` job applies it to local stock.
+//! verified event, and the `webhook_apply` job applies it to local stock once per
+//! order, following CardTrader's stock rule. Layout: `payload` (the body), `rule` (the stock rule),
+//! `intake` (the route), `apply` (the job), `store` (the SQL).
+//!
+//! Answers: 200 once stored (a redelivery of a stored event id too, changing nothing); 413 past
+//! [`MAX_BODY_BYTES`]; 401 for a missing or wrong `Signature` *and* for a seller that is unknown or
+//! not connected, so the answer tells a caller without the secret nothing about which sellers exist
+//! (a 404 would); 400 for a signed body that is not an order delivery. Only 200 stores anything.
+//! `mode: "test"` deliveries are stored and marked applied without touching stock.
 
-use axum::{Router, extract::Path, http::StatusCode, routing::post};
+mod apply;
+mod intake;
+mod payload;
+mod rule;
+mod store;
+
+use axum::{Router, extract::DefaultBodyLimit, routing::post};
 use sqlx::PgPool;
 
 use crate::{
@@ -12,12 +26,13 @@ use crate::{
 /// The job kind that applies a seller's stored webhook events.
 pub const KIND_APPLY: &str = "webhook_apply";
 
+/// Largest body accepted; an order with hundreds of lines stays far below it.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
 /// Receives webhook deliveries.
 #[derive(Debug, Clone)]
 pub struct WebhookIntake {
-    #[allow(dead_code)]
     pool: PgPool,
-    #[allow(dead_code)]
     accounts: Accounts,
 }
 
@@ -31,12 +46,10 @@ impl WebhookIntake {
 /// The webhook route, to merge into the side port's router.
 pub fn routes(intake: WebhookIntake) -> Router {
     Router::new()
-        .route("/webhooks/cardtrader/{user_id}", post(receive))
+        .route("/webhooks/cardtrader/{user_id}", post(intake::receive))
+        // Refused from Content-Length before reading, or as soon as a chunked body passes it.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(intake)
-}
-
-async fn receive(Path(_user_id): Path<String>) -> StatusCode {
-    StatusCode::NOT_IMPLEMENTED
 }
 
 /// The `webhook_apply` job kind.
@@ -52,7 +65,7 @@ impl JobHandler for ApplyHandler {
         KIND_APPLY
     }
 
-    async fn run(&self, _context: JobContext) -> Result<(), JobFailure> {
-        Ok(())
+    async fn run(&self, context: JobContext) -> Result<(), JobFailure> {
+        apply::run(&self.pool, &context.lease, || context.should_stop()).await
     }
 }

@@ -1,0 +1,318 @@
+//! SQL of the webhook tables (`webhook_events`, `webhook_orders`) and of the stock changes the events
+//! make. Functions take the caller's transaction; the caller decides what commits together.
+
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::payload::Envelope;
+use crate::{
+    domain::UserId,
+    jobs::{JobError, NewJob},
+};
+
+/// What storing a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// An event with this id is already stored (a redelivery): nothing changed.
+    Duplicate,
+    /// Stored, and `job` will run after the commit: a queued one is held, or one was queued.
+    Queued,
+    /// Stored, but a job queued concurrently got in the way; [`queue_job`] must finish the work.
+    NeedsJob,
+}
+
+/// Stores a verified delivery and makes sure `job` will look at it, in one statement of the
+/// caller's transaction (see [`queue_job`] for why the queued job is held). The intake's whole
+/// transaction is this statement in the common case, which keeps CardTrader's answer fast.
+pub(crate) async fn store_event(
+    conn: &mut PgConnection,
+    envelope: &Envelope,
+    body: &str,
+    job: &NewJob,
+) -> Result<Stored, sqlx::Error> {
+    let (stored, queued): (bool, bool) = sqlx::query_as(
+        "WITH event AS ( \
+             INSERT INTO webhook_events (id, user_id, cause, object_id, mode, event_time, body) \
+             VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7::jsonb) \
+             ON CONFLICT ON CONSTRAINT webhook_events_pkey DO NOTHING RETURNING id), \
+         held AS ( \
+             SELECT id FROM jobs WHERE user_id = $2 AND kind = $8 AND dedupe_key = $12 \
+               AND state = 'queued' AND EXISTS (SELECT 1 FROM event) FOR SHARE), \
+         queued AS ( \
+             INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
+             SELECT $13, $2, $8, $9, $10, $11, $14, $12 \
+             WHERE EXISTS (SELECT 1 FROM event) AND NOT EXISTS (SELECT 1 FROM held) \
+             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING RETURNING id) \
+         SELECT EXISTS (SELECT 1 FROM event), \
+                EXISTS (SELECT 1 FROM held) OR EXISTS (SELECT 1 FROM queued)",
+    )
+    .bind(envelope.id)
+    .bind(job.user_id.as_uuid())
+    .bind(&envelope.cause)
+    .bind(envelope.object_id)
+    .bind(&envelope.mode)
+    .bind(envelope.time)
+    .bind(body)
+    .bind(&job.kind)
+    .bind(job.lane.as_str())
+    .bind(&job.payload)
+    .bind(job.priority)
+    .bind(&job.dedupe_key)
+    .bind(Uuid::new_v4())
+    .bind(job.max_attempts)
+    .fetch_one(conn)
+    .await?;
+    Ok(match (stored, queued) {
+        (false, _) => Stored::Duplicate,
+        (true, true) => Stored::Queued,
+        (true, false) => Stored::NeedsJob,
+    })
+}
+
+/// Makes sure a queued job of `new`'s seller, kind and key will run after the caller's transaction
+/// commits: holds the queued one `FOR SHARE` until then, or queues one.
+///
+/// Holding it is what `ON CONFLICT DO NOTHING` alone would miss: a queued job claimed between the
+/// conflict and the caller's commit would run without seeing the caller's rows, and nothing would
+/// look at them until the next delivery. A claim passes over a locked job (`SKIP LOCKED`), so the job
+/// starts only after the commit; a job claimed first is no longer queued, and a new one is queued.
+/// (This belongs in `jobs::store`; it lives here until that module offers it.)
+pub(crate) async fn queue_job(conn: &mut PgConnection, new: &NewJob) -> Result<(), JobError> {
+    // Each pass reads afresh, so the second sees the job that a concurrent request queued first.
+    for _ in 0..3 {
+        let held: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE user_id = $1 AND kind = $2 AND dedupe_key = $3 \
+               AND state = 'queued' FOR SHARE",
+        )
+        .bind(new.user_id.as_uuid())
+        .bind(&new.kind)
+        .bind(&new.dedupe_key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if held.is_some() {
+            return Ok(());
+        }
+        let queued: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING RETURNING id",
+        )
+        .bind(Uuid::new_v4())
+        .bind(new.user_id.as_uuid())
+        .bind(&new.kind)
+        .bind(new.lane.as_str())
+        .bind(&new.payload)
+        .bind(new.priority)
+        .bind(new.max_attempts)
+        .bind(&new.dedupe_key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if queued.is_some() {
+            return Ok(());
+        }
+    }
+    Err(JobError::Contended)
+}
+
+/// An event waiting to be applied.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PendingEvent {
+    /// CardTrader's event id.
+    pub(crate) id: Uuid,
+    /// The delivery as stored.
+    pub(crate) body: serde_json::Value,
+}
+
+/// The seller's oldest unapplied event, locked until the caller's transaction ends.
+pub(crate) async fn next_event(
+    conn: &mut PgConnection,
+    user_id: UserId,
+) -> Result<Option<PendingEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, body FROM webhook_events WHERE user_id = $1 AND applied_at IS NULL \
+         ORDER BY seq LIMIT 1 FOR UPDATE",
+    )
+    .bind(user_id.as_uuid())
+    .fetch_optional(conn)
+    .await
+}
+
+/// Marks the event applied with what it did, and the products it named that have no local row.
+pub(crate) async fn mark_applied(
+    executor: impl PgExecutor<'_>,
+    id: Uuid,
+    outcome: &str,
+    error: Option<&str>,
+    unknown: Option<&serde_json::Value>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_events SET applied_at = now(), outcome = $2, error = $3, unknown_products = $4 \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(outcome)
+    .bind(error)
+    .bind(unknown)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// What earlier deliveries did to an order, as stored.
+#[derive(Debug, Default, sqlx::FromRow)]
+pub(crate) struct OrderRecord {
+    /// Items were taken.
+    pub(crate) stock_taken: bool,
+    /// They were given back.
+    pub(crate) stock_restored: bool,
+    /// Seen cancelled.
+    pub(crate) canceled: bool,
+    /// `[[product_id, amount], …]` taken.
+    pub(crate) taken: serde_json::Value,
+}
+
+/// The order's record, created empty when first seen and locked until the caller's transaction ends.
+pub(crate) async fn lock_order(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    order_id: i64,
+) -> Result<OrderRecord, sqlx::Error> {
+    // DO UPDATE rather than DO NOTHING: it returns (and locks) the row that is already there.
+    sqlx::query_as(
+        "INSERT INTO webhook_orders (user_id, order_id) VALUES ($1, $2) \
+         ON CONFLICT ON CONSTRAINT webhook_orders_pkey DO UPDATE SET updated_at = now() \
+         RETURNING stock_taken, stock_restored, canceled, taken",
+    )
+    .bind(user_id.as_uuid())
+    .bind(order_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// What a delivery changed on the order's record.
+#[derive(Debug)]
+pub(crate) struct OrderUpdate<'a> {
+    /// The state delivered.
+    pub(crate) state: &'a str,
+    /// A CT0 order.
+    pub(crate) via_cardtrader_zero: bool,
+    /// Stock was taken now, with what was taken.
+    pub(crate) took: Option<serde_json::Value>,
+    /// Stock was given back now.
+    pub(crate) restored: bool,
+    /// The delivery cancelled the order.
+    pub(crate) canceled: bool,
+}
+
+/// Records what a delivery did to the order (flags only ever turn on).
+pub(crate) async fn update_order(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    order_id: i64,
+    update: &OrderUpdate<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_orders SET last_state = $3, via_cardtrader_zero = $4, \
+             stock_taken = stock_taken OR $5 IS NOT NULL, taken = coalesce($5, taken), \
+             stock_restored = stock_restored OR $6, canceled = canceled OR $7, updated_at = now() \
+         WHERE user_id = $1 AND order_id = $2",
+    )
+    .bind(user_id.as_uuid())
+    .bind(order_id)
+    .bind(update.state)
+    .bind(update.via_cardtrader_zero)
+    .bind(update.took.as_ref())
+    .bind(update.restored)
+    .bind(update.canceled)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One product of a take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct TakenLine {
+    /// The product.
+    pub(crate) product_id: i64,
+    /// Units the order took.
+    pub(crate) asked: i64,
+    /// Units taken from the local row; `None` when the seller has no local row for it.
+    pub(crate) taken: Option<i64>,
+}
+
+/// Takes `amounts` (product id, units; in product id order) from the seller's local rows, in one
+/// statement locking them in product id order. A row never drops below its reservation: an in-flight
+/// purchase holds that stock and will settle it (the CHECK would refuse anything lower); what could
+/// not be taken is the caller's shortfall to report, and the next sync corrects it.
+pub(crate) async fn take_stock(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    amounts: &[(i64, i64)],
+) -> Result<Vec<TakenLine>, sqlx::Error> {
+    let (ids, units): (Vec<i64>, Vec<i64>) = amounts.iter().copied().unzip();
+    sqlx::query_as(
+        "WITH wanted AS (SELECT * FROM UNNEST($2::bigint[], $3::bigint[]) AS w(product_id, amount)), \
+         locked AS ( \
+             SELECT product_id, quantity, reserved_quantity FROM inventory_items \
+             WHERE user_id = $1 AND product_id = ANY($2) ORDER BY product_id FOR UPDATE), \
+         taken AS ( \
+             UPDATE inventory_items i \
+             SET quantity = greatest(l.quantity - w.amount, l.reserved_quantity), updated_at = now() \
+             FROM wanted w JOIN locked l USING (product_id) \
+             WHERE i.user_id = $1 AND i.product_id = w.product_id \
+             RETURNING i.product_id, (l.quantity - i.quantity)::bigint AS taken) \
+         SELECT w.product_id, w.amount AS asked, t.taken FROM wanted w LEFT JOIN taken t USING (product_id) \
+         ORDER BY w.product_id",
+    )
+    .bind(user_id.as_uuid())
+    .bind(&ids)
+    .bind(&units)
+    .fetch_all(conn)
+    .await
+}
+
+/// Gives `amounts` back to the seller's local rows; returns how many rows still existed.
+pub(crate) async fn restore_stock(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    amounts: &[(i64, i64)],
+) -> Result<u64, sqlx::Error> {
+    let (ids, units): (Vec<i64>, Vec<i64>) = amounts.iter().copied().unzip();
+    let restored = sqlx::query(
+        "UPDATE inventory_items i SET quantity = i.quantity + r.amount, updated_at = now() \
+         FROM (SELECT * FROM UNNEST($2::bigint[], $3::bigint[]) AS r(product_id, amount) ORDER BY product_id) r \
+         WHERE i.user_id = $1 AND i.product_id = r.product_id",
+    )
+    .bind(user_id.as_uuid())
+    .bind(&ids)
+    .bind(&units)
+    .execute(conn)
+    .await?;
+    Ok(restored.rows_affected())
+}
+
+/// Events of the seller with unknown products whose sync is not queued yet: `(event id, products)`.
+pub(crate) async fn syncs_pending(
+    executor: impl PgExecutor<'_>,
+    user_id: UserId,
+) -> Result<Vec<(Uuid, serde_json::Value)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, unknown_products FROM webhook_events \
+         WHERE user_id = $1 AND unknown_products IS NOT NULL AND sync_queued_at IS NULL",
+    )
+    .bind(user_id.as_uuid())
+    .fetch_all(executor)
+    .await
+}
+
+/// Records that the sync of these events' unknown products was queued.
+pub(crate) async fn mark_syncs_queued(
+    executor: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE webhook_events SET sync_queued_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
