@@ -136,27 +136,50 @@ pub async fn insert(conn: &mut sqlx::PgConnection, new: &NewJob) -> Result<Uuid,
     Ok(id)
 }
 
-/// Queues `new` inside the caller's transaction unless a job of the same seller, kind and key is
-/// queued already (which will do the work): the outbox pattern, where the row to work on commits
-/// together with the promise that a job will look at it. No depth check: refusing would lose the
-/// edit the caller is committing.
+/// Makes sure a queued job of `new`'s seller, kind and key will run after the caller's
+/// transaction commits, which is the outbox pattern: the rows to work on commit together with the
+/// promise that a job will look at them. Holds the queued job `FOR SHARE` until then, or queues one.
+/// No depth check: refusing would lose what the caller is committing.
+///
+/// Holding it is what `ON CONFLICT DO NOTHING` alone would miss: a queued job claimed between the
+/// conflict and the caller's commit would run without seeing the caller's rows, and nothing would
+/// look at them until the next change. A claim passes over a locked job (`SKIP LOCKED`), so the job
+/// starts only after the commit; a job claimed first is no longer queued, and a new one is queued.
 pub async fn insert_coalesced(conn: &mut sqlx::PgConnection, new: &NewJob) -> Result<(), JobError> {
-    sqlx::query(
-        "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING",
-    )
-    .bind(Uuid::new_v4())
-    .bind(new.user_id.as_uuid())
-    .bind(&new.kind)
-    .bind(new.lane.as_str())
-    .bind(&new.payload)
-    .bind(new.priority)
-    .bind(new.max_attempts)
-    .bind(&new.dedupe_key)
-    .execute(conn)
-    .await?;
-    Ok(())
+    // Each pass reads afresh, so the second sees the job that a concurrent request queued first.
+    for _ in 0..3 {
+        let held: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE user_id = $1 AND kind = $2 AND dedupe_key = $3 \
+               AND state = 'queued' FOR SHARE",
+        )
+        .bind(new.user_id.as_uuid())
+        .bind(&new.kind)
+        .bind(&new.dedupe_key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if held.is_some() {
+            return Ok(());
+        }
+        let queued: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING RETURNING id",
+        )
+        .bind(Uuid::new_v4())
+        .bind(new.user_id.as_uuid())
+        .bind(&new.kind)
+        .bind(new.lane.as_str())
+        .bind(&new.payload)
+        .bind(new.priority)
+        .bind(new.max_attempts)
+        .bind(&new.dedupe_key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if queued.is_some() {
+            return Ok(());
+        }
+    }
+    Err(JobError::Contended)
 }
 
 /// Queues `new` already claimed by `owner` for `lease` (its first attempt, fence 1), inside the

@@ -97,7 +97,7 @@ pub(crate) async fn receive(
     let job = apply::job(user_id);
     let mut tx = intake.pool.begin().await?;
     if store::store_event(&mut tx, &envelope, text, &job).await? == Stored::NeedsJob {
-        store::queue_job(&mut tx, &job).await?;
+        crate::jobs::store::insert_coalesced(&mut tx, &job).await?;
     }
     tx.commit().await?;
     Ok(StatusCode::OK)

@@ -5,10 +5,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use super::payload::Envelope;
-use crate::{
-    domain::UserId,
-    jobs::{JobError, NewJob},
-};
+use crate::{domain::UserId, jobs::NewJob};
 
 /// What storing a delivery did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,12 +14,12 @@ pub(crate) enum Stored {
     Duplicate,
     /// Stored, and `job` will run after the commit: a queued one is held, or one was queued.
     Queued,
-    /// Stored, but a job queued concurrently got in the way; [`queue_job`] must finish the work.
+    /// Stored, but a job queued concurrently got in the way; [`crate::jobs::store::insert_coalesced`] must finish the work.
     NeedsJob,
 }
 
 /// Stores a verified delivery and makes sure `job` will look at it, in one statement of the
-/// caller's transaction (see [`queue_job`] for why the queued job is held). The intake's whole
+/// caller's transaction (see [`crate::jobs::store::insert_coalesced`] for why the queued job is held). The intake's whole
 /// transaction is this statement in the common case, which keeps CardTrader's answer fast.
 pub(crate) async fn store_event(
     conn: &mut PgConnection,
@@ -67,51 +64,6 @@ pub(crate) async fn store_event(
         (true, true) => Stored::Queued,
         (true, false) => Stored::NeedsJob,
     })
-}
-
-/// Makes sure a queued job of `new`'s seller, kind and key will run after the caller's transaction
-/// commits: holds the queued one `FOR SHARE` until then, or queues one.
-///
-/// Holding it is what `ON CONFLICT DO NOTHING` alone would miss: a queued job claimed between the
-/// conflict and the caller's commit would run without seeing the caller's rows, and nothing would
-/// look at them until the next delivery. A claim passes over a locked job (`SKIP LOCKED`), so the job
-/// starts only after the commit; a job claimed first is no longer queued, and a new one is queued.
-/// (This belongs in `jobs::store`; it lives here until that module offers it.)
-pub(crate) async fn queue_job(conn: &mut PgConnection, new: &NewJob) -> Result<(), JobError> {
-    // Each pass reads afresh, so the second sees the job that a concurrent request queued first.
-    for _ in 0..3 {
-        let held: Option<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE user_id = $1 AND kind = $2 AND dedupe_key = $3 \
-               AND state = 'queued' FOR SHARE",
-        )
-        .bind(new.user_id.as_uuid())
-        .bind(&new.kind)
-        .bind(&new.dedupe_key)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if held.is_some() {
-            return Ok(());
-        }
-        let queued: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING RETURNING id",
-        )
-        .bind(Uuid::new_v4())
-        .bind(new.user_id.as_uuid())
-        .bind(&new.kind)
-        .bind(new.lane.as_str())
-        .bind(&new.payload)
-        .bind(new.priority)
-        .bind(new.max_attempts)
-        .bind(&new.dedupe_key)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if queued.is_some() {
-            return Ok(());
-        }
-    }
-    Err(JobError::Contended)
 }
 
 /// An event waiting to be applied.

@@ -4,8 +4,14 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
+use std::sync::Arc;
+
 use brx_sync::{
-    inventory::KIND_PUSH,
+    inventory::{KIND_PUSH, push::PushHandler},
+    jobs::{
+        Lane, Ranking,
+        worker::{Worker, WorkerSettings},
+    },
     pb::v1::{
         CreateItemRequest, GetItemRequest, InventoryFilter, ListInventoryRequest,
         ListOffersRequest, PushState, UpdateItemRequest,
@@ -156,26 +162,50 @@ async fn edits_made_while_cardtrader_is_down_land_when_it_returns_the_newest_win
     assert_eq!(get(&shop, ids[0]).await.push_state(), PushState::Synced);
 }
 
+/// A worker of the interactive lane that runs only pushes, started by the test.
+fn push_worker(shop: &PurchaseRig) -> Worker {
+    let handler = PushHandler {
+        pool: shop.rig.pool.clone(),
+        accounts: shop.handler.accounts.clone(),
+        call_budget: Duration::from_secs(10),
+    };
+    let settings = WorkerSettings {
+        owner: "test-pusher".into(),
+        lane: Lane::Interactive,
+        concurrency: 2,
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(50),
+        ranking: Ranking::default(),
+        retry_min: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+    };
+    Worker::new(
+        shop.rig.pool.clone(),
+        vec![Arc::new(handler)],
+        settings,
+        shop.handler.metrics.clone(),
+    )
+}
+
 #[tokio::test]
 async fn many_pending_edits_go_in_bulk_and_a_refused_item_fails_alone() {
-    let shop = shop(40).await;
+    // No interactive worker in the app: every edit is pending before the test's worker starts.
+    let shop = PurchaseRig::new(0, 40).await;
     let ids = shop.stocked(1, 15).await;
     // The item CardTrader no longer has: its bulk result is an error, the others are applied.
     let gone = ids[3];
     shop.rig.app.simulator.set_quantity(&shop.token, gone, 0);
-    // Hold the push job back until every edit is pending, so they go as one batch.
-    shop.rig.app.simulator.set_faults(Faults {
-        error_5xx_rate: 1.0,
-        ..Faults::default()
-    });
     for (n, id) in ids.iter().enumerate() {
         let mut request = edit(&shop, *id);
         request.price_cents = Some(1_000 + n as i64);
         update(&shop, request).await.unwrap();
     }
     let before = shop.rig.app.simulator.stats(&shop.token).total;
-    shop.rig.app.simulator.set_faults(Faults::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(push_worker(&shop).run(stop.clone()));
     until_pushed(&shop).await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
 
     for (n, id) in ids.iter().enumerate() {
         if *id == gone {
@@ -187,6 +217,7 @@ async fn many_pending_edits_go_in_bulk_and_a_refused_item_fails_alone() {
     let refused = get(&shop, gone).await;
     assert_eq!(refused.push_state(), PushState::Failed);
     assert!(!refused.push_error.is_empty());
+    // One bulk_update and its polls, not fifteen PUTs.
     let calls = shop.rig.app.simulator.stats(&shop.token).total - before;
     assert!(
         calls < 15,
@@ -669,4 +700,33 @@ async fn a_sync_neither_undoes_a_pending_edit_nor_brings_back_a_pending_deletion
         "the deleted item stayed deleted"
     );
     assert_ne!(upstream_field(&shop, ids[0], "price_cents"), 5_555);
+}
+
+#[tokio::test]
+async fn many_pending_deletions_go_as_one_bulk_destroy() {
+    let shop = PurchaseRig::new(0, 30).await;
+    let ids = shop.stocked(1, 12).await;
+    for id in &ids {
+        let request = GetItemRequest {
+            user_id: shop.user.to_string(),
+            product_id: *id,
+        };
+        client(&shop)
+            .await
+            .delete_item(as_seller(&shop, request))
+            .await
+            .unwrap();
+    }
+    let before = shop.rig.app.simulator.stats(&shop.token).total;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(push_worker(&shop).run(stop.clone()));
+    until_pushed(&shop).await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+
+    for id in &ids {
+        assert_eq!(shop.upstream(*id), None, "{id} still listed on CardTrader");
+    }
+    let calls = shop.rig.app.simulator.stats(&shop.token).total - before;
+    assert!(calls < 12, "12 deletions took {calls} calls");
 }
