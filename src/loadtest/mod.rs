@@ -2,11 +2,13 @@
 //! starts many sellers' full syncs at once and reports throughput, job latency, peak RSS and PostgreSQL
 //! connections; `isolation` measures GetSyncStatus latency while one large sync runs; `purchases`
 //! measures PurchaseService.Purchase over many sellers, closed-loop and then paced, clean and with
-//! CardTrader faults, and checks that stock adds up on both sides afterwards.
+//! CardTrader faults, and checks that stock adds up on both sides afterwards; `webhooks` measures
+//! how fast `POST /webhooks/cardtrader/{user_id}` answers signed order deliveries and checks that each
+//! order took local stock once.
 //!
 //! Layout: `rig` sets up and tears down everything a scenario needs, `simulator` is the child process,
-//! `measure` holds the samplers and number formatting, `scale`, `isolation` and `purchases` are the
-//! scenarios.
+//! `measure` holds the samplers and number formatting, `scale`, `isolation`, `purchases` and
+//! `webhooks` are the scenarios.
 
 mod isolation;
 mod measure;
@@ -14,6 +16,7 @@ mod purchases;
 mod rig;
 mod scale;
 mod simulator;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -25,10 +28,12 @@ pub struct LoadtestArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Scenario::Scale)]
     pub scenario: Scenario,
-    /// Sellers; 1,000 for scale and 100 for purchases when omitted (isolation always uses one).
+    /// Sellers; 1,000 for scale and 100 for purchases and webhooks when omitted (isolation always
+    /// uses one).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub sellers: Option<u32>,
-    /// Products per seller; 1,000 for scale, 200,000 for isolation and 10 for purchases when omitted.
+    /// Products per seller; 1,000 for scale, 200,000 for isolation and 10 for purchases and webhooks
+    /// when omitted.
     #[arg(long)]
     pub products: Option<u64>,
     /// ConnectAccount calls in flight while the sellers are connected.
@@ -47,7 +52,8 @@ pub struct LoadtestArgs {
     /// Concurrent buyers calling PurchaseService.Purchase (purchases).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub buyers: u32,
-    /// How long each purchases phase (closed loop, paced, paced with faults) keeps buying.
+    /// How long each purchases phase (closed loop, paced, paced with faults) keeps buying, and each
+    /// webhooks phase (ceiling, closed loop, paced) keeps sending.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Purchases per second the buyers offer together in the paced purchases phases, each buyer
@@ -57,6 +63,13 @@ pub struct LoadtestArgs {
     /// Purchases each purchases phase makes instead of running for `--duration`.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub purchases: Option<u64>,
+    /// Concurrent senders POSTing webhook deliveries (webhooks).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub senders: u32,
+    /// Deliveries per second the senders offer together in the paced webhooks phase, each sender on
+    /// its own evenly spaced schedule.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_rate: u32,
     /// Longest wait for the syncs (or the purchases) to end before the run counts as failed.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -73,6 +86,11 @@ pub enum Scenario {
     /// with CardTrader faults and stock lowered behind the shop's back: purchases/s against the raw
     /// CardTrader calls, latency, outcomes, compensations, and the stock invariant after each phase.
     Purchases,
+    /// Concurrent senders POSTing signed CardTrader order deliveries to the webhook route,
+    /// closed-loop and then paced at `--webhook-rate`, redeliveries and updates included: latency
+    /// against `GET /livez` on the same port, time until every event is applied, and local stock
+    /// taken exactly once per order.
+    Webhooks,
 }
 
 impl Scenario {
@@ -81,6 +99,7 @@ impl Scenario {
             Scenario::Scale => "scale",
             Scenario::Isolation => "isolation",
             Scenario::Purchases => "purchases",
+            Scenario::Webhooks => "webhooks",
         }
     }
 }
@@ -90,7 +109,7 @@ impl LoadtestArgs {
         match self.scenario {
             Scenario::Scale => self.sellers.unwrap_or(1_000),
             Scenario::Isolation => 1,
-            Scenario::Purchases => self.sellers.unwrap_or(100),
+            Scenario::Purchases | Scenario::Webhooks => self.sellers.unwrap_or(100),
         }
     }
 
@@ -98,14 +117,14 @@ impl LoadtestArgs {
         let default = match self.scenario {
             Scenario::Scale => 1_000,
             Scenario::Isolation => 200_000,
-            Scenario::Purchases => 10,
+            Scenario::Purchases | Scenario::Webhooks => 10,
         };
         self.products.unwrap_or(default)
     }
 }
 
 /// Runs the chosen scenario and prints its report; tears everything down whatever the outcome, and
-/// fails when a sync failed (or, for purchases, when the stock invariant was violated).
+/// fails when a sync failed (or, for purchases and webhooks, when the stock invariant was violated).
 pub async fn run(config: Config, args: LoadtestArgs) -> anyhow::Result<()> {
     let (sellers, products) = (args.sellers(), args.products());
     println!(
@@ -116,7 +135,7 @@ pub async fn run(config: Config, args: LoadtestArgs) -> anyhow::Result<()> {
     );
     let config = match args.scenario {
         Scenario::Purchases => purchases::replica_config(config),
-        Scenario::Scale | Scenario::Isolation => config,
+        Scenario::Scale | Scenario::Isolation | Scenario::Webhooks => config,
     };
     let rig = rig::Rig::start(config, sellers, products).await?;
     let scenario = async {
@@ -124,6 +143,7 @@ pub async fn run(config: Config, args: LoadtestArgs) -> anyhow::Result<()> {
             Scenario::Scale => scale::run(&rig, &args).await,
             Scenario::Isolation => isolation::run(&rig, &args).await,
             Scenario::Purchases => purchases::run(&rig, &args).await,
+            Scenario::Webhooks => webhooks::run(&rig, &args).await,
         }
     };
     let outcome = tokio::select! {
