@@ -210,8 +210,11 @@ impl App {
                 .listen(config.redis_url.clone(), workers.clone()),
         );
 
-        let webhook_intake =
-            crate::webhooks::WebhookIntake::new(storage.pg.clone(), accounts.clone());
+        let webhook_intake = crate::webhooks::WebhookIntake::new(
+            storage.pg.clone(),
+            accounts.clone(),
+            wakeups.clone(),
+        );
         let parts = GrpcParts {
             storage: storage.clone(),
             readiness: readiness.clone(),
@@ -223,6 +226,7 @@ impl App {
                 wakeups.clone(),
                 config.max_queue_depth,
             ),
+            wakeups: wakeups.clone(),
             purchases: Purchases::new(
                 storage.pg.clone(),
                 accounts.clone(),

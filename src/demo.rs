@@ -20,10 +20,11 @@ use crate::{
     config::Config,
     domain::UserId,
     pb::v1::{
-        ConnectAccountRequest, GetStatsRequest, GetSyncRequest, MappingState, PoolState,
-        PurchaseLine, PurchaseRequest, ResolveBlueprintsRequest, StartSyncRequest,
-        account_service_client::AccountServiceClient, admin_service_client::AdminServiceClient,
-        blueprint_service_client::BlueprintServiceClient,
+        ConnectAccountRequest, GetItemRequest, GetStatsRequest, GetSyncRequest, MappingState,
+        PoolState, PurchaseLine, PurchaseRequest, PushState, ResolveBlueprintsRequest,
+        StartSyncRequest, UpdateItemRequest, account_service_client::AccountServiceClient,
+        admin_service_client::AdminServiceClient, blueprint_service_client::BlueprintServiceClient,
+        inventory_service_client::InventoryServiceClient,
         purchase_service_client::PurchaseServiceClient, sync_service_client::SyncServiceClient,
     },
     simulator::{SimulatorConfig, SimulatorHandle},
@@ -54,7 +55,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await
         .context("seeding the MySQL catalogue (is MariaDB running at BRX_MYSQL_URL?)")?;
     println!(
-        "[1/9] catalogue fixture: {CATALOGUE_PRINTS} prints in {} ({:.1} s)",
+        "[1/10] catalogue fixture: {CATALOGUE_PRINTS} prints in {} ({:.1} s)",
         config.catalog_tables.join(", "),
         started.elapsed().as_secs_f64()
     );
@@ -65,7 +66,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     println!(
-        "[2/9] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics; CardTrader simulator at {}",
+        "[2/10] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics; CardTrader simulator at {}",
         simulator.base_url()
     );
 
@@ -73,7 +74,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .connect()
         .await?;
     wait_until_serving(HealthClient::new(channel.clone())).await?;
-    println!("[3/9] database reachable and migrated: health is SERVING");
+    println!("[3/10] database reachable and migrated: health is SERVING");
 
     let token = mint_token(&secret, None, "service", Duration::from_secs(300))?;
     let mut request = tonic::Request::new(GetStatsRequest {});
@@ -85,7 +86,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await?
         .into_inner();
     println!(
-        "[4/9] AdminService.GetStats as the service role: version {}",
+        "[4/10] AdminService.GetStats as the service role: version {}",
         stats.version
     );
     for pool in &stats.pools {
@@ -110,11 +111,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let expected = simulator.inventory_len(&simulator.token(1));
     sync_the_seller(channel_for(grpc_addr).await?, &token, expected).await?;
     buy_from_the_seller(channel_for(grpc_addr).await?, &token, &simulator).await?;
+    edit_and_hear_back(channel_for(grpc_addr).await?, &token, &simulator, http_addr).await?;
 
     let _ = stop.send(());
     server.await.context("server task")??;
     simulator.shutdown().await;
-    println!("[9/9] graceful shutdown: NOT_SERVING, RPCs drained, pools closed\n\ndemo finished");
+    println!("[10/10] graceful shutdown: NOT_SERVING, RPCs drained, pools closed\n\ndemo finished");
     Ok(())
 }
 
@@ -156,7 +158,7 @@ async fn resolve_some_blueprints(
             .filter(|m| m.state() == MappingState::Mapped)
             .count();
         println!(
-            "[6/9] BlueprintService.ResolveBlueprints ({pass}): {} blueprints, {mapped} mapped, {} unmapped, in {:.1} ms",
+            "[6/10] BlueprintService.ResolveBlueprints ({pass}): {} blueprints, {mapped} mapped, {} unmapped, in {:.1} ms",
             mappings.len(),
             mappings.len() - mapped,
             started.elapsed().as_secs_f64() * 1000.0
@@ -206,7 +208,7 @@ async fn sync_the_seller(channel: Channel, token: &str, expected: u64) -> anyhow
     bar.finish_and_clear();
     let progress = last.progress.unwrap_or_default();
     println!(
-        "[7/9] SyncService.StartSync + WatchSync: {:?}; {} products seen, {} written, {} unchanged, {} unmapped, {} swept",
+        "[7/10] SyncService.StartSync + WatchSync: {:?}; {} products seen, {} written, {} unchanged, {} unmapped, {} swept",
         last.state(),
         progress.products_seen,
         progress.written,
@@ -257,7 +259,7 @@ async fn buy_from_the_seller(
         .await?
         .into_inner();
     println!(
-        "[8/9] PurchaseService.Purchase: {:?} in {:.0} ms, {} step-log entries; item {sold} on CardTrader {} -> {}",
+        "[8/10] PurchaseService.Purchase: {:?} in {:.0} ms, {} step-log entries; item {sold} on CardTrader {} -> {}",
         completed.state(),
         started.elapsed().as_secs_f64() * 1000.0,
         completed.steps,
@@ -283,6 +285,108 @@ async fn buy_from_the_seller(
          item {given_back} was taken on CardTrader, then given back: {} before, {} after; reservations released",
         before.unwrap_or(0),
         upstream(given_back).unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// The shop edits an item (pushed to CardTrader through the outbox), then CardTrader reports a sale
+/// through a signed webhook (applied to local stock by a job).
+async fn edit_and_hear_back(
+    channel: Channel,
+    token: &str,
+    simulator: &SimulatorHandle,
+    http_addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let cardtrader = simulator.token(1);
+    let upstream = |id: i64, field: &str| {
+        simulator
+            .product(&cardtrader, id)
+            .and_then(|product| product.get(field).and_then(serde_json::Value::as_i64))
+    };
+    // Listings the purchases above did not touch.
+    let items: Vec<i64> = (100_000_101..100_000_101 + 1_000)
+        .filter(|id| upstream(*id, "quantity").is_some_and(|quantity| quantity >= 2))
+        .take(2)
+        .collect();
+    let [edited, sold] = items[..] else {
+        anyhow::bail!("the demo seller has too few listings with two units");
+    };
+    let mut client = InventoryServiceClient::new(channel);
+    let get = |product_id: i64| GetItemRequest {
+        user_id: DEMO_SELLER.into(),
+        product_id,
+    };
+    let price_before = upstream(edited, "price_cents").unwrap_or(0);
+    let started = std::time::Instant::now();
+    let update = UpdateItemRequest {
+        user_id: DEMO_SELLER.into(),
+        product_id: edited,
+        price_cents: Some(price_before + 100),
+        ..Default::default()
+    };
+    client.update_item(with_bearer(update, token)?).await?;
+    let mut state = PushState::Pending;
+    while state == PushState::Pending && started.elapsed() < std::time::Duration::from_secs(15) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        state = client
+            .get_item(with_bearer(get(edited), token)?)
+            .await?
+            .into_inner()
+            .push_state();
+    }
+    println!(
+        "[9/10] InventoryService.UpdateItem: item {edited} committed with its push, {state:?} after {:.0} ms; \
+         price on CardTrader {price_before} -> {}",
+        started.elapsed().as_secs_f64() * 1000.0,
+        upstream(edited, "price_cents").unwrap_or(0)
+    );
+
+    let local_before = client
+        .get_item(with_bearer(get(sold), token)?)
+        .await?
+        .into_inner()
+        .quantity;
+    let seller = simulator
+        .seller(&cardtrader)
+        .context("the demo seller is gone from the simulator")?;
+    // A new order id each run: the demo database outlives runs, and an order is applied only once.
+    let order_id = chrono::Utc::now().timestamp_micros() % 1_000_000_000_000;
+    let order = serde_json::json!({
+        "id": order_id, "state": "paid", "via_cardtrader_zero": false,
+        "order_items": [{"product_id": sold, "quantity": 1}],
+    });
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": uuid::Uuid::new_v4(), "time": chrono::Utc::now().timestamp(), "cause": "order.create",
+        "object_class": "Order", "object_id": order_id, "mode": "live", "data": order,
+    }))?;
+    let url = format!("http://{http_addr}/webhooks/cardtrader/{DEMO_SELLER}");
+    let started = std::time::Instant::now();
+    let answer = reqwest::Client::new()
+        .post(&url)
+        .header(
+            "Signature",
+            crate::simulator::webhook_signature(&seller.shared_secret, &body),
+        )
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let answered_in = started.elapsed();
+    let mut local_after = local_before;
+    while local_after == local_before && started.elapsed() < std::time::Duration::from_secs(15) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        local_after = client
+            .get_item(with_bearer(get(sold), token)?)
+            .await?
+            .into_inner()
+            .quantity;
+    }
+    println!(
+        "      a signed order.create webhook (a sale on CardTrader): HTTP {} in {:.1} ms; \
+         item {sold} locally {local_before} -> {local_after} after {:.0} ms",
+        answer.status().as_u16(),
+        answered_in.as_secs_f64() * 1000.0,
+        started.elapsed().as_secs_f64() * 1000.0
     );
     Ok(())
 }
@@ -323,7 +427,7 @@ async fn connect_a_seller(
         .await?
         .into_inner();
     println!(
-        "[5/9] AccountService.ConnectAccount: seller {seller} is {:?} as CardTrader user {}; token checked with /info, stored encrypted",
+        "[5/10] AccountService.ConnectAccount: seller {seller} is {:?} as CardTrader user {}; token checked with /info, stored encrypted",
         account.status(),
         account.cardtrader_user_id
     );

@@ -10,10 +10,12 @@
 //! - [`api`]: the gRPC transport: handlers, auth, tower layers, the single error → `Status` mapping.
 //! - [`jobs`]: durable jobs in PostgreSQL: coalescing, SKIP LOCKED claims, leases, fencing, retries.
 //! - [`marketplace`]: the CardTrader API client: rate limiter, circuit breaker, retries, tolerant types.
-//! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz`.
+//! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz` (webhooks merge their route in).
 //! - [`sync`]: bulk sync of CardTrader inventories: streamed export, chunk transactions, sweep, scheduler.
-//! - [`loadtest`]: `brx-sync loadtest`, many sellers synced at once against the simulator.
-//! - [`purchase`]: purchases as compensating sagas (state machine and reservation so far).
+//! - [`loadtest`]: `brx-sync loadtest`: syncs at once, RPC isolation, purchases, webhooks.
+//! - [`purchase`]: purchases as compensating sagas: pure state machine, fenced step log, the driver job.
+//! - [`inventory`]: listing, edits committed with their push outbox row, creates, storefront offers.
+//! - [`webhooks`]: CardTrader order webhooks: signed intake, stock applied once per order.
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
 //! - [`rate_limit`]: per-seller adaptive CardTrader rate limits in Redis, with an in-process fallback.
 //! - [`retry`]: the named, bounded, full-jitter retry policies every retry uses.

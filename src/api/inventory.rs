@@ -17,6 +17,7 @@ use crate::{
         CreateStatus, InventoryError, Item, ItemEdit, ListFilter, NewItem, Offer, OfferKey,
         OfferQuery, PushStatus, store,
     },
+    jobs::{Lane, wake::JobWakeups},
 };
 
 /// Largest page of ListInventory and ListOffers.
@@ -35,6 +36,8 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(50);
 pub(crate) struct InventoryApi {
     pub(crate) pool: PgPool,
     pub(crate) accounts: Accounts,
+    /// Workers would find a push at their next poll; this starts it at once.
+    pub(crate) wakeups: JobWakeups,
 }
 
 #[tonic::async_trait]
@@ -95,6 +98,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let item = store::update(&self.pool, user_id, product_id, &edit)
             .await
             .map_err(Status::from)?;
+        self.wakeups.announce(Lane::Interactive);
         Ok(Response::new(encode_item(&item)))
     }
 
@@ -111,6 +115,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         store::delete(&self.pool, user_id, product_id)
             .await
             .map_err(Status::from)?;
+        self.wakeups.announce(Lane::Interactive);
         Ok(Response::new(pb::DeleteItemResponse {
             push_state: pb::PushState::Pending.into(),
         }))
@@ -136,6 +141,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let tag = store::create(&self.pool, &new)
             .await
             .map_err(Status::from)?;
+        self.wakeups.announce(Lane::Interactive);
         // The create is durable now; wait for the push job to land it, as long as the caller waits.
         loop {
             let status = store::create_status(&self.pool, user_id, &tag)

@@ -59,6 +59,8 @@ pub struct GrpcParts {
     pub syncs: crate::sync::service::Syncs,
     /// Purchases (PurchaseService).
     pub purchases: crate::purchase::service::Purchases,
+    /// Wakes workers when an edit queues its push.
+    pub wakeups: crate::jobs::wake::JobWakeups,
 }
 
 /// Builds the health bridge and the server future; the server stops accepting when `shutdown`
@@ -98,6 +100,7 @@ where
     let inventory_service = InventoryServiceServer::new(InventoryApi {
         pool: inventory_pool,
         accounts: parts.accounts.clone(),
+        wakeups: parts.wakeups,
     });
     let accounts = AccountServiceServer::new(AccountApi {
         accounts: parts.accounts,

@@ -96,10 +96,15 @@ pub(crate) async fn receive(
     let text = std::str::from_utf8(&body).map_err(|err| IntakeError::Malformed(err.to_string()))?;
     let job = apply::job(user_id);
     let mut tx = intake.pool.begin().await?;
-    if store::store_event(&mut tx, &envelope, text, &job).await? == Stored::NeedsJob {
+    let stored = store::store_event(&mut tx, &envelope, text, &job).await?;
+    if stored == Stored::NeedsJob {
         crate::jobs::store::insert_coalesced(&mut tx, &job).await?;
     }
     tx.commit().await?;
+    if stored != Stored::Duplicate {
+        // Workers would find the job at their next poll; this gets it applied at once.
+        intake.wakeups.announce(crate::jobs::Lane::Interactive);
+    }
     Ok(StatusCode::OK)
 }
 

@@ -20,7 +20,10 @@ use sqlx::PgPool;
 
 use crate::{
     accounts::Accounts,
-    jobs::worker::{JobContext, JobFailure, JobHandler},
+    jobs::{
+        wake::JobWakeups,
+        worker::{JobContext, JobFailure, JobHandler},
+    },
 };
 
 /// The job kind that applies a seller's stored webhook events.
@@ -34,12 +37,18 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub struct WebhookIntake {
     pool: PgPool,
     accounts: Accounts,
+    wakeups: JobWakeups,
 }
 
 impl WebhookIntake {
-    /// Intake storing events in `pool`, verifying them with the sellers' shared secrets.
-    pub fn new(pool: PgPool, accounts: Accounts) -> Self {
-        Self { pool, accounts }
+    /// Intake storing events in `pool`, verifying them with the sellers' shared secrets, and waking
+    /// a worker through `wakeups` for each new event.
+    pub fn new(pool: PgPool, accounts: Accounts, wakeups: JobWakeups) -> Self {
+        Self {
+            pool,
+            accounts,
+            wakeups,
+        }
     }
 }
 
