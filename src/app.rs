@@ -350,6 +350,7 @@ fn job_workers(
         pool: storage.pg.clone(),
         accounts: accounts.clone(),
         call_budget: config.cardtrader_request_timeout * 2,
+        metrics: metrics.clone(),
     };
     let webhooks = crate::webhooks::ApplyHandler {
         pool: storage.pg.clone(),

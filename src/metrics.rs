@@ -64,6 +64,9 @@ pub const PURCHASE_STEP_SECONDS: &str = "brx_purchase_step_seconds";
 pub const PURCHASE_COMPENSATIONS_TOTAL: &str = "brx_purchase_compensations_total";
 /// Purchases in `requires_attention` across all replicas, as last read by this replica.
 pub const PURCHASES_REQUIRING_ATTENTION: &str = "brx_purchases_requiring_attention";
+/// Local edits settled on CardTrader, by `op` (`update`, `delete`, `create`), `via` (`single`,
+/// `bulk`) and `outcome` (`pushed`, `refused`).
+pub const INVENTORY_PUSHES_TOTAL: &str = "brx_inventory_pushes_total";
 /// Circuit breaker on the CardTrader host: 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "brx_cardtrader_breaker_state";
 
@@ -129,6 +132,8 @@ pub struct Metrics {
     pub purchase_compensations: IntCounterVec,
     /// See [`PURCHASES_REQUIRING_ATTENTION`].
     pub purchases_requiring_attention: IntGauge,
+    /// See [`INVENTORY_PUSHES_TOTAL`].
+    pub inventory_pushes: IntCounterVec,
 }
 
 impl Metrics {
@@ -294,6 +299,11 @@ impl Metrics {
             purchases_requiring_attention: gauge(
                 PURCHASES_REQUIRING_ATTENTION,
                 "Purchases waiting for an operator, across all replicas.",
+            )?,
+            inventory_pushes: counter_vec(
+                INVENTORY_PUSHES_TOTAL,
+                "Local inventory edits settled on CardTrader.",
+                &["op", "via", "outcome"],
             )?,
             registry,
         };

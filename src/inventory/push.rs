@@ -25,6 +25,7 @@ use crate::{
         CallOptions, ExportFilter, MarketplaceError,
         types::{BulkJob, BulkUpdateItem, NewProduct, Product, ProductUpdate},
     },
+    metrics::Metrics,
     sync::{handler::KIND_TARGETED, scope::SyncScope},
 };
 
@@ -50,6 +51,8 @@ pub struct PushHandler {
     pub accounts: Accounts,
     /// Budget of one CardTrader call (rate-limit wait included).
     pub call_budget: Duration,
+    /// Pushes by outcome.
+    pub metrics: Metrics,
 }
 
 /// One outstanding push as the outbox holds it.
@@ -236,7 +239,10 @@ impl Run<'_> {
             )
             .await;
         match result {
-            Ok(_) => self.settled(row).await,
+            Ok(_) => {
+                self.count(row, "single", "pushed");
+                self.settled(row).await
+            }
             Err(err) => self.refused_or_retry(row, err).await,
         }
     }
@@ -252,7 +258,10 @@ impl Run<'_> {
             .delete_product(self.credentials.seller(), self.options(), product_id)
             .await;
         match result {
-            Ok(()) => self.settled(row).await,
+            Ok(()) => {
+                self.count(row, "single", "pushed");
+                self.settled(row).await
+            }
             Err(err) => self.refused_or_retry(row, err).await,
         }
     }
@@ -331,9 +340,16 @@ impl Run<'_> {
         }
         for (index, row) in sent.iter().enumerate() {
             match job.results.iter().find(|result| result.job_index == index) {
-                Some(result) if result.applied() => self.settled(row).await?,
-                Some(result) => self.failed(row, &result.error_text()).await?,
+                Some(result) if result.applied() => {
+                    self.count(row, "bulk", "pushed");
+                    self.settled(row).await?
+                }
+                Some(result) => {
+                    self.count(row, "bulk", "refused");
+                    self.failed(row, &result.error_text()).await?
+                }
                 None => {
+                    self.count(row, "bulk", "refused");
                     self.failed(row, "CardTrader's bulk job reported nothing for this item")
                         .await?
                 }
@@ -495,6 +511,7 @@ impl Run<'_> {
             .await
             .map_err(|err| JobFailure::Transient(err.to_string()))?;
         tx.commit().await.map_err(transient)?;
+        self.count(row, "single", "pushed");
         tracing::info!(product_id = product.id, "created on CardTrader");
         Ok(())
     }
@@ -506,6 +523,12 @@ impl Run<'_> {
         row: &Pending,
         err: MarketplaceError,
     ) -> Result<(), JobFailure> {
+        if matches!(
+            err,
+            MarketplaceError::Validation { .. } | MarketplaceError::NotFound { .. }
+        ) {
+            self.count(row, "single", "refused");
+        }
         match err {
             MarketplaceError::Validation {
                 message, errors, ..
@@ -526,6 +549,14 @@ impl Run<'_> {
     }
 
     /// Clears the row if no edit came in since it was read; otherwise the newer edit stays pending.
+    fn count(&self, row: &Pending, via: &str, outcome: &str) {
+        self.handler
+            .metrics
+            .inventory_pushes
+            .with_label_values(&[row.op.as_str(), via, outcome])
+            .inc();
+    }
+
     async fn settled(&self, row: &Pending) -> Result<(), JobFailure> {
         sqlx::query("DELETE FROM inventory_pushes WHERE id = $1 AND version = $2")
             .bind(row.id)

@@ -168,6 +168,7 @@ fn push_worker(shop: &PurchaseRig) -> Worker {
         pool: shop.rig.pool.clone(),
         accounts: shop.handler.accounts.clone(),
         call_budget: Duration::from_secs(10),
+        metrics: shop.handler.metrics.clone(),
     };
     let settings = WorkerSettings {
         owner: "test-pusher".into(),
@@ -217,6 +218,14 @@ async fn many_pending_edits_go_in_bulk_and_a_refused_item_fails_alone() {
     let refused = get(&shop, gone).await;
     assert_eq!(refused.push_state(), PushState::Failed);
     assert!(!refused.push_error.is_empty());
+    let counted = |outcome: &str| {
+        shop.handler
+            .metrics
+            .inventory_pushes
+            .with_label_values(&["update", "bulk", outcome])
+            .get()
+    };
+    assert_eq!((counted("pushed"), counted("refused")), (14, 1));
     // One bulk_update and its polls, not fifteen PUTs.
     let calls = shop.rig.app.simulator.stats(&shop.token).total - before;
     assert!(
