@@ -127,15 +127,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     ) -> Result<Response<pb::CreateItemResponse>, Status> {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
-        let answer_by = request
-            .extensions()
-            .get::<RpcDeadline>()
-            .map_or_else(
-                || tokio::time::Instant::now() + Duration::from_secs(30),
-                |deadline| deadline.0,
-            )
-            .checked_sub(ANSWER_MARGIN)
-            .unwrap_or_else(tokio::time::Instant::now);
+        let answer_by = RpcDeadline::answer_by(&request, ANSWER_MARGIN);
         let new = new_item(user_id, request.into_inner())?;
         self.require_connected(user_id).await?;
         let tag = store::create(&self.pool, &new)

@@ -61,6 +61,26 @@ impl<S> Layer<S> for DeadlineLayer {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RpcDeadline(pub(crate) tokio::time::Instant);
 
+impl RpcDeadline {
+    /// When a handler that answers with what it has should answer: `margin` before the RPC's
+    /// deadline (30 s from now if the layer set none), so the caller gets an answer rather than
+    /// DEADLINE_EXCEEDED.
+    pub(crate) fn answer_by<T>(
+        request: &tonic::Request<T>,
+        margin: std::time::Duration,
+    ) -> tokio::time::Instant {
+        request
+            .extensions()
+            .get::<RpcDeadline>()
+            .map_or_else(
+                || tokio::time::Instant::now() + std::time::Duration::from_secs(30),
+                |deadline| deadline.0,
+            )
+            .checked_sub(margin)
+            .unwrap_or_else(tokio::time::Instant::now)
+    }
+}
+
 /// The service [`DeadlineLayer`] produces.
 #[derive(Debug, Clone)]
 pub(crate) struct Deadline<S> {

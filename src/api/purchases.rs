@@ -54,15 +54,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
     ) -> Result<Response<pb::Purchase>, Status> {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
-        let answer_by = request
-            .extensions()
-            .get::<RpcDeadline>()
-            .map_or_else(
-                || tokio::time::Instant::now() + Duration::from_secs(30),
-                |deadline| deadline.0,
-            )
-            .checked_sub(ANSWER_MARGIN)
-            .unwrap_or_else(tokio::time::Instant::now);
+        let answer_by = RpcDeadline::answer_by(&request, ANSWER_MARGIN);
         let new = new_purchase(
             user_id,
             request.into_inner(),
