@@ -18,7 +18,12 @@ use std::{
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{LoadtestArgs, measure::thousands, rig::Rig, scale};
+use super::{
+    LoadtestArgs,
+    measure::{self, thousands},
+    rig::Rig,
+    scale,
+};
 use crate::{config::Config, domain::UserId, sync::handler::KIND_FULL};
 
 /// Units every item gets on CardTrader before the first sync: more than any phase can take.
@@ -97,6 +102,7 @@ pub(super) async fn run(rig: &Rig, args: &LoadtestArgs) -> anyhow::Result<()> {
     let paced = run_phase(rig, &sellers, args, Phase::Paced).await?;
     let report = report::Report {
         args,
+        config: &rig.config,
         sellers: &sellers,
         ceiling,
         phases: [closed_loop, paced],
@@ -220,6 +226,8 @@ async fn shared_secrets(rig: &Rig, n: usize) -> anyhow::Result<Vec<String>> {
 struct PhaseRun {
     phase: Phase,
     answers: senders::Answers,
+    /// The replica's PostgreSQL connections while the senders ran.
+    connections: measure::ConnectionPeak,
     /// Last answer → every event of the run applied.
     applied_after: Duration,
     check: check::Check,
@@ -234,7 +242,11 @@ async fn run_phase(
     phase: Phase,
 ) -> anyhow::Result<PhaseRun> {
     let before = check::Stock::read(&rig.monitor).await?;
-    let answers = senders::send(sellers, phase, args).await?;
+    let sampler =
+        measure::ConnectionSampler::start(rig.database_options.clone(), &rig.database).await?;
+    let answers = senders::send(sellers, phase, args).await;
+    let connections = sampler.finish().await?;
+    let answers = answers?;
     let applied_after = check::wait_until_applied(&rig.monitor, args.timeout).await?;
     let check = check::check(&rig.monitor, &before, &answers.ledger, phase).await?;
     println!(
@@ -248,6 +260,7 @@ async fn run_phase(
     Ok(PhaseRun {
         phase,
         answers,
+        connections,
         applied_after,
         check,
     })

@@ -3,9 +3,12 @@
 //! the verdict on p99 < 20 ms.
 
 use super::{Phase, PhaseRun, Seller, ceiling::Ceiling};
-use crate::loadtest::{
-    LoadtestArgs,
-    measure::{self, thousands},
+use crate::{
+    config::Config,
+    loadtest::{
+        LoadtestArgs,
+        measure::{self, thousands},
+    },
 };
 
 /// Issue #7's target: p99 of the webhook answer, µs, from the (scheduled) send.
@@ -15,6 +18,7 @@ const TARGET_P99_US: u64 = 20_000;
 #[derive(Debug)]
 pub(super) struct Report<'a> {
     pub(super) args: &'a LoadtestArgs,
+    pub(super) config: &'a Config,
     pub(super) sellers: &'a [Seller],
     pub(super) ceiling: Ceiling,
     /// Closed loop, paced.
@@ -61,6 +65,7 @@ impl Report<'_> {
         self.print_heading(run);
         self.print_rate(run);
         print_latency(run, &self.ceiling);
+        self.print_connections(run);
         print_answers(run);
         print_applied(run);
         print_check(run);
@@ -114,6 +119,19 @@ impl Report<'_> {
             format!(
                 "{late} (of {}; a sender's previous delivery had not answered by the next one's time)",
                 thousands(answers.total())
+            ),
+        );
+    }
+
+    /// Whether the intake could have waited for a connection: the pool is shared with the apply
+    /// jobs, each holding one for its event's transaction.
+    fn print_connections(&self, run: &PhaseRun) {
+        row(
+            "PostgreSQL connections (peak)",
+            format!(
+                "{} open, {} busy, of BRX_PG_MAX_CONNECTIONS {} (shared by the intake and the apply \
+                 jobs)",
+                run.connections.open, run.connections.busy, self.config.pg_max_connections
             ),
         );
     }
@@ -172,6 +190,14 @@ fn print_latency(run: &PhaseRun, ceiling: &Ceiling) {
             "  from the actual send",
             measure::percentiles_p90_us(&pacing.from_send),
         );
+    }
+    let kinds = [
+        "order.create",
+        "redelivery (writes nothing)",
+        "order.update",
+    ];
+    for (kind, latency) in kinds.iter().zip(&answers.by_kind) {
+        row(&format!("  {kind}"), measure::percentiles_p90_us(latency));
     }
 }
 

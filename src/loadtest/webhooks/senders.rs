@@ -110,6 +110,8 @@ impl Pacing {
 pub(super) struct Answers {
     /// Latency of every answer, µs: from the send, or in the paced phase from the scheduled send.
     pub(super) latency: Histogram<u64>,
+    /// The same by kind of delivery: creates, redeliveries (which write nothing), updates.
+    pub(super) by_kind: [Histogram<u64>; 3],
     /// Answers by status (`"200"`, `"500"`, `"timed out"`, …).
     pub(super) statuses: BTreeMap<String, u64>,
     /// What was delivered, for the invariant.
@@ -124,6 +126,7 @@ impl Answers {
     fn new(pacing: Option<Pacing>) -> Self {
         Self {
             latency: measure::histogram(),
+            by_kind: [(); 3].map(|()| measure::histogram()),
             statuses: BTreeMap::new(),
             ledger: Ledger::default(),
             wall: Duration::ZERO,
@@ -143,12 +146,16 @@ impl Answers {
 
     fn record(&mut self, delivery: &Delivery, status: String, took: Duration) {
         self.latency.saturating_record(micros(took));
+        self.by_kind[delivery.kind as usize].saturating_record(micros(took));
         self.ledger.record(delivery, status == "200");
         *self.statuses.entry(status).or_default() += 1;
     }
 
     fn add(&mut self, other: Answers) -> anyhow::Result<()> {
         self.latency.add(&other.latency)?;
+        for (mine, theirs) in self.by_kind.iter_mut().zip(&other.by_kind) {
+            mine.add(theirs)?;
+        }
         for (status, count) in other.statuses {
             *self.statuses.entry(status).or_default() += count;
         }
