@@ -17,7 +17,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt, TryStreamExt};
 use sqlx::PgPool;
 
 use super::{LoadtestArgs, measure::thousands, rig::Rig, scale};
@@ -118,7 +117,8 @@ pub(super) async fn run(rig: &Rig, args: &LoadtestArgs) -> anyhow::Result<()> {
     let users = rig
         .connect_sellers(args.sellers(), args.connect_concurrency)
         .await?;
-    stock_up(rig, args.sellers()).await?;
+    rig.stock_up(args.sellers(), STOCK, SETUP_CONCURRENCY)
+        .await?;
     let sellers = Arc::new(sync_sellers(rig, &users, args.timeout).await?);
     let closed_loop = run_phase(rig, &sellers, args, Phase::ClosedLoop).await?;
     let paced = run_phase(rig, &sellers, args, Phase::Paced).await?;
@@ -154,33 +154,6 @@ fn print_settings(config: &Config) {
         config.purchase_deadline,
         config.rpc_timeout,
     );
-}
-
-/// Gives every product of every seller `STOCK` units on CardTrader, before the shop first syncs.
-async fn stock_up(rig: &Rig, sellers: u32) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let api = rig.simulator.api();
-    let counts: Vec<usize> = futures::stream::iter(1..=sellers)
-        .map(|seller| {
-            let api = api.clone();
-            async move {
-                let products = api.export(seller, None).await?;
-                for product in &products {
-                    api.set_quantity(seller, product.id, STOCK).await?;
-                }
-                anyhow::Ok(products.len())
-            }
-        })
-        .buffer_unordered(SETUP_CONCURRENCY)
-        .try_collect()
-        .await?;
-    println!(
-        "  setup: {} products given {} units each on CardTrader in {:.1} s",
-        thousands(counts.iter().sum::<usize>() as u64),
-        thousands(STOCK.unsigned_abs()),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
 
 /// Fully syncs every seller (as the scale scenario does) and returns what the shop then lists.

@@ -54,6 +54,39 @@ pub(super) struct Rig {
 }
 
 impl Rig {
+    /// Gives every product of sellers 1..=`sellers` `stock` units on CardTrader, before the shop
+    /// first syncs, `concurrency` sellers at a time.
+    pub(crate) async fn stock_up(
+        &self,
+        sellers: u32,
+        stock: i64,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let api = self.simulator.api();
+        let counts: Vec<usize> = futures::stream::iter(1..=sellers)
+            .map(|seller| {
+                let api = api.clone();
+                async move {
+                    let products = api.export(seller, None).await?;
+                    for product in &products {
+                        api.set_quantity(seller, product.id, stock).await?;
+                    }
+                    anyhow::Ok(products.len())
+                }
+            })
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+        println!(
+            "  setup: {} products given {} units each on CardTrader in {:.1} s",
+            super::measure::thousands(counts.iter().sum::<usize>() as u64),
+            super::measure::thousands(stock.unsigned_abs()),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
     /// Starts the simulator and the replica and waits until the replica is SERVING.
     pub(super) async fn start(config: Config, sellers: u32, products: u64) -> anyhow::Result<Self> {
         let simulator = start_simulator(sellers, products).await?;
