@@ -20,7 +20,7 @@ use brx_sync::{
     config::Config,
     domain::UserId,
     jobs::{
-        JobState, Lane, Lease, NewJob, store as jobs,
+        JobContext, JobKind, JobState, Lane, NewJob, QueueLimit, TargetedScope, store as jobs,
         worker::{JobHandler, Worker, WorkerSettings},
     },
     marketplace::MarketplaceClient,
@@ -30,7 +30,7 @@ use brx_sync::{
     storage::{MIGRATOR, Storage, ensure_database},
     sync::{
         chunk::{ChunkError, ChunkTarget, write_chunk},
-        handler::{KIND_FULL, SyncHandler, SyncSettings},
+        handler::{SyncHandler, SyncSettings},
         scope::SyncProgress,
         store::SyncRow,
     },
@@ -260,8 +260,7 @@ impl Stack {
         let keyring = Keyring::parse(keys.expose_secret()).map_err(anyhow::Error::msg)?;
         let (mysql, redis) = (storage.mysql.clone(), storage.redis.clone());
         let handler = SyncHandler {
-            kind: KIND_FULL,
-            pool: storage.pg.clone(),
+            kind: brx_sync::jobs::KindName::SyncFull,
             accounts: Accounts::new(storage.pg.clone(), Some(keyring), marketplace),
             catalog: BlueprintCatalog::new(config, mysql, redis, prefix, metrics.clone()),
             metrics,
@@ -281,14 +280,13 @@ impl Stack {
 
     /// Queues a full sync of `user`'s `products` and runs a worker until it ends, timed from enqueue.
     async fn sync(&self, user: UserId, products: u64) -> anyhow::Result<Synced> {
-        let pool = &self.handler.pool;
-        let payload = serde_json::json!({"scope": "full"});
-        let new = NewJob {
-            payload,
-            ..job(user, KIND_FULL)
-        };
+        let pool = &self.storage.pg;
+        let new = job(user, JobKind::SyncFull);
         let started = Instant::now();
-        let id = jobs::enqueue(pool, &new, 1_000).await?.job().id;
+        let id = jobs::enqueue(pool, &new, QueueLimit::Unbounded)
+            .await?
+            .job()
+            .id;
         let handlers: Vec<Arc<dyn JobHandler>> = vec![Arc::new(self.handler.clone())];
         let worker = Worker::new(pool.clone(), handlers, worker_settings(), Metrics::new()?);
         let stop = CancellationToken::new();
@@ -312,16 +310,8 @@ impl Stack {
     }
 }
 
-fn job(user: UserId, kind: &str) -> NewJob {
-    NewJob {
-        user_id: user,
-        kind: kind.into(),
-        lane: Lane::Bulk,
-        payload: serde_json::json!({}),
-        priority: 0,
-        max_attempts: 1,
-        dedupe_key: String::new(),
-    }
+fn job(user: UserId, kind: JobKind) -> NewJob {
+    NewJob::new(user, kind).with_max_attempts(1)
 }
 
 fn worker_settings() -> WorkerSettings {
@@ -330,6 +320,7 @@ fn worker_settings() -> WorkerSettings {
         lane: Lane::Bulk,
         concurrency: 1,
         lease: Duration::from_secs(30),
+        call_budget: Duration::from_secs(20),
         poll_interval: Duration::from_millis(20),
         ranking: brx_sync::jobs::Ranking::default(),
         retry_min: Duration::from_millis(50),
@@ -455,41 +446,50 @@ async fn load_rows(pool: &PgPool, user: UserId) -> anyhow::Result<Vec<SyncRow>> 
     Ok(rows)
 }
 
-/// A claimed job of its own `kind`, whose fence `write_chunk` carries.
-async fn lease(pool: &PgPool, user: UserId, kind: &str) -> anyhow::Result<Lease> {
-    jobs::enqueue(pool, &job(user, kind), 1_000).await?;
+/// A claimed job of `kind`, whose fenced units of work `write_chunk` uses.
+async fn lease(pool: &PgPool, user: UserId, kind: JobKind) -> anyhow::Result<JobContext> {
+    let lane = kind.lane();
+    jobs::enqueue(pool, &job(user, kind), QueueLimit::Unbounded).await?;
     let hour = Duration::from_secs(3600);
     let claimed = jobs::claim(
         pool,
-        Lane::Bulk,
+        lane,
         "bench",
         hour,
         brx_sync::jobs::Ranking::default(),
     )
-    .await?;
-    claimed.context("the queued job was not claimed")
+    .await?
+    .context("the queued job was not claimed")?;
+    Ok(JobContext::detached(claimed, pool.clone()))
 }
 
-fn target<'a>(pool: &'a PgPool, writers: &'a Semaphore, lease: &'a Lease) -> ChunkTarget<'a> {
+fn target<'a>(job: &'a JobContext, writers: &'a Semaphore) -> ChunkTarget<'a> {
     let statement_timeout = Duration::from_secs(30);
     ChunkTarget {
-        pool,
+        job,
         writers,
-        lease,
         statement_timeout,
         read_since: chrono::Utc::now(),
     }
 }
 
+/// A second kind of sync job, so two leases of one seller can be held at once.
+fn targeted() -> JobKind {
+    JobKind::SyncTargeted(TargetedScope {
+        blueprint_ids: vec![1],
+        expansion_ids: vec![],
+    })
+}
+
 /// Figure 2: `write_chunk` over chunks of 1,000 rows, one after another, for a new seller.
 async fn chunk_path(pool: &PgPool, rows: &[SyncRow]) -> anyhow::Result<Duration> {
     let user = new_user()?;
-    let lease = lease(pool, user, "bench_chunks").await?;
+    let lease = lease(pool, user, JobKind::SyncFull).await?;
     let (writers, metrics) = (Semaphore::new(16), Metrics::new()?);
     let chunks: Vec<Vec<SyncRow>> = rows.chunks(CHUNK).map(<[SyncRow]>::to_vec).collect();
     let started = Instant::now();
     for chunk in chunks {
-        write_chunk(target(pool, &writers, &lease), user, chunk, &metrics).await?;
+        write_chunk(target(&lease, &writers), user, chunk, &metrics).await?;
     }
     Ok(started.elapsed())
 }
@@ -517,13 +517,13 @@ async fn staged_upsert(pool: &PgPool, data: &[u8]) -> anyhow::Result<Duration> {
 /// chunk out of step with the first's; returns (deadlock retries, all retries, time).
 async fn overlapping(pool: &PgPool, rows: &[SyncRow]) -> anyhow::Result<(u64, u64, Duration)> {
     let (user, metrics) = (new_user()?, Metrics::new()?);
-    let first = lease(pool, user, "bench_overlap_a").await?;
-    let second = lease(pool, user, "bench_overlap_b").await?;
+    let first = lease(pool, user, JobKind::SyncFull).await?;
+    let second = lease(pool, user, targeted()).await?;
     let shifted = rows.get(CHUNK / 2..).unwrap_or_default();
     let started = Instant::now();
     let (a, b) = tokio::join!(
-        overlap_stream(pool, &first, user, rows, 1, &metrics),
-        overlap_stream(pool, &second, user, shifted, 2, &metrics),
+        overlap_stream(&first, user, rows, 1, &metrics),
+        overlap_stream(&second, user, shifted, 2, &metrics),
     );
     let elapsed = started.elapsed();
     a?;
@@ -538,8 +538,7 @@ async fn overlapping(pool: &PgPool, rows: &[SyncRow]) -> anyhow::Result<(u64, u6
 /// Two passes of chunks over `rows`, prices bumped so every row really changes, each chunk shuffled
 /// (write_chunk must restore the lock order itself).
 async fn overlap_stream(
-    pool: &PgPool,
-    lease: &Lease,
+    lease: &JobContext,
     user: UserId,
     rows: &[SyncRow],
     bump: i64,
@@ -553,7 +552,7 @@ async fn overlap_stream(
                 .iter_mut()
                 .for_each(|row| row.price_cents += bump + 10 * pass);
             chunk.shuffle(&mut rand::rng());
-            write_chunk(target(pool, &writers, lease), user, chunk, metrics).await?;
+            write_chunk(target(lease, &writers), user, chunk, metrics).await?;
         }
     }
     Ok(())

@@ -17,7 +17,7 @@ use crate::{
     config::Config,
     http::{self, HttpState},
     jobs::{
-        Lane,
+        KindName, Lane,
         wake::JobWakeups,
         worker::{JobHandler, Worker, WorkerSettings},
     },
@@ -31,7 +31,7 @@ use crate::{
     readiness::Readiness,
     storage::{Storage, StorageSupervisor},
     sync::{
-        handler::{KIND_FULL, KIND_TARGETED, SyncHandler, SyncSettings},
+        handler::{SyncHandler, SyncSettings},
         remap::RemapHandler,
         scheduler::{SchedulerSettings, SyncScheduler},
         service::Syncs,
@@ -314,7 +314,6 @@ fn job_workers(
     let writers = Arc::new(tokio::sync::Semaphore::new(config.sync_db_writers as usize));
     let sync = |kind| SyncHandler {
         kind,
-        pool: storage.pg.clone(),
         accounts: accounts.clone(),
         catalog: catalog.clone(),
         metrics: metrics.clone(),
@@ -326,6 +325,7 @@ fn job_workers(
         lane,
         concurrency: concurrency as usize,
         lease: config.job_lease,
+        call_budget: config.cardtrader_call_budget,
         poll_interval: config.job_poll_interval,
         ranking: crate::jobs::Ranking {
             aging: config.job_aging,
@@ -335,28 +335,23 @@ fn job_workers(
         retry_max: std::time::Duration::from_secs(60),
     };
     let remap = RemapHandler {
-        pool: storage.pg.clone(),
         catalog: catalog.clone(),
     };
-    let bulk: Vec<Arc<dyn JobHandler>> = vec![Arc::new(sync(KIND_FULL)), Arc::new(remap)];
+    let bulk: Vec<Arc<dyn JobHandler>> = vec![Arc::new(sync(KindName::SyncFull)), Arc::new(remap)];
     let purchases = PurchaseHandler {
-        pool: storage.pg.clone(),
         accounts: accounts.clone(),
         metrics: metrics.clone(),
         events: purchase_events.clone(),
-        call_budget: config.cardtrader_request_timeout * 2,
+        call_budget: config.cardtrader_call_budget,
     };
     let pushes = crate::inventory::push::PushHandler {
-        pool: storage.pg.clone(),
         accounts: accounts.clone(),
-        call_budget: config.cardtrader_request_timeout * 2,
+        call_budget: config.cardtrader_call_budget,
         metrics: metrics.clone(),
     };
-    let webhooks = crate::webhooks::ApplyHandler {
-        pool: storage.pg.clone(),
-    };
+    let webhooks = crate::webhooks::ApplyHandler;
     let interactive: Vec<Arc<dyn JobHandler>> = vec![
-        Arc::new(sync(KIND_TARGETED)),
+        Arc::new(sync(KindName::SyncTargeted)),
         Arc::new(purchases),
         Arc::new(pushes),
         Arc::new(webhooks),

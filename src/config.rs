@@ -242,9 +242,14 @@ pub struct Config {
     /// Connect timeout for CardTrader calls.
     #[arg(long, env = "BRX_CARDTRADER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub cardtrader_connect_timeout: Duration,
-    /// Timeout of one ordinary CardTrader call.
-    #[arg(long, env = "BRX_CARDTRADER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    /// Timeout of one ordinary CardTrader request.
+    #[arg(long, env = "BRX_CARDTRADER_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub cardtrader_request_timeout: Duration,
+    /// The longest one CardTrader call of a job may take: rate-limit wait, request and retries.
+    /// BRX_JOB_LEASE must be at least 1.5 times this, so a job whose lease cannot be renewed is
+    /// stopped with its last call ended before anyone can take the job over.
+    #[arg(long, env = "BRX_CARDTRADER_CALL_BUDGET", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub cardtrader_call_budget: Duration,
     /// Timeout of `/products/export`, which CardTrader asks clients to give 120-180 s.
     #[arg(long, env = "BRX_CARDTRADER_EXPORT_TIMEOUT", default_value = "180s", value_parser = humantime::parse_duration, global = true)]
     pub cardtrader_export_timeout: Duration,
@@ -458,6 +463,26 @@ impl Config {
                 reason: format!(
                     "must be below BRX_PG_MAX_CONNECTIONS ({}) so other work always finds a connection",
                     self.pg_max_connections
+                ),
+            });
+        }
+        if self.cardtrader_request_timeout > self.cardtrader_call_budget {
+            return Err(ConfigError {
+                setting: "BRX_CARDTRADER_REQUEST_TIMEOUT",
+                reason: format!(
+                    "{:?} is longer than BRX_CARDTRADER_CALL_BUDGET ({:?}), which bounds a whole call",
+                    self.cardtrader_request_timeout, self.cardtrader_call_budget
+                ),
+            });
+        }
+        if self.job_lease.as_secs_f64() < self.cardtrader_call_budget.as_secs_f64() * 1.5 {
+            return Err(ConfigError {
+                setting: "BRX_JOB_LEASE",
+                reason: format!(
+                    "{:?} must be at least 1.5 times BRX_CARDTRADER_CALL_BUDGET ({:?}): a job that \
+                     cannot renew its lease is stopped one call budget before the lease runs out, \
+                     and needs a heartbeat (a third of the lease) before that",
+                    self.job_lease, self.cardtrader_call_budget
                 ),
             });
         }

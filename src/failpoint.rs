@@ -14,13 +14,45 @@ pub(crate) async fn pause(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 pub(crate) async fn pause(_name: &str) {}
 
-/// A place where a test may kill the work in progress, with `fail::cfg(name, "1*panic")`: the task
-/// dies there as if the process had, leaving its lease to expire.
+/// The panic payload of [`crash_point`]: the worker treats it as the death of its process.
+#[cfg(feature = "failpoints")]
+#[derive(Debug)]
+pub(crate) struct SimulatedCrash;
+
+/// A place where a test may kill the work in progress, with `fail::cfg(name, "1*return")`: the job
+/// stops there as if the process had died, recording nothing and leaving its lease to expire.
+/// Configured with `panic` instead, it panics like a bug would (a failed attempt).
 #[cfg(feature = "failpoints")]
 pub(crate) fn crash_point(name: &str) {
-    let _ = fail::eval(name, |_| ());
+    if fail::eval(name, |_| ()).is_some() {
+        std::panic::panic_any(SimulatedCrash);
+    }
 }
 
 /// No-op outside test builds.
 #[cfg(not(feature = "failpoints"))]
 pub(crate) fn crash_point(_name: &str) {}
+
+/// Whether a caught panic is a test's [`crash_point`] rather than a bug.
+#[cfg(feature = "failpoints")]
+pub(crate) fn is_simulated_crash(payload: &(dyn std::any::Any + Send)) -> bool {
+    payload.is::<SimulatedCrash>()
+}
+
+/// Never, outside test builds.
+#[cfg(not(feature = "failpoints"))]
+pub(crate) fn is_simulated_crash(_payload: &(dyn std::any::Any + Send)) -> bool {
+    false
+}
+
+/// Whether a test switched `name` on (`fail::cfg(name, "return")`, or `"2*return"` for twice).
+#[cfg(feature = "failpoints")]
+pub(crate) fn hit(name: &str) -> bool {
+    fail::eval(name, |_| ()).is_some()
+}
+
+/// Never, outside test builds.
+#[cfg(not(feature = "failpoints"))]
+pub(crate) fn hit(_name: &str) -> bool {
+    false
+}

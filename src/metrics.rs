@@ -44,6 +44,9 @@ pub const CATALOG_BATCH_SIZE: &str = "brx_catalog_batch_size";
 pub const CATALOG_QUERIES_TOTAL: &str = "brx_catalog_queries_total";
 /// Sync chunk transactions rerun, by reason (`deadlock`, `serialization`, `timeout`, `connection`).
 pub const SYNC_CHUNK_RETRIES_TOTAL: &str = "brx_sync_chunk_retries_total";
+/// Sweep batch transactions rerun after a deadlock, serialization failure, timeout or lost
+/// connection, by reason.
+pub const SYNC_SWEEP_RETRIES_TOTAL: &str = "brx_sync_sweep_retries_total";
 /// Sync rows by what the chunk did with them (`written`, `unchanged`, `deleted`, `unmapped`).
 pub const SYNC_ROWS_TOTAL: &str = "brx_sync_rows_total";
 /// Latency of one sync chunk transaction, reruns included.
@@ -114,6 +117,8 @@ pub struct Metrics {
     pub catalog_queries: IntCounter,
     /// See [`SYNC_CHUNK_RETRIES_TOTAL`].
     pub sync_chunk_retries: IntCounterVec,
+    /// See [`SYNC_SWEEP_RETRIES_TOTAL`].
+    pub sync_sweep_retries: IntCounterVec,
     /// See [`SYNC_ROWS_TOTAL`].
     pub sync_rows: IntCounterVec,
     /// See [`SYNC_CHUNK_SECONDS`].
@@ -250,6 +255,11 @@ impl Metrics {
             sync_chunk_retries: counter_vec(
                 SYNC_CHUNK_RETRIES_TOTAL,
                 "Sync chunk transactions rerun, by reason.",
+                &["reason"],
+            )?,
+            sync_sweep_retries: counter_vec(
+                SYNC_SWEEP_RETRIES_TOTAL,
+                "Sync sweep batches rerun, by reason.",
                 &["reason"],
             )?,
             sync_rows: counter_vec(

@@ -246,21 +246,27 @@ impl Accounts {
         })
     }
 
-    /// Records that a full sync of the seller finished (the scheduler picks the stalest first).
-    pub async fn record_sync(&self, user_id: UserId) -> Result<(), AccountError> {
-        store::record_sync(&self.pg, user_id.as_uuid()).await?;
+    /// Records, in the caller's unit of work, that a full sync of this seller finished.
+    pub async fn record_sync(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        user_id: UserId,
+    ) -> Result<(), AccountError> {
+        store::record_sync(conn, user_id.as_uuid()).await?;
         Ok(())
     }
 
-    /// Call after any CardTrader error made with this seller's token: a 401 marks the account
-    /// `token_invalid`, so nothing keeps hammering CardTrader with a dead token.
+    /// Call after any CardTrader error made with this seller's token, in the caller's unit of work:
+    /// a 401 marks the account `token_invalid`, so nothing keeps hammering CardTrader with a dead
+    /// token.
     pub async fn note_cardtrader_error(
         &self,
+        conn: &mut sqlx::PgConnection,
         user_id: UserId,
         error: &MarketplaceError,
     ) -> Result<(), AccountError> {
         if matches!(error, MarketplaceError::Unauthorized)
-            && store::mark_token_invalid(&self.pg, user_id.as_uuid()).await?
+            && store::mark_token_invalid(conn, user_id.as_uuid()).await?
         {
             tracing::warn!(%user_id, "CardTrader rejected the stored token: account marked token_invalid");
         }

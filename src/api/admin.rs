@@ -4,8 +4,9 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::{auth, pb::v1 as pb};
+use super::{auth, fields, pb::v1 as pb, status};
 use crate::{
+    jobs::Jobs,
     marketplace::{BreakerState, MarketplaceClient},
     metrics::Metrics,
     readiness::Readiness,
@@ -22,6 +23,7 @@ pub(crate) struct AdminApi {
     pub(crate) concurrency_limit: u32,
     pub(crate) marketplace: MarketplaceClient,
     pub(crate) lanes: std::sync::Arc<LaneCache>,
+    pub(crate) jobs: Jobs,
 }
 
 /// Lane counts are read from PostgreSQL at most once a second, whatever the GetStats rate, so the RPC
@@ -71,6 +73,54 @@ impl pb::admin_service_server::AdminService for AdminApi {
             lanes: self.lane_stats().await,
         }))
     }
+
+    async fn list_dead_jobs(
+        &self,
+        request: Request<pb::ListDeadJobsRequest>,
+    ) -> Result<Response<pb::ListDeadJobsResponse>, Status> {
+        auth::require_service(&request)?;
+        let request = request.into_inner();
+        let limit = fields::page_size(request.page_size)?;
+        let before = fields::page_token(&request.page_token)?;
+        let dead = self.jobs.dead(before, limit).await?;
+        let next_page_token = match dead.last() {
+            Some(last) if dead.len() as i64 == limit => last
+                .finished_at
+                .map(|at| fields::encode_page_token(at, last.id))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let jobs = dead
+            .into_iter()
+            .map(|job| pb::DeadJob {
+                job_id: job.id.to_string(),
+                kind: job.kind.name().as_str().to_owned(),
+                user_id: job.user_id.to_string(),
+                attempts: u32::try_from(job.attempts).unwrap_or(0),
+                last_error: job.last_error.unwrap_or_default(),
+                finished_at: job.finished_at.map(super::accounts::timestamp),
+            })
+            .collect();
+        Ok(Response::new(pb::ListDeadJobsResponse {
+            jobs,
+            next_page_token,
+        }))
+    }
+
+    async fn retry_job(
+        &self,
+        request: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::RetryJobResponse>, Status> {
+        auth::require_service(&request)?;
+        let raw = &request.get_ref().job_id;
+        let id = uuid::Uuid::try_parse(raw)
+            .map_err(|_| status::invalid_argument("job_id", "not a UUID"))?;
+        let job = self.jobs.revive(id).await?;
+        Ok(Response::new(pb::RetryJobResponse {
+            job_id: job.id.to_string(),
+            state: job.state.as_str().to_owned(),
+        }))
+    }
 }
 
 impl AdminApi {
@@ -100,18 +150,16 @@ impl AdminApi {
         if !self.readiness.current().database_ready {
             return Vec::new();
         }
-        let counts = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            crate::jobs::store::lane_counts(&self.storage.pg),
-        )
-        .await;
+        let counts =
+            tokio::time::timeout(std::time::Duration::from_secs(1), self.jobs.lane_counts()).await;
         match counts {
             Ok(Ok(counts)) => counts
                 .into_iter()
-                .map(|(lane, queued, running)| pb::LaneStats {
-                    lane: lane.as_str().to_owned(),
-                    queued: u64::try_from(queued).unwrap_or(0),
-                    running: u64::try_from(running).unwrap_or(0),
+                .map(|counts| pb::LaneStats {
+                    lane: counts.lane.as_str().to_owned(),
+                    queued: u64::try_from(counts.queued).unwrap_or(0),
+                    running: u64::try_from(counts.running).unwrap_or(0),
+                    dead: u64::try_from(counts.dead).unwrap_or(0),
                 })
                 .collect(),
             Ok(Err(error)) => {

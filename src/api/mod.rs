@@ -79,6 +79,7 @@ where
 {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let inventory_pool = parts.storage.pg.clone();
+    let jobs = crate::jobs::Jobs::new(parts.storage.pg.clone(), parts.wakeups.clone());
     let admin = AdminServiceServer::new(AdminApi {
         storage: parts.storage,
         readiness: parts.readiness.clone(),
@@ -87,6 +88,7 @@ where
         concurrency_limit: config.rpc_concurrency_limit,
         marketplace: parts.accounts.marketplace().clone(),
         lanes: Default::default(),
+        jobs,
     });
     let blueprint_service = BlueprintServiceServer::new(BlueprintApi {
         catalog: parts.catalog,

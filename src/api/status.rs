@@ -83,6 +83,19 @@ impl From<SyncError> for Status {
     }
 }
 
+impl From<JobError> for Status {
+    fn from(err: JobError) -> Self {
+        match err {
+            JobError::NotFound => Status::not_found("no such job"),
+            JobError::WrongState(_) => Status::failed_precondition(err.to_string()),
+            JobError::QueueFull {
+                lane, retry_after, ..
+            } => resource_exhausted(&format!("the {lane} queue is full"), retry_after),
+            other => internal("job operation failed", &other),
+        }
+    }
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

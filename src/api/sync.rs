@@ -189,11 +189,12 @@ fn encode(job: &Job) -> pb::SyncJob {
         JobState::Queued => pb::SyncState::Queued,
         JobState::Running => pb::SyncState::Running,
         JobState::Succeeded => pb::SyncState::Succeeded,
-        JobState::Failed => pb::SyncState::Failed,
         JobState::Cancelled => pb::SyncState::Cancelled,
+        // Out of attempts: failed, as far as a caller of the sync API can tell.
+        JobState::Failed | JobState::Dead => pb::SyncState::Failed,
     };
-    let scope = SyncScope::from_payload(&job.payload)
-        .map_or_else(|_| "unreadable".to_owned(), |scope| scope.describe());
+    let scope = SyncScope::of_job(&job.kind)
+        .map_or_else(|| "not a sync".to_owned(), |scope| scope.describe());
     let progress = SyncProgress::from_json(&job.progress);
     pb::SyncJob {
         job_id: job.id.to_string(),

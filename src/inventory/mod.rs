@@ -12,9 +12,6 @@ use serde_json::{Map, Value};
 
 use crate::domain::UserId;
 
-/// The job kind that pushes a seller's pending edits to CardTrader.
-pub const KIND_PUSH: &str = "inventory_push";
-
 /// Where an item's local edits stand on CardTrader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushStatus {

@@ -10,23 +10,21 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::KIND_PUSH;
 use crate::{
     accounts::{AccountError, Accounts, Credentials},
     domain::UserId,
     jobs::{
-        self, Lane, NewJob,
-        worker::{JobContext, JobFailure, JobHandler},
+        JobContext, KindName, NewJob,
+        worker::{JobFailure, JobHandler},
     },
     marketplace::{
         CallOptions, ExportFilter, MarketplaceError,
         types::{BulkJob, BulkUpdateItem, NewProduct, Product, ProductUpdate},
     },
     metrics::Metrics,
-    sync::{handler::KIND_TARGETED, scope::SyncScope},
+    sync::scope::SyncScope,
 };
 
 /// From this many pending updates (or deletions) on, they go as bulk batches: the CardTrader docs
@@ -45,8 +43,6 @@ const ROUND: i64 = 500;
 /// The `inventory_push` job kind.
 #[derive(Debug, Clone)]
 pub struct PushHandler {
-    /// PostgreSQL.
-    pub pool: PgPool,
     /// Sellers' tokens and the CardTrader client.
     pub accounts: Accounts,
     /// Budget of one CardTrader call (rate-limit wait included).
@@ -68,12 +64,12 @@ struct Pending {
 
 #[tonic::async_trait]
 impl JobHandler for PushHandler {
-    fn kind(&self) -> &'static str {
-        KIND_PUSH
+    fn kind(&self) -> KindName {
+        KindName::InventoryPush
     }
 
-    async fn run(&self, context: JobContext) -> Result<(), JobFailure> {
-        let user_id = context.lease.job.user_id;
+    async fn run(&self, context: &JobContext) -> Result<(), JobFailure> {
+        let user_id = context.user_id();
         let credentials = match self.accounts.credentials(user_id).await {
             Ok(credentials) => credentials,
             // The edits stay pending; connecting again queues nothing by itself, the next edit does.
@@ -86,6 +82,7 @@ impl JobHandler for PushHandler {
         };
         let run = Run {
             handler: self,
+            context,
             credentials,
             user_id,
         };
@@ -117,36 +114,39 @@ impl JobHandler for PushHandler {
 /// One attempt for one seller.
 struct Run<'a> {
     handler: &'a PushHandler,
+    context: &'a JobContext,
     credentials: Credentials,
     user_id: UserId,
 }
 
 impl Run<'_> {
     fn options(&self) -> CallOptions {
-        CallOptions::interactive(self.handler.call_budget)
+        CallOptions::interactive(self.handler.call_budget).stopped_by(self.context.lease_token())
     }
 
     async fn pending(&self) -> Result<Vec<Pending>, JobFailure> {
+        let mut read = self.context.read().await?;
         sqlx::query_as(
             "SELECT id, product_id, op, fields, version, create_tag FROM inventory_pushes \
              WHERE user_id = $1 AND state = 'pending' ORDER BY updated_at, id LIMIT $2",
         )
         .bind(self.user_id.as_uuid())
         .bind(ROUND)
-        .fetch_all(&self.handler.pool)
+        .fetch_all(&mut *read)
         .await
         .map_err(transient)
     }
 
     async fn held_by_purchases(&self, pending: &[Pending]) -> Result<Vec<i64>, JobFailure> {
         let ids: Vec<i64> = pending.iter().filter_map(|row| row.product_id).collect();
+        let mut read = self.context.read().await?;
         sqlx::query_scalar(
             "SELECT product_id FROM purchase_product_locks \
              WHERE user_id = $1 AND product_id = ANY($2)",
         )
         .bind(self.user_id.as_uuid())
         .bind(&ids)
-        .fetch_all(&self.handler.pool)
+        .fetch_all(&mut *read)
         .await
         .map_err(transient)
     }
@@ -190,13 +190,14 @@ impl Run<'_> {
             return Ok(None);
         };
         type Values = (i64, i32, Option<String>, Value, Option<String>);
+        let mut read = self.context.read().await?;
         let values: Option<Values> = sqlx::query_as(
             "SELECT price_cents, quantity, description, properties, user_data_field \
              FROM inventory_items WHERE user_id = $1 AND product_id = $2",
         )
         .bind(self.user_id.as_uuid())
         .bind(product_id)
-        .fetch_optional(&self.handler.pool)
+        .fetch_optional(&mut *read)
         .await
         .map_err(transient)?;
         let Some((price_cents, quantity, description, properties, user_data_field)) = values else {
@@ -436,6 +437,7 @@ impl Run<'_> {
             .iter()
             .map(|product| (product.id.to_string(), Value::from(product.quantity)))
             .collect();
+        let mut unit = self.context.begin().await?;
         sqlx::query(
             "UPDATE inventory_pushes SET fields = fields || jsonb_build_object('before', $3::jsonb) \
              WHERE id = $1 AND version = $2",
@@ -443,9 +445,10 @@ impl Run<'_> {
         .bind(row.id)
         .bind(row.version)
         .bind(Value::Object(before))
-        .execute(&self.handler.pool)
+        .execute(&mut *unit)
         .await
         .map_err(transient)?;
+        unit.commit().await?;
         Ok(())
     }
 
@@ -453,7 +456,7 @@ impl Run<'_> {
     /// product the seller already had: its row then takes CardTrader's new quantity) and queues a
     /// targeted sync of the blueprint, which maps it to the shop's print.
     async fn adopt(&self, row: &Pending, product: &Product) -> Result<(), JobFailure> {
-        let mut tx = self.handler.pool.begin().await.map_err(transient)?;
+        let mut unit = self.context.begin().await?;
         let expansion_id = product
             .expansion
             .as_ref()
@@ -482,7 +485,7 @@ impl Run<'_> {
         .bind(&product.user_data_field)
         .bind(&product.tag)
         .bind(product.graded)
-        .execute(&mut *tx)
+        .execute(&mut *unit)
         .await
         .map_err(transient)?;
         sqlx::query(
@@ -491,26 +494,16 @@ impl Run<'_> {
         )
         .bind(row.id)
         .bind(product.id)
-        .execute(&mut *tx)
+        .execute(&mut *unit)
         .await
         .map_err(transient)?;
         let scope = SyncScope::Targeted {
             blueprint_ids: vec![product.blueprint_id],
             expansion_ids: Vec::new(),
         };
-        let map_it = NewJob {
-            user_id: self.user_id,
-            kind: KIND_TARGETED.to_owned(),
-            lane: Lane::Interactive,
-            payload: scope.to_payload(),
-            priority: 0,
-            max_attempts: 5,
-            dedupe_key: String::new(),
-        };
-        jobs::store::insert_coalesced(&mut tx, &map_it)
-            .await
-            .map_err(|err| JobFailure::Transient(err.to_string()))?;
-        tx.commit().await.map_err(transient)?;
+        unit.enqueue(&NewJob::new(self.user_id, scope.job_kind()))
+            .await?;
+        unit.commit().await?;
         self.count(row, "single", "pushed");
         tracing::info!(product_id = product.id, "created on CardTrader");
         Ok(())
@@ -558,17 +551,20 @@ impl Run<'_> {
     }
 
     async fn settled(&self, row: &Pending) -> Result<(), JobFailure> {
+        let mut unit = self.context.begin().await?;
         sqlx::query("DELETE FROM inventory_pushes WHERE id = $1 AND version = $2")
             .bind(row.id)
             .bind(row.version)
-            .execute(&self.handler.pool)
+            .execute(&mut *unit)
             .await
             .map_err(transient)?;
+        unit.commit().await?;
         Ok(())
     }
 
     async fn failed(&self, row: &Pending, reason: &str) -> Result<(), JobFailure> {
         tracing::warn!(push_id = %row.id, product_id = ?row.product_id, reason, "CardTrader refused a push");
+        let mut unit = self.context.begin().await?;
         sqlx::query(
             "UPDATE inventory_pushes SET state = 'failed', last_error = $3, updated_at = now() \
              WHERE id = $1 AND version = $2",
@@ -576,9 +572,10 @@ impl Run<'_> {
         .bind(row.id)
         .bind(row.version)
         .bind(reason)
-        .execute(&self.handler.pool)
+        .execute(&mut *unit)
         .await
         .map_err(transient)?;
+        unit.commit().await?;
         Ok(())
     }
 }
@@ -641,6 +638,7 @@ fn call_failure(err: MarketplaceError) -> JobFailure {
         MarketplaceError::Unauthorized => {
             JobFailure::Permanent("CardTrader rejected the seller's token".into())
         }
+        MarketplaceError::Cancelled => JobFailure::LeaseLost,
         other => JobFailure::Transient(other.to_string()),
     }
 }

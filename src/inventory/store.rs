@@ -8,18 +8,13 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{
-    CreateStatus, InventoryError, Item, ItemEdit, KIND_PUSH, ListFilter, NewItem, Offer, OfferKey,
-    OfferQuery, PushStatus,
+    CreateStatus, InventoryError, Item, ItemEdit, ListFilter, NewItem, Offer, OfferKey, OfferQuery,
+    PushStatus,
 };
 use crate::{
     domain::UserId,
-    jobs::{self, Lane, NewJob},
+    jobs::{self, JobKind, NewJob, QueueLimit},
 };
-
-/// Claims a push job gets before it gives up (the rows stay pending; the next edit queues a new
-/// job). With the worker's backoff capped at a minute this rides out about twenty minutes of
-/// CardTrader being down.
-const PUSH_JOB_ATTEMPTS: i32 = 25;
 
 #[derive(sqlx::FromRow)]
 struct ItemRow {
@@ -157,16 +152,7 @@ fn escape_like(text: &str) -> String {
 
 /// The push job of a seller: one queued at a time, later edits join it.
 pub fn push_job(user_id: UserId) -> NewJob {
-    NewJob {
-        user_id,
-        kind: KIND_PUSH.to_owned(),
-        lane: Lane::Interactive,
-        payload: json!({}),
-        // After purchases (10), before targeted syncs (0): the shop is waiting to see it land.
-        priority: 5,
-        max_attempts: PUSH_JOB_ATTEMPTS,
-        dedupe_key: String::new(),
-    }
+    NewJob::new(user_id, JobKind::InventoryPush)
 }
 
 /// Applies `edit` to the item locally and records its push, in one transaction; returns the item.
@@ -285,7 +271,7 @@ async fn record_push(
     .bind(Value::Object(fields))
     .execute(&mut *conn)
     .await?;
-    jobs::store::insert_coalesced(conn, &push_job(user_id))
+    jobs::store::enqueue_in(conn, &push_job(user_id), QueueLimit::Unbounded)
         .await
         .map_err(|err| InventoryError::Internal(err.to_string()))?;
     Ok(())
@@ -313,7 +299,7 @@ pub async fn create(pool: &PgPool, new: &NewItem) -> Result<String, InventoryErr
     .bind(&tag)
     .execute(&mut *tx)
     .await?;
-    jobs::store::insert_coalesced(&mut tx, &push_job(new.user_id))
+    jobs::store::enqueue_in(&mut tx, &push_job(new.user_id), QueueLimit::Unbounded)
         .await
         .map_err(|err| InventoryError::Internal(err.to_string()))?;
     tx.commit().await?;

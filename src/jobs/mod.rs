@@ -1,17 +1,29 @@
-//! Durable jobs in PostgreSQL: enqueue with per-seller coalescing, claim with `FOR UPDATE SKIP LOCKED`,
-//! leases kept alive by heartbeats, fencing (each claim bumps `fence`; every write of the claimant checks
-//! it), retries with full-jitter backoff, rescheduling without spending an attempt, cancellation, and
-//! takeover of leases whose holder died. Workers are in [`worker`]; SQL is in [`store`]; Redis
-//! wake-ups in [`wake`].
+//! Durable jobs in PostgreSQL, and the only module that writes the `jobs` table. Work is asked for
+//! with a typed [`JobKind`] inside the caller's transaction ([`store::enqueue_in`]), coalescing as
+//! the kind says; workers claim with `FOR UPDATE SKIP LOCKED`, keep a lease alive with heartbeats
+//! and carry a fence (each claim bumps it). A handler reaches PostgreSQL only through its
+//! [`JobContext`]: every write goes through a [`Fenced`] unit of work that checks the fence in the
+//! same transaction, so a worker whose lease was taken over changes nothing. A handler that cannot
+//! renew its lease is cancelled before the lease runs out; a takeover counts as an attempt; a panic
+//! is a failed attempt; a job out of attempts ends `dead`, where an operator can retry it.
+//! Layout: [`kind`] (what work exists), [`store`] (the SQL), [`context`] (what a handler may do),
+//! [`worker`] (the per-lane runtime), [`wake`] (Redis wake-ups).
 
+pub mod context;
+pub mod kind;
+pub mod service;
 pub mod store;
 pub mod wake;
 pub mod worker;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+pub use context::{Fenced, JobContext, ReadOnly};
+pub use kind::{JobKind, KindName, TargetedScope};
+pub use service::Jobs;
 
 use crate::domain::UserId;
 
@@ -20,7 +32,7 @@ use crate::domain::UserId;
 pub enum Lane {
     /// Someone is waiting: purchases, pushes, webhooks, targeted syncs.
     Interactive,
-    /// Background: full syncs.
+    /// Background: full syncs, remaps.
     Bulk,
 }
 
@@ -43,8 +55,8 @@ impl Lane {
     }
 }
 
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a job is in its life (the `state` column, CHECK-constrained to these values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobState {
     /// Waiting for `run_at` and a free worker.
     Queued,
@@ -52,13 +64,26 @@ pub enum JobState {
     Running,
     /// Finished its work.
     Succeeded,
-    /// Gave up: attempts exhausted or a permanent error; `last_error` says why.
+    /// Gave up because retrying cannot help (e.g. the seller's token is invalid); `last_error` says why.
     Failed,
     /// Cancelled before it finished.
     Cancelled,
+    /// Used every attempt (failures, panics, workers that died holding it): a dead letter with its
+    /// last error, which an operator can send back to the queue.
+    Dead,
 }
 
 impl JobState {
+    /// Every state.
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Dead,
+    ];
+
     /// The `state` column's value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,27 +92,17 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Dead => "dead",
         }
     }
 
-    /// Whether the job will never run again.
+    /// Whether the job will never run again on its own.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
-        )
+        !matches!(self, JobState::Queued | JobState::Running)
     }
 
     fn parse(raw: &str) -> Option<Self> {
-        [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Succeeded,
-            JobState::Failed,
-            JobState::Cancelled,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == raw)
+        Self::ALL.into_iter().find(|state| state.as_str() == raw)
     }
 }
 
@@ -98,25 +113,22 @@ pub struct Job {
     pub id: Uuid,
     /// The seller it works for.
     pub user_id: UserId,
-    /// What it does, e.g. `sync_full`.
-    pub kind: String,
-    /// Coalescing key within the seller and kind (see [`NewJob::dedupe_key`]).
-    pub dedupe_key: String,
+    /// What it does, with its input.
+    pub kind: JobKind,
     /// Its lane.
     pub lane: Lane,
     /// Its state.
     pub state: JobState,
-    /// Kind-specific input.
-    pub payload: serde_json::Value,
-    /// Claims so far (a rescheduled 429 gives its attempt back).
+    /// Claims so far, takeovers of a dead worker's lease included (a rescheduled 429 or a job
+    /// handed back at shutdown gives its attempt back).
     pub attempts: i32,
-    /// Claims allowed before it fails for good.
+    /// Claims allowed before it ends dead.
     pub max_attempts: i32,
     /// Not claimed before this instant.
     pub run_at: DateTime<Utc>,
     /// Bumped by every claim; writes of an older claimant are refused.
     pub fence: i64,
-    /// Set by CancelSync on a running job; the worker stops at its next checkpoint.
+    /// Set by a cancellation of a running job; the worker stops at its next checkpoint.
     pub cancel_requested: bool,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
@@ -130,32 +142,60 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// A request for work.
-#[derive(Debug, Clone)]
+/// A request for work: the seller, the kind, and how urgent it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewJob {
     /// The seller.
     pub user_id: UserId,
     /// What to do.
-    pub kind: String,
-    /// Which lane.
-    pub lane: Lane,
-    /// Kind-specific input.
-    pub payload: serde_json::Value,
+    pub kind: JobKind,
     /// Higher runs first within the lane.
     pub priority: i32,
-    /// Claims allowed.
+    /// Claims allowed before it ends dead.
     pub max_attempts: i32,
-    /// Jobs of one seller and kind coalesce only when their keys are equal; empty for jobs that
-    /// coalesce per seller and kind (syncs), a purchase id for jobs that never do.
-    pub dedupe_key: String,
 }
 
-/// The result of an enqueue: a new job, or the queued one the request coalesced into.
+impl NewJob {
+    /// `kind` for `user_id`, with the kind's priority and attempts.
+    pub fn new(user_id: UserId, kind: JobKind) -> Self {
+        Self {
+            user_id,
+            priority: kind.default_priority(),
+            max_attempts: kind.max_attempts(),
+            kind,
+        }
+    }
+
+    /// The same request with another priority.
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The same request with another allowance of attempts.
+    pub fn with_max_attempts(mut self, max_attempts: i32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+}
+
+/// How far a new job may grow its lane's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueLimit {
+    /// Refused past this many queued jobs in the lane (a caller who can be told to retry).
+    Depth(i64),
+    /// Always queued: refusing would lose what the caller is committing (an outbox row, a stored
+    /// event, a reservation whose job must run).
+    Unbounded,
+}
+
+/// The result of an enqueue: a new job, or the queued one the request joined.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Enqueued {
     /// A new job was queued.
     Created(Job),
-    /// A job of this seller and kind was already queued; the request joined it.
+    /// A job of this seller, kind and key was already queued; the request joined (and, for kinds
+    /// that widen, widened) it.
     Coalesced(Job),
 }
 
@@ -199,6 +239,9 @@ pub struct Lease {
     pub owner: String,
     /// The fence of this claim.
     pub fence: i64,
+    /// When the claim (or the last renewal) was sent: the lease runs at least until this plus its
+    /// length, because the database stamps it later than this process sent it.
+    pub renewed_at: Instant,
 }
 
 /// What can go wrong with jobs.
@@ -217,12 +260,18 @@ pub enum JobError {
     /// No such job.
     #[error("no such job")]
     NotFound,
+    /// The job is not in a state that allows this (e.g. retrying a job that is not dead).
+    #[error("{0}")]
+    WrongState(String),
     /// The queued job kept changing under a coalescing request; asking again will succeed.
     #[error("the queued job kept changing; retry")]
     Contended,
     /// The lease was taken over (or the job finished elsewhere): this worker must stop writing.
     #[error("the lease on this job was lost")]
     LeaseLost,
+    /// A stored job could not be read.
+    #[error(transparent)]
+    Kind(#[from] kind::KindError),
     /// Storage failure.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

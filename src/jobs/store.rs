@@ -1,20 +1,23 @@
-//! SQL of the `jobs` table. Every write a worker makes after its claim carries `fence = $n`, so a
-//! worker whose lease was taken over changes nothing.
+//! SQL of the `jobs` table: enqueue (inside the caller's transaction), claim, lease, fence, settle,
+//! cancel, and the operators' dead-letter queue. Every write a worker makes after its claim carries
+//! `fence = $n`, so a worker whose lease was taken over changes nothing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::{Enqueued, Job, JobError, JobState, Lane, Lease, NewJob, Ranking};
+use super::{
+    Enqueued, Job, JobError, JobKind, JobState, KindName, Lane, Lease, NewJob, QueueLimit, Ranking,
+};
 use crate::domain::UserId;
 
 /// The columns of [`JobRow`], as a literal so queries stay `&'static str`.
 macro_rules! columns {
     () => {
-        "id, user_id, kind, dedupe_key, lane, state, payload, attempts, max_attempts, run_at, fence, cancel_requested, \
-         last_error, progress, created_at, started_at, finished_at"
+        "id, user_id, kind, lane, state, payload, attempts, max_attempts, run_at, fence, \
+         cancel_requested, last_error, progress, created_at, started_at, finished_at"
     };
 }
 
@@ -23,7 +26,6 @@ struct JobRow {
     id: Uuid,
     user_id: Uuid,
     kind: String,
-    dedupe_key: String,
     lane: String,
     state: String,
     payload: serde_json::Value,
@@ -40,7 +42,7 @@ struct JobRow {
 }
 
 impl TryFrom<JobRow> for Job {
-    type Error = sqlx::Error;
+    type Error = JobError;
 
     fn try_from(row: JobRow) -> Result<Self, Self::Error> {
         let decode =
@@ -48,11 +50,9 @@ impl TryFrom<JobRow> for Job {
         Ok(Job {
             id: row.id,
             user_id: UserId::from_uuid(row.user_id).map_err(|_| decode("user_id"))?,
-            kind: row.kind.clone(),
-            dedupe_key: row.dedupe_key.clone(),
+            kind: JobKind::decode(&row.kind, &row.payload)?,
             lane: Lane::parse(&row.lane).ok_or_else(|| decode("lane"))?,
             state: JobState::parse(&row.state).ok_or_else(|| decode("state"))?,
-            payload: row.payload,
             attempts: row.attempts,
             max_attempts: row.max_attempts,
             run_at: row.run_at,
@@ -68,24 +68,51 @@ impl TryFrom<JobRow> for Job {
 }
 
 fn job(row: JobRow) -> Result<Job, JobError> {
-    Ok(Job::try_from(row)?)
+    Job::try_from(row)
 }
 
-/// Queues `new`, or joins the job of the same seller and kind already queued. Refuses with
-/// [`JobError::QueueFull`] past `max_depth` queued jobs in the lane.
-pub async fn enqueue(pool: &PgPool, new: &NewJob, max_depth: i64) -> Result<Enqueued, JobError> {
-    let depth = queued_in_lane(pool, new.lane).await?;
-    // Joining an existing job adds nothing to the queue, so only a new job is refused.
+/// Makes sure a queued job will do `new` after the caller's transaction commits: joins the queued
+/// job of the same seller, kind and key (widening it when the kind says so), or queues one,
+/// refusing a new one past `limit`. This is the outbox pattern: the rows to work on commit together
+/// with the promise that a job will look at them.
+///
+/// The joined job is held until the caller's commit (`FOR SHARE`, or `FOR UPDATE` when it is
+/// widened), which `ON CONFLICT DO NOTHING` alone would miss: a queued job claimed between the
+/// conflict and the caller's commit would run without seeing the caller's rows. A claim passes
+/// over a held job (`SKIP LOCKED`), so it starts only after the commit; a job claimed first is no
+/// longer queued, and a new one is queued.
+pub async fn enqueue_in(
+    conn: &mut PgConnection,
+    new: &NewJob,
+    limit: QueueLimit,
+) -> Result<Enqueued, JobError> {
+    let widens = new.kind.name() == KindName::SyncTargeted;
+    // Each pass reads afresh, so the second sees the job that a concurrent request queued first.
     for _ in 0..3 {
-        if let Some(existing) = find_queued(pool, new).await? {
-            return Ok(Enqueued::Coalesced(existing));
+        if let Some(queued) = held_queued(conn, new, widens).await? {
+            let Some(wider) = queued.kind.widened(&new.kind) else {
+                return Ok(Enqueued::Coalesced(queued));
+            };
+            let sql = concat!(
+                "UPDATE jobs SET payload = $2, updated_at = now() WHERE id = $1 RETURNING ",
+                columns!()
+            );
+            let row: JobRow = sqlx::query_as(sql)
+                .bind(queued.id)
+                .bind(wider.payload())
+                .fetch_one(&mut *conn)
+                .await?;
+            return Ok(Enqueued::Coalesced(job(row)?));
         }
-        if depth >= max_depth {
-            return Err(JobError::QueueFull {
-                lane: new.lane.as_str(),
-                depth,
-                retry_after: Duration::from_secs(5),
-            });
+        if let QueueLimit::Depth(max_depth) = limit {
+            let depth = queued_in_lane(&mut *conn, new.kind.lane()).await?;
+            if depth >= max_depth {
+                return Err(JobError::QueueFull {
+                    lane: new.kind.lane().as_str(),
+                    depth,
+                    retry_after: Duration::from_secs(5),
+                });
+            }
         }
         let sql = concat!(
             "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
@@ -93,100 +120,75 @@ pub async fn enqueue(pool: &PgPool, new: &NewJob, max_depth: i64) -> Result<Enqu
              ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING RETURNING ",
             columns!()
         );
-        let inserted: Option<JobRow> = sqlx::query_as(sql)
-            .bind(Uuid::new_v4())
-            .bind(new.user_id.as_uuid())
-            .bind(&new.kind)
-            .bind(new.lane.as_str())
-            .bind(&new.payload)
-            .bind(new.priority)
-            .bind(new.max_attempts)
-            .bind(&new.dedupe_key)
-            .fetch_optional(pool)
+        let inserted: Option<JobRow> = bind_new(sqlx::query_as(sql), new)
+            .fetch_optional(&mut *conn)
             .await?;
         if let Some(row) = inserted {
             return Ok(Enqueued::Created(job(row)?));
         }
         // Another request queued one between our lookup and insert: join it on the next pass.
     }
-    find_queued(pool, new)
-        .await?
-        .map(Enqueued::Coalesced)
-        .ok_or(JobError::NotFound)
+    Err(JobError::Contended)
 }
 
-/// Queues `new` inside the caller's transaction, without coalescing or a depth check: for jobs whose
-/// `dedupe_key` is unique (one per purchase), queued together with the row they work on.
-pub async fn insert(conn: &mut sqlx::PgConnection, new: &NewJob) -> Result<Uuid, JobError> {
-    let id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(id)
-    .bind(new.user_id.as_uuid())
-    .bind(&new.kind)
-    .bind(new.lane.as_str())
-    .bind(&new.payload)
-    .bind(new.priority)
-    .bind(new.max_attempts)
-    .bind(&new.dedupe_key)
-    .execute(conn)
-    .await?;
-    Ok(id)
+/// [`enqueue_in`] in a transaction of its own.
+pub async fn enqueue(pool: &PgPool, new: &NewJob, limit: QueueLimit) -> Result<Enqueued, JobError> {
+    let mut tx = pool.begin().await?;
+    let enqueued = enqueue_in(&mut tx, new, limit).await?;
+    tx.commit().await?;
+    Ok(enqueued)
 }
 
-/// Makes sure a queued job of `new`'s seller, kind and key will run after the caller's
-/// transaction commits, which is the outbox pattern: the rows to work on commit together with the
-/// promise that a job will look at them. Holds the queued job `FOR SHARE` until then, or queues one.
-/// No depth check: refusing would lose what the caller is committing.
-///
-/// Holding it is what `ON CONFLICT DO NOTHING` alone would miss: a queued job claimed between the
-/// conflict and the caller's commit would run without seeing the caller's rows, and nothing would
-/// look at them until the next change. A claim passes over a locked job (`SKIP LOCKED`), so the job
-/// starts only after the commit; a job claimed first is no longer queued, and a new one is queued.
-pub async fn insert_coalesced(conn: &mut sqlx::PgConnection, new: &NewJob) -> Result<(), JobError> {
-    // Each pass reads afresh, so the second sees the job that a concurrent request queued first.
-    for _ in 0..3 {
-        let held: Option<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE user_id = $1 AND kind = $2 AND dedupe_key = $3 \
-               AND state = 'queued' FOR SHARE",
-        )
-        .bind(new.user_id.as_uuid())
-        .bind(&new.kind)
-        .bind(&new.dedupe_key)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if held.is_some() {
-            return Ok(());
-        }
-        let queued: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING RETURNING id",
-        )
+fn bind_new<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    new: &'q NewJob,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
         .bind(Uuid::new_v4())
         .bind(new.user_id.as_uuid())
-        .bind(&new.kind)
-        .bind(new.lane.as_str())
-        .bind(&new.payload)
+        .bind(new.kind.name().as_str())
+        .bind(new.kind.lane().as_str())
+        .bind(new.kind.payload())
         .bind(new.priority)
         .bind(new.max_attempts)
-        .bind(&new.dedupe_key)
-        .fetch_optional(&mut *conn)
+        .bind(new.kind.dedupe_key())
+}
+
+/// The queued job `new` would join, held until the caller's transaction ends.
+async fn held_queued(
+    conn: &mut PgConnection,
+    new: &NewJob,
+    for_update: bool,
+) -> Result<Option<Job>, JobError> {
+    let sql = if for_update {
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM jobs WHERE user_id = $1 AND kind = $2 AND dedupe_key = $3 AND state = 'queued' \
+             FOR UPDATE"
+        )
+    } else {
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM jobs WHERE user_id = $1 AND kind = $2 AND dedupe_key = $3 AND state = 'queued' \
+             FOR SHARE"
+        )
+    };
+    let row: Option<JobRow> = sqlx::query_as(sql)
+        .bind(new.user_id.as_uuid())
+        .bind(new.kind.name().as_str())
+        .bind(new.kind.dedupe_key())
+        .fetch_optional(conn)
         .await?;
-        if queued.is_some() {
-            return Ok(());
-        }
-    }
-    Err(JobError::Contended)
+    row.map(job).transpose()
 }
 
 /// Queues `new` already claimed by `owner` for `lease` (its first attempt, fence 1), inside the
 /// caller's transaction: for work the replica that asked for it starts at once, without a claim. If
 /// that replica dies first, the lease runs out and any worker rescues the job like any orphan.
-pub async fn insert_claimed(
-    conn: &mut sqlx::PgConnection,
+pub async fn enqueue_claimed_in(
+    conn: &mut PgConnection,
     new: &NewJob,
     owner: &str,
     lease: Duration,
@@ -198,15 +200,8 @@ pub async fn insert_claimed(
              1, 1, now()) RETURNING ",
         columns!()
     );
-    let row: JobRow = sqlx::query_as(sql)
-        .bind(Uuid::new_v4())
-        .bind(new.user_id.as_uuid())
-        .bind(&new.kind)
-        .bind(new.lane.as_str())
-        .bind(&new.payload)
-        .bind(new.priority)
-        .bind(new.max_attempts)
-        .bind(&new.dedupe_key)
+    let renewed_at = Instant::now();
+    let row: JobRow = bind_new(sqlx::query_as(sql), new)
         .bind(owner)
         .bind(lease.as_secs_f64())
         .fetch_one(conn)
@@ -215,60 +210,61 @@ pub async fn insert_claimed(
     Ok(Lease {
         fence: job.fence,
         owner: owner.to_owned(),
+        renewed_at,
         job,
     })
 }
 
-/// Like [`enqueue`], but a request that joins a queued job widens it: `merge(queued, requested)`
-/// becomes the queued job's payload (a union of ids, say), so no request is coalesced away into a
-/// narrower job. The swap is compare-and-set on the payload; if the job was claimed or changed in
-/// between, the request is enqueued again.
-pub async fn enqueue_merging(
-    pool: &PgPool,
-    new: &NewJob,
-    max_depth: i64,
-    merge: impl Fn(&serde_json::Value, &serde_json::Value) -> serde_json::Value,
-) -> Result<Enqueued, JobError> {
-    for _ in 0..5 {
-        let queued = match enqueue(pool, new, max_depth).await? {
-            Enqueued::Coalesced(queued) => queued,
-            created => return Ok(created),
-        };
-        let merged = merge(&queued.payload, &new.payload);
-        if merged == queued.payload {
-            return Ok(Enqueued::Coalesced(queued));
-        }
-        let sql = concat!(
-            "UPDATE jobs SET payload = $3, updated_at = now() \
-             WHERE id = $1 AND state = 'queued' AND payload = $2 RETURNING ",
-            columns!()
-        );
-        let widened: Option<JobRow> = sqlx::query_as(sql)
-            .bind(queued.id)
-            .bind(&queued.payload)
-            .bind(&merged)
-            .fetch_optional(pool)
-            .await?;
-        if let Some(row) = widened {
-            return Ok(Enqueued::Coalesced(job(row)?));
-        }
-    }
-    Err(JobError::Contended)
+/// Queues `kind` for each of `sellers` that has none queued (one statement, inside the caller's
+/// transaction), spacing their `run_at` a millisecond apart in the given order so claims take them
+/// in that order; returns how many were queued. For kinds that coalesce per seller (not purchases).
+pub async fn enqueue_for_sellers_in(
+    conn: &mut PgConnection,
+    sellers: &[UserId],
+    kind: &JobKind,
+    priority: i32,
+) -> Result<u64, JobError> {
+    let ids: Vec<Uuid> = sellers.iter().map(|user| user.as_uuid()).collect();
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key, run_at) \
+         SELECT gen_random_uuid(), s.user_id, $2, $3, $4, $5, $6, $7, \
+                now() + make_interval(secs => s.rank / 1000.0) \
+         FROM UNNEST($1::uuid[]) WITH ORDINALITY AS s(user_id, rank) \
+         ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(kind.name().as_str())
+    .bind(kind.lane().as_str())
+    .bind(kind.payload())
+    .bind(priority)
+    .bind(kind.max_attempts())
+    .bind(kind.dedupe_key())
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected())
 }
 
-async fn find_queued(pool: &PgPool, new: &NewJob) -> Result<Option<Job>, JobError> {
-    let sql = concat!(
-        "SELECT ",
-        columns!(),
-        " FROM jobs WHERE user_id = $1 AND kind = $2 AND dedupe_key = $3 AND state = 'queued'"
-    );
-    let row: Option<JobRow> = sqlx::query_as(sql)
-        .bind(new.user_id.as_uuid())
-        .bind(&new.kind)
-        .bind(&new.dedupe_key)
-        .fetch_optional(pool)
-        .await?;
-    row.map(job).transpose()
+/// Of `sellers`, those with a job of `kind` queued or running, or requested less than `within` ago.
+pub async fn recently_requested(
+    executor: impl PgExecutor<'_>,
+    sellers: &[UserId],
+    kind: KindName,
+    within: Duration,
+) -> Result<Vec<UserId>, JobError> {
+    let ids: Vec<Uuid> = sellers.iter().map(|user| user.as_uuid()).collect();
+    let found: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT user_id FROM jobs WHERE user_id = ANY($1) AND kind = $2 \
+           AND (state IN ('queued', 'running') OR created_at > now() - make_interval(secs => $3))",
+    )
+    .bind(&ids)
+    .bind(kind.as_str())
+    .bind(within.as_secs_f64())
+    .fetch_all(executor)
+    .await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|id| UserId::from_uuid(id).ok())
+        .collect())
 }
 
 /// Queued jobs in `lane`.
@@ -295,11 +291,12 @@ pub async fn claim(
         .pop())
 }
 
-/// Claims up to `max` jobs of `lane` that no other worker holds, in one statement, and bumps their
-/// fences. First running jobs whose lease expired (their worker died). Then the due queued jobs
-/// whose seller runs no job of the same kind and key, in [`Ranking`] order: a job's turns are the
-/// jobs its seller already runs in the lane plus its due jobs ahead of it, so a batch spreads over
-/// sellers as single claims would.
+/// Claims up to `max` jobs of `lane` that no other worker holds, in one statement, bumps their
+/// fences and counts an attempt for each. First running jobs whose lease expired (their worker died
+/// or hung: taking one over is an attempt too, so a job that kills its workers cannot loop forever).
+/// Then the due queued jobs whose seller runs no job of the same kind and key, in [`Ranking`]
+/// order: a job's turns are the jobs its seller already runs in the lane plus its due jobs ahead of
+/// it, so a batch spreads over sellers as single claims would.
 pub async fn claim_many(
     pool: &PgPool,
     lane: Lane,
@@ -342,12 +339,16 @@ pub async fn claim_many(
              LIMIT $5 FOR UPDATE SKIP LOCKED) \
          UPDATE jobs SET state = 'running', lease_owner = $2, \
              lease_expires_at = now() + make_interval(secs => $3), fence = jobs.fence + 1, \
-             attempts = CASE WHEN jobs.state = 'queued' THEN jobs.attempts + 1 ELSE jobs.attempts END, \
+             attempts = jobs.attempts + 1, \
+             last_error = CASE WHEN jobs.state = 'running' \
+                 THEN 'the worker holding it stopped renewing its lease (died or hung)' \
+                 ELSE jobs.last_error END, \
              started_at = coalesce(jobs.started_at, now()), updated_at = now() \
          FROM candidate WHERE jobs.id = candidate.candidate_id \
            AND (jobs.state = 'queued' OR jobs.lease_expires_at < now()) RETURNING ",
         columns!()
     );
+    let renewed_at = Instant::now();
     let claimed = sqlx::query_as::<_, JobRow>(sql)
         .bind(lane.as_str())
         .bind(owner)
@@ -369,6 +370,7 @@ pub async fn claim_many(
             Ok(Lease {
                 fence: job.fence,
                 owner: owner.to_owned(),
+                renewed_at,
                 job,
             })
         })
@@ -394,19 +396,23 @@ pub async fn heartbeat(pool: &PgPool, lease: &Lease, duration: Duration) -> Resu
     cancel.ok_or(JobError::LeaseLost)
 }
 
-/// Stores progress counters, fenced; meant to run inside the caller's transaction with its other writes,
+/// Stores progress counters, fenced; runs inside the caller's transaction with its other writes,
 /// so a fenced-out worker's transaction rolls back whole.
-pub async fn record_progress(
-    executor: impl PgExecutor<'_>,
-    lease: &Lease,
+pub(super) async fn record_progress(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    fence: i64,
     progress: &serde_json::Value,
 ) -> Result<(), JobError> {
-    let updated = sqlx::query("UPDATE jobs SET progress = $3, updated_at = now() WHERE id = $1 AND fence = $2 AND state = 'running'")
-        .bind(lease.job.id)
-        .bind(lease.fence)
-        .bind(progress)
-        .execute(executor)
-        .await?;
+    let updated = sqlx::query(
+        "UPDATE jobs SET progress = $3, updated_at = now() \
+         WHERE id = $1 AND fence = $2 AND state = 'running'",
+    )
+    .bind(job_id)
+    .bind(fence)
+    .bind(progress)
+    .execute(conn)
+    .await?;
     fenced(updated.rows_affected())
 }
 
@@ -414,9 +420,10 @@ pub async fn record_progress(
 /// cancellation was requested. Chunks of one sync commit in any order, so each adds what it did
 /// instead of writing a total; reading the cancel flag here lets a sync stop after the chunk that
 /// committed, rather than at the next heartbeat.
-pub async fn add_progress(
-    executor: impl PgExecutor<'_>,
-    lease: &Lease,
+pub(super) async fn add_progress(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    fence: i64,
     deltas: &serde_json::Value,
 ) -> Result<bool, JobError> {
     let cancel: Option<bool> = sqlx::query_scalar(
@@ -425,23 +432,27 @@ pub async fn add_progress(
              FROM jsonb_each_text($3) d), '{}'), updated_at = now() \
          WHERE id = $1 AND fence = $2 AND state = 'running' RETURNING cancel_requested",
     )
-    .bind(lease.job.id)
-    .bind(lease.fence)
+    .bind(job_id)
+    .bind(fence)
     .bind(deltas)
-    .fetch_optional(executor)
+    .fetch_optional(conn)
     .await?;
     cancel.ok_or(JobError::LeaseLost)
 }
 
 /// Holds the job row until the caller's transaction ends, if this claim still owns it: a takeover
 /// (which updates the row) waits, so everything the transaction does happens before any takeover.
-pub async fn lock_fenced(executor: impl PgExecutor<'_>, lease: &Lease) -> Result<(), JobError> {
+pub(super) async fn lock_fenced(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    fence: i64,
+) -> Result<(), JobError> {
     let held: Option<i32> = sqlx::query_scalar(
         "SELECT 1 FROM jobs WHERE id = $1 AND fence = $2 AND state = 'running' FOR SHARE",
     )
-    .bind(lease.job.id)
-    .bind(lease.fence)
-    .fetch_optional(executor)
+    .bind(job_id)
+    .bind(fence)
+    .fetch_optional(conn)
     .await?;
     held.map(|_| ()).ok_or(JobError::LeaseLost)
 }
@@ -467,6 +478,11 @@ pub async fn cancelled(pool: &PgPool, lease: &Lease) -> Result<(), JobError> {
 /// The job failed for good, keeping `error`.
 pub async fn fail(pool: &PgPool, lease: &Lease, error: &str) -> Result<(), JobError> {
     finish(pool, lease, JobState::Failed, Some(error)).await
+}
+
+/// The job used every attempt: a dead letter, keeping `error`.
+pub async fn bury(pool: &PgPool, lease: &Lease, error: &str) -> Result<(), JobError> {
+    finish(pool, lease, JobState::Dead, Some(error)).await
 }
 
 async fn finish(
@@ -559,9 +575,12 @@ pub async fn cancel_all_for(
 }
 
 /// One job.
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+pub async fn get(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Job, JobError> {
     let sql = concat!("SELECT ", columns!(), " FROM jobs WHERE id = $1");
-    let row: Option<JobRow> = sqlx::query_as(sql).bind(id).fetch_optional(pool).await?;
+    let row: Option<JobRow> = sqlx::query_as(sql)
+        .bind(id)
+        .fetch_optional(executor)
+        .await?;
     job(row.ok_or(JobError::NotFound)?)
 }
 
@@ -569,7 +588,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
 pub async fn list_for_user(
     pool: &PgPool,
     user_id: UserId,
-    kinds: &[&str],
+    kinds: &[KindName],
     before: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<Job>, JobError> {
@@ -580,10 +599,9 @@ pub async fn list_for_user(
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
          ORDER BY created_at DESC, id DESC LIMIT $5"
     );
-    let kinds: Vec<String> = kinds.iter().map(|kind| (*kind).to_owned()).collect();
     let rows: Vec<JobRow> = sqlx::query_as(sql)
         .bind(user_id.as_uuid())
-        .bind(&kinds)
+        .bind(kind_names(kinds))
         .bind(before.map(|(at, _)| at))
         .bind(before.map(|(_, id)| id))
         .bind(limit)
@@ -592,11 +610,15 @@ pub async fn list_for_user(
     rows.into_iter().map(job).collect()
 }
 
+fn kind_names(kinds: &[KindName]) -> Vec<&'static str> {
+    kinds.iter().map(|kind| kind.as_str()).collect()
+}
+
 /// The seller's most recent job of these kinds in one of `states`.
 pub async fn latest_in_states(
     pool: &PgPool,
     user_id: UserId,
-    kinds: &[&str],
+    kinds: &[KindName],
     states: &[JobState],
 ) -> Result<Option<Job>, JobError> {
     let sql = concat!(
@@ -605,34 +627,98 @@ pub async fn latest_in_states(
         " FROM jobs WHERE user_id = $1 AND kind = ANY($2) AND state = ANY($3) \
          ORDER BY coalesce(finished_at, created_at) DESC LIMIT 1"
     );
-    let kinds: Vec<String> = kinds.iter().map(|kind| (*kind).to_owned()).collect();
     let states: Vec<&str> = states.iter().map(|state| state.as_str()).collect();
     let row: Option<JobRow> = sqlx::query_as(sql)
         .bind(user_id.as_uuid())
-        .bind(&kinds)
+        .bind(kind_names(kinds))
         .bind(&states)
         .fetch_optional(pool)
         .await?;
     row.map(job).transpose()
 }
 
-/// Queued and running jobs per lane, across all replicas.
-pub async fn lane_counts(pool: &PgPool) -> Result<Vec<(Lane, i64, i64)>, JobError> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT lane, count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'running') \
-         FROM jobs WHERE state IN ('queued', 'running') GROUP BY lane",
+/// Queued, running and dead jobs per lane, across all replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneCounts {
+    /// The lane.
+    pub lane: Lane,
+    /// Waiting to run.
+    pub queued: i64,
+    /// Holding a lease.
+    pub running: i64,
+    /// Out of attempts, waiting for an operator.
+    pub dead: i64,
+}
+
+/// [`LaneCounts`] of both lanes.
+pub async fn lane_counts(pool: &PgPool) -> Result<Vec<LaneCounts>, JobError> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT lane, count(*) FILTER (WHERE state = 'queued'), \
+                count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state = 'dead') \
+         FROM jobs WHERE state IN ('queued', 'running', 'dead') GROUP BY lane",
     )
     .fetch_all(pool)
     .await?;
     Ok([Lane::Interactive, Lane::Bulk]
         .into_iter()
         .map(|lane| {
-            let found = rows.iter().find(|(name, _, _)| name == lane.as_str());
-            (
+            let found = rows.iter().find(|(name, ..)| name == lane.as_str());
+            LaneCounts {
                 lane,
-                found.map_or(0, |row| row.1),
-                found.map_or(0, |row| row.2),
-            )
+                queued: found.map_or(0, |row| row.1),
+                running: found.map_or(0, |row| row.2),
+                dead: found.map_or(0, |row| row.3),
+            }
         })
         .collect())
+}
+
+/// Dead jobs, most recently buried first, strictly before `before` (keyset paging).
+pub async fn dead_jobs(
+    pool: &PgPool,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Job>, JobError> {
+    let sql = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM jobs WHERE state = 'dead' \
+           AND ($1::timestamptz IS NULL OR (finished_at, id) < ($1, $2)) \
+         ORDER BY finished_at DESC, id DESC LIMIT $3"
+    );
+    let rows: Vec<JobRow> = sqlx::query_as(sql)
+        .bind(before.map(|(at, _)| at))
+        .bind(before.map(|(_, id)| id))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter().map(job).collect()
+}
+
+/// Sends a dead job back to the queue with a fresh allowance of attempts (an operator fixed what
+/// killed it). Refused when it is not dead, or when its seller already has such a job queued (that
+/// one will do the work).
+pub async fn revive(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+    let sql = concat!(
+        "UPDATE jobs SET state = 'queued', attempts = 0, run_at = now(), finished_at = NULL, \
+             cancel_requested = false, updated_at = now() \
+         WHERE id = $1 AND state = 'dead' RETURNING ",
+        columns!()
+    );
+    let revived: Result<Option<JobRow>, sqlx::Error> =
+        sqlx::query_as(sql).bind(id).fetch_optional(pool).await;
+    match revived {
+        Ok(Some(row)) => job(row),
+        Ok(None) => {
+            let found = get(pool, id).await?;
+            Err(JobError::WrongState(format!(
+                "the job is {}, not dead",
+                found.state.as_str()
+            )))
+        }
+        Err(err) if is_unique_violation(&err) => Err(JobError::WrongState(
+            "the seller already has this kind of job queued; it will do the work".into(),
+        )),
+        Err(err) => Err(err.into()),
+    }
 }

@@ -1,21 +1,25 @@
 //! The worker that runs jobs of one lane: claims while it has free slots, keeps each lease alive with
-//! heartbeats (which also carry cancellation requests), and records the outcome. Stopping hands running
-//! jobs back to the queue instead of leaving their leases to expire.
+//! heartbeats (which also carry cancellation requests) and stops a job whose lease it cannot renew,
+//! catches a handler's panic as a failed attempt, and records the outcome; a job out of attempts
+//! gives up through its handler and ends dead. Stopping hands running jobs back to the queue
+//! instead of leaving their leases to expire.
 
 use std::{
     collections::HashMap,
+    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use futures::FutureExt;
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{JobError, Lane, Lease, Ranking, store};
+use super::{JobContext, JobError, KindName, Lane, Lease, Ranking, store};
 use crate::{metrics::Metrics, retry::full_jitter};
 
 /// Most jobs one claim takes at once (bounded so one replica does not sweep a deep queue that other
@@ -43,40 +47,36 @@ pub enum JobFailure {
     /// The worker is shutting down: the job goes back to the queue as it is.
     #[error("interrupted by shutdown")]
     Interrupted,
+    /// The lease was taken over or could not be renewed: this worker stops, records nothing, and
+    /// whoever holds the lease now carries on.
+    #[error("the lease on the job was lost")]
+    LeaseLost,
+}
+
+impl From<JobError> for JobFailure {
+    fn from(err: JobError) -> Self {
+        match err {
+            JobError::LeaseLost => JobFailure::LeaseLost,
+            other => JobFailure::Transient(other.to_string()),
+        }
+    }
 }
 
 /// What a kind of job does.
 #[tonic::async_trait]
 pub trait JobHandler: Send + Sync + 'static {
-    /// The `kind` this handler runs.
-    fn kind(&self) -> &'static str;
+    /// The kind this handler runs.
+    fn kind(&self) -> KindName;
 
-    /// Runs one attempt. Check [`JobContext::should_stop`] at safe points.
-    async fn run(&self, context: JobContext) -> Result<(), JobFailure>;
-}
+    /// Runs one attempt. Check [`JobContext::should_stop`] at safe points; write only through
+    /// [`JobContext::begin`].
+    async fn run(&self, context: &JobContext) -> Result<(), JobFailure>;
 
-/// What a running job can see of its lease.
-#[derive(Debug, Clone)]
-pub struct JobContext {
-    /// The claim: job, owner and fence (to pass to fenced writes).
-    pub lease: Lease,
-    cancel_requested: Arc<AtomicBool>,
-    lease_lost: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-}
-
-impl JobContext {
-    /// Whether the job should stop at this safe point, and why.
-    pub fn should_stop(&self) -> Option<JobFailure> {
-        if self.lease_lost.load(Ordering::Relaxed) {
-            Some(JobFailure::Transient("lease lost".into()))
-        } else if self.cancel_requested.load(Ordering::Relaxed) || self.lease.job.cancel_requested {
-            Some(JobFailure::Cancelled)
-        } else if self.shutdown.is_cancelled() {
-            Some(JobFailure::Interrupted)
-        } else {
-            None
-        }
+    /// The job is ending without having done its work (out of attempts, or failed for good): leave
+    /// what it worked on in a state a person can act on. Runs under the job's lease, before the job
+    /// is recorded dead or failed. Most kinds have nothing to do.
+    async fn give_up(&self, _context: &JobContext, _reason: &str) -> Result<(), JobFailure> {
+        Ok(())
     }
 }
 
@@ -91,6 +91,11 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// Lease length; a dead worker's jobs are taken over after this.
     pub lease: Duration,
+    /// The longest one CardTrader call of a job may take (rate-limit wait and retries included).
+    /// A job whose lease could not be renewed is stopped this long before the lease runs out, so
+    /// its last call has ended before anyone can take the job over (`Config::validate` keeps the
+    /// lease at least 1.5 times this).
+    pub call_budget: Duration,
     /// How often to poll for work when idle (wake-ups may come sooner).
     pub poll_interval: Duration,
     /// How claims order the lane's due jobs.
@@ -104,7 +109,7 @@ pub struct WorkerSettings {
 /// Runs the jobs of one lane.
 pub struct Worker {
     pool: PgPool,
-    handlers: HashMap<&'static str, Arc<dyn JobHandler>>,
+    handlers: HashMap<KindName, Arc<dyn JobHandler>>,
     settings: WorkerSettings,
     wake: Arc<tokio::sync::Notify>,
     metrics: Metrics,
@@ -170,7 +175,7 @@ impl LocalStart {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kinds: Vec<&&str> = self.handlers.keys().collect();
+        let kinds: Vec<&KindName> = self.handlers.keys().collect();
         f.debug_struct("Worker")
             .field("settings", &self.settings)
             .field("kinds", &kinds)
@@ -299,7 +304,9 @@ impl Worker {
         // Jobs handed over but not started go back to the queue, like interrupted ones.
         handed.close();
         while let Ok((lease, _permit)) = handed.try_recv() {
-            this.settle(&lease, Err(JobFailure::Interrupted)).await;
+            let context = JobContext::new(lease, this.pool.clone(), shutdown.clone());
+            this.settle(&context, None, Err(JobFailure::Interrupted))
+                .await;
         }
         while running.join_next().await.is_some() {}
         Ok(())
@@ -307,50 +314,82 @@ impl Worker {
 
     async fn execute(&self, lease: Lease, shutdown: CancellationToken) {
         let job = &lease.job;
-        let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind, user_id = %job.user_id, attempt = job.attempts);
+        let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind.name(), user_id = %job.user_id, attempt = job.attempts);
         let _entered = span.enter();
-        let Some(handler) = self.handlers.get(job.kind.as_str()).cloned() else {
-            self.settle(
-                &lease,
-                Err(JobFailure::Permanent(format!(
-                    "no handler for kind '{}'",
-                    job.kind
-                ))),
-            )
-            .await;
+        let context = JobContext::new(lease.clone(), self.pool.clone(), shutdown);
+        let Some(handler) = self.handlers.get(&job.kind.name()).cloned() else {
+            let error = format!("no handler for kind '{}' on this worker", job.kind.name());
+            self.settle(&context, None, Err(JobFailure::Permanent(error)))
+                .await;
             return;
         };
-        let context = JobContext {
-            lease: lease.clone(),
-            cancel_requested: Arc::new(AtomicBool::new(false)),
-            lease_lost: Arc::new(AtomicBool::new(false)),
-            shutdown,
-        };
-        // The heartbeat runs inside this task, not beside it: if the task dies (a crash, an abort), the
-        // lease stops being extended and another worker takes the job over.
-        let run = handler.run(context.clone());
-        let beat = heartbeat(self.pool.clone(), context.clone(), self.settings.lease);
-        tokio::pin!(run, beat);
-        let outcome = tokio::select! {
-            outcome = &mut run => outcome,
-            () = &mut beat => run.await,
-        };
-        if context.lease_lost.load(Ordering::Relaxed) {
-            // Whatever the job did after the takeover was refused by the fence; settling would be too.
-            self.settle(&lease, Err(JobFailure::Transient("lease lost".into())))
+        if job.attempts > job.max_attempts {
+            // Its last attempt's worker died or hung: running it again could kill this one too.
+            let error = job
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "out of attempts".into());
+            self.settle(&context, Some(&handler), Err(JobFailure::Transient(error)))
                 .await;
             return;
         }
-        self.settle(&lease, outcome).await;
+        // The heartbeat runs inside this task, not beside it: if the task dies, the lease stops being
+        // extended and another worker takes the job over.
+        let run = AssertUnwindSafe(handler.run(&context)).catch_unwind();
+        let beat = keep_lease(&self.pool, &context, &self.settings);
+        tokio::pin!(run, beat);
+        let caught = tokio::select! {
+            caught = &mut run => caught,
+            () = &mut beat => run.await,
+        };
+        let outcome = match caught {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                if crate::failpoint::is_simulated_crash(panic.as_ref()) {
+                    // A test killed the worker here: record nothing, as a dead process would not.
+                    return;
+                }
+                let message = panic_message(panic.as_ref());
+                tracing::error!(%message, "job handler panicked");
+                self.count(job.kind.name(), "panicked");
+                Err(JobFailure::Transient(format!(
+                    "the handler panicked: {message}"
+                )))
+            }
+        };
+        if context.lease_lost() {
+            // Whatever the job did after losing the lease was refused by the fence; settling would be too.
+            self.count(job.kind.name(), "lease_lost");
+            return;
+        }
+        self.settle(&context, Some(&handler), outcome).await;
     }
 
-    async fn settle(&self, lease: &Lease, outcome: Result<(), JobFailure>) {
+    /// Records how the attempt ended. A job that will not run again without having done its work
+    /// (out of attempts, or failed for good) first lets its handler give up cleanly.
+    async fn settle(
+        &self,
+        context: &JobContext,
+        handler: Option<&Arc<dyn JobHandler>>,
+        outcome: Result<(), JobFailure>,
+    ) {
+        let lease = context.lease();
         let job = &lease.job;
+        let give_up = |reason: String| async move {
+            if let Some(handler) = handler
+                && let Err(err) = handler.give_up(context, &reason).await
+            {
+                tracing::error!(error = %err, "the job could not give up cleanly");
+            }
+            reason
+        };
         let (label, result) = match outcome {
             Ok(()) => ("succeeded", store::succeed(&self.pool, lease).await),
             Err(JobFailure::Cancelled) => ("cancelled", store::cancelled(&self.pool, lease).await),
+            Err(JobFailure::LeaseLost) => ("lease_lost", Ok(())),
             Err(JobFailure::Permanent(error)) => {
                 tracing::warn!(%error, "job failed for good");
+                let error = give_up(error).await;
                 ("failed", store::fail(&self.pool, lease, &error).await)
             }
             Err(JobFailure::RateLimited { wait }) => (
@@ -370,9 +409,9 @@ impl Worker {
                 .await,
             ),
             Err(JobFailure::Transient(error)) if job.attempts >= job.max_attempts => {
-                tracing::warn!(%error, attempts = job.attempts, "job failed; no attempts left");
-                let error = format!("{error} (after {} attempts)", job.attempts);
-                ("failed", store::fail(&self.pool, lease, &error).await)
+                tracing::error!(%error, attempts = job.attempts, "job out of attempts: dead");
+                let error = give_up(format!("{error} (after {} attempts)", job.attempts)).await;
+                ("dead", store::bury(&self.pool, lease, &error).await)
             }
             Err(JobFailure::Transient(error)) => {
                 let attempt = usize::try_from(job.attempts.max(1) - 1).unwrap_or(0);
@@ -399,27 +438,65 @@ impl Worker {
                 "unrecorded"
             }
         };
+        self.count(job.kind.name(), label);
+    }
+
+    fn count(&self, kind: KindName, outcome: &str) {
         self.metrics
             .jobs_finished
-            .with_label_values(&[job.kind.as_str(), label])
+            .with_label_values(&[kind.as_str(), outcome])
             .inc();
     }
 }
 
-/// Extends the lease every third of its length; records cancellation requests and a lost lease.
-async fn heartbeat(pool: PgPool, context: JobContext, lease: Duration) {
-    let mut every = tokio::time::interval(lease / 3);
-    every.tick().await;
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Extends the lease every third of its length and passes on cancellation requests. Returns once
+/// the lease is lost: taken over, or not renewed in time for a CardTrader call started now to end
+/// before the lease does (`call_budget` before it runs out), having told the job to stop.
+async fn keep_lease(pool: &PgPool, context: &JobContext, settings: &WorkerSettings) {
+    let lease = settings.lease;
+    // Never less than a third of the lease, so a budget as long as the lease still leaves beats.
+    let margin = settings.call_budget.min(lease * 2 / 3);
+    let beat_every = lease / 3;
+    let mut renewed_at = context.lease().renewed_at;
+    let mut next_beat = Instant::now() + beat_every;
     loop {
-        every.tick().await;
+        let give_up_at = renewed_at + lease - margin;
+        tokio::time::sleep_until(next_beat.min(give_up_at).into()).await;
+        if Instant::now() >= give_up_at {
+            tracing::warn!(
+                ?lease,
+                "the lease could not be renewed; stopping the job before it runs out"
+            );
+            context.lose_lease();
+            return;
+        }
         crate::failpoint::pause("jobs.heartbeat").await;
-        match store::heartbeat(&pool, &context.lease, lease).await {
-            Ok(cancel) => context.cancel_requested.store(cancel, Ordering::Relaxed),
+        let sent = Instant::now();
+        next_beat = sent + beat_every;
+        let renewed = if crate::failpoint::hit("jobs.heartbeat_fails") {
+            Err(JobError::Database(sqlx::Error::PoolTimedOut))
+        } else {
+            store::heartbeat(pool, context.lease(), lease).await
+        };
+        match renewed {
+            Ok(cancel) => {
+                renewed_at = sent;
+                context.note_cancel_requested(cancel);
+            }
             Err(JobError::LeaseLost) => {
-                context.lease_lost.store(true, Ordering::Relaxed);
+                context.lose_lease();
                 return;
             }
-            // A missed beat is not fatal: the lease is three beats long.
+            // A missed beat is not fatal yet: the job is stopped only when the lease is about to end.
             Err(error) => tracing::warn!(%error, "lease heartbeat failed"),
         }
     }

@@ -20,7 +20,7 @@ use std::{
 use sqlx::PgPool;
 
 use super::{LoadtestArgs, measure::thousands, rig::Rig, scale};
-use crate::{config::Config, domain::UserId, simulator::Faults, sync::handler::KIND_FULL};
+use crate::{config::Config, domain::UserId, jobs::KindName, simulator::Faults};
 
 /// Units every item gets on both sides before the first sync: more than any phase can sell.
 const STOCK: i64 = 100_000;
@@ -167,7 +167,7 @@ async fn sync_sellers(
     scale::wait_for_jobs(&rig.monitor, users.len() as u64, timeout).await?;
     let failed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = $1 AND state <> 'succeeded'")
-            .bind(KIND_FULL)
+            .bind(KindName::SyncFull.as_str())
             .fetch_one(&rig.monitor)
             .await?;
     anyhow::ensure!(failed == 0, "{failed} full syncs did not succeed");

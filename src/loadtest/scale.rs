@@ -19,8 +19,8 @@ use crate::{
     config::Config,
     demo::with_bearer,
     domain::UserId,
+    jobs::KindName,
     pb::v1::{StartSyncRequest, sync_service_client::SyncServiceClient},
-    sync::handler::KIND_FULL,
 };
 
 /// How often the jobs table is read while the syncs run.
@@ -167,7 +167,7 @@ pub(super) async fn wait_for_jobs(
                     coalesce(sum((progress->>'products_seen')::bigint), 0)::bigint \
              FROM jobs WHERE kind = $1",
         )
-        .bind(KIND_FULL)
+        .bind(KindName::SyncFull.as_str())
         .fetch_one(pool)
         .await?;
         peak_running = peak_running.max(running);
@@ -195,7 +195,7 @@ async fn finished_jobs(pool: &PgPool) -> anyhow::Result<Vec<JobRow>> {
                 coalesce((progress->>'unmapped')::bigint, 0) AS unmapped, last_error \
          FROM jobs WHERE kind = $1",
     )
-    .bind(KIND_FULL)
+    .bind(KindName::SyncFull.as_str())
     .fetch_all(pool)
     .await?)
 }

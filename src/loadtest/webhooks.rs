@@ -24,7 +24,7 @@ use super::{
     rig::Rig,
     scale,
 };
-use crate::{config::Config, domain::UserId, sync::handler::KIND_FULL};
+use crate::{config::Config, domain::UserId, jobs::KindName};
 
 /// Units every item gets on CardTrader before the first sync: more than any phase can take.
 const STOCK: i64 = 1_000_000;
@@ -132,7 +132,7 @@ async fn sync_sellers(
     scale::wait_for_jobs(&rig.monitor, users.len() as u64, timeout).await?;
     let failed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = $1 AND state <> 'succeeded'")
-            .bind(KIND_FULL)
+            .bind(KindName::SyncFull.as_str())
             .fetch_one(&rig.monitor)
             .await?;
     anyhow::ensure!(failed == 0, "{failed} full syncs did not succeed");

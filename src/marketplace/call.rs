@@ -91,7 +91,7 @@ impl Inner {
             Some(extra_attempts),
         );
         let attempt = || async {
-            let bytes = self.attempt(seller, options, &spec, body).await?;
+            let bytes = self.attempt(seller, &options, &spec, body).await?;
             serde_json::from_slice::<T>(&bytes).map_err(|err| MarketplaceError::Unavailable {
                 reason: format!("unexpected {} answer: {err}", spec.endpoint),
             })
@@ -106,11 +106,16 @@ impl Inner {
     async fn attempt(
         &self,
         seller: Seller<'_>,
-        options: CallOptions,
+        options: &CallOptions,
         spec: &CallSpec,
         body: Option<&(impl Serialize + Sync)>,
     ) -> Result<bytes::Bytes, MarketplaceError> {
         let admission = self.admit(seller, options, spec).await?;
+        if options.is_cancelled() {
+            return self
+                .settle(admission, seller, spec, Err(MarketplaceError::Cancelled))
+                .await;
+        }
         let started = Instant::now();
         let mut request = self
             .http
@@ -143,10 +148,15 @@ impl Inner {
     pub(super) async fn open_stream(
         &self,
         seller: Seller<'_>,
-        options: CallOptions,
+        options: &CallOptions,
         spec: &CallSpec,
     ) -> Result<reqwest::Response, MarketplaceError> {
         let admission = self.admit(seller, options, spec).await?;
+        if options.is_cancelled() {
+            return self
+                .settle(admission, seller, spec, Err(MarketplaceError::Cancelled))
+                .await;
+        }
         let started = Instant::now();
         let sent = self
             .http
@@ -190,10 +200,17 @@ impl Inner {
     async fn admit(
         &self,
         seller: Seller<'_>,
-        options: CallOptions,
+        options: &CallOptions,
         spec: &CallSpec,
     ) -> Result<Admission, MarketplaceError> {
-        self.take_tokens(seller.key, options, spec.scope).await?;
+        let tokens = self.take_tokens(seller.key, options, spec.scope);
+        match &options.cancel {
+            Some(cancel) => tokio::select! {
+                taken = tokens => taken?,
+                () = cancel.cancelled() => return Err(MarketplaceError::Cancelled),
+            },
+            None => tokens.await?,
+        }
         self.breaker.admit().ok_or_else(|| {
             self.record(spec.endpoint, "breaker_open", None);
             MarketplaceError::Unavailable {
@@ -233,7 +250,7 @@ impl Inner {
     async fn take_tokens(
         &self,
         seller: &str,
-        options: CallOptions,
+        options: &CallOptions,
         scope: Scope,
     ) -> Result<(), MarketplaceError> {
         for scope in [

@@ -43,6 +43,9 @@ pub enum MarketplaceError {
     /// No answer in time. For a call that changes data the outcome is unknown: it may have applied.
     #[error("CardTrader did not answer in time")]
     Timeout,
+    /// The caller stopped the call before it was sent (its job lost its lease): nothing went out.
+    #[error("the call was stopped before it was sent")]
+    Cancelled,
 }
 
 impl MarketplaceError {

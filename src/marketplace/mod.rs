@@ -15,6 +15,7 @@ use std::{
 
 use reqwest::Method;
 use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
 
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use error::MarketplaceError;
@@ -39,13 +40,16 @@ pub struct Seller<'a> {
     pub token: &'a SecretString,
 }
 
-/// How long the caller may wait, and whether it is interactive.
-#[derive(Debug, Clone, Copy)]
+/// How long the caller may wait, whether it is interactive, and what stops it.
+#[derive(Debug, Clone)]
 pub struct CallOptions {
     /// Interactive calls may use the reserved share of the rate.
     pub priority: Priority,
     /// Nothing (rate-limit waits and retries included) runs past this instant.
     pub deadline: Instant,
+    /// Once cancelled, nothing more is sent: a rate-limit wait ends at once and no further request
+    /// (or retry) goes out. A job passes its lease token, so a worker that lost its lease stops.
+    pub cancel: Option<CancellationToken>,
 }
 
 impl CallOptions {
@@ -54,6 +58,7 @@ impl CallOptions {
         Self {
             priority: Priority::Interactive,
             deadline: Instant::now() + budget,
+            cancel: None,
         }
     }
 
@@ -62,7 +67,30 @@ impl CallOptions {
         Self {
             priority: Priority::Bulk,
             deadline: Instant::now() + budget,
+            cancel: None,
         }
+    }
+
+    /// The same options, stopped by `cancel`.
+    pub fn stopped_by(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    /// Whether the call must send nothing more.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
+    /// When CardTrader will have answered or dropped a write sent with these options, as far as
+    /// this client can know: the call's deadline, plus `grace` for a request CardTrader received
+    /// but had not applied when the client stopped waiting. Recorded before a write is sent, so a
+    /// worker that takes the job over never decides "not applied" while the write may still land.
+    pub fn settled_by(&self, grace: Duration) -> chrono::DateTime<chrono::Utc> {
+        let left = self.deadline.saturating_duration_since(Instant::now()) + grace;
+        chrono::Utc::now() + chrono::TimeDelta::from_std(left).unwrap_or(chrono::TimeDelta::MAX)
     }
 }
 
@@ -193,7 +221,7 @@ impl MarketplaceClient {
             .inner
             .read("products_export", export_path(filter), Scope::General);
         spec.timeout = self.inner.export_timeout;
-        let open = || self.inner.open_stream(seller, options, &spec);
+        let open = || self.inner.open_stream(seller, &options, &spec);
         let response = backon::Retryable::retry(
             open,
             crate::retry::full_jitter(

@@ -7,18 +7,20 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use sqlx::PgPool;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{
-    GiveBackPlan, KIND_PURCHASE, LineMemo, ProductSnapshot, PurchaseError,
+    GiveBackPlan, LineMemo, ProductSnapshot, PurchaseError,
     saga::{Event, LineStatus, Phase, Saga, Step},
     store::{self, StoredLine, StoredPurchase},
 };
 use crate::{
     accounts::{Accounts, Credentials},
-    jobs::worker::{JobContext, JobFailure, JobHandler},
+    jobs::{
+        JobContext, JobKind, KindName,
+        worker::{JobFailure, JobHandler},
+    },
     marketplace::{
         CallOptions, ExportFilter, MarketplaceError,
         types::{NewProduct, Product},
@@ -67,8 +69,6 @@ impl PurchaseEvents {
 /// The `purchase` job kind.
 #[derive(Debug, Clone)]
 pub struct PurchaseHandler {
-    /// PostgreSQL.
-    pub pool: PgPool,
     /// Sellers' tokens and the CardTrader client.
     pub accounts: Accounts,
     /// Step latency, outcomes, compensations.
@@ -81,20 +81,22 @@ pub struct PurchaseHandler {
 
 #[tonic::async_trait]
 impl JobHandler for PurchaseHandler {
-    fn kind(&self) -> &'static str {
-        KIND_PURCHASE
+    fn kind(&self) -> KindName {
+        KindName::Purchase
     }
 
-    async fn run(&self, context: JobContext) -> Result<(), JobFailure> {
-        let id = context
-            .lease
-            .job
-            .payload
-            .get("purchase_id")
-            .and_then(|id| id.as_str())
-            .and_then(|id| Uuid::try_parse(id).ok())
-            .ok_or_else(|| JobFailure::Permanent("the job names no purchase".into()))?;
-        let Some(purchase) = store::load(&self.pool, id).await.map_err(transient)? else {
+    async fn run(&self, context: &JobContext) -> Result<(), JobFailure> {
+        let JobKind::Purchase {
+            purchase_id: id, ..
+        } = *context.kind()
+        else {
+            return Err(JobFailure::Permanent("not a purchase job".into()));
+        };
+        let loaded = {
+            let mut read = context.read().await?;
+            store::load(&mut *read, id).await.map_err(transient)?
+        };
+        let Some(purchase) = loaded else {
             return Err(JobFailure::Permanent(format!("no purchase {id}")));
         };
         let credentials = self
@@ -104,7 +106,7 @@ impl JobHandler for PurchaseHandler {
             .map_err(|err| JobFailure::Transient(format!("reading the seller's token: {err}")))?;
         let mut run = Run {
             handler: self,
-            context: &context,
+            context,
             seq: purchase.steps,
             saga: purchase.saga.clone(),
             purchase,
@@ -146,7 +148,7 @@ impl Run<'_> {
     async fn drive(&mut self) -> Result<(), JobFailure> {
         // The reservation took the locks when the products were free; they outlive crashes.
         let locked_at_reserve =
-            self.context.lease.job.payload.get("locked") == Some(&serde_json::Value::Bool(true));
+            matches!(self.context.kind(), JobKind::Purchase { locked: true, .. });
         if self.saga.phase == Phase::Taking && !locked_at_reserve {
             self.lock_products().await?;
         }
@@ -191,7 +193,9 @@ impl Run<'_> {
             .inc();
         if let Phase::RequiresAttention { reason } = &self.saga.phase {
             tracing::error!(purchase_id = %self.purchase.id, %reason, "purchase requires attention");
-            refresh_attention_gauge(&self.handler.pool, &self.handler.metrics).await;
+            if let Ok(mut read) = self.context.read().await {
+                refresh_attention_gauge(&mut read, &self.handler.metrics).await;
+            }
         }
         Ok(())
     }
@@ -201,11 +205,12 @@ impl Run<'_> {
     async fn lock_products(&mut self) -> Result<(), JobFailure> {
         let mut waits = full_jitter(Duration::from_millis(5), Duration::from_millis(100), None);
         loop {
-            let locked =
-                store::lock_products(&self.handler.pool, self.purchase.user_id, self.purchase.id)
-                    .await
-                    .map_err(transient)?;
+            let mut unit = self.context.begin().await?;
+            let locked = store::lock_products(&mut unit, self.purchase.user_id, self.purchase.id)
+                .await
+                .map_err(transient)?;
             if let Some(ids) = locked {
+                unit.commit().await?;
                 let mut mine: Vec<i64> = self
                     .purchase
                     .lines
@@ -220,6 +225,8 @@ impl Run<'_> {
                 }
                 return Ok(());
             }
+            // Another purchase holds one of them: this unit's locks go back before waiting.
+            drop(unit);
             if Utc::now() > self.purchase.deadline {
                 return self
                     .record(vec![Event::DeadlinePassed], Also::Nothing)
@@ -238,7 +245,8 @@ impl Run<'_> {
     }
 
     async fn reload_lines(&mut self) -> Result<(), JobFailure> {
-        if let Some(fresh) = store::load(&self.handler.pool, self.purchase.id)
+        let mut read = self.context.read().await?;
+        if let Some(fresh) = store::load(&mut *read, self.purchase.id)
             .await
             .map_err(transient)?
         {
@@ -525,7 +533,7 @@ impl Run<'_> {
     /// CardTrader could not be read to decide an outcome: try again later, and on the job's last
     /// attempt hand it to a person rather than guess.
     async fn unreadable(&mut self, line: usize, err: MarketplaceError) -> Result<(), JobFailure> {
-        let job = &self.context.lease.job;
+        let job = self.context.job();
         if job.attempts >= job.max_attempts {
             let reason = format!("CardTrader could not be read: {err}");
             return self
@@ -586,42 +594,32 @@ impl Run<'_> {
         let purchase = &self.purchase;
         let user_id = purchase.user_id;
         let result: Result<(), PurchaseError> = async {
-            let mut tx = self.handler.pool.begin().await?;
+            let mut unit = self.context.begin().await.map_err(jobs_error)?;
             match &also {
                 Also::Nothing => {}
                 Also::Memo(line, memo) => {
-                    store::save_memo(&mut tx, purchase.id, *line, memo).await?
+                    store::save_memo(&mut unit, purchase.id, *line, memo).await?
                 }
                 Also::Repoint { line, old, new } => {
-                    store::repoint(&mut tx, user_id, purchase.id, *line, *old, *new).await?
+                    store::repoint(&mut unit, user_id, purchase.id, *line, *old, *new).await?
                 }
                 Also::Sale => {
-                    store::commit_sale(&mut tx, user_id, &purchase.lines).await?;
-                    store::unlock_products(&mut tx, purchase.id).await?;
+                    store::commit_sale(&mut unit, user_id, &purchase.lines).await?;
+                    store::unlock_products(&mut unit, purchase.id).await?;
                 }
                 Also::Release(corrections) => {
-                    store::release(&mut tx, user_id, &purchase.lines, corrections).await?;
-                    store::unlock_products(&mut tx, purchase.id).await?;
+                    store::release(&mut unit, user_id, &purchase.lines, corrections).await?;
+                    store::unlock_products(&mut unit, purchase.id).await?;
                 }
             }
-            store::append(
-                &mut tx,
-                Some(&self.context.lease),
-                purchase.id,
-                self.seq,
-                &events,
-                &next,
-            )
-            .await?;
-            tx.commit().await?;
+            store::append(&mut unit, purchase.id, self.seq, &events, &next).await?;
+            unit.commit().await.map_err(jobs_error)?;
             Ok(())
         }
         .await;
         match result {
             Ok(()) => {}
-            Err(PurchaseError::LeaseLost) => {
-                return Err(JobFailure::Transient("lease lost".into()));
-            }
+            Err(PurchaseError::LeaseLost) => return Err(JobFailure::LeaseLost),
             Err(err) => return Err(transient(err)),
         }
         self.seq += events.len() as i32;
@@ -665,7 +663,7 @@ impl Run<'_> {
     }
 
     fn options(&self) -> CallOptions {
-        CallOptions::interactive(self.handler.call_budget)
+        CallOptions::interactive(self.handler.call_budget).stopped_by(self.context.lease_token())
     }
 
     /// The blueprint of a line's product: from the snapshot, else from the local item.
@@ -772,12 +770,24 @@ fn call_failure(err: MarketplaceError) -> JobFailure {
         MarketplaceError::RateLimited { retry_after, .. } => {
             JobFailure::RateLimited { wait: retry_after }
         }
+        MarketplaceError::Cancelled => JobFailure::LeaseLost,
         other => JobFailure::Transient(other.to_string()),
     }
 }
 
 fn transient(err: PurchaseError) -> JobFailure {
-    JobFailure::Transient(err.to_string())
+    match err {
+        PurchaseError::LeaseLost => JobFailure::LeaseLost,
+        other => JobFailure::Transient(other.to_string()),
+    }
+}
+
+fn jobs_error(err: crate::jobs::JobError) -> PurchaseError {
+    match err {
+        crate::jobs::JobError::LeaseLost => PurchaseError::LeaseLost,
+        crate::jobs::JobError::Database(err) => PurchaseError::Database(err),
+        other => PurchaseError::Internal(other.to_string()),
+    }
 }
 
 fn step_name(step: Step) -> &'static str {
@@ -793,8 +803,8 @@ fn step_name(step: Step) -> &'static str {
 }
 
 /// Re-reads how many purchases wait for a person.
-pub async fn refresh_attention_gauge(pool: &PgPool, metrics: &Metrics) {
-    match store::attention_count(pool).await {
+pub async fn refresh_attention_gauge(conn: &mut sqlx::PgConnection, metrics: &Metrics) {
+    match store::attention_count(conn).await {
         Ok(count) => metrics.purchases_requiring_attention.set(count),
         Err(err) => tracing::warn!(error = %err, "counting purchases requiring attention failed"),
     }

@@ -39,9 +39,6 @@ pub struct NewPurchase {
     pub deadline: DateTime<Utc>,
 }
 
-/// The job kind that drives a purchase.
-pub const KIND_PURCHASE: &str = "purchase";
-
 /// A CardTrader product as it was before a line took its stock: enough to re-create it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProductSnapshot {

@@ -226,19 +226,26 @@ impl Purchases {
     pub async fn retry(&self, id: Uuid) -> Result<StoredPurchase, PurchaseError> {
         let mut tx = self.pool.begin().await?;
         let seq = self.lock_attention_case(&mut tx, id).await?;
-        // Read under the row lock: no other operator can change it now, and no driver runs a
-        // purchase in requires_attention.
-        let purchase = self.get(id).await?;
+        // Read under the row lock and on the same connection (a second one could wait behind
+        // this very lock on a small pool): no other operator can change it now, and no driver
+        // runs a purchase in requires_attention.
+        let purchase = store::load(&mut *tx, id)
+            .await?
+            .ok_or(PurchaseError::NotFound)?;
         let saga = apply(&purchase.saga, &Event::Retried);
-        store::append(&mut tx, None, id, seq, &[Event::Retried], &saga).await?;
-        crate::jobs::store::insert(&mut tx, &store::driver_job(purchase.user_id, id))
+        store::append(&mut tx, id, seq, &[Event::Retried], &saga).await?;
+        let job = store::driver_job(purchase.user_id, id, false);
+        crate::jobs::store::enqueue_in(&mut tx, &job, crate::jobs::QueueLimit::Unbounded)
             .await
             .map_err(|err| PurchaseError::Internal(err.to_string()))?;
+        refresh_attention_gauge(&mut tx, &self.metrics).await;
+        let retried = store::load(&mut *tx, id)
+            .await?
+            .ok_or(PurchaseError::NotFound)?;
         tx.commit().await?;
         tracing::warn!(purchase_id = %id, "purchase retried by an operator");
         self.wakeups.announce(Lane::Interactive);
-        refresh_attention_gauge(&self.pool, &self.metrics).await;
-        self.get(id).await
+        Ok(retried)
     }
 
     /// Settles a purchase in `requires_attention` by an operator's decision: `sold` keeps the sale
@@ -252,9 +259,10 @@ impl Purchases {
     ) -> Result<StoredPurchase, PurchaseError> {
         let mut tx = self.pool.begin().await?;
         let seq = self.lock_attention_case(&mut tx, id).await?;
-        // Read under the row lock: no other operator can change it now, and no driver runs a
-        // purchase in requires_attention.
-        let purchase = self.get(id).await?;
+        // Read under the row lock, on the same connection (see `retry`).
+        let purchase = store::load(&mut *tx, id)
+            .await?
+            .ok_or(PurchaseError::NotFound)?;
         if sold {
             store::commit_sale(&mut tx, purchase.user_id, &purchase.lines).await?;
         } else {
@@ -266,14 +274,17 @@ impl Purchases {
             note: note.to_owned(),
         };
         let saga = apply(&purchase.saga, &event);
-        store::append(&mut tx, None, id, seq, &[event], &saga).await?;
+        store::append(&mut tx, id, seq, &[event], &saga).await?;
         let resolution = if sold { "sold" } else { "undone" };
         store::record_resolution(&mut tx, id, resolution, note).await?;
+        refresh_attention_gauge(&mut tx, &self.metrics).await;
+        let resolved = store::load(&mut *tx, id)
+            .await?
+            .ok_or(PurchaseError::NotFound)?;
         tx.commit().await?;
         tracing::warn!(purchase_id = %id, resolution, note, "purchase resolved by an operator");
         self.events.changed(id, true);
-        refresh_attention_gauge(&self.pool, &self.metrics).await;
-        self.get(id).await
+        Ok(resolved)
     }
 
     /// Locks the purchase row, checks it still needs attention, and returns the next step number.

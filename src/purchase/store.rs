@@ -13,18 +13,13 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{
-    KIND_PURCHASE, LineMemo, NewPurchase, PurchaseError, Reserved,
+    LineMemo, NewPurchase, PurchaseError, Reserved,
     saga::{Event, Phase, Saga},
 };
 use crate::{
     domain::UserId,
-    jobs::{self, JobError, Lane, Lease, NewJob},
+    jobs::{self, JobError, JobKind, Lane, Lease, NewJob, QueueLimit},
 };
-
-/// Claims a purchase job gets: each is a full resume from the step log, and most failures are
-/// bounded by the saga itself (the deadline, the give-back allowance), so this only stops a
-/// purchase that can make no progress at all (CardTrader unreadable for many minutes).
-pub const PURCHASE_JOB_ATTEMPTS: i32 = 25;
 
 /// SHA-256 of what makes two requests the same: their lines, in order, and the buyer.
 pub fn request_hash(purchase: &NewPurchase) -> Vec<u8> {
@@ -93,16 +88,15 @@ pub async fn reserve_with(
     reserve_items(&mut tx, purchase).await?;
     store_lines(&mut tx, id, purchase).await?;
     let locked = try_lock_new(&mut tx, purchase, id).await?;
-    let mut job = driver_job(purchase.user_id, id);
-    job.payload["locked"] = serde_json::Value::Bool(locked);
+    let job = driver_job(purchase.user_id, id, locked);
     let lease = match claim {
         Some((owner, lease)) => Some(
-            jobs::store::insert_claimed(&mut tx, &job, owner, lease)
+            jobs::store::enqueue_claimed_in(&mut tx, &job, owner, lease)
                 .await
                 .map_err(jobs_error)?,
         ),
         None => {
-            jobs::store::insert(&mut tx, &job)
+            jobs::store::enqueue_in(&mut tx, &job, QueueLimit::Unbounded)
                 .await
                 .map_err(jobs_error)?;
             None
@@ -132,18 +126,16 @@ async fn try_lock_new(
     Ok(false)
 }
 
-/// The job that drives purchase `id`: interactive, never coalesced with another purchase's.
-pub fn driver_job(user_id: UserId, id: Uuid) -> NewJob {
-    NewJob {
+/// The job that drives purchase `id` (`locked`: the reservation took its product locks):
+/// interactive, never coalesced with another purchase's.
+pub fn driver_job(user_id: UserId, id: Uuid, locked: bool) -> NewJob {
+    NewJob::new(
         user_id,
-        kind: KIND_PURCHASE.to_owned(),
-        lane: Lane::Interactive,
-        payload: serde_json::json!({ "purchase_id": id }),
-        // A waiting buyer comes before targeted syncs and pushes.
-        priority: 10,
-        max_attempts: PURCHASE_JOB_ATTEMPTS,
-        dedupe_key: id.to_string(),
-    }
+        JobKind::Purchase {
+            purchase_id: id,
+            locked,
+        },
+    )
 }
 
 fn jobs_error(err: JobError) -> PurchaseError {
@@ -338,13 +330,19 @@ macro_rules! purchase_columns {
 }
 
 /// The purchase `id`, or `None`.
-pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<StoredPurchase>, PurchaseError> {
+pub async fn load(
+    executor: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<StoredPurchase>, PurchaseError> {
     let sql = concat!(
         "SELECT ",
         purchase_columns!(),
         " FROM purchases p WHERE p.id = $1"
     );
-    let row: Option<PurchaseRow> = sqlx::query_as(sql).bind(id).fetch_optional(pool).await?;
+    let row: Option<PurchaseRow> = sqlx::query_as(sql)
+        .bind(id)
+        .fetch_optional(executor)
+        .await?;
     row.map(decode).transpose()
 }
 
@@ -427,14 +425,12 @@ pub fn state_name(phase: &Phase) -> &'static str {
     }
 }
 
-/// Appends `events` to the step log at `seq` and stores the saga they lead to, inside the caller's
-/// transaction, in one statement. With a lease, the job row is held `FOR SHARE` if the fence still
-/// matches, so a takeover waits for this transaction, and a fenced-out worker appends nothing (the
-/// caller's transaction is then rolled back whole). Operators' actions pass `None` and hold the
-/// purchase row instead.
+/// Appends `events` to the step log at `seq` and stores the saga they lead to, in one statement of
+/// the caller's transaction: the driver's fenced unit of work (whose commit checks the job's
+/// fence, so a worker whose lease was taken over appends nothing), or an operator's transaction
+/// holding the purchase row.
 pub async fn append(
     conn: &mut PgConnection,
-    lease: Option<&Lease>,
     id: Uuid,
     seq: i32,
     events: &[Event],
@@ -453,17 +449,13 @@ pub async fn append(
     let saga_json =
         serde_json::to_value(saga).map_err(|err| PurchaseError::Internal(err.to_string()))?;
     let appended: i64 = sqlx::query_scalar(
-        "WITH held AS ( \
-             SELECT $6::uuid IS NULL OR EXISTS ( \
-                 SELECT 1 FROM jobs WHERE id = $6 AND fence = $7 AND state = 'running' FOR SHARE) AS ok), \
-         steps AS ( \
+        "WITH steps AS ( \
              INSERT INTO purchase_steps (purchase_id, seq, event, fence) \
-             SELECT $1, s.seq, s.event, coalesce($7, 0) FROM UNNEST($2::int[], $3::jsonb[]) AS s(seq, event) \
-             WHERE (SELECT ok FROM held)), \
+             SELECT $1, s.seq, s.event, 0 FROM UNNEST($2::int[], $3::jsonb[]) AS s(seq, event)), \
          saga AS ( \
-             UPDATE purchases SET saga = $4, state = $5, failure_reason = $8, updated_at = now(), \
-                 finished_at = CASE WHEN $9 THEN coalesce(finished_at, now()) ELSE NULL END \
-             WHERE id = $1 AND (SELECT ok FROM held) RETURNING 1) \
+             UPDATE purchases SET saga = $4, state = $5, failure_reason = $6, updated_at = now(), \
+                 finished_at = CASE WHEN $7 THEN coalesce(finished_at, now()) ELSE NULL END \
+             WHERE id = $1 RETURNING 1) \
          SELECT count(*) FROM saga",
     )
     .bind(id)
@@ -471,8 +463,6 @@ pub async fn append(
     .bind(&encoded)
     .bind(&saga_json)
     .bind(state_name(&saga.phase))
-    .bind(lease.map(|lease| lease.job.id))
-    .bind(lease.map(|lease| lease.fence))
     .bind(failure_reason)
     .bind(saga.phase.is_terminal())
     .fetch_one(&mut *conn)
@@ -480,30 +470,30 @@ pub async fn append(
     if appended == 1 {
         Ok(())
     } else {
-        Err(PurchaseError::LeaseLost)
+        Err(PurchaseError::NotFound)
     }
 }
 
-/// Takes the CardTrader locks of every product purchase `id`'s lines name, all or none, and returns
-/// those product ids; `None` when another purchase holds one of them (nothing is taken then). Locks
+/// Takes the CardTrader locks of every product purchase `id`'s lines name, in the caller's
+/// transaction, and returns those product ids; `None` when another purchase holds one of them (the
+/// caller must then roll back, so nothing is taken). Locks
 /// this purchase already holds (from before a crash) count as taken. The lines are read under a
 /// share lock, so a give-back re-pointing them to a re-created product waits until this commits.
 pub async fn lock_products(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     user_id: UserId,
     id: Uuid,
 ) -> Result<Option<Vec<i64>>, PurchaseError> {
-    let mut tx = pool.begin().await?;
     let mut ids: Vec<i64> = sqlx::query_scalar(
         "SELECT coalesce(recreated_product_id, product_id) FROM purchase_lines \
          WHERE purchase_id = $1 FOR SHARE",
     )
     .bind(id)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     ids.sort_unstable();
     ids.dedup();
-    let inserted = insert_locks(&mut tx, user_id, &ids, id).await?;
+    let inserted = insert_locks(&mut *conn, user_id, &ids, id).await?;
     let held = if inserted as usize == ids.len() {
         ids.len()
     } else {
@@ -514,17 +504,12 @@ pub async fn lock_products(
         .bind(user_id.as_uuid())
         .bind(&ids)
         .bind(id)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await?;
         usize::try_from(held).unwrap_or(0)
     };
-    if held == ids.len() {
-        tx.commit().await?;
-        Ok(Some(ids))
-    } else {
-        tx.rollback().await?;
-        Ok(None)
-    }
+    // Short of one: the caller rolls back, which undoes the locks this call inserted.
+    Ok((held == ids.len()).then_some(ids))
 }
 
 /// Inserts the locks of `product_ids` (sorted) for purchase `id`, skipping those already held by
@@ -722,10 +707,10 @@ pub async fn record_resolution(
 }
 
 /// Purchases waiting for a person, for the gauge.
-pub async fn attention_count(pool: &PgPool) -> Result<i64, PurchaseError> {
+pub async fn attention_count(executor: impl sqlx::PgExecutor<'_>) -> Result<i64, PurchaseError> {
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM purchases WHERE state = 'requires_attention'")
-            .fetch_one(pool)
+            .fetch_one(executor)
             .await?,
     )
 }

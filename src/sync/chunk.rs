@@ -6,13 +6,12 @@
 use std::time::{Duration, Instant};
 
 use backon::Retryable;
-use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use super::{scope::SyncProgress, store::SyncRow, upsert};
 use crate::{
     domain::UserId,
-    jobs::{JobError, Lease, store as jobs},
+    jobs::{JobContext, JobError},
     metrics::Metrics,
     retry::full_jitter,
 };
@@ -29,16 +28,14 @@ pub struct ChunkOutcome {
     pub cancel_requested: bool,
 }
 
-/// Where a chunk goes: the pool, the replica-wide cap on open chunk transactions, and the claim
-/// whose fence every write carries.
+/// Where a chunk goes: the job (whose fenced units of work carry every write), and the replica-wide
+/// cap on open chunk transactions.
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkTarget<'a> {
-    /// PostgreSQL.
-    pub pool: &'a PgPool,
+    /// The sync job.
+    pub job: &'a JobContext,
     /// Permits for open chunk transactions, fewer than the pool has connections.
     pub writers: &'a Semaphore,
-    /// The job's claim.
-    pub lease: &'a Lease,
     /// `SET LOCAL statement_timeout` of the transaction.
     pub statement_timeout: Duration,
     /// When the export was requested (database time): rows changed since keep their quantity.
@@ -77,7 +74,8 @@ pub fn is_retryable(err: &sqlx::Error) -> bool {
     }
 }
 
-fn retry_reason(err: &ChunkError) -> &'static str {
+/// The metric label of a rerun.
+pub(crate) fn retry_reason(err: &ChunkError) -> &'static str {
     match err {
         ChunkError::Database(sqlx::Error::Database(db)) => match db.code().as_deref() {
             Some("40P01") => "deadlock",
@@ -143,12 +141,12 @@ async fn write_once(
         .acquire()
         .await
         .map_err(|_| ChunkError::Database(sqlx::Error::PoolClosed))?;
-    let mut tx = target.pool.begin().await?;
+    let mut unit = target.job.begin().await?;
     sqlx::query("SELECT set_config('statement_timeout', $1, true)")
         .bind(format!("{}ms", target.statement_timeout.as_millis()))
-        .execute(&mut *tx)
+        .execute(&mut *unit)
         .await?;
-    let written = upsert::upsert_rows(&mut tx, user_id, rows, target.read_since).await?;
+    let written = upsert::upsert_rows(&mut unit, user_id, rows, target.read_since).await?;
     let progress = SyncProgress {
         chunks_done: 1,
         products_seen: rows.len() as u64,
@@ -159,8 +157,8 @@ async fn write_once(
     };
     // Fenced, last, in the same transaction: a worker whose lease was taken over rolls back all of
     // it, and the job row is locked only for the moment before the commit.
-    let cancel_requested = jobs::add_progress(&mut *tx, target.lease, &progress.to_json()).await?;
-    tx.commit().await?;
+    let cancel_requested = unit.add_progress(&progress.to_json()).await?;
+    unit.commit().await?;
     Ok(ChunkOutcome {
         progress,
         cancel_requested,

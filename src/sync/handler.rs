@@ -10,30 +10,24 @@ use std::{
 
 use futures::{Stream, StreamExt, TryStreamExt, stream::TryChunksError};
 use roaring::RoaringTreemap;
-use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use super::{
     chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
     scope::{SyncProgress, SyncScope},
-    store::{self, SweepScope, SyncRow},
+    store::{self, SweepScope, SweepSettings, SyncRow},
 };
 use crate::{
     accounts::{AccountError, Accounts},
     blueprints::{BlueprintCatalog, Resolution},
-    domain::{BlueprintId, UserId},
+    domain::BlueprintId,
     jobs::{
-        JobError, store as jobs,
-        worker::{JobContext, JobFailure, JobHandler},
+        JobContext, KindName,
+        worker::{JobFailure, JobHandler},
     },
     marketplace::{CallOptions, MarketplaceError, Seller, types::Product},
     metrics::Metrics,
 };
-
-/// Job kind of a full sync (bulk lane).
-pub const KIND_FULL: &str = "sync_full";
-/// Job kind of a sync of listed blueprints or expansions (interactive lane).
-pub const KIND_TARGETED: &str = "sync_targeted";
 
 /// How long a chunk's catalogue lookup may take before unanswered blueprints count as unknown.
 const CATALOG_BUDGET: Duration = Duration::from_secs(30);
@@ -83,9 +77,7 @@ fn chunks_in_flight(configured: u32) -> usize {
 #[derive(Debug, Clone)]
 pub struct SyncHandler {
     /// The job kind this instance runs.
-    pub kind: &'static str,
-    /// PostgreSQL.
-    pub pool: PgPool,
+    pub kind: KindName,
     /// Sellers' credentials.
     pub accounts: Accounts,
     /// Blueprint → print.
@@ -114,55 +106,58 @@ impl From<JobFailure> for Stop {
 
 #[tonic::async_trait]
 impl JobHandler for SyncHandler {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> KindName {
         self.kind
     }
 
-    async fn run(&self, context: JobContext) -> Result<(), JobFailure> {
-        match self.sync(&context).await {
+    async fn run(&self, context: &JobContext) -> Result<(), JobFailure> {
+        match self.sync(context).await {
             Ok(()) => Ok(()),
             Err(Stop::Job(failure)) => Err(failure),
-            Err(Stop::Marketplace(error)) => Err(self
-                .marketplace_failure(context.lease.job.user_id, error)
-                .await),
+            Err(Stop::Marketplace(error)) => Err(self.marketplace_failure(context, error).await),
         }
     }
 }
 
 impl SyncHandler {
     async fn sync(&self, context: &JobContext) -> Result<(), Stop> {
-        let lease = &context.lease;
-        let user_id = lease.job.user_id;
-        let scope = SyncScope::from_payload(&lease.job.payload)
-            .map_err(|err| JobFailure::Permanent(format!("unreadable sync scope: {err}")))?;
+        let user_id = context.user_id();
+        let scope = SyncScope::of_job(context.kind())
+            .ok_or_else(|| JobFailure::Permanent("not a sync job".into()))?;
         let credentials = self
             .accounts
             .credentials(user_id)
             .await
             .map_err(account_failure)?;
         let sweep_scope = sweep_scope(&scope);
-        let stored = store::count_in_scope(&self.pool, user_id, sweep_scope)
-            .await
-            .map_err(transient)?;
+        let (stored, read_since) = {
+            let mut read = context.read().await.map_err(JobFailure::from)?;
+            let stored = store::count_in_scope(&mut read, user_id, sweep_scope)
+                .await
+                .map_err(transient)?;
+            // Database time, like the rows' `updated_at`: a row changed after this keeps its
+            // quantity (the export may predate the change) and is not swept.
+            let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+                .fetch_one(&mut *read)
+                .await
+                .map_err(transient)?;
+            (stored, now)
+        };
         // This attempt starts from zero, whatever an earlier (failed or taken-over) attempt counted.
         let mut progress = SyncProgress {
             chunks_total: stored.div_ceil(self.settings.chunk_size as u64),
             ..SyncProgress::default()
         };
-        jobs::record_progress(&self.pool, lease, &progress.to_json())
+        context
+            .record_progress(&progress.to_json())
             .await
-            .map_err(job_failure)?;
+            .map_err(JobFailure::from)?;
 
-        // Database time, like the rows' `updated_at`: a row changed after this keeps its quantity
-        // (the export may predate the change) and is not swept.
-        let read_since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(transient)?;
         let options = match scope {
             SyncScope::Full => CallOptions::bulk(self.settings.export_budget),
             SyncScope::Targeted { .. } => CallOptions::interactive(self.settings.export_budget),
-        };
+        }
+        .stopped_by(context.lease_token());
         let chunks = self
             .export(credentials.seller(), &scope, options)
             .try_chunks(self.settings.chunk_size)
@@ -190,30 +185,35 @@ impl SyncHandler {
             }
         }
         progress.chunks_total = progress.chunks_done;
+        let sweep = SweepSettings {
+            batch: self.settings.sweep_batch,
+            statement_timeout: self.settings.statement_timeout,
+        };
         progress.deleted = store::sweep(
-            &self.pool,
-            user_id,
-            lease,
+            context,
             sweep_scope,
             &seen,
-            self.settings.sweep_batch,
+            sweep,
             read_since,
+            &self.metrics,
         )
         .await
-        .map_err(job_failure)?;
+        .map_err(chunk_failure)?;
         self.metrics
             .sync_rows
             .with_label_values(&["deleted"])
             .inc_by(progress.deleted);
-        jobs::record_progress(&self.pool, lease, &progress.to_json())
+        let mut unit = context.begin().await.map_err(JobFailure::from)?;
+        unit.record_progress(&progress.to_json())
             .await
-            .map_err(job_failure)?;
+            .map_err(JobFailure::from)?;
         if scope == SyncScope::Full {
             self.accounts
-                .record_sync(user_id)
+                .record_sync(&mut unit, user_id)
                 .await
                 .map_err(account_failure)?;
         }
+        unit.commit().await.map_err(JobFailure::from)?;
         tracing::info!(?progress, "sync finished");
         Ok(())
     }
@@ -227,7 +227,7 @@ impl SyncHandler {
     ) -> impl Stream<Item = Result<Product, Stop>> + 'a {
         let marketplace = self.accounts.marketplace();
         futures::stream::iter(scope.export_filters())
-            .then(move |filter| marketplace.export_stream(seller, options, filter))
+            .then(move |filter| marketplace.export_stream(seller, options.clone(), filter))
             .map_err(Stop::Marketplace)
             .map_ok(|products| {
                 products.map_err(|err| Stop::Job(JobFailure::Transient(err.to_string())))
@@ -243,31 +243,30 @@ impl SyncHandler {
         products: Vec<Product>,
         read_since: chrono::DateTime<chrono::Utc>,
     ) -> Result<(ChunkOutcome, Vec<i64>), Stop> {
-        let user_id = context.lease.job.user_id;
-        let rows = self.rows(user_id, &products).await?;
+        let rows = self.rows(context, &products).await?;
         // Lets a test change rows between the export's reading and this chunk's write.
         crate::failpoint::pause("sync.before_chunk_write").await;
         let product_ids = products.iter().map(|product| product.id).collect();
         drop(products);
         let target = ChunkTarget {
-            pool: &self.pool,
+            job: context,
             writers: &self.writers,
-            lease: &context.lease,
             statement_timeout: self.settings.statement_timeout,
             read_since,
         };
-        let outcome = write_chunk(target, user_id, rows, &self.metrics)
+        let outcome = write_chunk(target, context.user_id(), rows, &self.metrics)
             .await
-            .map_err(|err| match err {
-                ChunkError::LeaseLost => JobFailure::Transient("lease lost".into()),
-                ChunkError::Database(err) => transient(err),
-            })?;
+            .map_err(chunk_failure)?;
         Ok((outcome, product_ids))
     }
 
     /// Products → rows, with prints from one batched catalogue lookup. A blueprint the catalogue
     /// cannot answer right now keeps the print already stored for that product.
-    async fn rows(&self, user_id: UserId, chunk: &[Product]) -> Result<Vec<SyncRow>, JobFailure> {
+    async fn rows(
+        &self,
+        context: &JobContext,
+        chunk: &[Product],
+    ) -> Result<Vec<SyncRow>, JobFailure> {
         let ids: Vec<BlueprintId> = chunk
             .iter()
             .filter_map(|p| BlueprintId::new(p.blueprint_id).ok())
@@ -286,7 +285,7 @@ impl SyncHandler {
             .filter(|product| resolution(product) == Some(&Resolution::Unknown))
             .map(|product| product.id)
             .collect();
-        let kept = self.stored_prints(user_id, &unknown).await?;
+        let kept = stored_prints(context, &unknown).await?;
         Ok(chunk
             .iter()
             .map(|product| {
@@ -302,26 +301,12 @@ impl SyncHandler {
             .collect())
     }
 
-    async fn stored_prints(
+    async fn marketplace_failure(
         &self,
-        user_id: UserId,
-        product_ids: &[i64],
-    ) -> Result<HashMap<i64, (i64, String)>, JobFailure> {
-        if product_ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let mut conn = self.pool.acquire().await.map_err(transient)?;
-        let stored = store::stored_prints(&mut conn, user_id, product_ids)
-            .await
-            .map_err(transient)?;
-        Ok(stored
-            .into_iter()
-            .filter_map(|(product_id, print_id, table)| Some((product_id, (print_id?, table?))))
-            .collect())
-    }
-
-    async fn marketplace_failure(&self, user_id: UserId, error: MarketplaceError) -> JobFailure {
-        if let Err(err) = self.accounts.note_cardtrader_error(user_id, &error).await {
+        context: &JobContext,
+        error: MarketplaceError,
+    ) -> JobFailure {
+        if let Err(err) = self.note_on_account(context, &error).await {
             tracing::warn!(error = %err, "could not record the CardTrader error on the account");
         }
         match error {
@@ -331,8 +316,51 @@ impl SyncHandler {
             MarketplaceError::RateLimited { retry_after, .. } => {
                 JobFailure::RateLimited { wait: retry_after }
             }
+            MarketplaceError::Cancelled => JobFailure::LeaseLost,
             other => JobFailure::Transient(other.to_string()),
         }
+    }
+
+    /// A 401 marks the account `token_invalid`, in a unit of work of the job.
+    async fn note_on_account(
+        &self,
+        context: &JobContext,
+        error: &MarketplaceError,
+    ) -> Result<(), String> {
+        if !matches!(error, MarketplaceError::Unauthorized) {
+            return Ok(());
+        }
+        let mut unit = context.begin().await.map_err(|err| err.to_string())?;
+        self.accounts
+            .note_cardtrader_error(&mut unit, context.user_id(), error)
+            .await
+            .map_err(|err| err.to_string())?;
+        unit.commit().await.map_err(|err| err.to_string())
+    }
+}
+
+/// The mappings already stored for these products, to keep them when the catalogue cannot be asked.
+async fn stored_prints(
+    context: &JobContext,
+    product_ids: &[i64],
+) -> Result<HashMap<i64, (i64, String)>, JobFailure> {
+    if product_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut read = context.read().await.map_err(JobFailure::from)?;
+    let stored = store::stored_prints(&mut read, context.user_id(), product_ids)
+        .await
+        .map_err(transient)?;
+    Ok(stored
+        .into_iter()
+        .filter_map(|(product_id, print_id, table)| Some((product_id, (print_id?, table?))))
+        .collect())
+}
+
+fn chunk_failure(error: ChunkError) -> JobFailure {
+    match error {
+        ChunkError::LeaseLost => JobFailure::LeaseLost,
+        ChunkError::Database(err) => transient(err),
     }
 }
 
@@ -373,13 +401,6 @@ fn row(product: &Product, print: Option<(i64, String)>) -> SyncRow {
 
 fn transient(error: impl std::fmt::Display) -> JobFailure {
     JobFailure::Transient(error.to_string())
-}
-
-fn job_failure(error: JobError) -> JobFailure {
-    match error {
-        JobError::LeaseLost => JobFailure::Transient("lease lost".into()),
-        other => transient(other),
-    }
 }
 
 fn account_failure(error: AccountError) -> JobFailure {

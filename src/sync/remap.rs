@@ -8,15 +8,12 @@ use sqlx::PgPool;
 
 use crate::{
     blueprints::{BlueprintCatalog, Resolution},
-    domain::BlueprintId,
+    domain::{BlueprintId, UserId},
     jobs::{
-        JobError, Lane, store as jobs,
-        worker::{JobContext, JobFailure, JobHandler},
+        JobContext, JobError, JobKind, KindName,
+        worker::{JobFailure, JobHandler},
     },
 };
-
-/// Job kind of a remap (bulk lane: nobody waits on it).
-pub const KIND_REMAP: &str = "remap_unmapped";
 
 /// Blueprints looked up and rows updated per transaction.
 const BATCH: usize = 5_000;
@@ -26,40 +23,38 @@ const CATALOG_BUDGET: Duration = Duration::from_secs(30);
 /// Runs remap jobs.
 #[derive(Debug, Clone)]
 pub struct RemapHandler {
-    /// PostgreSQL.
-    pub pool: PgPool,
     /// Blueprint → print.
     pub catalog: BlueprintCatalog,
 }
 
 #[tonic::async_trait]
 impl JobHandler for RemapHandler {
-    fn kind(&self) -> &'static str {
-        KIND_REMAP
+    fn kind(&self) -> KindName {
+        KindName::RemapUnmapped
     }
 
-    async fn run(&self, context: JobContext) -> Result<(), JobFailure> {
-        let user_id = context.lease.job.user_id;
-        let blueprints: Vec<i64> = sqlx::query_scalar(
-            "SELECT DISTINCT blueprint_id FROM inventory_items \
-             WHERE user_id = $1 AND print_id IS NULL ORDER BY blueprint_id",
-        )
-        .bind(user_id.as_uuid())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(transient)?;
+    async fn run(&self, context: &JobContext) -> Result<(), JobFailure> {
+        let blueprints: Vec<i64> = {
+            let mut read = context.read().await?;
+            sqlx::query_scalar(
+                "SELECT DISTINCT blueprint_id FROM inventory_items \
+                 WHERE user_id = $1 AND print_id IS NULL ORDER BY blueprint_id",
+            )
+            .bind(context.user_id().as_uuid())
+            .fetch_all(&mut *read)
+            .await
+            .map_err(transient)?
+        };
         let mut mapped_rows = 0;
         for batch in blueprints.chunks(BATCH) {
-            mapped_rows += self.remap(&context, batch).await?;
+            mapped_rows += self.remap(context, batch).await?;
             if let Some(stop) = context.should_stop() {
                 return Err(stop);
             }
         }
         let progress =
             serde_json::json!({"blueprints": blueprints.len(), "rows_mapped": mapped_rows});
-        jobs::record_progress(&self.pool, &context.lease, &progress)
-            .await
-            .map_err(transient)?;
+        context.record_progress(&progress).await?;
         tracing::info!(blueprints = blueprints.len(), mapped_rows, "remap finished");
         Ok(())
     }
@@ -87,24 +82,21 @@ impl RemapHandler {
         if found.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await.map_err(transient)?;
         // Fenced: a remap whose lease was taken over leaves the rows to the worker that took it.
-        jobs::lock_fenced(&mut *tx, &context.lease)
-            .await
-            .map_err(transient)?;
+        let mut unit = context.begin().await?;
         let updated = sqlx::query(
             "UPDATE inventory_items i SET print_id = m.print_id, print_table = m.print_table, updated_at = now() \
              FROM UNNEST($2::bigint[], $3::bigint[], $4::text[]) AS m(blueprint_id, print_id, print_table) \
              WHERE i.user_id = $1 AND i.print_id IS NULL AND i.blueprint_id = m.blueprint_id",
         )
-        .bind(context.lease.job.user_id.as_uuid())
+        .bind(context.user_id().as_uuid())
         .bind(&found)
         .bind(&prints)
         .bind(&tables)
-        .execute(&mut *tx)
+        .execute(&mut *unit)
         .await
         .map_err(transient)?;
-        tx.commit().await.map_err(transient)?;
+        unit.commit().await?;
         Ok(updated.rows_affected())
     }
 }
@@ -112,19 +104,28 @@ impl RemapHandler {
 /// Queues a remap for every seller holding unmapped rows of these blueprints (one queued remap per
 /// seller: requests coalesce), and returns how many were queued.
 pub async fn queue_for_blueprints(pool: &PgPool, blueprints: &[i64]) -> Result<u64, JobError> {
-    let inserted = sqlx::query(
-        "INSERT INTO jobs (id, user_id, kind, lane, payload, max_attempts) \
-         SELECT gen_random_uuid(), user_id, $1, $2, '{}', 3 FROM ( \
-             SELECT DISTINCT user_id FROM inventory_items \
-             WHERE print_id IS NULL AND blueprint_id = ANY($3)) sellers \
-         ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING",
+    let mut tx = pool.begin().await?;
+    let sellers: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT user_id FROM inventory_items \
+         WHERE print_id IS NULL AND blueprint_id = ANY($1) ORDER BY user_id",
     )
-    .bind(KIND_REMAP)
-    .bind(Lane::Bulk.as_str())
     .bind(blueprints)
-    .execute(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(inserted.rows_affected())
+    let sellers: Vec<UserId> = sellers
+        .into_iter()
+        .filter_map(|id| UserId::from_uuid(id).ok())
+        .collect();
+    let kind = JobKind::RemapUnmapped;
+    let queued = crate::jobs::store::enqueue_for_sellers_in(
+        &mut tx,
+        &sellers,
+        &kind,
+        kind.default_priority(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(queued)
 }
 
 fn transient(error: impl std::fmt::Display) -> JobFailure {

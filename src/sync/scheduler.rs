@@ -1,16 +1,18 @@
 //! The periodic scheduler: queues full syncs for connected accounts whose last sync is older than
-//! `BRX_SYNC_STALE_AFTER`, stalest first, never past the queue depth. Every replica runs it; an
-//! advisory lock lets one round run at a time, and the queued-job index makes a double enqueue
-//! impossible anyway. It also refreshes the job gauges.
+//! `BRX_SYNC_STALE_AFTER`, stalest first, never past the queue depth. Every replica runs it; a
+//! transaction-scoped advisory lock lets one round run at a time, and the queued-job index makes a
+//! double enqueue impossible anyway. It also refreshes the job gauges.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::KIND_FULL;
+use chrono::{DateTime, Utc};
+
 use crate::{
-    jobs::{JobError, Lane, store as jobs, wake::JobWakeups},
+    domain::UserId,
+    jobs::{JobError, JobKind, KindName, Lane, store as jobs, wake::JobWakeups},
     metrics::Metrics,
 };
 
@@ -93,49 +95,86 @@ impl SyncScheduler {
         }
         let queued = jobs::queued_in_lane(&mut *tx, Lane::Bulk).await?;
         let room = (self.settings.max_queue_depth - queued).clamp(0, ROUND_LIMIT);
-        // An account is skipped while a full sync is queued or running, and for `stale_after` after
-        // its last one was requested, so a seller whose syncs keep failing is not re-queued every
-        // round. Equal `run_at`s would let claims pick in any order: a millisecond per rank keeps
-        // the stalest first.
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, run_at) \
-             SELECT gen_random_uuid(), user_id, $1, 'bulk', '{\"scope\": \"full\"}', $2, 5, \
-                    now() + make_interval(secs => rank / 1000.0) \
-             FROM ( \
-                 SELECT a.user_id, row_number() OVER (ORDER BY a.last_sync_at NULLS FIRST) AS rank \
-                 FROM accounts a \
-                 WHERE a.status = 'connected' \
-                   AND (a.last_sync_at IS NULL OR a.last_sync_at < now() - make_interval(secs => $3)) \
-                   AND NOT EXISTS ( \
-                       SELECT 1 FROM jobs j WHERE j.user_id = a.user_id AND j.kind = $1 \
-                         AND (j.state IN ('queued', 'running') \
-                              OR j.created_at > now() - make_interval(secs => $3))) \
-                 ORDER BY a.last_sync_at NULLS FIRST LIMIT $4) stale \
-             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING",
-        )
-        .bind(KIND_FULL)
-        .bind(SCHEDULED_PRIORITY)
-        .bind(self.settings.stale_after.as_secs_f64())
-        .bind(room)
-        .execute(&mut *tx)
-        .await?;
+        let due = self.due_accounts(&mut tx, room).await?;
+        let inserted =
+            jobs::enqueue_for_sellers_in(&mut tx, &due, &JobKind::SyncFull, SCHEDULED_PRIORITY)
+                .await?;
         tx.commit().await?;
-        let queued = inserted.rows_affected();
+        let queued = inserted;
         if queued > 0 {
             self.metrics
                 .jobs_scheduled
-                .with_label_values(&[KIND_FULL])
+                .with_label_values(&[KindName::SyncFull.as_str()])
                 .inc_by(queued);
             self.wakeups.announce(Lane::Bulk);
         }
         Ok(queued)
     }
 
+    /// Up to `room` connected accounts whose last sync is older than `stale_after`, stalest
+    /// first, skipping those with a full sync queued or running, or requested within `stale_after`
+    /// (a seller whose syncs keep failing is not re-queued every round).
+    async fn due_accounts(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        room: i64,
+    ) -> Result<Vec<UserId>, JobError> {
+        let mut due = Vec::new();
+        let mut after: Option<(Option<DateTime<Utc>>, uuid::Uuid)> = None;
+        while (due.len() as i64) < room {
+            let page: Vec<(uuid::Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
+                "SELECT user_id, last_sync_at FROM accounts \
+                 WHERE status = 'connected' \
+                   AND (last_sync_at IS NULL OR last_sync_at < now() - make_interval(secs => $1)) \
+                   AND ($2 OR (coalesce(last_sync_at, '-infinity'), user_id) \
+                               > (coalesce($3, '-infinity'::timestamptz), $4)) \
+                 ORDER BY coalesce(last_sync_at, '-infinity'), user_id LIMIT $5",
+            )
+            .bind(self.settings.stale_after.as_secs_f64())
+            .bind(after.is_none())
+            .bind(after.and_then(|(at, _)| at))
+            .bind(after.map(|(_, id)| id))
+            .bind(ROUND_LIMIT)
+            .fetch_all(&mut *conn)
+            .await?;
+            let Some(&(last_id, last_at)) = page.last() else {
+                break;
+            };
+            after = Some((last_at, last_id));
+            let candidates: Vec<UserId> = page
+                .iter()
+                .filter_map(|(id, _)| UserId::from_uuid(*id).ok())
+                .collect();
+            let busy = jobs::recently_requested(
+                &mut *conn,
+                &candidates,
+                KindName::SyncFull,
+                self.settings.stale_after,
+            )
+            .await?;
+            due.extend(
+                candidates
+                    .into_iter()
+                    .filter(|user| !busy.contains(user))
+                    .take(usize::try_from(room).unwrap_or(0).saturating_sub(due.len())),
+            );
+            if (page.len() as i64) < ROUND_LIMIT {
+                break;
+            }
+        }
+        Ok(due)
+    }
+
     async fn refresh_gauges(&self) -> Result<(), JobError> {
-        for (lane, queued, running) in jobs::lane_counts(&self.pool).await? {
-            let gauge = |state| self.metrics.jobs.with_label_values(&[lane.as_str(), state]);
-            gauge("queued").set(queued);
-            gauge("running").set(running);
+        for counts in jobs::lane_counts(&self.pool).await? {
+            let gauge = |state| {
+                self.metrics
+                    .jobs
+                    .with_label_values(&[counts.lane.as_str(), state])
+            };
+            gauge("queued").set(counts.queued);
+            gauge("running").set(counts.running);
+            gauge("dead").set(counts.dead);
         }
         Ok(())
     }

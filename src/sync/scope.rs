@@ -1,16 +1,18 @@
-//! What a sync covers and how far it got: the job's payload and progress, as stored in `jobs`.
+//! What a sync covers and how far it got: the job's scope and its progress counters.
 
 use serde::{Deserialize, Serialize};
 
-use crate::marketplace::ExportFilter;
+use crate::{
+    jobs::{JobKind, TargetedScope},
+    marketplace::ExportFilter,
+};
 
 /// Most blueprint plus expansion ids in one targeted sync: each is one export call on the seller's
 /// rate limit.
 pub const MAX_TARGETED_IDS: usize = 100;
 
-/// What a sync covers, as stored in the job's payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(tag = "scope", rename_all = "snake_case")]
+/// What a sync covers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SyncScope {
     /// The whole inventory.
     #[default]
@@ -18,24 +20,41 @@ pub enum SyncScope {
     /// The products of the listed blueprints and expansions, and only those.
     Targeted {
         /// Blueprint ids.
-        #[serde(default)]
         blueprint_ids: Vec<i64>,
         /// Expansion ids.
-        #[serde(default)]
         expansion_ids: Vec<i64>,
     },
 }
 
 impl SyncScope {
-    /// Reads a job's payload; a payload that does not parse is an error, never a full sync.
-    pub fn from_payload(payload: &serde_json::Value) -> Result<Self, serde_json::Error> {
-        serde_json::from_value(payload.clone())
+    /// The job that syncs this scope.
+    pub fn job_kind(&self) -> JobKind {
+        match self {
+            SyncScope::Full => JobKind::SyncFull,
+            SyncScope::Targeted {
+                blueprint_ids,
+                expansion_ids,
+            } => {
+                let requested = TargetedScope {
+                    blueprint_ids: blueprint_ids.clone(),
+                    expansion_ids: expansion_ids.clone(),
+                };
+                // Normalized (sorted, no duplicates) as coalescing compares scopes.
+                JobKind::SyncTargeted(requested.union(&TargetedScope::default()))
+            }
+        }
     }
 
-    /// The payload to store.
-    pub fn to_payload(&self) -> serde_json::Value {
-        // Serializing a plain enum of integers cannot fail.
-        serde_json::to_value(self).unwrap_or_default()
+    /// The scope a sync job covers; `None` for a job that is not a sync.
+    pub fn of_job(kind: &JobKind) -> Option<Self> {
+        match kind {
+            JobKind::SyncFull => Some(SyncScope::Full),
+            JobKind::SyncTargeted(scope) => Some(SyncScope::Targeted {
+                blueprint_ids: scope.blueprint_ids.clone(),
+                expansion_ids: scope.expansion_ids.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// The export calls that read this scope, one per id (CardTrader filters by one id at a time).
@@ -50,46 +69,6 @@ impl SyncScope {
                 .map(|&id| ExportFilter::Blueprint(id))
                 .chain(expansion_ids.iter().map(|&id| ExportFilter::Expansion(id)))
                 .collect(),
-        }
-    }
-
-    /// The scope a queued sync must cover once `requested` joins it: the union of both (a full
-    /// sync covers everything). Stored payloads that do not parse are left as they are.
-    pub fn merge_payloads(
-        queued: &serde_json::Value,
-        requested: &serde_json::Value,
-    ) -> serde_json::Value {
-        let (Ok(queued_scope), Ok(requested_scope)) =
-            (Self::from_payload(queued), Self::from_payload(requested))
-        else {
-            return queued.clone();
-        };
-        match (queued_scope, requested_scope) {
-            (
-                SyncScope::Targeted {
-                    blueprint_ids: mut blueprints,
-                    expansion_ids: mut expansions,
-                },
-                SyncScope::Targeted {
-                    blueprint_ids,
-                    expansion_ids,
-                },
-            ) => {
-                for (ids, more) in [
-                    (&mut blueprints, blueprint_ids),
-                    (&mut expansions, expansion_ids),
-                ] {
-                    ids.extend(more);
-                    ids.sort_unstable();
-                    ids.dedup();
-                }
-                SyncScope::Targeted {
-                    blueprint_ids: blueprints,
-                    expansion_ids: expansions,
-                }
-                .to_payload()
-            }
-            _ => SyncScope::Full.to_payload(),
         }
     }
 
@@ -179,41 +158,23 @@ mod tests {
             ]
         );
         assert_eq!(scope.describe(), "blueprints:1,2 expansions:7");
-        assert_eq!(
-            SyncScope::from_payload(&scope.to_payload()).ok(),
-            Some(scope)
-        );
+        assert_eq!(SyncScope::of_job(&scope.job_kind()), Some(scope));
     }
 
     #[test]
-    fn a_request_joining_a_queued_targeted_sync_widens_it_to_the_union() {
-        let queued = SyncScope::Targeted {
-            blueprint_ids: vec![1, 5],
-            expansion_ids: vec![],
-        };
+    fn a_targeted_job_is_stored_normalized_so_equal_requests_coalesce() {
         let requested = SyncScope::Targeted {
-            blueprint_ids: vec![5, 2],
+            blueprint_ids: vec![5, 2, 5],
             expansion_ids: vec![9],
         };
-        let merged = SyncScope::merge_payloads(&queued.to_payload(), &requested.to_payload());
         assert_eq!(
-            SyncScope::from_payload(&merged).ok(),
+            SyncScope::of_job(&requested.job_kind()),
             Some(SyncScope::Targeted {
-                blueprint_ids: vec![1, 2, 5],
+                blueprint_ids: vec![2, 5],
                 expansion_ids: vec![9],
             })
         );
-        let same = SyncScope::merge_payloads(&queued.to_payload(), &queued.to_payload());
-        assert_eq!(same, queued.to_payload(), "nothing new: nothing to write");
-    }
-
-    #[test]
-    fn an_unreadable_payload_is_an_error_not_a_full_sync() {
-        assert!(SyncScope::from_payload(&serde_json::json!({"scope": "everything"})).is_err());
-        assert_eq!(
-            SyncScope::from_payload(&serde_json::json!({"scope": "full"})).ok(),
-            Some(SyncScope::Full)
-        );
+        assert_eq!(SyncScope::of_job(&JobKind::InventoryPush), None);
     }
 
     #[test]

@@ -5,18 +5,18 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{
-    handler::{KIND_FULL, KIND_TARGETED},
-    scope::SyncScope,
-};
+use super::scope::SyncScope;
 use crate::{
     accounts::{AccountError, AccountStatus, Accounts},
     domain::UserId,
-    jobs::{Enqueued, Job, JobError, JobState, Lane, NewJob, store, wake::JobWakeups},
+    jobs::{
+        Enqueued, Job, JobError, JobState, KindName, Lane, NewJob, QueueLimit, store,
+        wake::JobWakeups,
+    },
 };
 
 /// The kinds that are syncs.
-pub const SYNC_KINDS: [&str; 2] = [KIND_FULL, KIND_TARGETED];
+pub const SYNC_KINDS: [KindName; 2] = [KindName::SyncFull, KindName::SyncTargeted];
 
 /// What can go wrong starting or reading syncs.
 #[derive(Debug, thiserror::Error)]
@@ -90,28 +90,11 @@ impl Syncs {
         if account.status != AccountStatus::Connected {
             return Err(SyncError::NotConnected);
         }
-        let (kind, lane) = match &scope {
-            SyncScope::Full => (KIND_FULL, Lane::Bulk),
-            _ => (KIND_TARGETED, Lane::Interactive),
-        };
-        let new = NewJob {
-            user_id,
-            kind: kind.into(),
-            lane,
-            payload: scope.to_payload(),
-            priority,
-            max_attempts: 5,
-            dedupe_key: String::new(),
-        };
-        let enqueued = store::enqueue_merging(
-            &self.pool,
-            &new,
-            self.max_queue_depth,
-            SyncScope::merge_payloads,
-        )
-        .await?;
+        let new = NewJob::new(user_id, scope.job_kind()).with_priority(priority);
+        let enqueued =
+            store::enqueue(&self.pool, &new, QueueLimit::Depth(self.max_queue_depth)).await?;
         if matches!(enqueued, Enqueued::Created(_)) {
-            self.wakeups.announce(lane);
+            self.wakeups.announce(new.kind.lane());
         }
         Ok(enqueued)
     }
@@ -129,7 +112,7 @@ impl Syncs {
     /// One sync.
     pub async fn get(&self, job_id: Uuid) -> Result<Job, SyncError> {
         match store::get(&self.pool, job_id).await {
-            Ok(job) if SYNC_KINDS.contains(&job.kind.as_str()) => Ok(job),
+            Ok(job) if SYNC_KINDS.contains(&job.kind.name()) => Ok(job),
             Ok(_) | Err(JobError::NotFound) => Err(SyncError::NotFound),
             Err(other) => Err(other.into()),
         }
@@ -153,7 +136,12 @@ impl Syncs {
 
     /// The seller's last finished sync, current sync and item count.
     pub async fn status(&self, user_id: UserId) -> Result<SyncStatus, SyncError> {
-        let finished = [JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+        let finished = [
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::Dead,
+        ];
         let active = [JobState::Running, JobState::Queued];
         let last_finished =
             store::latest_in_states(&self.pool, user_id, &SYNC_KINDS, &finished).await?;

@@ -1,13 +1,12 @@
 //! SQL of the sync around the chunk upsert ([`super::upsert`]): the rows as the sync stores them,
 //! prints already stored, item counts, and the batched, fenced sweep of the rows a sync did not see.
 
+use backon::Retryable;
 use roaring::RoaringTreemap;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{
-    domain::UserId,
-    jobs::{JobError, Lease, store as jobs},
-};
+use super::chunk::{ChunkError, is_retryable, retry_reason};
+use crate::{domain::UserId, jobs::JobContext, metrics::Metrics, retry::full_jitter};
 
 /// One product as the sync stores it.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +78,7 @@ pub async fn item_count(pool: &PgPool, user_id: UserId) -> Result<u64, sqlx::Err
 
 /// The seller's rows in `scope`.
 pub async fn count_in_scope(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     user_id: UserId,
     scope: SweepScope<'_>,
 ) -> Result<u64, sqlx::Error> {
@@ -92,7 +91,7 @@ pub async fn count_in_scope(
     .bind(all)
     .bind(blueprints)
     .bind(expansions)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     Ok(u64::try_from(count).unwrap_or(0))
 }
@@ -110,67 +109,124 @@ pub async fn stored_prints(
         .await
 }
 
+/// How the sweep runs: rows per batch transaction, and each batch's statement timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSettings {
+    /// Rows per batch transaction.
+    pub batch: i64,
+    /// `SET LOCAL statement_timeout` of each batch.
+    pub statement_timeout: std::time::Duration,
+}
+
 /// Deletes the seller's rows in `scope` that are not in `seen` (the product ids this attempt's
-/// export listed), sparing reserved rows (a purchase is using them), walking up the product ids
-/// `batch` rows per transaction. Each batch first checks the fence, holding the job row, so a worker
-/// whose lease was taken over deletes nothing more. Returns how many rows were deleted.
+/// export listed), sparing reserved rows (a purchase is using them) and rows changed since
+/// `read_since`, walking up the product ids one batch per fenced unit of work, so a worker whose
+/// lease was taken over deletes nothing more. A batch runs under a statement timeout and is rerun
+/// whole after a deadlock, a serialization failure, a timeout or a lost connection, like a chunk.
+/// Returns how many rows were deleted.
 ///
 /// The difference is taken here, batch by primary-key range, rather than by an anti-join in SQL,
 /// whose plan without fresh statistics (a first import, autovacuum behind) was a nested loop.
 pub async fn sweep(
-    pool: &PgPool,
-    user_id: UserId,
-    lease: &Lease,
+    job: &JobContext,
     scope: SweepScope<'_>,
     seen: &RoaringTreemap,
-    batch: i64,
+    settings: SweepSettings,
     read_since: chrono::DateTime<chrono::Utc>,
-) -> Result<u64, JobError> {
-    let (all, blueprints, expansions) = scope.binds();
+    metrics: &Metrics,
+) -> Result<u64, ChunkError> {
     let (mut deleted, mut after) = (0, i64::MIN);
     loop {
-        let mut tx = pool.begin().await?;
-        jobs::lock_fenced(&mut *tx, lease).await?;
-        let local: Vec<i64> = sqlx::query_scalar(
-            "SELECT product_id FROM inventory_items \
-             WHERE user_id = $1 AND product_id > $2 \
-               AND ($3 OR blueprint_id = ANY($4) OR expansion_id = ANY($5)) \
-             ORDER BY product_id LIMIT $6",
+        let once = || sweep_batch(job, scope, seen, settings, after, read_since);
+        let batch = once
+            .retry(full_jitter(
+                std::time::Duration::from_millis(50),
+                std::time::Duration::from_secs(2),
+                Some(SWEEP_RETRIES),
+            ))
+            .when(|err| matches!(err, ChunkError::Database(db) if is_retryable(db)))
+            .notify(|err, wait| {
+                metrics
+                    .sync_sweep_retries
+                    .with_label_values(&[retry_reason(err)])
+                    .inc();
+                tracing::warn!(error = %err, ?wait, "sweep batch failed; rerunning it");
+            })
+            .await?;
+        deleted += batch.deleted;
+        match batch.last {
+            Some(last) if batch.full => after = last,
+            _ => return Ok(deleted),
+        }
+    }
+}
+
+/// Reruns of one sweep batch before the sync attempt gives up.
+const SWEEP_RETRIES: usize = 5;
+
+/// What one sweep batch did.
+struct SweptBatch {
+    deleted: u64,
+    /// The highest product id the batch looked at.
+    last: Option<i64>,
+    /// Whether it looked at a whole batch (more may follow).
+    full: bool,
+}
+
+async fn sweep_batch(
+    job: &JobContext,
+    scope: SweepScope<'_>,
+    seen: &RoaringTreemap,
+    settings: SweepSettings,
+    after: i64,
+    read_since: chrono::DateTime<chrono::Utc>,
+) -> Result<SweptBatch, ChunkError> {
+    let (all, blueprints, expansions) = scope.binds();
+    let user_id = job.user_id();
+    let mut unit = job.begin().await?;
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(format!("{}ms", settings.statement_timeout.as_millis()))
+        .execute(&mut *unit)
+        .await?;
+    crate::failpoint::pause("sync.sweep_batch").await;
+    let local: Vec<i64> = sqlx::query_scalar(
+        "SELECT product_id FROM inventory_items \
+         WHERE user_id = $1 AND product_id > $2 \
+           AND ($3 OR blueprint_id = ANY($4) OR expansion_id = ANY($5)) \
+         ORDER BY product_id LIMIT $6",
+    )
+    .bind(user_id.as_uuid())
+    .bind(after)
+    .bind(all)
+    .bind(blueprints)
+    .bind(expansions)
+    .bind(settings.batch)
+    .fetch_all(&mut *unit)
+    .await?;
+    let stale: Vec<i64> = local
+        .iter()
+        .copied()
+        .filter(|id| !seen.contains(seen_key(*id)))
+        .collect();
+    let mut deleted = 0;
+    if !stale.is_empty() {
+        let done = sqlx::query(
+            "DELETE FROM inventory_items \
+             WHERE user_id = $1 AND product_id = ANY($2) AND reserved_quantity = 0 AND updated_at < $3",
         )
         .bind(user_id.as_uuid())
-        .bind(after)
-        .bind(all)
-        .bind(blueprints)
-        .bind(expansions)
-        .bind(batch)
-        .fetch_all(&mut *tx)
+        .bind(&stale)
+        .bind(read_since)
+        .execute(&mut *unit)
         .await?;
-        let Some(&last) = local.last() else {
-            return Ok(deleted);
-        };
-        let stale: Vec<i64> = local
-            .iter()
-            .copied()
-            .filter(|id| !seen.contains(seen_key(*id)))
-            .collect();
-        if !stale.is_empty() {
-            let done = sqlx::query(
-                "DELETE FROM inventory_items \
-                 WHERE user_id = $1 AND product_id = ANY($2) AND reserved_quantity = 0 AND updated_at < $3",
-            )
-            .bind(user_id.as_uuid())
-            .bind(&stale)
-            .bind(read_since)
-            .execute(&mut *tx)
-            .await?;
-            deleted += done.rows_affected();
-        }
-        tx.commit().await?;
-        if (local.len() as i64) < batch {
-            return Ok(deleted);
-        }
-        after = last;
+        deleted = done.rows_affected();
     }
+    unit.commit().await?;
+    Ok(SweptBatch {
+        deleted,
+        last: local.last().copied(),
+        full: local.len() as i64 >= settings.batch,
+    })
 }
 
 /// A product id as a member of a seen-set (a bijection of i64 onto u64, so any id fits).

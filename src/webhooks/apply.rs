@@ -6,21 +6,18 @@ use std::{collections::BTreeSet, time::Duration};
 
 use backon::Retryable;
 use serde_json::json;
-use sqlx::PgPool;
 
 use super::{
-    KIND_APPLY,
     payload::{Envelope, Order},
     rule::{self, Action, Seen},
     store::{self, OrderUpdate, TakenLine},
 };
 use crate::{
     domain::UserId,
-    jobs::{JobError, Lane, Lease, NewJob, store as jobs, worker::JobFailure},
+    jobs::{JobContext, JobError, JobKind, NewJob, worker::JobFailure},
     retry::full_jitter,
     sync::{
         chunk::is_retryable,
-        handler::{KIND_FULL, KIND_TARGETED},
         scope::{MAX_TARGETED_IDS, SyncScope},
     },
 };
@@ -30,17 +27,7 @@ const EVENT_RETRIES: usize = 3;
 
 /// The apply job of `user_id`, as the intake queues it: one per seller, coalesced while queued.
 pub(crate) fn job(user_id: UserId) -> NewJob {
-    NewJob {
-        user_id,
-        kind: KIND_APPLY.to_owned(),
-        lane: Lane::Interactive,
-        payload: json!({}),
-        // After purchases (10), before pushes (5) and targeted syncs (0): until it runs, the shop
-        // may sell stock CardTrader buyers already took.
-        priority: 8,
-        max_attempts: 10,
-        dedupe_key: String::new(),
-    }
+    NewJob::new(user_id, JobKind::WebhookApply)
 }
 
 /// Why an event's transaction did not commit.
@@ -65,7 +52,10 @@ impl From<JobError> for ApplyError {
 
 impl From<ApplyError> for JobFailure {
     fn from(err: ApplyError) -> Self {
-        JobFailure::Transient(err.to_string())
+        match err {
+            ApplyError::LeaseLost => JobFailure::LeaseLost,
+            ApplyError::Database(err) => JobFailure::Transient(err.to_string()),
+        }
     }
 }
 
@@ -84,17 +74,12 @@ fn is_poison(err: &ApplyError) -> bool {
 }
 
 /// Applies every unapplied event of the job's seller; stops early at cancellation or shutdown.
-pub(crate) async fn run(
-    pool: &PgPool,
-    lease: &Lease,
-    stop: impl Fn() -> Option<JobFailure>,
-) -> Result<(), JobFailure> {
-    let user_id = lease.job.user_id;
+pub(crate) async fn run(context: &JobContext) -> Result<(), JobFailure> {
     loop {
-        if let Some(reason) = stop() {
+        if let Some(reason) = context.should_stop() {
             return Err(reason);
         }
-        let once = || apply_next(pool, lease, user_id);
+        let once = || apply_next(context);
         let applied = once
             .retry(full_jitter(
                 Duration::from_millis(20),
@@ -107,22 +92,23 @@ pub(crate) async fn run(
         match applied {
             Ok(true) => {}
             Ok(false) => break,
-            Err(err) if is_poison(&err) => set_aside(pool, lease, user_id, &err).await?,
+            Err(err) if is_poison(&err) => set_aside(context, &err).await?,
             Err(err) => return Err(err.into()),
         }
     }
-    request_syncs(pool, user_id).await
+    request_syncs(context).await
 }
 
-/// Applies the seller's oldest unapplied event in one transaction; `false` when none is left.
-async fn apply_next(pool: &PgPool, lease: &Lease, user_id: UserId) -> Result<bool, ApplyError> {
-    let mut tx = pool.begin().await?;
-    let Some(event) = store::next_event(&mut tx, user_id).await? else {
+/// Applies the seller's oldest unapplied event in one unit of work; `false` when none is left.
+async fn apply_next(context: &JobContext) -> Result<bool, ApplyError> {
+    let user_id = context.user_id();
+    let mut unit = context.begin().await?;
+    let Some(event) = store::next_event(&mut unit, user_id).await? else {
         return Ok(false);
     };
     let (outcome, error, unknown) = match serde_json::from_value::<Envelope>(event.body) {
         Ok(envelope) if envelope.is_live() => {
-            let applied = apply_order(&mut tx, user_id, &envelope).await?;
+            let applied = apply_order(&mut unit, user_id, &envelope).await?;
             (applied.outcome, None, applied.unknown)
         }
         Ok(_) => ("test delivery: stock unchanged".to_owned(), None, None),
@@ -130,17 +116,16 @@ async fn apply_next(pool: &PgPool, lease: &Lease, user_id: UserId) -> Result<boo
         Err(err) => ("not applied".to_owned(), Some(err.to_string()), None),
     };
     store::mark_applied(
-        &mut *tx,
+        &mut *unit,
         event.id,
         &outcome,
         error.as_deref(),
         unknown.as_ref(),
     )
     .await?;
-    // Fenced, last: a worker whose lease was taken over rolls all of it back, and the job row is held
-    // only for the moment before the commit.
-    jobs::lock_fenced(&mut *tx, lease).await?;
-    tx.commit().await?;
+    // Fenced at the commit: a worker whose lease was taken over rolls all of it back, and the job
+    // row is held only for the moment before the commit.
+    unit.commit().await?;
     Ok(true)
 }
 
@@ -246,14 +231,9 @@ fn describe_take(order: &Order, lines: &[TakenLine]) -> Applied {
 
 /// Marks an event that fails every time as applied with its error, so it does not hold up the
 /// seller's later events; the error stays on the event for an operator.
-async fn set_aside(
-    pool: &PgPool,
-    lease: &Lease,
-    user_id: UserId,
-    err: &ApplyError,
-) -> Result<(), JobFailure> {
-    let mut tx = pool.begin().await.map_err(ApplyError::from)?;
-    let Some(event) = store::next_event(&mut tx, user_id)
+async fn set_aside(context: &JobContext, err: &ApplyError) -> Result<(), JobFailure> {
+    let mut unit = context.begin().await?;
+    let Some(event) = store::next_event(&mut unit, context.user_id())
         .await
         .map_err(ApplyError::from)?
     else {
@@ -261,7 +241,7 @@ async fn set_aside(
     };
     tracing::error!(event_id = %event.id, error = %err, "webhook event cannot be applied; set aside");
     store::mark_applied(
-        &mut *tx,
+        &mut *unit,
         event.id,
         "not applied",
         Some(&err.to_string()),
@@ -269,18 +249,16 @@ async fn set_aside(
     )
     .await
     .map_err(ApplyError::from)?;
-    jobs::lock_fenced(&mut *tx, lease)
-        .await
-        .map_err(ApplyError::from)?;
-    tx.commit().await.map_err(ApplyError::from)?;
+    unit.commit().await?;
     Ok(())
 }
 
 /// Queues one sync of the blueprints of every unknown product the seller's applied events named, and
-/// marks those events. A crash in between queues it again next time, which coalesces.
-async fn request_syncs(pool: &PgPool, user_id: UserId) -> Result<(), JobFailure> {
+/// marks those events, in one unit of work.
+async fn request_syncs(context: &JobContext) -> Result<(), JobFailure> {
     let transient = |err: &dyn std::fmt::Display| JobFailure::Transient(err.to_string());
-    let pending = store::syncs_pending(pool, user_id)
+    let mut unit = context.begin().await?;
+    let pending = store::syncs_pending(&mut *unit, context.user_id())
         .await
         .map_err(|err| transient(&err))?;
     if pending.is_empty() {
@@ -293,40 +271,34 @@ async fn request_syncs(pool: &PgPool, user_id: UserId) -> Result<(), JobFailure>
         .filter_map(|product| product["blueprint_id"].as_i64())
         .collect();
     if !blueprints.is_empty() {
-        let new = sync_job(user_id, blueprints.into_iter().collect());
         // No depth cap: the request coalesces into the seller's one queued sync of its kind, so a
         // seller adds at most one job to the lane, and refusing would leave the rows missing.
-        jobs::enqueue_merging(pool, &new, i64::MAX, SyncScope::merge_payloads)
-            .await
-            .map_err(|err| transient(&err))?;
+        unit.enqueue(&sync_job(
+            context.user_id(),
+            blueprints.into_iter().collect(),
+        ))
+        .await?;
     }
     let ids: Vec<uuid::Uuid> = pending.iter().map(|(id, _)| *id).collect();
-    store::mark_syncs_queued(pool, &ids)
+    store::mark_syncs_queued(&mut *unit, &ids)
         .await
-        .map_err(|err| transient(&err))
+        .map_err(|err| transient(&err))?;
+    unit.commit().await?;
+    Ok(())
 }
 
 /// A targeted sync of `blueprint_ids`, or a full one past what a targeted sync may cover (so many
 /// unknown products mean the local inventory is far behind anyway).
 fn sync_job(user_id: UserId, blueprint_ids: Vec<i64>) -> NewJob {
-    let (kind, lane, scope) = if blueprint_ids.len() > MAX_TARGETED_IDS {
-        (KIND_FULL, Lane::Bulk, SyncScope::Full)
+    let scope = if blueprint_ids.len() > MAX_TARGETED_IDS {
+        SyncScope::Full
     } else {
-        let scope = SyncScope::Targeted {
+        SyncScope::Targeted {
             blueprint_ids,
             expansion_ids: Vec::new(),
-        };
-        (KIND_TARGETED, Lane::Interactive, scope)
+        }
     };
-    NewJob {
-        user_id,
-        kind: kind.to_owned(),
-        lane,
-        payload: scope.to_payload(),
-        priority: 0,
-        max_attempts: 5,
-        dedupe_key: String::new(),
-    }
+    NewJob::new(user_id, scope.job_kind())
 }
 
 #[cfg(test)]
@@ -365,13 +337,12 @@ mod tests {
         let many = sync_job(user, (1..=101).collect());
 
         assert_eq!(
-            (few.kind.as_str(), few.lane),
-            (KIND_TARGETED, Lane::Interactive)
+            few.kind,
+            JobKind::SyncTargeted(crate::jobs::TargetedScope {
+                blueprint_ids: vec![1, 3],
+                expansion_ids: vec![]
+            })
         );
-        assert_eq!(
-            few.payload,
-            json!({"scope": "targeted", "blueprint_ids": [3, 1], "expansion_ids": []})
-        );
-        assert_eq!((many.kind.as_str(), many.lane), (KIND_FULL, Lane::Bulk));
+        assert_eq!(many.kind, JobKind::SyncFull);
     }
 }

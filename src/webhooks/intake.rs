@@ -13,12 +13,12 @@ use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 use sha2::Sha256;
 
-use super::{
-    WebhookIntake, apply,
-    payload::Envelope,
-    store::{self, Stored},
+use super::{WebhookIntake, apply, payload::Envelope, store};
+use crate::{
+    accounts::AccountError,
+    domain::UserId,
+    jobs::{JobError, QueueLimit},
 };
-use crate::{accounts::AccountError, domain::UserId, jobs::JobError};
 
 /// Why a delivery was not stored, named for the answer CardTrader gets.
 #[derive(Debug, thiserror::Error)]
@@ -94,14 +94,15 @@ pub(crate) async fn receive(
     let envelope = Envelope::parse(&body).map_err(|err| IntakeError::Malformed(err.to_string()))?;
     // serde_json accepted it, so it is UTF-8.
     let text = std::str::from_utf8(&body).map_err(|err| IntakeError::Malformed(err.to_string()))?;
-    let job = apply::job(user_id);
     let mut tx = intake.pool.begin().await?;
-    let stored = store::store_event(&mut tx, &envelope, text, &job).await?;
-    if stored == Stored::NeedsJob {
-        crate::jobs::store::insert_coalesced(&mut tx, &job).await?;
+    let stored = store::store_event(&mut tx, user_id, &envelope, text).await?;
+    if stored {
+        // In the event's transaction: the event commits together with the promise to apply it.
+        crate::jobs::store::enqueue_in(&mut tx, &apply::job(user_id), QueueLimit::Unbounded)
+            .await?;
     }
     tx.commit().await?;
-    if stored != Stored::Duplicate {
+    if stored {
         // Workers would find the job at their next poll; this gets it applied at once.
         intake.wakeups.announce(crate::jobs::Lane::Interactive);
     }

@@ -21,13 +21,11 @@ use sqlx::PgPool;
 use crate::{
     accounts::Accounts,
     jobs::{
+        JobContext, KindName,
         wake::JobWakeups,
-        worker::{JobContext, JobFailure, JobHandler},
+        worker::{JobFailure, JobHandler},
     },
 };
-
-/// The job kind that applies a seller's stored webhook events.
-pub const KIND_APPLY: &str = "webhook_apply";
 
 /// Largest body accepted; an order with hundreds of lines stays far below it.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -62,19 +60,16 @@ pub fn routes(intake: WebhookIntake) -> Router {
 }
 
 /// The `webhook_apply` job kind.
-#[derive(Debug, Clone)]
-pub struct ApplyHandler {
-    /// PostgreSQL.
-    pub pool: PgPool,
-}
+#[derive(Debug, Clone, Default)]
+pub struct ApplyHandler;
 
 #[tonic::async_trait]
 impl JobHandler for ApplyHandler {
-    fn kind(&self) -> &'static str {
-        KIND_APPLY
+    fn kind(&self) -> KindName {
+        KindName::WebhookApply
     }
 
-    async fn run(&self, context: JobContext) -> Result<(), JobFailure> {
-        apply::run(&self.pool, &context.lease, || context.should_stop()).await
+    async fn run(&self, context: &JobContext) -> Result<(), JobFailure> {
+        apply::run(context).await
     }
 }

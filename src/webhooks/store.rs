@@ -5,65 +5,31 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use super::payload::Envelope;
-use crate::{domain::UserId, jobs::NewJob};
+use crate::domain::UserId;
 
-/// What storing a delivery did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stored {
-    /// An event with this id is already stored (a redelivery): nothing changed.
-    Duplicate,
-    /// Stored, and `job` will run after the commit: a queued one is held, or one was queued.
-    Queued,
-    /// Stored, but a job queued concurrently got in the way; [`crate::jobs::store::insert_coalesced`] must finish the work.
-    NeedsJob,
-}
-
-/// Stores a verified delivery and makes sure `job` will look at it, in one statement of the
-/// caller's transaction (see [`crate::jobs::store::insert_coalesced`] for why the queued job is held). The intake's whole
-/// transaction is this statement in the common case, which keeps CardTrader's answer fast.
+/// Stores a verified delivery in the caller's transaction; `false` when an event with this id is
+/// already stored (a redelivery), which changes nothing.
 pub(crate) async fn store_event(
     conn: &mut PgConnection,
+    user_id: UserId,
     envelope: &Envelope,
     body: &str,
-    job: &NewJob,
-) -> Result<Stored, sqlx::Error> {
-    let (stored, queued): (bool, bool) = sqlx::query_as(
-        "WITH event AS ( \
-             INSERT INTO webhook_events (id, user_id, cause, object_id, mode, event_time, body) \
-             VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7::jsonb) \
-             ON CONFLICT ON CONSTRAINT webhook_events_pkey DO NOTHING RETURNING id), \
-         held AS ( \
-             SELECT id FROM jobs WHERE user_id = $2 AND kind = $8 AND dedupe_key = $12 \
-               AND state = 'queued' AND EXISTS (SELECT 1 FROM event) FOR SHARE), \
-         queued AS ( \
-             INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
-             SELECT $13, $2, $8, $9, $10, $11, $14, $12 \
-             WHERE EXISTS (SELECT 1 FROM event) AND NOT EXISTS (SELECT 1 FROM held) \
-             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING RETURNING id) \
-         SELECT EXISTS (SELECT 1 FROM event), \
-                EXISTS (SELECT 1 FROM held) OR EXISTS (SELECT 1 FROM queued)",
+) -> Result<bool, sqlx::Error> {
+    let stored = sqlx::query(
+        "INSERT INTO webhook_events (id, user_id, cause, object_id, mode, event_time, body) \
+         VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7::jsonb) \
+         ON CONFLICT ON CONSTRAINT webhook_events_pkey DO NOTHING",
     )
     .bind(envelope.id)
-    .bind(job.user_id.as_uuid())
+    .bind(user_id.as_uuid())
     .bind(&envelope.cause)
     .bind(envelope.object_id)
     .bind(&envelope.mode)
     .bind(envelope.time)
     .bind(body)
-    .bind(&job.kind)
-    .bind(job.lane.as_str())
-    .bind(&job.payload)
-    .bind(job.priority)
-    .bind(&job.dedupe_key)
-    .bind(Uuid::new_v4())
-    .bind(job.max_attempts)
-    .fetch_one(conn)
+    .execute(conn)
     .await?;
-    Ok(match (stored, queued) {
-        (false, _) => Stored::Duplicate,
-        (true, true) => Stored::Queued,
-        (true, false) => Stored::NeedsJob,
-    })
+    Ok(stored.rows_affected() == 1)
 }
 
 /// An event waiting to be applied.

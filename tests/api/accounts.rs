@@ -317,8 +317,9 @@ async fn a_401_on_a_later_call_marks_the_account_token_invalid() {
         )
         .await
         .unwrap_err();
+    let mut conn = storage.pg.acquire().await.unwrap();
     accounts
-        .note_cardtrader_error(seller, &error)
+        .note_cardtrader_error(&mut conn, seller, &error)
         .await
         .unwrap();
 
@@ -336,7 +337,7 @@ async fn a_401_on_a_later_call_marks_the_account_token_invalid() {
 
 #[tokio::test]
 async fn disconnecting_cancels_the_sellers_jobs_and_purges_their_inventory_when_asked() {
-    use brx_sync::jobs::{JobState, Lane, NewJob, store as jobs};
+    use brx_sync::jobs::{JobKind, JobState, Lane, NewJob, QueueLimit, store as jobs};
     // The app runs no bulk jobs itself, so the test's own claim gets the sync.
     let app = crate::helpers::spawn_app_with(|config| config.bulk_concurrency = 0).await;
     let seller = new_seller();
@@ -346,16 +347,8 @@ async fn disconnecting_cancels_the_sellers_jobs_and_purges_their_inventory_when_
     let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
         .await
         .unwrap();
-    let new_job = |kind: &str| NewJob {
-        user_id: seller,
-        kind: kind.into(),
-        lane: Lane::Bulk,
-        payload: serde_json::json!({}),
-        priority: 0,
-        max_attempts: 3,
-        dedupe_key: String::new(),
-    };
-    jobs::enqueue(&pool, &new_job("sync_full"), 100)
+    let new_job = || NewJob::new(seller, JobKind::SyncFull);
+    jobs::enqueue(&pool, &new_job(), QueueLimit::Depth(100))
         .await
         .unwrap();
     let running = jobs::claim(
@@ -368,7 +361,7 @@ async fn disconnecting_cancels_the_sellers_jobs_and_purges_their_inventory_when_
     .await
     .unwrap()
     .unwrap();
-    let queued = jobs::enqueue(&pool, &new_job("sync_full"), 100)
+    let queued = jobs::enqueue(&pool, &new_job(), QueueLimit::Depth(100))
         .await
         .unwrap();
     sqlx::query(

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 use std::sync::Arc;
 
 use brx_sync::{
-    inventory::{KIND_PUSH, push::PushHandler},
+    inventory::push::PushHandler,
     jobs::{
         Lane, Ranking,
         worker::{Worker, WorkerSettings},
@@ -165,7 +165,6 @@ async fn edits_made_while_cardtrader_is_down_land_when_it_returns_the_newest_win
 /// A worker of the interactive lane that runs only pushes, started by the test.
 fn push_worker(shop: &PurchaseRig) -> Worker {
     let handler = PushHandler {
-        pool: shop.rig.pool.clone(),
         accounts: shop.handler.accounts.clone(),
         call_budget: Duration::from_secs(10),
         metrics: shop.handler.metrics.clone(),
@@ -175,6 +174,7 @@ fn push_worker(shop: &PurchaseRig) -> Worker {
         lane: Lane::Interactive,
         concurrency: 2,
         lease: Duration::from_secs(30),
+        call_budget: Duration::from_secs(10),
         poll_interval: Duration::from_millis(50),
         ranking: Ranking::default(),
         retry_min: Duration::from_millis(50),
@@ -261,7 +261,7 @@ async fn a_quantity_below_the_reservations_is_refused_and_nothing_is_queued() {
     assert!(item.quantity >= 5);
     assert_eq!(item.push_state(), PushState::Synced);
     let pushes: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = $1")
-        .bind(KIND_PUSH)
+        .bind(brx_sync::jobs::KindName::InventoryPush.as_str())
         .fetch_one(&shop.rig.pool)
         .await
         .unwrap();

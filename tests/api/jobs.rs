@@ -1,6 +1,7 @@
 //! Durable jobs against the real PostgreSQL: coalescing, SKIP LOCKED claims, one running job per seller
-//! and kind, lease takeover with fencing, retries, 429 reschedules, cancellation, a full queue, and a
-//! worker that dies mid-job.
+//! and kind, lease takeover with fencing (a takeover is an attempt), retries, 429 reschedules,
+//! cancellation, a full queue, a worker that dies mid-job, a handler that panics, jobs that end dead
+//! and an operator sending them back, and a worker that cannot renew its lease stopping in time.
 
 use std::{
     sync::{
@@ -13,8 +14,9 @@ use std::{
 use brx_sync::{
     domain::UserId,
     jobs::{
-        Enqueued, JobError, JobState, Lane, NewJob, Ranking, store,
-        worker::{JobContext, JobFailure, JobHandler, Worker, WorkerSettings},
+        Enqueued, JobContext, JobError, JobKind, JobState, KindName, Lane, NewJob, QueueLimit,
+        Ranking, store,
+        worker::{JobFailure, JobHandler, Worker, WorkerSettings},
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -25,17 +27,12 @@ fn seller() -> UserId {
     UserId::from_uuid(uuid::Uuid::new_v4()).unwrap()
 }
 
-fn new_job(user_id: UserId, kind: &str) -> NewJob {
-    NewJob {
-        user_id,
-        kind: kind.into(),
-        lane: Lane::Bulk,
-        payload: serde_json::json!({}),
-        priority: 0,
-        max_attempts: 3,
-        dedupe_key: String::new(),
-    }
+/// A job of the bulk lane with three attempts.
+fn new_job(user_id: UserId, kind: JobKind) -> NewJob {
+    NewJob::new(user_id, kind).with_max_attempts(3)
 }
+
+const ROOM: QueueLimit = QueueLimit::Depth(1_000);
 
 const LEASE: Duration = Duration::from_secs(30);
 const AGING: Duration = Duration::from_secs(60);
@@ -53,9 +50,9 @@ async fn fifty_concurrent_requests_for_one_seller_coalesce_into_one_queued_job()
     let requests: Vec<_> = (0..50)
         .map(|_| {
             let pool = db.pool.clone();
-            tokio::spawn(
-                async move { store::enqueue(&pool, &new_job(user, "sync_full"), 1_000).await },
-            )
+            tokio::spawn(async move {
+                store::enqueue(&pool, &new_job(user, JobKind::SyncFull), ROOM).await
+            })
         })
         .collect();
     let mut outcomes = Vec::new();
@@ -80,7 +77,7 @@ async fn fifty_concurrent_requests_for_one_seller_coalesce_into_one_queued_job()
 async fn concurrent_claims_get_different_jobs() {
     let db = TestDatabase::new().await;
     for _ in 0..2 {
-        store::enqueue(&db.pool, &new_job(seller(), "sync_full"), 1_000)
+        store::enqueue(&db.pool, &new_job(seller(), JobKind::SyncFull), ROOM)
             .await
             .unwrap();
     }
@@ -104,7 +101,7 @@ async fn concurrent_claims_get_different_jobs() {
 async fn a_seller_runs_one_job_of_a_kind_at_a_time_and_a_new_request_queues_behind_it() {
     let db = TestDatabase::new().await;
     let user = seller();
-    store::enqueue(&db.pool, &new_job(user, "sync_full"), 1_000)
+    store::enqueue(&db.pool, &new_job(user, JobKind::SyncFull), ROOM)
         .await
         .unwrap();
     let running = store::claim(&db.pool, Lane::Bulk, "worker-a", LEASE, RANKING)
@@ -112,7 +109,7 @@ async fn a_seller_runs_one_job_of_a_kind_at_a_time_and_a_new_request_queues_behi
         .unwrap()
         .unwrap();
 
-    let next = store::enqueue(&db.pool, &new_job(user, "sync_full"), 1_000)
+    let next = store::enqueue(&db.pool, &new_job(user, JobKind::SyncFull), ROOM)
         .await
         .unwrap();
 
@@ -138,7 +135,7 @@ async fn a_seller_runs_one_job_of_a_kind_at_a_time_and_a_new_request_queues_behi
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_and_the_old_holder_can_no_longer_write() {
     let db = TestDatabase::new().await;
-    store::enqueue(&db.pool, &new_job(seller(), "sync_full"), 1_000)
+    store::enqueue(&db.pool, &new_job(seller(), JobKind::SyncFull), ROOM)
         .await
         .unwrap();
     let stale = store::claim(
@@ -161,12 +158,14 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_can_no_longer_write()
     assert_eq!(fresh.job.id, stale.job.id);
     assert_eq!(fresh.fence, stale.fence + 1);
     assert_eq!(
-        fresh.job.attempts, stale.job.attempts,
-        "a takeover is not a new attempt"
+        fresh.job.attempts,
+        stale.job.attempts + 1,
+        "a takeover is an attempt: a job that kills its workers cannot loop forever"
     );
     let progress = serde_json::json!({"chunks_done": 99});
+    let stale_context = JobContext::detached(stale.clone(), db.pool.clone());
     assert!(matches!(
-        store::record_progress(&db.pool, &stale, &progress).await,
+        stale_context.record_progress(&progress).await,
         Err(JobError::LeaseLost)
     ));
     assert!(matches!(
@@ -177,7 +176,8 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_can_no_longer_write()
         store::succeed(&db.pool, &stale).await,
         Err(JobError::LeaseLost)
     ));
-    store::record_progress(&db.pool, &fresh, &serde_json::json!({"chunks_done": 1}))
+    JobContext::detached(fresh.clone(), db.pool.clone())
+        .record_progress(&serde_json::json!({"chunks_done": 1}))
         .await
         .unwrap();
     assert_eq!(
@@ -190,16 +190,28 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_can_no_longer_write()
 async fn a_full_queue_refuses_new_jobs_but_still_coalesces_into_queued_ones() {
     let db = TestDatabase::new().await;
     let user = seller();
-    store::enqueue(&db.pool, &new_job(user, "sync_full"), 1)
-        .await
-        .unwrap();
+    store::enqueue(
+        &db.pool,
+        &new_job(user, JobKind::SyncFull),
+        QueueLimit::Depth(1),
+    )
+    .await
+    .unwrap();
 
-    let refused = store::enqueue(&db.pool, &new_job(seller(), "sync_full"), 1)
-        .await
-        .unwrap_err();
-    let joined = store::enqueue(&db.pool, &new_job(user, "sync_full"), 1)
-        .await
-        .unwrap();
+    let refused = store::enqueue(
+        &db.pool,
+        &new_job(seller(), JobKind::SyncFull),
+        QueueLimit::Depth(1),
+    )
+    .await
+    .unwrap_err();
+    let joined = store::enqueue(
+        &db.pool,
+        &new_job(user, JobKind::SyncFull),
+        QueueLimit::Depth(1),
+    )
+    .await
+    .unwrap();
 
     assert!(matches!(refused, JobError::QueueFull { depth: 1, .. }));
     assert!(matches!(joined, Enqueued::Coalesced(_)));
@@ -208,10 +220,10 @@ async fn a_full_queue_refuses_new_jobs_but_still_coalesces_into_queued_ones() {
 #[tokio::test]
 async fn cancelling_a_queued_job_ends_it_and_a_running_one_is_asked_to_stop() {
     let db = TestDatabase::new().await;
-    let queued = store::enqueue(&db.pool, &new_job(seller(), "a"), 1_000)
+    let queued = store::enqueue(&db.pool, &new_job(seller(), JobKind::SyncFull), ROOM)
         .await
         .unwrap();
-    store::enqueue(&db.pool, &new_job(seller(), "b"), 1_000)
+    store::enqueue(&db.pool, &new_job(seller(), JobKind::RemapUnmapped), ROOM)
         .await
         .unwrap();
 
@@ -237,19 +249,37 @@ async fn cancelling_a_queued_job_ends_it_and_a_running_one_is_asked_to_stop() {
 
 /// A handler scripted by the test.
 struct Scripted {
-    kind: &'static str,
+    kind: KindName,
     runs: Arc<AtomicU32>,
     outcome: fn(u32, &JobContext) -> Result<(), JobFailure>,
     pause: Duration,
+    gave_up: Arc<AtomicU32>,
+}
+
+impl Scripted {
+    fn new(runs: &Arc<AtomicU32>, outcome: fn(u32, &JobContext) -> Result<(), JobFailure>) -> Self {
+        Self {
+            kind: KindName::SyncFull,
+            runs: runs.clone(),
+            outcome,
+            pause: Duration::ZERO,
+            gave_up: Arc::default(),
+        }
+    }
+
+    fn pausing(mut self, pause: Duration) -> Self {
+        self.pause = pause;
+        self
+    }
 }
 
 #[tonic::async_trait]
 impl JobHandler for Scripted {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> KindName {
         self.kind
     }
 
-    async fn run(&self, context: JobContext) -> Result<(), JobFailure> {
+    async fn run(&self, context: &JobContext) -> Result<(), JobFailure> {
         let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
         let mut waited = Duration::ZERO;
         while waited < self.pause {
@@ -259,23 +289,38 @@ impl JobHandler for Scripted {
             tokio::time::sleep(Duration::from_millis(20)).await;
             waited += Duration::from_millis(20);
         }
-        (self.outcome)(run, &context)
+        (self.outcome)(run, context)
+    }
+
+    async fn give_up(&self, _context: &JobContext, _reason: &str) -> Result<(), JobFailure> {
+        self.gave_up.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 
 fn worker(db: &TestDatabase, handler: Scripted, lease: Duration) -> Worker {
+    worker_on(&db.pool, handler, lease, lease / 3)
+}
+
+fn worker_on(
+    pool: &sqlx::PgPool,
+    handler: Scripted,
+    lease: Duration,
+    call_budget: Duration,
+) -> Worker {
     let settings = WorkerSettings {
         owner: format!("test-{}", uuid::Uuid::new_v4()),
         lane: Lane::Bulk,
         concurrency: 4,
         lease,
+        call_budget,
         poll_interval: Duration::from_millis(50),
         ranking: RANKING,
         retry_min: Duration::from_millis(10),
         retry_max: Duration::from_millis(50),
     };
     Worker::new(
-        db.pool.clone(),
+        pool.clone(),
         vec![Arc::new(handler)],
         settings,
         brx_sync::metrics::Metrics::new().unwrap(),
@@ -297,26 +342,29 @@ async fn wait_for_state(db: &TestDatabase, id: uuid::Uuid, state: JobState) -> b
 }
 
 #[tokio::test]
-async fn transient_failures_are_retried_until_the_attempts_run_out_and_the_last_error_is_kept() {
+async fn transient_failures_are_retried_until_the_attempts_run_out_and_the_job_ends_dead() {
     let db = TestDatabase::new().await;
     let runs = Arc::new(AtomicU32::new(0));
-    let handler = Scripted {
-        kind: "flaky",
-        runs: runs.clone(),
-        outcome: |run, _| Err(JobFailure::Transient(format!("boom {run}"))),
-        pause: Duration::ZERO,
-    };
-    let job = store::enqueue(&db.pool, &new_job(seller(), "flaky"), 1_000)
+    let handler = Scripted::new(&runs, |run, _| {
+        Err(JobFailure::Transient(format!("boom {run}")))
+    });
+    let gave_up = handler.gave_up.clone();
+    let job = store::enqueue(&db.pool, &new_job(seller(), JobKind::SyncFull), ROOM)
         .await
         .unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(worker(&db, handler, LEASE).run(stop.clone()));
 
-    let failed = wait_for_state(&db, job.job().id, JobState::Failed).await;
+    let dead = wait_for_state(&db, job.job().id, JobState::Dead).await;
 
     assert_eq!(runs.load(Ordering::SeqCst), 3);
-    assert_eq!(failed.attempts, 3);
-    assert!(failed.last_error.unwrap().starts_with("boom 3"));
+    assert_eq!(dead.attempts, 3);
+    assert!(dead.last_error.unwrap().starts_with("boom 3"));
+    assert_eq!(
+        gave_up.load(Ordering::SeqCst),
+        1,
+        "the handler gave up once"
+    );
     stop.cancel();
     task.await.unwrap().unwrap();
 }
@@ -325,21 +373,16 @@ async fn transient_failures_are_retried_until_the_attempts_run_out_and_the_last_
 async fn a_rate_limited_run_is_rescheduled_without_spending_an_attempt() {
     let db = TestDatabase::new().await;
     let runs = Arc::new(AtomicU32::new(0));
-    let handler = Scripted {
-        kind: "paced",
-        runs: runs.clone(),
-        outcome: |run, _| {
-            if run <= 4 {
-                Err(JobFailure::RateLimited {
-                    wait: Duration::from_millis(20),
-                })
-            } else {
-                Ok(())
-            }
-        },
-        pause: Duration::ZERO,
-    };
-    let job = store::enqueue(&db.pool, &new_job(seller(), "paced"), 1_000)
+    let handler = Scripted::new(&runs, |run, _| {
+        if run <= 4 {
+            Err(JobFailure::RateLimited {
+                wait: Duration::from_millis(20),
+            })
+        } else {
+            Ok(())
+        }
+    });
+    let job = store::enqueue(&db.pool, &new_job(seller(), JobKind::SyncFull), ROOM)
         .await
         .unwrap();
     let stop = CancellationToken::new();
@@ -361,13 +404,8 @@ async fn a_rate_limited_run_is_rescheduled_without_spending_an_attempt() {
 async fn a_running_job_stops_when_cancelled() {
     let db = TestDatabase::new().await;
     let runs = Arc::new(AtomicU32::new(0));
-    let handler = Scripted {
-        kind: "long",
-        runs,
-        outcome: |_, _| Ok(()),
-        pause: Duration::from_secs(30),
-    };
-    let job = store::enqueue(&db.pool, &new_job(seller(), "long"), 1_000)
+    let handler = Scripted::new(&runs, |_, _| Ok(())).pausing(Duration::from_secs(30));
+    let job = store::enqueue(&db.pool, &new_job(seller(), JobKind::SyncFull), ROOM)
         .await
         .unwrap();
     let stop = CancellationToken::new();
@@ -385,13 +423,8 @@ async fn a_running_job_stops_when_cancelled() {
 async fn a_worker_that_dies_mid_job_has_its_job_finished_by_another_after_the_lease_expires() {
     let db = TestDatabase::new().await;
     let first_runs = Arc::new(AtomicU32::new(0));
-    let stuck = Scripted {
-        kind: "sync",
-        runs: first_runs.clone(),
-        outcome: |_, _| Ok(()),
-        pause: Duration::from_secs(60),
-    };
-    let job = store::enqueue(&db.pool, &new_job(seller(), "sync"), 1_000)
+    let stuck = Scripted::new(&first_runs, |_, _| Ok(())).pausing(Duration::from_secs(60));
+    let job = store::enqueue(&db.pool, &new_job(seller(), JobKind::SyncFull), ROOM)
         .await
         .unwrap();
     let dying =
@@ -401,12 +434,7 @@ async fn a_worker_that_dies_mid_job_has_its_job_finished_by_another_after_the_le
     // Killed: the task and its heartbeats stop at once, nothing is handed back.
     dying.abort();
     let second_runs = Arc::new(AtomicU32::new(0));
-    let healthy = Scripted {
-        kind: "sync",
-        runs: second_runs.clone(),
-        outcome: |_, _| Ok(()),
-        pause: Duration::ZERO,
-    };
+    let healthy = Scripted::new(&second_runs, |_, _| Ok(()));
     let stop = CancellationToken::new();
     let rescuer = tokio::spawn(worker(&db, healthy, Duration::from_secs(5)).run(stop.clone()));
 
@@ -415,6 +443,7 @@ async fn a_worker_that_dies_mid_job_has_its_job_finished_by_another_after_the_le
     assert_eq!(first_runs.load(Ordering::SeqCst), 1);
     assert_eq!(second_runs.load(Ordering::SeqCst), 1);
     assert_eq!(done.fence, 2, "the rescue took a new fence");
+    assert_eq!(done.attempts, 2, "and spent an attempt");
     stop.cancel();
     rescuer.await.unwrap().unwrap();
 }
@@ -423,13 +452,8 @@ async fn a_worker_that_dies_mid_job_has_its_job_finished_by_another_after_the_le
 async fn stopping_a_worker_hands_its_running_job_back_to_the_queue() {
     let db = TestDatabase::new().await;
     let runs = Arc::new(AtomicU32::new(0));
-    let handler = Scripted {
-        kind: "long",
-        runs,
-        outcome: |_, _| Ok(()),
-        pause: Duration::from_secs(30),
-    };
-    let job = store::enqueue(&db.pool, &new_job(seller(), "long"), 1_000)
+    let handler = Scripted::new(&runs, |_, _| Ok(())).pausing(Duration::from_secs(30));
+    let job = store::enqueue(&db.pool, &new_job(seller(), JobKind::SyncFull), ROOM)
         .await
         .unwrap();
     let stop = CancellationToken::new();
@@ -451,32 +475,32 @@ async fn stopping_a_worker_hands_its_running_job_back_to_the_queue() {
 async fn jobs_with_their_own_keys_neither_coalesce_nor_wait_for_each_other() {
     let db = TestDatabase::new().await;
     let user = seller();
-    let keyed = |key: &str| NewJob {
-        dedupe_key: key.into(),
-        ..new_job(user, "purchase")
+    let (p1, p2) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let purchase = |purchase_id| {
+        NewJob::new(
+            user,
+            JobKind::Purchase {
+                purchase_id,
+                locked: false,
+            },
+        )
     };
 
-    let first = store::enqueue(&db.pool, &keyed("p-1"), 1_000)
-        .await
-        .unwrap();
-    let second = store::enqueue(&db.pool, &keyed("p-2"), 1_000)
-        .await
-        .unwrap();
-    let again = store::enqueue(&db.pool, &keyed("p-1"), 1_000)
-        .await
-        .unwrap();
+    let first = store::enqueue(&db.pool, &purchase(p1), ROOM).await.unwrap();
+    let second = store::enqueue(&db.pool, &purchase(p2), ROOM).await.unwrap();
+    let again = store::enqueue(&db.pool, &purchase(p1), ROOM).await.unwrap();
 
     assert!(matches!(first, Enqueued::Created(_)));
     assert!(matches!(second, Enqueued::Created(_)));
     assert!(
         matches!(again, Enqueued::Coalesced(_)),
-        "same key: same job"
+        "same purchase: same job"
     );
     let running = [
-        store::claim(&db.pool, Lane::Bulk, "w", LEASE, RANKING)
+        store::claim(&db.pool, Lane::Interactive, "w", LEASE, RANKING)
             .await
             .unwrap(),
-        store::claim(&db.pool, Lane::Bulk, "w", LEASE, RANKING)
+        store::claim(&db.pool, Lane::Interactive, "w", LEASE, RANKING)
             .await
             .unwrap(),
     ];
@@ -485,12 +509,11 @@ async fn jobs_with_their_own_keys_neither_coalesce_nor_wait_for_each_other() {
         "one seller's two purchases run at once"
     );
 }
-
 #[tokio::test]
 async fn racing_batch_claims_never_hand_one_job_to_two_workers() {
     let db = TestDatabase::new().await;
     for _ in 0..60 {
-        store::enqueue(&db.pool, &new_job(seller(), "sync_full"), 1_000)
+        store::enqueue(&db.pool, &new_job(seller(), JobKind::SyncFull), ROOM)
             .await
             .unwrap();
     }
@@ -528,7 +551,7 @@ async fn racing_batch_claims_never_hand_one_job_to_two_workers() {
 async fn many_racing_claims_never_hand_one_job_to_two_workers() {
     let db = TestDatabase::new().await;
     for _ in 0..30 {
-        store::enqueue(&db.pool, &new_job(seller(), "sync_full"), 1_000)
+        store::enqueue(&db.pool, &new_job(seller(), JobKind::SyncFull), ROOM)
             .await
             .unwrap();
     }
@@ -558,4 +581,218 @@ async fn many_racing_claims_never_hand_one_job_to_two_workers() {
         .unwrap();
     assert!(fences.iter().all(|fence| *fence == 1), "{fences:?}");
     assert_eq!(fences.len(), claimed.len());
+}
+
+/// Polls until job `id`'s lease has run out in the database's clock.
+async fn until_lease_expired(pool: &sqlx::PgPool, id: uuid::Uuid) {
+    for _ in 0..200 {
+        let expired: bool = sqlx::query_scalar(
+            "SELECT coalesce(lease_expires_at < now(), true) FROM jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if expired {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the lease of job {id} never ran out");
+}
+
+#[tokio::test]
+async fn a_job_whose_workers_keep_dying_ends_dead_instead_of_being_taken_over_forever() {
+    let db = TestDatabase::new().await;
+    let new = NewJob::new(seller(), JobKind::SyncFull).with_max_attempts(2);
+    let id = store::enqueue(&db.pool, &new, ROOM).await.unwrap().job().id;
+    // Two workers die holding it: each claims, then never renews.
+    for owner in ["dies-first", "dies-second"] {
+        let short = Duration::from_millis(200);
+        store::claim(&db.pool, Lane::Bulk, owner, short, RANKING)
+            .await
+            .unwrap()
+            .unwrap();
+        until_lease_expired(&db.pool, id).await;
+    }
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler = Scripted::new(&runs, |_, _| Ok(()));
+    let gave_up = handler.gave_up.clone();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker(&db, handler, LEASE).run(stop.clone()));
+
+    let dead = wait_for_state(&db, id, JobState::Dead).await;
+
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "not run a third time");
+    assert_eq!(gave_up.load(Ordering::SeqCst), 1, "its handler gave up");
+    assert_eq!(dead.attempts, 3, "two takeovers counted");
+    let error = dead.last_error.unwrap();
+    assert!(error.contains("stopped renewing its lease"), "{error}");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_failed_attempt_with_its_message_and_the_job_ends_dead() {
+    let db = TestDatabase::new().await;
+    let new = NewJob::new(seller(), JobKind::SyncFull).with_max_attempts(2);
+    let id = store::enqueue(&db.pool, &new, ROOM).await.unwrap().job().id;
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler = Scripted::new(&runs, |run, _| panic!("unreadable row {run}"));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker(&db, handler, LEASE).run(stop.clone()));
+
+    let dead = wait_for_state(&db, id, JobState::Dead).await;
+
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let error = dead.last_error.unwrap();
+    assert!(
+        error.contains("panicked: unreadable row 2"),
+        "the panic's message is kept: {error}"
+    );
+    stop.cancel();
+    task.await
+        .unwrap()
+        .expect("the worker survived its handler's panics");
+}
+
+/// A handler that calls CardTrader's `/info` over and over with its job's lease token, until a
+/// call is refused; then it reports when it stopped.
+struct CallsUntilStopped {
+    client: brx_sync::marketplace::MarketplaceClient,
+    token: secrecy::SecretString,
+    calls: Arc<AtomicU32>,
+    stopped: tokio::sync::mpsc::UnboundedSender<brx_sync::marketplace::MarketplaceError>,
+}
+
+#[tonic::async_trait]
+impl JobHandler for CallsUntilStopped {
+    fn kind(&self) -> KindName {
+        KindName::SyncFull
+    }
+
+    async fn run(&self, context: &JobContext) -> Result<(), JobFailure> {
+        let seller = brx_sync::marketplace::Seller {
+            key: "lease-test",
+            token: &self.token,
+        };
+        loop {
+            let options = brx_sync::marketplace::CallOptions::interactive(Duration::from_secs(1))
+                .stopped_by(context.lease_token());
+            match self.client.info(seller, options).await {
+                Ok(_) => {
+                    self.calls.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(err) => {
+                    let _ = self.stopped.send(err);
+                    return Err(JobFailure::LeaseLost);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_job_that_cannot_renew_its_lease_is_stopped_before_it_runs_out_and_calls_cardtrader_no_more()
+ {
+    use brx_sync::{
+        marketplace::{MarketplaceClient, MarketplaceError},
+        rate_limit::{Limits, RateLimiter},
+        simulator::{SimulatorConfig, SimulatorHandle},
+        storage::Storage,
+    };
+    crate::helpers::init_process();
+    let db = TestDatabase::new().await;
+    let simulator =
+        SimulatorHandle::start(SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+    let (mut config, _) = crate::helpers::test_config();
+    config.cardtrader_base_url = simulator.base_url();
+    let storage = Storage::connect_lazy(&config).unwrap();
+    let metrics = brx_sync::metrics::Metrics::new().unwrap();
+    let limiter = RateLimiter::new(
+        storage.redis.clone(),
+        &config.redis_key_prefix,
+        Limits::from_config(&config),
+        metrics.clone(),
+    );
+    let token = simulator.token(1);
+    let (stopped, mut stops) = tokio::sync::mpsc::unbounded_channel();
+    let calls = Arc::new(AtomicU32::new(0));
+    let handler = CallsUntilStopped {
+        client: MarketplaceClient::new(&config, limiter, metrics).unwrap(),
+        token: secrecy::SecretString::from(token.clone()),
+        calls: calls.clone(),
+        stopped,
+    };
+    let id = store::enqueue(&db.pool, &NewJob::new(seller(), JobKind::SyncFull), ROOM)
+        .await
+        .unwrap()
+        .job()
+        .id;
+    // Every renewal fails from now on (the database stays reachable for the test's own reads).
+    fail::cfg("jobs.heartbeat_fails", "return").unwrap();
+    let (lease, call_budget) = (Duration::from_millis(1_500), Duration::from_millis(500));
+    let worker = Worker::new(
+        db.pool.clone(),
+        vec![Arc::new(handler)],
+        WorkerSettings {
+            owner: "cannot-renew".into(),
+            lane: Lane::Bulk,
+            concurrency: 1,
+            lease,
+            call_budget,
+            poll_interval: Duration::from_millis(50),
+            ranking: RANKING,
+            retry_min: Duration::from_millis(10),
+            retry_max: Duration::from_millis(50),
+        },
+        brx_sync::metrics::Metrics::new().unwrap(),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+
+    let refused = tokio::time::timeout(Duration::from_secs(10), stops.recv())
+        .await
+        .expect("the job was stopped")
+        .unwrap();
+    let left: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let calls_when_stopped = simulator.stats(&token).total;
+    until_lease_expired(&db.pool, id).await;
+
+    assert_eq!(
+        refused,
+        MarketplaceError::Cancelled,
+        "the last call was not sent"
+    );
+    assert!(
+        left > call_budget.as_secs_f64() * 0.5,
+        "stopped {left:.3}s before the lease ran out, about a call budget early"
+    );
+    assert!(
+        calls.load(Ordering::SeqCst) > 0,
+        "it called while it held the lease"
+    );
+    assert_eq!(
+        simulator.stats(&token).total,
+        calls_when_stopped,
+        "no call reached CardTrader after the stop"
+    );
+    let job = store::get(&db.pool, id).await.unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Running,
+        "nothing recorded: the lease is left to run out"
+    );
+    fail::remove("jobs.heartbeat_fails");
+    stop.cancel();
+    task.await.unwrap().unwrap();
 }

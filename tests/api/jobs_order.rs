@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use brx_sync::{
     domain::UserId,
-    jobs::{Lane, NewJob, Ranking, store, wake::JobWakeups},
+    jobs::{JobKind, Lane, NewJob, QueueLimit, Ranking, TargetedScope, store, wake::JobWakeups},
     storage::Storage,
 };
 use tokio::sync::Notify;
@@ -25,17 +25,21 @@ fn seller() -> UserId {
     UserId::from_uuid(uuid::Uuid::new_v4()).unwrap()
 }
 
+/// Three kinds of the interactive lane, so one seller can have several jobs queued at once.
+fn interactive(kind: &str) -> JobKind {
+    match kind {
+        "push_a" => JobKind::InventoryPush,
+        "push_b" => JobKind::WebhookApply,
+        _ => JobKind::SyncTargeted(TargetedScope {
+            blueprint_ids: vec![1],
+            expansion_ids: vec![],
+        }),
+    }
+}
+
 async fn queue(db: &TestDatabase, user_id: UserId, kind: &str, priority: i32) -> uuid::Uuid {
-    let new = NewJob {
-        user_id,
-        kind: kind.into(),
-        lane: Lane::Interactive,
-        payload: serde_json::json!({}),
-        priority,
-        max_attempts: 3,
-        dedupe_key: String::new(),
-    };
-    store::enqueue(&db.pool, &new, 1_000)
+    let new = NewJob::new(user_id, interactive(kind)).with_priority(priority);
+    store::enqueue(&db.pool, &new, QueueLimit::Unbounded)
         .await
         .unwrap()
         .job()

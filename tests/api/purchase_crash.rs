@@ -53,9 +53,9 @@ async fn buy_killed_at(
     lines: &[(i64, i32)],
 ) -> brx_sync::purchase::store::StoredPurchase {
     let actions = if nth == 0 {
-        "1*panic".to_owned()
+        "1*return".to_owned()
     } else {
-        format!("{nth}*off->1*panic")
+        format!("{nth}*off->1*return")
     };
     fail::cfg(point, &actions).unwrap();
     // Answers when the purchase ends (or ABORTED when it was undone); the state is read below.

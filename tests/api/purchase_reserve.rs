@@ -175,33 +175,23 @@ async fn a_step_from_a_worker_whose_lease_was_taken_over_is_not_appended() {
     saga.apply(&Event::DecrementSent { line: 0 });
     let mut stale = lease.clone();
     stale.fence -= 1;
+    let events = [Event::DecrementSent { line: 0 }];
 
-    let mut tx = db.pool.begin().await.unwrap();
-    let refused = store::append(
-        &mut tx,
-        Some(&stale),
-        id,
-        0,
-        &[Event::DecrementSent { line: 0 }],
-        &saga,
-    )
-    .await;
-    tx.rollback().await.unwrap();
-    let mut tx = db.pool.begin().await.unwrap();
-    store::append(
-        &mut tx,
-        Some(&lease),
-        id,
-        0,
-        &[Event::DecrementSent { line: 0 }],
-        &saga,
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let stale = brx_sync::jobs::JobContext::detached(stale, db.pool.clone());
+    let mut unit = stale.begin().await.unwrap();
+    store::append(&mut unit, id, 0, &events, &saga)
+        .await
+        .unwrap();
+    let refused = unit.commit().await;
+    let current = brx_sync::jobs::JobContext::detached(lease, db.pool.clone());
+    let mut unit = current.begin().await.unwrap();
+    store::append(&mut unit, id, 0, &events, &saga)
+        .await
+        .unwrap();
+    unit.commit().await.unwrap();
 
     assert!(
-        matches!(refused, Err(PurchaseError::LeaseLost)),
+        matches!(refused, Err(brx_sync::jobs::JobError::LeaseLost)),
         "{refused:?}"
     );
     assert_eq!(

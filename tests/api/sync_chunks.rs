@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use brx_sync::{
     domain::UserId,
-    jobs::{Lane, Lease, NewJob, Ranking, store as jobs},
+    jobs::{JobContext, JobKind, Lane, NewJob, QueueLimit, Ranking, store as jobs},
     metrics::Metrics,
     sync::{
         chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
-        store::{SweepScope, SyncRow, sweep},
+        store::{SweepScope, SweepSettings, SyncRow, sweep},
     },
 };
-use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use crate::helpers::TestDatabase;
@@ -35,18 +34,12 @@ fn row(product_id: i64, quantity: i32) -> SyncRow {
     }
 }
 
-async fn lease_for(db: &TestDatabase, user: UserId) -> Lease {
-    let new = NewJob {
-        user_id: user,
-        kind: "sync_full".into(),
-        lane: Lane::Bulk,
-        payload: serde_json::json!({}),
-        priority: 0,
-        max_attempts: 3,
-        dedupe_key: String::new(),
-    };
-    jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
-    jobs::claim(
+async fn lease_for(db: &TestDatabase, user: UserId) -> JobContext {
+    let new = NewJob::new(user, JobKind::SyncFull);
+    jobs::enqueue(&db.pool, &new, QueueLimit::Unbounded)
+        .await
+        .unwrap();
+    let claimed = jobs::claim(
         &db.pool,
         Lane::Bulk,
         "test",
@@ -55,21 +48,16 @@ async fn lease_for(db: &TestDatabase, user: UserId) -> Lease {
     )
     .await
     .unwrap()
-    .unwrap()
+    .unwrap();
+    JobContext::detached(claimed, db.pool.clone())
 }
 
 /// A claim of a new sync for `user` whose lease ran out and was taken over by another worker.
-async fn taken_over_lease(db: &TestDatabase, user: UserId) -> Lease {
-    let new = NewJob {
-        user_id: user,
-        kind: "sync_full".into(),
-        lane: Lane::Bulk,
-        payload: serde_json::json!({}),
-        priority: 0,
-        max_attempts: 3,
-        dedupe_key: String::new(),
-    };
-    jobs::enqueue(&db.pool, &new, 1_000).await.unwrap();
+async fn taken_over_lease(db: &TestDatabase, user: UserId) -> JobContext {
+    let new = NewJob::new(user, JobKind::SyncFull);
+    jobs::enqueue(&db.pool, &new, QueueLimit::Unbounded)
+        .await
+        .unwrap();
     let (short, long) = (Duration::from_millis(200), Duration::from_secs(60));
     let stale = jobs::claim(&db.pool, Lane::Bulk, "dead", short, Ranking::default())
         .await
@@ -80,7 +68,7 @@ async fn taken_over_lease(db: &TestDatabase, user: UserId) -> Lease {
         .await
         .unwrap()
         .unwrap();
-    stale
+    JobContext::detached(stale, db.pool.clone())
 }
 
 fn seller() -> UserId {
@@ -95,21 +83,35 @@ fn seen(ids: std::ops::RangeInclusive<i64>) -> roaring::RoaringTreemap {
 }
 
 async fn write(
-    pool: &PgPool,
-    lease: &Lease,
+    job: &JobContext,
     user: UserId,
     rows: Vec<SyncRow>,
     metrics: &Metrics,
 ) -> Result<ChunkOutcome, ChunkError> {
     let writers = Semaphore::new(4);
     let target = ChunkTarget {
-        pool,
+        job,
         writers: &writers,
-        lease,
         statement_timeout: TIMEOUT,
         read_since: chrono::Utc::now(),
     };
     write_chunk(target, user, rows, metrics).await
+}
+
+/// The sync's sweep for `job`, `batch` rows a transaction.
+async fn sweep_rows(
+    job: &JobContext,
+    scope: SweepScope<'_>,
+    seen: &roaring::RoaringTreemap,
+    batch: i64,
+    read_since: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, ChunkError> {
+    let settings = SweepSettings {
+        batch,
+        statement_timeout: TIMEOUT,
+    };
+    let metrics = Metrics::new().unwrap();
+    sweep(job, scope, seen, settings, read_since, &metrics).await
 }
 
 #[tokio::test]
@@ -120,18 +122,12 @@ async fn a_resync_rewrites_only_the_rows_that_changed() {
     let metrics = Metrics::new().unwrap();
 
     let mut rows: Vec<SyncRow> = (1..=1_000).map(|id| row(id, 3)).collect();
-    let first = write(&db.pool, &lease, user, rows.clone(), &metrics)
-        .await
-        .unwrap();
-    let same = write(&db.pool, &lease, user, rows.clone(), &metrics)
-        .await
-        .unwrap();
+    let first = write(&lease, user, rows.clone(), &metrics).await.unwrap();
+    let same = write(&lease, user, rows.clone(), &metrics).await.unwrap();
     for changed in rows.iter_mut().take(10) {
         changed.price_cents += 1;
     }
-    let ten = write(&db.pool, &lease, user, rows.clone(), &metrics)
-        .await
-        .unwrap();
+    let ten = write(&lease, user, rows.clone(), &metrics).await.unwrap();
 
     assert_eq!(
         (first.progress.written, first.progress.unchanged),
@@ -148,18 +144,14 @@ async fn a_row_changed_by_another_writer_is_compared_in_full_at_the_next_sync() 
     let lease = lease_for(&db, user).await;
     let metrics = Metrics::new().unwrap();
     let rows: Vec<SyncRow> = (1..=20).map(|id| row(id, 3)).collect();
-    write(&db.pool, &lease, user, rows.clone(), &metrics)
-        .await
-        .unwrap();
+    write(&lease, user, rows.clone(), &metrics).await.unwrap();
     // A local writer (a purchase, an edit) changes a row without knowing about fingerprints.
     sqlx::query("UPDATE inventory_items SET quantity = 9 WHERE product_id = 5")
         .execute(&db.pool)
         .await
         .unwrap();
 
-    let again = write(&db.pool, &lease, user, rows.clone(), &metrics)
-        .await
-        .unwrap();
+    let again = write(&lease, user, rows.clone(), &metrics).await.unwrap();
 
     assert_eq!(
         again.progress.written, 1,
@@ -171,7 +163,7 @@ async fn a_row_changed_by_another_writer_is_compared_in_full_at_the_next_sync() 
             .await
             .unwrap();
     assert_eq!(quantity, 3, "upstream wins again");
-    let settled = write(&db.pool, &lease, user, rows, &metrics).await.unwrap();
+    let settled = write(&lease, user, rows, &metrics).await.unwrap();
     assert_eq!(settled.progress.written, 0);
 }
 
@@ -181,7 +173,7 @@ async fn a_reserved_row_keeps_its_local_quantity() {
     let user = seller();
     let lease = lease_for(&db, user).await;
     let metrics = Metrics::new().unwrap();
-    write(&db.pool, &lease, user, vec![row(1, 5), row(2, 5)], &metrics)
+    write(&lease, user, vec![row(1, 5), row(2, 5)], &metrics)
         .await
         .unwrap();
     sqlx::query("UPDATE inventory_items SET reserved_quantity = 2 WHERE product_id = 1")
@@ -190,7 +182,7 @@ async fn a_reserved_row_keeps_its_local_quantity() {
         .unwrap();
 
     let upstream = [row(1, 1), row(2, 1)];
-    write(&db.pool, &lease, user, upstream.to_vec(), &metrics)
+    write(&lease, user, upstream.to_vec(), &metrics)
         .await
         .unwrap();
 
@@ -213,36 +205,24 @@ async fn the_sweep_deletes_what_this_sync_did_not_see_but_spares_reserved_rows_a
     let metrics = Metrics::new().unwrap();
     let old = lease_for(&db, user).await;
     let before: Vec<SyncRow> = (1..=100).map(|id| row(id, 1)).collect();
-    write(&db.pool, &old, user, before.clone(), &metrics)
-        .await
-        .unwrap();
-    jobs::succeed(&db.pool, &old).await.unwrap();
+    write(&old, user, before.clone(), &metrics).await.unwrap();
+    jobs::succeed(&db.pool, old.lease()).await.unwrap();
     sqlx::query("UPDATE inventory_items SET reserved_quantity = 1 WHERE product_id = 100")
         .execute(&db.pool)
         .await
         .unwrap();
     let other_seller = seller();
     let other = lease_for(&db, other_seller).await;
-    write(&db.pool, &other, other_seller, vec![row(5, 1)], &metrics)
+    write(&other, other_seller, vec![row(5, 1)], &metrics)
         .await
         .unwrap();
 
     let new = lease_for(&db, user).await;
     let after: Vec<SyncRow> = (1..=60).map(|id| row(id, 1)).collect();
-    write(&db.pool, &new, user, after.clone(), &metrics)
+    write(&new, user, after.clone(), &metrics).await.unwrap();
+    let deleted = sweep_rows(&new, SweepScope::All, &seen(1..=60), 7, chrono::Utc::now())
         .await
         .unwrap();
-    let deleted = sweep(
-        &db.pool,
-        user,
-        &new,
-        SweepScope::All,
-        &seen(1..=60),
-        7,
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
 
     assert_eq!(deleted, 39, "61..=99 gone, 100 is reserved");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE user_id = $1")
@@ -267,19 +247,15 @@ async fn a_scoped_sweep_only_touches_its_blueprint() {
     let metrics = Metrics::new().unwrap();
     let old = lease_for(&db, user).await;
     let rows: Vec<SyncRow> = (1..=100).map(|id| row(id, 1)).collect();
-    write(&db.pool, &old, user, rows.clone(), &metrics)
-        .await
-        .unwrap();
-    jobs::succeed(&db.pool, &old).await.unwrap();
+    write(&old, user, rows.clone(), &metrics).await.unwrap();
+    jobs::succeed(&db.pool, old.lease()).await.unwrap();
 
     // Blueprint 2 holds products 1, 51; the scoped export now only lists product 1.
     let scoped = lease_for(&db, user).await;
-    write(&db.pool, &scoped, user, vec![row(1, 1)], &metrics)
+    write(&scoped, user, vec![row(1, 1)], &metrics)
         .await
         .unwrap();
-    let deleted = sweep(
-        &db.pool,
-        user,
+    let deleted = sweep_rows(
         &scoped,
         SweepScope::Targeted {
             blueprint_ids: &[2],
@@ -301,14 +277,7 @@ async fn a_worker_whose_lease_was_taken_over_writes_nothing() {
     let user = seller();
     let stale = taken_over_lease(&db, user).await;
 
-    let result = write(
-        &db.pool,
-        &stale,
-        user,
-        vec![row(1, 1)],
-        &Metrics::new().unwrap(),
-    )
-    .await;
+    let result = write(&stale, user, vec![row(1, 1)], &Metrics::new().unwrap()).await;
 
     assert!(matches!(result, Err(ChunkError::LeaseLost)));
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM inventory_items")
@@ -325,7 +294,6 @@ async fn a_worker_whose_lease_was_taken_over_sweeps_nothing() {
     let metrics = Metrics::new().unwrap();
     let old = lease_for(&db, user).await;
     write(
-        &db.pool,
         &old,
         user,
         (1..=10).map(|id| row(id, 1)).collect(),
@@ -333,13 +301,11 @@ async fn a_worker_whose_lease_was_taken_over_sweeps_nothing() {
     )
     .await
     .unwrap();
-    jobs::succeed(&db.pool, &old).await.unwrap();
+    jobs::succeed(&db.pool, old.lease()).await.unwrap();
     let stale = taken_over_lease(&db, user).await;
 
     // The stale attempt saw nothing: unfenced, its sweep would delete every row.
-    let result = sweep(
-        &db.pool,
-        user,
+    let result = sweep_rows(
         &stale,
         SweepScope::All,
         &roaring::RoaringTreemap::new(),
@@ -348,10 +314,7 @@ async fn a_worker_whose_lease_was_taken_over_sweeps_nothing() {
     )
     .await;
 
-    assert!(
-        matches!(result, Err(brx_sync::jobs::JobError::LeaseLost)),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ChunkError::LeaseLost)), "{result:?}");
     assert_eq!(
         brx_sync::sync::store::item_count(&db.pool, user)
             .await
@@ -378,7 +341,7 @@ async fn a_deadlock_on_the_first_attempt_is_retried_and_the_data_is_right() {
     let lease = lease_for(&db, user).await;
     let metrics = Metrics::new().unwrap();
 
-    let outcome = write(&db.pool, &lease, user, vec![row(2, 4), row(1, 3)], &metrics)
+    let outcome = write(&lease, user, vec![row(2, 4), row(1, 3)], &metrics)
         .await
         .unwrap();
 
@@ -397,7 +360,7 @@ async fn a_deadlock_on_the_first_attempt_is_retried_and_the_data_is_right() {
             .unwrap();
     assert_eq!(stored, vec![(1, 3), (2, 4)]);
     assert_eq!(
-        jobs::get(&db.pool, lease.job.id).await.unwrap().progress["chunks_done"],
+        jobs::get(&db.pool, lease.job().id).await.unwrap().progress["chunks_done"],
         1
     );
 }
@@ -409,7 +372,7 @@ async fn two_transactions_locking_rows_in_opposite_order_deadlock_for_real_and_t
     let user = seller();
     let lease = lease_for(&db, user).await;
     let metrics = Metrics::new().unwrap();
-    write(&db.pool, &lease, user, vec![row(1, 1), row(2, 1)], &metrics)
+    write(&lease, user, vec![row(1, 1), row(2, 1)], &metrics)
         .await
         .unwrap();
 
@@ -420,12 +383,9 @@ async fn two_transactions_locking_rows_in_opposite_order_deadlock_for_real_and_t
         .await
         .unwrap();
     let chunk = {
-        let pool = db.pool.clone();
         let lease = lease.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            write(&pool, &lease, user, vec![row(1, 7), row(2, 7)], &metrics).await
-        })
+        tokio::spawn(async move { write(&lease, user, vec![row(1, 7), row(2, 7)], &metrics).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rival_result = sqlx::query("UPDATE inventory_items SET quantity = 9 WHERE product_id = 1")
@@ -466,7 +426,6 @@ async fn the_item_counter_follows_inserts_updates_sweeps_and_purges() {
     };
     let old = lease_for(&db, user).await;
     write(
-        &db.pool,
         &old,
         user,
         (1..=50).map(|id| row(id, 1)).collect(),
@@ -476,7 +435,6 @@ async fn the_item_counter_follows_inserts_updates_sweeps_and_purges() {
     .unwrap();
     // Half of them again with a change (updates), and ten new ones.
     write(
-        &db.pool,
         &old,
         user,
         (25..=60).map(|id| row(id, 2)).collect(),
@@ -484,16 +442,15 @@ async fn the_item_counter_follows_inserts_updates_sweeps_and_purges() {
     )
     .await
     .unwrap();
-    jobs::succeed(&db.pool, &old).await.unwrap();
+    jobs::succeed(&db.pool, old.lease()).await.unwrap();
     let theirs = lease_for(&db, other).await;
-    write(&db.pool, &theirs, other, vec![row(1, 1)], &metrics)
+    write(&theirs, other, vec![row(1, 1)], &metrics)
         .await
         .unwrap();
     assert_eq!(counter(user).await, 60);
 
     let new = lease_for(&db, user).await;
     write(
-        &db.pool,
         &new,
         user,
         (1..=40).map(|id| row(id, 2)).collect(),
@@ -501,17 +458,9 @@ async fn the_item_counter_follows_inserts_updates_sweeps_and_purges() {
     )
     .await
     .unwrap();
-    let swept = sweep(
-        &db.pool,
-        user,
-        &new,
-        SweepScope::All,
-        &seen(1..=40),
-        7,
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
+    let swept = sweep_rows(&new, SweepScope::All, &seen(1..=40), 7, chrono::Utc::now())
+        .await
+        .unwrap();
     assert_eq!(swept, 20);
     assert_eq!(counter(user).await, 40);
 

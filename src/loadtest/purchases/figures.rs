@@ -10,7 +10,6 @@ use super::Phase;
 use crate::{
     loadtest::{measure, rig::Rig, simulator::SimStats},
     metrics,
-    purchase::KIND_PURCHASE,
 };
 
 /// Where the phase's purchases spent their time on the replica, from the jobs that drove them, µs.
@@ -30,7 +29,7 @@ impl JobSpans {
              FROM jobs j JOIN purchases p ON p.id = (j.payload->>'purchase_id')::uuid \
              WHERE j.kind = $1 AND p.idempotency_key LIKE $2",
         )
-        .bind(KIND_PURCHASE)
+        .bind(crate::jobs::KindName::Purchase.as_str())
         .bind(format!("{}-%", phase.key_prefix()))
         .fetch_all(pool)
         .await?;

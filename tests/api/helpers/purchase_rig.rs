@@ -50,7 +50,6 @@ impl PurchaseRig {
         let synced = rig.sync(user).await;
         assert_eq!(synced.state, JobState::Succeeded, "{synced:?}");
         let handler = PurchaseHandler {
-            pool: rig.pool.clone(),
             accounts: rig.handler.accounts.clone(),
             metrics: rig.handler.metrics.clone(),
             events: PurchaseEvents::default(),
@@ -105,6 +104,7 @@ impl PurchaseRig {
             lane: Lane::Interactive,
             concurrency: 8,
             lease,
+            call_budget: lease / 3,
             poll_interval: Duration::from_millis(50),
             ranking: brx_sync::jobs::Ranking {
                 aging: Duration::from_secs(60),

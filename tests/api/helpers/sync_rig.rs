@@ -9,7 +9,7 @@ use brx_sync::{
     accounts::{Accounts, Keyring},
     domain::UserId,
     jobs::{
-        Job, Lane, NewJob, store as jobs,
+        Job, JobKind, KindName, Lane, NewJob, QueueLimit, store as jobs,
         worker::{Worker, WorkerSettings},
     },
     marketplace::MarketplaceClient,
@@ -17,7 +17,7 @@ use brx_sync::{
     pb::v1::ConnectAccountRequest,
     rate_limit::{Limits, RateLimiter},
     sync::{
-        handler::{KIND_FULL, SyncHandler, SyncSettings},
+        handler::{SyncHandler, SyncSettings},
         scope::SyncProgress,
     },
 };
@@ -71,8 +71,7 @@ impl SyncRig {
             export_budget: Duration::from_secs(60),
         };
         let handler = SyncHandler {
-            kind: KIND_FULL,
-            pool: pool.clone(),
+            kind: KindName::SyncFull,
             accounts,
             catalog,
             metrics,
@@ -105,16 +104,8 @@ impl SyncRig {
 
     /// Queues a full sync without waking anyone.
     pub(crate) async fn queue(&self, user: UserId) -> uuid::Uuid {
-        let new = NewJob {
-            user_id: user,
-            kind: KIND_FULL.into(),
-            lane: Lane::Bulk,
-            payload: serde_json::json!({"scope": "full"}),
-            priority: 0,
-            max_attempts: 3,
-            dedupe_key: String::new(),
-        };
-        jobs::enqueue(&self.pool, &new, 1_000)
+        let new = NewJob::new(user, JobKind::SyncFull).with_max_attempts(3);
+        jobs::enqueue(&self.pool, &new, QueueLimit::Depth(1_000))
             .await
             .unwrap()
             .job()
@@ -133,6 +124,7 @@ impl SyncRig {
             lane: Lane::Bulk,
             concurrency: slots,
             lease,
+            call_budget: lease / 3,
             poll_interval: Duration::from_millis(50),
             ranking: brx_sync::jobs::Ranking {
                 aging: Duration::from_secs(60),
