@@ -52,9 +52,11 @@ pub const SYNC_ROWS_TOTAL: &str = "brx_sync_rows_total";
 /// Latency of one sync chunk transaction, reruns included.
 pub const SYNC_CHUNK_SECONDS: &str = "brx_sync_chunk_seconds";
 /// Jobs that ended an attempt, by kind and outcome (`succeeded`, `failed`, `cancelled`, `retried`,
-/// `rate_limited`, `interrupted`; `lease_lost` when another worker had taken the job over).
+/// `rate_limited`, `interrupted`, `dead` when out of attempts, `panicked` for a handler's panic;
+/// `lease_lost` when another worker had taken the job over or the lease could not be renewed).
 pub const JOBS_FINISHED_TOTAL: &str = "brx_jobs_finished_total";
-/// Jobs queued and running across all replicas, by lane and state, as last read by this replica.
+/// Jobs queued, running and dead (out of attempts, waiting for an operator) across all replicas, by
+/// lane and state, as last read by this replica.
 pub const JOBS: &str = "brx_jobs";
 /// Jobs queued by the periodic scheduler, by kind.
 pub const JOBS_SCHEDULED_TOTAL: &str = "brx_jobs_scheduled_total";

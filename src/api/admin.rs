@@ -155,6 +155,7 @@ impl AdminApi {
         match counts {
             Ok(Ok(counts)) => counts
                 .into_iter()
+                .inspect(|counts| self.refresh_job_gauges(counts))
                 .map(|counts| pb::LaneStats {
                     lane: counts.lane.as_str().to_owned(),
                     queued: u64::try_from(counts.queued).unwrap_or(0),
@@ -167,6 +168,18 @@ impl AdminApi {
                 Vec::new()
             }
             Err(_) => Vec::new(),
+        }
+    }
+
+    /// The `brx_jobs` gauges follow what GetStats read (the scheduler refreshes them too).
+    fn refresh_job_gauges(&self, counts: &crate::jobs::store::LaneCounts) {
+        let lane = counts.lane.as_str();
+        for (state, value) in [
+            ("queued", counts.queued),
+            ("running", counts.running),
+            ("dead", counts.dead),
+        ] {
+            self.metrics.jobs.with_label_values(&[lane, state]).set(value);
         }
     }
 

@@ -82,3 +82,193 @@ async fn get_stats_reports_uptime_and_keeps_counting() {
 
     assert!(stats.uptime_seconds >= 1);
 }
+
+/// A handler of remaps that always panics, as a poison job would.
+struct Poisoned;
+
+#[tonic::async_trait]
+impl brx_sync::jobs::worker::JobHandler for Poisoned {
+    fn kind(&self) -> brx_sync::jobs::KindName {
+        brx_sync::jobs::KindName::RemapUnmapped
+    }
+
+    async fn run(
+        &self,
+        _context: &brx_sync::jobs::JobContext,
+    ) -> Result<(), brx_sync::jobs::worker::JobFailure> {
+        panic!("poison row");
+    }
+}
+
+/// A handler of remaps that succeeds.
+struct Healthy;
+
+#[tonic::async_trait]
+impl brx_sync::jobs::worker::JobHandler for Healthy {
+    fn kind(&self) -> brx_sync::jobs::KindName {
+        brx_sync::jobs::KindName::RemapUnmapped
+    }
+
+    async fn run(
+        &self,
+        _context: &brx_sync::jobs::JobContext,
+    ) -> Result<(), brx_sync::jobs::worker::JobFailure> {
+        Ok(())
+    }
+}
+
+/// A worker of the bulk lane running `handler`, until the returned token is cancelled.
+fn bulk_worker(
+    pool: &sqlx::PgPool,
+    handler: impl brx_sync::jobs::worker::JobHandler,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    use std::time::Duration;
+    let settings = brx_sync::jobs::worker::WorkerSettings {
+        owner: format!("test-{}", uuid::Uuid::new_v4()),
+        lane: brx_sync::jobs::Lane::Bulk,
+        concurrency: 1,
+        lease: Duration::from_secs(30),
+        call_budget: Duration::from_secs(10),
+        poll_interval: Duration::from_millis(50),
+        ranking: brx_sync::jobs::Ranking::default(),
+        retry_min: Duration::from_millis(10),
+        retry_max: Duration::from_millis(20),
+    };
+    let worker = brx_sync::jobs::worker::Worker::new(
+        pool.clone(),
+        vec![std::sync::Arc::new(handler)],
+        settings,
+        brx_sync::metrics::Metrics::new().unwrap(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    (stop, task)
+}
+
+/// Polls job `id` until it is in `state`.
+async fn until_job_state(pool: &sqlx::PgPool, id: uuid::Uuid, state: &str) {
+    for _ in 0..200 {
+        let now: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if now == state {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("job {id} never became {state}");
+}
+
+#[tokio::test]
+async fn a_poison_job_ends_dead_shows_in_get_stats_and_metrics_and_an_operator_sends_it_back() {
+    use brx_sync::{
+        jobs::{JobKind, NewJob, QueueLimit, store},
+        pb::v1::{ListDeadJobsRequest, RetryJobRequest},
+    };
+    use secrecy::ExposeSecret;
+    use tonic::Code;
+    // The app runs no bulk work itself: the test's workers do.
+    let app = spawn_app_with(|config| config.bulk_concurrency = 0).await;
+    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+        .await
+        .unwrap();
+    let seller = brx_sync::domain::UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
+    let new = NewJob::new(seller, JobKind::RemapUnmapped).with_max_attempts(2);
+    let id = store::enqueue(&pool, &new, QueueLimit::Unbounded)
+        .await
+        .unwrap()
+        .job()
+        .id;
+    let (stop, task) = bulk_worker(&pool, Poisoned);
+    until_job_state(&pool, id, "dead").await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let service = app.service_token();
+    let mut admin = app.admin().await;
+
+    let stats = app.get_stats(Some(&service)).await.unwrap();
+    let dead = admin
+        .list_dead_jobs(authorized(ListDeadJobsRequest::default(), &service))
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, metrics) = app.http_get("/metrics").await;
+    let denied = admin
+        .retry_job(authorized(
+            RetryJobRequest {
+                job_id: id.to_string(),
+            },
+            &app.seller_token(seller),
+        ))
+        .await
+        .unwrap_err();
+    let retried = admin
+        .retry_job(authorized(
+            RetryJobRequest {
+                job_id: id.to_string(),
+            },
+            &service,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (stop, task) = bulk_worker(&pool, Healthy);
+    until_job_state(&pool, id, "succeeded").await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let again = admin
+        .retry_job(authorized(
+            RetryJobRequest {
+                job_id: id.to_string(),
+            },
+            &service,
+        ))
+        .await
+        .unwrap_err();
+    let unknown = admin
+        .retry_job(authorized(
+            RetryJobRequest {
+                job_id: uuid::Uuid::new_v4().to_string(),
+            },
+            &service,
+        ))
+        .await
+        .unwrap_err();
+    let malformed = admin
+        .retry_job(authorized(
+            RetryJobRequest {
+                job_id: "not-a-job".into(),
+            },
+            &service,
+        ))
+        .await
+        .unwrap_err();
+
+    let bulk = stats.lanes.iter().find(|lane| lane.lane == "bulk").unwrap();
+    assert_eq!(bulk.dead, 1, "{stats:?}");
+    assert_eq!(dead.jobs.len(), 1);
+    let listed = &dead.jobs[0];
+    assert_eq!(
+        (listed.job_id.as_str(), listed.kind.as_str(), listed.attempts),
+        (id.to_string().as_str(), "remap_unmapped", 2)
+    );
+    assert!(
+        listed.last_error.contains("panicked: poison row"),
+        "{listed:?}"
+    );
+    assert!(
+        metrics.contains("brx_jobs{lane=\"bulk\",state=\"dead\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(retried.state, "queued");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert!(malformed.message().starts_with("job_id"));
+}
