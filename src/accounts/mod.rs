@@ -95,6 +95,10 @@ pub enum AccountError {
     /// `BRX_ENCRYPTION_KEYS` is not set, so no token can be stored.
     #[error("no encryption key is configured (BRX_ENCRYPTION_KEYS)")]
     EncryptionNotConfigured,
+    /// The stored token or secret cannot be opened with the configured keys (a key removed from
+    /// `BRX_ENCRYPTION_KEYS`, or a corrupted row): the seller has to connect again.
+    #[error("the stored CardTrader token cannot be decrypted with the configured keys: {0}")]
+    TokenUnreadable(String),
     /// Anything else; logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -234,8 +238,9 @@ impl Accounts {
             };
             let plain = keyring
                 .open(&sealed, &context(user_id, field))
-                .map_err(anyhow::Error::from)?;
-            let text = String::from_utf8(plain).map_err(anyhow::Error::from)?;
+                .map_err(|err| AccountError::TokenUnreadable(err.to_string()))?;
+            let text = String::from_utf8(plain)
+                .map_err(|err| AccountError::TokenUnreadable(err.to_string()))?;
             Ok(SecretString::from(text))
         };
         Ok(Credentials {

@@ -179,7 +179,10 @@ impl AdminApi {
             ("running", counts.running),
             ("dead", counts.dead),
         ] {
-            self.metrics.jobs.with_label_values(&[lane, state]).set(value);
+            self.metrics
+                .jobs
+                .with_label_values(&[lane, state])
+                .set(value);
         }
     }
 

@@ -305,7 +305,7 @@ fn encode_line(status: LineStatus) -> pb::LineState {
 pub(crate) fn encode(purchase: &StoredPurchase) -> pb::Purchase {
     let failure_reason = match &purchase.saga.phase {
         Phase::Failed { reason }
-        | Phase::RequiresAttention { reason }
+        | Phase::RequiresAttention { reason, .. }
         | Phase::Compensating { reason } => reason.clone(),
         _ => String::new(),
     };

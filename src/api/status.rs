@@ -47,7 +47,8 @@ impl From<AccountError> for Status {
             AccountError::NotConnected(_)
             | AccountError::TokenRejected
             | AccountError::CardTraderAccountTaken
-            | AccountError::EncryptionNotConfigured => Status::failed_precondition(err.to_string()),
+            | AccountError::EncryptionNotConfigured
+            | AccountError::TokenUnreadable(_) => Status::failed_precondition(err.to_string()),
             AccountError::CardTraderUnavailable(_) => {
                 Status::unavailable("CardTrader is unavailable")
             }

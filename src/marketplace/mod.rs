@@ -21,7 +21,7 @@ pub use breaker::{BreakerState, CircuitBreaker};
 pub use error::MarketplaceError;
 use types::{
     BulkAccepted, BulkJob, BulkUpdateItem, Envelope, GamesBody, Info, MarketProduct, NewProduct,
-    Product, ProductResource, ProductUpdate,
+    Product, ProductResource, ProductUpdate, SellerOrder,
 };
 
 use crate::{
@@ -359,6 +359,41 @@ impl MarketplaceClient {
         self.inner
             .call_json(seller, options, spec, None::<&()>)
             .await
+    }
+
+    /// The seller's orders sold since `since` (by the days `GET /orders` filters on, newest first),
+    /// paging until an order older than `since` or the last page, at most `max_pages` pages of 100.
+    /// `None` when there were more pages than that: the list is then not known to be complete.
+    pub async fn orders_since(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        since: chrono::DateTime<chrono::Utc>,
+        max_pages: u32,
+    ) -> Result<Option<Vec<SellerOrder>>, MarketplaceError> {
+        const PAGE: usize = 100;
+        // `from` is a day; the day before covers clocks on either side of midnight.
+        let from = (since - chrono::TimeDelta::days(1)).format("%Y-%m-%d");
+        let mut orders = Vec::new();
+        for page in 1..=max_pages {
+            let path = format!(
+                "/orders?order_as=seller&sort=date.desc&limit={PAGE}&page={page}&from={from}"
+            );
+            let spec = self.inner.read("orders", path, Scope::General);
+            let listed: Vec<SellerOrder> = self
+                .inner
+                .call_json(seller, options.clone(), spec, None::<&()>)
+                .await?;
+            let short = listed.len() < PAGE;
+            let older = listed
+                .iter()
+                .any(|order| order.sold_at().is_some_and(|at| at < since));
+            orders.extend(listed);
+            if short || older {
+                return Ok(Some(orders));
+            }
+        }
+        Ok(None)
     }
 
     /// `POST /products/:id/increment`. Not idempotent: never retried. Returns the product, or `None`

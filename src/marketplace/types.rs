@@ -566,3 +566,52 @@ mod tests {
         }
     }
 }
+
+/// An order as `GET /orders?order_as=seller` lists it: what a sale took from which products, and
+/// when. Only the fields the service reads; the rest is ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SellerOrder {
+    /// Order id.
+    pub id: i64,
+    /// `paid`, `hub_pending`, `sent`, `arrived`, `done`, `request_for_cancel`, `canceled`, `lost`.
+    #[serde(default)]
+    pub state: String,
+    /// When it was paid (`null` for a CardTrader Zero order still `hub_pending`).
+    #[serde(default)]
+    pub paid_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// What was bought.
+    #[serde(default)]
+    pub order_items: Vec<SellerOrderItem>,
+}
+
+/// One line of a [`SellerOrder`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SellerOrderItem {
+    /// The seller's product.
+    pub product_id: i64,
+    /// Units bought.
+    pub quantity: i64,
+    /// When the line was bought.
+    #[serde(default)]
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl SellerOrder {
+    /// When the sale happened, as precisely as the order says: its lines' time, else payment.
+    pub fn sold_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.order_items
+            .iter()
+            .filter_map(|item| item.created_at)
+            .min()
+            .or(self.paid_at)
+    }
+
+    /// Units of `product_id` this order bought.
+    pub fn units_of(&self, product_id: i64) -> i64 {
+        self.order_items
+            .iter()
+            .filter(|item| item.product_id == product_id)
+            .map(|item| item.quantity)
+            .sum()
+    }
+}

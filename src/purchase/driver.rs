@@ -12,11 +12,13 @@ use uuid::Uuid;
 
 use super::{
     GiveBackPlan, LineMemo, ProductSnapshot, PurchaseError,
+    evidence::{self, Unknown},
     saga::{Event, LineStatus, Phase, Saga, Step},
     store::{self, StoredLine, StoredPurchase},
+    verdict::{self, Evidence, Verdict},
 };
 use crate::{
-    accounts::{Accounts, Credentials},
+    accounts::{AccountError, Accounts, Credentials},
     jobs::{
         JobContext, JobKind, KindName,
         worker::{JobFailure, JobHandler},
@@ -86,6 +88,40 @@ impl JobHandler for PurchaseHandler {
     }
 
     async fn run(&self, context: &JobContext) -> Result<(), JobFailure> {
+        let mut run = self.start(context).await?;
+        let result = run.drive().await;
+        self.events
+            .changed(run.purchase.id, run.saga.phase.is_terminal());
+        result
+    }
+
+    /// The job is ending without its purchase having ended (its last attempt failed, or every
+    /// worker holding it died): what is left must happen without CardTrader. Nothing taken there
+    /// yet: the purchase is undone locally; a sale being finalized: it is committed; anything else
+    /// (stock taken, an outcome unknown): it waits for a person, with the reason.
+    async fn give_up(&self, context: &JobContext, reason: &str) -> Result<(), JobFailure> {
+        let mut run = self.start(context).await?;
+        if run.saga.phase.is_terminal() {
+            return Ok(());
+        }
+        tracing::error!(purchase_id = %run.purchase.id, %reason, "purchase driver giving up");
+        run.record(
+            vec![Event::GaveUp {
+                reason: format!("its job is out of attempts: {reason}"),
+            }],
+            Also::Nothing,
+        )
+        .await?;
+        let result = run.drive().await;
+        self.events
+            .changed(run.purchase.id, run.saga.phase.is_terminal());
+        result
+    }
+}
+
+impl PurchaseHandler {
+    /// Loads the job's purchase for an attempt.
+    async fn start<'a>(&'a self, context: &'a JobContext) -> Result<Run<'a>, JobFailure> {
         let JobKind::Purchase {
             purchase_id: id, ..
         } = *context.kind()
@@ -99,22 +135,14 @@ impl JobHandler for PurchaseHandler {
         let Some(purchase) = loaded else {
             return Err(JobFailure::Permanent(format!("no purchase {id}")));
         };
-        let credentials = self
-            .accounts
-            .credentials(purchase.user_id)
-            .await
-            .map_err(|err| JobFailure::Transient(format!("reading the seller's token: {err}")))?;
-        let mut run = Run {
+        Ok(Run {
             handler: self,
             context,
             seq: purchase.steps,
             saga: purchase.saga.clone(),
             purchase,
-            credentials,
-        };
-        let result = run.drive().await;
-        self.events.changed(id, run.saga.phase.is_terminal());
-        result
+            credentials: None,
+        })
     }
 }
 
@@ -126,8 +154,13 @@ struct Run<'a> {
     saga: Saga,
     /// The next step-log sequence number.
     seq: i32,
-    credentials: Credentials,
+    /// The seller's token, read when the first CardTrader call needs it.
+    credentials: Option<Credentials>,
 }
+
+/// How long CardTrader may still apply a write after the client stopped waiting for its answer
+/// (a request queued on CardTrader's side): added to the call's deadline in `settled_by`.
+const SERVER_GRACE: Duration = Duration::from_secs(5);
 
 /// A local write that commits together with the events it belongs to.
 enum Also {
@@ -160,6 +193,10 @@ impl Run<'_> {
                 }
             }
             let step = self.saga.next_step();
+            if calls_cardtrader(step) && !self.ensure_credentials().await? {
+                // The seller's token is gone for good: what is left is local, or a person's.
+                continue;
+            }
             let started = Instant::now();
             let outcome = match step {
                 Step::Stop => break,
@@ -191,7 +228,7 @@ impl Run<'_> {
             .purchases
             .with_label_values(&[outcome])
             .inc();
-        if let Phase::RequiresAttention { reason } = &self.saga.phase {
+        if let Phase::RequiresAttention { reason, .. } = &self.saga.phase {
             tracing::error!(purchase_id = %self.purchase.id, %reason, "purchase requires attention");
             if let Ok(mut read) = self.context.read().await {
                 refresh_attention_gauge(&mut read, &self.handler.metrics).await;
@@ -264,6 +301,8 @@ impl Run<'_> {
                 .await;
         }
         let (product_id, quantity) = self.line_item(line)?;
+        // Before the read: every sale after this instant may be missing from what it shows.
+        let seen_at = Utc::now();
         let seen = match self.read_product(line).await {
             Ok(seen) => seen,
             Err(MarketplaceError::Unauthorized) => {
@@ -290,16 +329,25 @@ impl Run<'_> {
         };
         let memo = LineMemo {
             seen_quantity: product.quantity,
+            seen_at: Some(seen_at),
             product: Some(snapshot(&product)),
             give_back: None,
         };
-        self.record(vec![Event::DecrementSent { line }], Also::Memo(line, memo))
+        // The call's deadline is fixed before the intent is recorded, so the recorded
+        // `settled_by` is never earlier than the call can really end.
+        let options = self.options();
+        let sent_event = Event::DecrementSent {
+            line,
+            settled_by: Some(options.settled_by(SERVER_GRACE)),
+        };
+        self.record(vec![sent_event], Also::Memo(line, memo))
             .await?;
+        let credentials = self.credentials()?;
         let sent = self
             .marketplace()
             .increment_product(
-                self.credentials.seller(),
-                self.options(),
+                credentials.seller(),
+                options,
                 product_id,
                 -i64::from(quantity),
             )
@@ -315,6 +363,8 @@ impl Run<'_> {
                 tracing::info!(error = %err, line, "decrement outcome unknown; verifying");
                 Ok(())
             }
+            // The lease was lost before the call went out: whoever holds it now verifies.
+            Err(MarketplaceError::Cancelled) => Err(JobFailure::LeaseLost),
             Err(MarketplaceError::RateLimited { retry_after, .. }) => {
                 self.record(vec![Event::NotTaken { line }], Also::Nothing)
                     .await?;
@@ -325,43 +375,126 @@ impl Run<'_> {
         }
     }
 
-    /// Decides from CardTrader whether the sent decrement was applied.
+    /// Decides from CardTrader whether the sent decrement was applied: the product's quantity
+    /// then and now, and the sales of it meanwhile. "Applied" is decided as soon as only it fits;
+    /// "not applied" only once the decrement can no longer land; anything else needs a person.
     async fn verify_take(&mut self, line: usize) -> Result<(), JobFailure> {
         let (_, quantity) = self.line_item(line)?;
-        let seen_before = memo_seen(self, line);
-        let seen = match self.read_product(line).await {
-            Ok(seen) => seen,
-            Err(err) => return self.unreadable(line, err).await,
+        let memo = self.memo(line).cloned();
+        let before = memo.as_ref().map_or(0, |memo| memo.seen_quantity);
+        let read_at = memo
+            .and_then(|memo| memo.seen_at)
+            .unwrap_or(self.purchase.created_at);
+        let settled_by = self.settled_by(line);
+        loop {
+            let judged = self
+                .judge(line, read_at, before, -i64::from(quantity))
+                .await;
+            let evidence = match judged {
+                Ok(evidence) => evidence,
+                Err(unknown) => return self.unknown(line, unknown).await,
+            };
+            let event = match verdict::decide(&evidence) {
+                Verdict::Applied => Event::Taken { line },
+                _ if !self.wait_until(settled_by).await? => continue,
+                Verdict::NotApplied if self.saga.phase == Phase::Taking => Event::NotTaken { line },
+                Verdict::NotApplied => Event::Refused {
+                    line,
+                    reason: "the decrement was not applied".into(),
+                },
+                Verdict::Ambiguous => Event::Undecidable {
+                    line,
+                    reason: evidence.to_string(),
+                },
+            };
+            return self.record(vec![event], Also::Nothing).await;
+        }
+    }
+
+    /// Reads what CardTrader shows of `line`'s product and its sales since `read_at`, when it
+    /// held `before` and a write of `delta` was sent.
+    async fn judge(
+        &self,
+        line: usize,
+        read_at: chrono::DateTime<Utc>,
+        before: i64,
+        delta: i64,
+    ) -> Result<Evidence, Unknown> {
+        let (product_id, _) = self.line_item(line).map_err(|_| Unknown::TooMany)?;
+        let credentials = self.credentials().map_err(|err| {
+            Unknown::Unreadable(MarketplaceError::Unavailable {
+                reason: err.to_string(),
+            })
+        })?;
+        let options = self.options();
+        let (seen, sales) = evidence::sales_around(
+            self.context,
+            self.marketplace(),
+            credentials.seller(),
+            &options,
+            product_id,
+            read_at,
+            self.read_product(line),
+        )
+        .await?;
+        let now = match seen {
+            Seen::Present(product) => product.quantity,
+            Seen::Absent => 0,
         };
-        let quantity = i64::from(quantity);
-        let applied = match &seen {
-            Seen::Present(product) if product.quantity == seen_before - quantity => Some(true),
-            Seen::Present(product) if product.quantity == seen_before => Some(false),
-            // The decrement took it to 0 and CardTrader deleted it.
-            Seen::Absent if seen_before == quantity => Some(true),
-            _ => None,
+        Ok(Evidence {
+            before,
+            now,
+            delta,
+            sales,
+        })
+    }
+
+    /// Sleeps until `settled_by` if it is still ahead; `true` when it has passed (decide now),
+    /// `false` after a wait (read again).
+    async fn wait_until(
+        &self,
+        settled_by: Option<chrono::DateTime<Utc>>,
+    ) -> Result<bool, JobFailure> {
+        let Some(left) = settled_by.and_then(|at| (at - Utc::now()).to_std().ok()) else {
+            return Ok(true);
         };
-        let event = match applied {
-            Some(true) => Event::Taken { line },
-            Some(false) if self.saga.phase == Phase::Taking => Event::NotTaken { line },
-            Some(false) => Event::Refused {
-                line,
-                reason: "the decrement was not applied".into(),
-            },
-            None => Event::Undecidable {
-                line,
-                reason: format!(
-                    "CardTrader had {seen_before}, the decrement was {quantity}, now it shows {}",
-                    describe(&seen)
-                ),
-            },
-        };
-        self.record(vec![event], Also::Nothing).await
+        tracing::info!(
+            ?left,
+            "a write may still land; waiting before deciding it did not"
+        );
+        let lease = self.context.lease_token();
+        tokio::select! {
+            () = tokio::time::sleep(left) => Ok(false),
+            () = lease.cancelled() => Err(JobFailure::LeaseLost),
+        }
+    }
+
+    /// When the last write sent for `line` will have settled, from the step log.
+    fn settled_by(&self, line: usize) -> Option<chrono::DateTime<Utc>> {
+        self.saga.settled_by(line)
+    }
+
+    /// The sales could not be established: try again later (a sale landed meanwhile, CardTrader
+    /// could not be read), or hand the line to a person when they cannot be known.
+    async fn unknown(&mut self, line: usize, unknown: Unknown) -> Result<(), JobFailure> {
+        match unknown {
+            Unknown::Unreadable(err) => self.unreadable(line, err).await,
+            Unknown::Moving => Err(JobFailure::Transient(
+                "a sale of the product landed while it was being read".into(),
+            )),
+            Unknown::Storage(err) => Err(JobFailure::Transient(err)),
+            Unknown::TooMany => {
+                let reason = "too many orders since the product was read to tell".to_owned();
+                self.record(vec![Event::Undecidable { line, reason }], Also::Nothing)
+                    .await
+            }
+        }
     }
 
     /// Gives a taken line back: increments the product again, or re-creates it if it is gone.
     async fn give_back(&mut self, line: usize) -> Result<(), JobFailure> {
         let (product_id, quantity) = self.line_item(line)?;
+        let read_at = Utc::now();
         let seen = match self.read_product(line).await {
             Ok(seen) => seen,
             Err(err) => return self.give_back_failed(line, err).await,
@@ -369,6 +502,7 @@ impl Run<'_> {
         let plan = match &seen {
             Seen::Present(product) => GiveBackPlan::Increment {
                 from: product.quantity,
+                read_at: Some(read_at),
             },
             Seen::Absent => GiveBackPlan::Recreate {
                 merged_into: self.identical_product(line).await?,
@@ -376,6 +510,7 @@ impl Run<'_> {
         };
         let mut memo = self.memo(line).cloned().unwrap_or(LineMemo {
             seen_quantity: 0,
+            seen_at: None,
             product: None,
             give_back: None,
         });
@@ -390,18 +525,24 @@ impl Run<'_> {
                 )
                 .await;
         };
-        self.record(vec![Event::GiveBackSent { line }], Also::Memo(line, memo))
+        let options = self.options();
+        let sent_event = Event::GiveBackSent {
+            line,
+            settled_by: Some(options.settled_by(SERVER_GRACE)),
+        };
+        self.record(vec![sent_event], Also::Memo(line, memo))
             .await?;
-        let seller = self.credentials.seller();
+        let credentials = self.credentials()?;
+        let seller = credentials.seller();
         let sent = match plan {
             GiveBackPlan::Increment { .. } => self
                 .marketplace()
-                .increment_product(seller, self.options(), product_id, i64::from(quantity))
+                .increment_product(seller, options, product_id, i64::from(quantity))
                 .await
                 .map(|_| product_id),
             GiveBackPlan::Recreate { .. } => self
                 .marketplace()
-                .create_product(seller, self.options(), &recreation(&product, quantity))
+                .create_product(seller, options, &recreation(&product, quantity))
                 .await
                 .map(|created| created.id),
         };
@@ -412,6 +553,7 @@ impl Run<'_> {
                 tracing::info!(error = %err, line, "give-back outcome unknown; verifying");
                 Ok(())
             }
+            Err(MarketplaceError::Cancelled) => Err(JobFailure::LeaseLost),
             Err(err) => self.give_back_failed(line, err).await,
         }
     }
@@ -431,16 +573,23 @@ impl Run<'_> {
                 )
                 .await;
         };
+        let settled_by = self.settled_by(line);
         let decided: Result<Option<i64>, String> = match plan {
-            GiveBackPlan::Increment { from } => match self.read_product(line).await {
-                Ok(Seen::Present(p)) if p.quantity == from + quantity => Ok(Some(product_id)),
-                Ok(Seen::Present(p)) if p.quantity == from => Ok(None),
-                Ok(seen) => Err(format!(
-                    "CardTrader had {from}, {quantity} was given back, now it shows {}",
-                    describe(&seen)
-                )),
-                Err(err) => return self.unreadable(line, err).await,
-            },
+            GiveBackPlan::Increment { from, read_at } => {
+                let read_at = read_at.unwrap_or(self.purchase.created_at);
+                loop {
+                    let evidence = match self.judge(line, read_at, from, quantity).await {
+                        Ok(evidence) => evidence,
+                        Err(unknown) => return self.unknown(line, unknown).await,
+                    };
+                    match verdict::decide(&evidence) {
+                        Verdict::Applied => break Ok(Some(product_id)),
+                        _ if !self.wait_until(settled_by).await? => continue,
+                        Verdict::NotApplied => break Ok(None),
+                        Verdict::Ambiguous => break Err(evidence.to_string()),
+                    }
+                }
+            }
             GiveBackPlan::Recreate { merged_into } => {
                 let products = match self.read_blueprint(line).await {
                     Ok(products) => products,
@@ -451,7 +600,7 @@ impl Run<'_> {
                     .iter()
                     .filter(|p| snapshot.as_ref().is_some_and(|s| same_kind(s, p)))
                     .collect();
-                match merged_into {
+                let decided = match merged_into {
                     Some((id, before)) => match identical.iter().find(|p| p.id == id) {
                         Some(p) if p.quantity == before + quantity => Ok(Some(id)),
                         Some(p) if p.quantity == before => Ok(None),
@@ -465,7 +614,12 @@ impl Run<'_> {
                             identical.len()
                         )),
                     },
+                };
+                if decided == Ok(None) && !self.wait_until(settled_by).await? {
+                    // The re-create may still land: look again once it cannot.
+                    return Ok(());
                 }
+                decided
             }
         };
         match decided {
@@ -559,6 +713,7 @@ impl Run<'_> {
             Some(seen_quantity) => {
                 let mut memo = self.memo(line).cloned().unwrap_or(LineMemo {
                     seen_quantity,
+                    seen_at: None,
                     product: None,
                     give_back: None,
                 });
@@ -654,6 +809,47 @@ impl Run<'_> {
         Ok((stored.local_product_id(), stored.quantity))
     }
 
+    /// The seller's token, read by [`Self::ensure_credentials`] before any CardTrader step.
+    fn credentials(&self) -> Result<Credentials, JobFailure> {
+        self.credentials
+            .clone()
+            .ok_or_else(|| JobFailure::Transient("the seller's token was not read".into()))
+    }
+
+    /// Reads the seller's token if not read yet; `false` when it is gone for good (the seller
+    /// disconnected, the token cannot be opened), after recording that the driver gave up on
+    /// CardTrader.
+    async fn ensure_credentials(&mut self) -> Result<bool, JobFailure> {
+        if self.credentials.is_some() {
+            return Ok(true);
+        }
+        match self
+            .handler
+            .accounts
+            .credentials(self.purchase.user_id)
+            .await
+        {
+            Ok(credentials) => {
+                self.credentials = Some(credentials);
+                Ok(true)
+            }
+            Err(
+                err @ (AccountError::NotFound
+                | AccountError::NotConnected(_)
+                | AccountError::EncryptionNotConfigured
+                | AccountError::TokenUnreadable(_)),
+            ) => {
+                let reason = format!("the seller's CardTrader token cannot be used: {err}");
+                self.record(vec![Event::GaveUp { reason }], Also::Nothing)
+                    .await?;
+                Ok(false)
+            }
+            Err(err) => Err(JobFailure::Transient(format!(
+                "reading the seller's token: {err}"
+            ))),
+        }
+    }
+
     fn memo(&self, line: usize) -> Option<&LineMemo> {
         self.purchase.lines.get(line)?.memo.as_ref()
     }
@@ -680,9 +876,15 @@ impl Run<'_> {
         let Some(blueprint) = self.blueprint(line) else {
             return Ok(Vec::new());
         };
+        let credentials =
+            self.credentials
+                .as_ref()
+                .ok_or_else(|| MarketplaceError::Unavailable {
+                    reason: "the seller's token was not read".into(),
+                })?;
         self.marketplace()
             .export_products(
-                self.credentials.seller(),
+                credentials.seller(),
                 self.options(),
                 ExportFilter::Blueprint(blueprint),
             )
@@ -716,10 +918,6 @@ impl Run<'_> {
     }
 }
 
-fn memo_seen(run: &Run<'_>, line: usize) -> i64 {
-    run.memo(line).map_or(0, |memo| memo.seen_quantity)
-}
-
 fn snapshot(product: &Product) -> ProductSnapshot {
     ProductSnapshot {
         blueprint_id: product.blueprint_id,
@@ -747,13 +945,6 @@ fn recreation(snapshot: &ProductSnapshot, quantity: i32) -> NewProduct {
         user_data_field: snapshot.user_data_field.clone(),
         properties: Some(snapshot.properties.clone()),
         graded: snapshot.graded,
-    }
-}
-
-fn describe(seen: &Seen) -> String {
-    match seen {
-        Seen::Present(product) => product.quantity.to_string(),
-        Seen::Absent => "no product".into(),
     }
 }
 
@@ -788,6 +979,17 @@ fn jobs_error(err: crate::jobs::JobError) -> PurchaseError {
         crate::jobs::JobError::Database(err) => PurchaseError::Database(err),
         other => PurchaseError::Internal(other.to_string()),
     }
+}
+
+/// Whether a step calls CardTrader (the others are local transactions).
+fn calls_cardtrader(step: Step) -> bool {
+    matches!(
+        step,
+        Step::TakeStock { .. }
+            | Step::VerifyTake { .. }
+            | Step::GiveBack { .. }
+            | Step::VerifyGiveBack { .. }
+    )
 }
 
 fn step_name(step: Step) -> &'static str {

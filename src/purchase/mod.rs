@@ -4,9 +4,11 @@
 //! [`service`] is what the RPCs call.
 
 pub mod driver;
+mod evidence;
 pub mod saga;
 pub mod service;
 pub mod store;
+pub mod verdict;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -66,6 +68,9 @@ pub enum GiveBackPlan {
     Increment {
         /// Its quantity before the give-back.
         from: i64,
+        /// When `from` was read (sales after it change what the give-back must look like).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        read_at: Option<DateTime<Utc>>,
     },
     /// The product is gone (the decrement took it to 0): create it again from the snapshot.
     /// CardTrader merges a create into an identical product; `merged_into` is that product and
@@ -82,6 +87,9 @@ pub enum GiveBackPlan {
 pub struct LineMemo {
     /// CardTrader's quantity of the product when the line was confirmed (0: not there).
     pub seen_quantity: i64,
+    /// When that quantity was read: sales after it are not in it. Absent in earlier releases' memos.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_at: Option<DateTime<Utc>>,
     /// The product as it was.
     pub product: Option<ProductSnapshot>,
     /// How the give-back was sent, once it was.

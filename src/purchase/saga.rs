@@ -4,6 +4,7 @@
 //! back through [`Saga::apply`]; a worker resuming a purchase folds the log with [`Saga::replay`]
 //! and carries on from [`Saga::next_step`].
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Give-backs that may fail (each retried with backoff) before a person has to look.
@@ -51,6 +52,9 @@ pub enum Phase {
     RequiresAttention {
         /// What a person has to look at.
         reason: String,
+        /// Whether the purchase was being undone when it stopped: a retry carries on undoing.
+        #[serde(default)]
+        undoing: bool,
     },
 }
 
@@ -104,6 +108,11 @@ pub enum Event {
     DecrementSent {
         /// Line index.
         line: usize,
+        /// When CardTrader will have answered or dropped it: until then a re-read that shows it
+        /// not applied proves nothing (it may still land), so "not applied" is never decided
+        /// before. Absent in logs of earlier releases.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settled_by: Option<DateTime<Utc>>,
     },
     /// CardTrader took `line`'s stock (answered, or verified after an unknown outcome).
     Taken {
@@ -127,6 +136,9 @@ pub enum Event {
     GiveBackSent {
         /// Line index.
         line: usize,
+        /// As for [`Event::DecrementSent`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settled_by: Option<DateTime<Utc>>,
     },
     /// `line`'s quantity is back on CardTrader.
     GivenBack {
@@ -149,6 +161,12 @@ pub enum Event {
     },
     /// The purchase's deadline passed.
     DeadlinePassed,
+    /// The driver cannot go on calling CardTrader (the seller's token is gone, or its job used its
+    /// last attempt): undone locally if CardTrader holds nothing of it yet, else handed to a person.
+    GaveUp {
+        /// Why.
+        reason: String,
+    },
     /// The local sale was committed.
     Finalized,
     /// The reservations were released.
@@ -175,6 +193,10 @@ pub struct Saga {
     pub lines: Vec<LineStatus>,
     /// Give-backs that failed so far.
     pub give_back_failures: u32,
+    /// Per line, when the last write sent for it will have settled (see
+    /// [`Event::DecrementSent`]'s `settled_by`).
+    #[serde(default)]
+    pub settled_by: Vec<Option<DateTime<Utc>>>,
 }
 
 impl Saga {
@@ -184,6 +206,7 @@ impl Saga {
             phase: Phase::Taking,
             lines: vec![LineStatus::Pending; lines],
             give_back_failures: 0,
+            settled_by: vec![None; lines],
         }
     }
 
@@ -225,16 +248,19 @@ impl Saga {
     /// Applies one recorded event. Events that make no sense in the current state (a duplicate
     /// after a crash, a deadline after finalizing) change nothing.
     pub fn apply(&mut self, event: &Event) {
-        if let Phase::RequiresAttention { reason } = &self.phase {
-            let reason = reason.clone();
-            self.settle_by_hand(event, &reason);
+        if let Phase::RequiresAttention { reason, undoing } = &self.phase {
+            let (reason, undoing) = (reason.clone(), *undoing);
+            self.settle_by_hand(event, &reason, undoing);
             return;
         }
         if self.phase.is_terminal() {
             return;
         }
         match event {
-            Event::DecrementSent { line } => self.set(*line, LineStatus::DecrementSent),
+            Event::DecrementSent { line, settled_by } => {
+                self.set(*line, LineStatus::DecrementSent);
+                self.note_settled_by(*line, *settled_by);
+            }
             Event::Taken { line } => {
                 self.set(*line, LineStatus::Taken);
                 if self.phase == Phase::Taking && self.lines.iter().all(|l| *l == LineStatus::Taken)
@@ -247,26 +273,29 @@ impl Saga {
                 self.set(*line, LineStatus::Refused);
                 self.compensate(reason);
             }
-            Event::GiveBackSent { line } => self.set(*line, LineStatus::GiveBackSent),
+            Event::GiveBackSent { line, settled_by } => {
+                self.set(*line, LineStatus::GiveBackSent);
+                self.note_settled_by(*line, *settled_by);
+            }
             Event::GivenBack { line } => self.set(*line, LineStatus::GivenBack),
             Event::GiveBackFailed { line, reason } => {
                 self.set(*line, LineStatus::Taken);
                 self.give_back_failures += 1;
                 if self.give_back_failures >= MAX_GIVE_BACK_FAILURES {
-                    self.phase = Phase::RequiresAttention {
-                        reason: format!(
-                            "giving back line {line} failed {} times: {reason}",
-                            self.give_back_failures
-                        ),
-                    };
+                    let reason = format!(
+                        "giving back line {line} failed {} times: {reason}",
+                        self.give_back_failures
+                    );
+                    self.needs_a_person(reason);
                 }
             }
             Event::Undecidable { line, reason } => {
-                self.phase = Phase::RequiresAttention {
-                    reason: format!("cannot tell whether line {line} was applied: {reason}"),
-                };
+                self.needs_a_person(format!(
+                    "cannot tell whether line {line} was applied: {reason}"
+                ));
             }
             Event::DeadlinePassed => self.compensate("the purchase's deadline passed"),
+            Event::GaveUp { reason } => self.give_up(reason),
             Event::Finalized => {
                 if self.phase == Phase::Finalizing {
                     self.phase = Phase::Completed;
@@ -284,8 +313,41 @@ impl Saga {
         }
     }
 
+    /// Stops for a person, remembering whether the purchase was being undone.
+    fn needs_a_person(&mut self, reason: String) {
+        let undoing = matches!(self.phase, Phase::Compensating { .. });
+        self.phase = Phase::RequiresAttention { reason, undoing };
+    }
+
+    /// Whether CardTrader may hold something of this purchase that only a CardTrader call can
+    /// settle: a line taken, or a call whose outcome is not known.
+    fn holds_stock_on_cardtrader(&self) -> bool {
+        self.lines.iter().any(|line| {
+            matches!(
+                line,
+                LineStatus::DecrementSent | LineStatus::Taken | LineStatus::GiveBackSent
+            )
+        })
+    }
+
+    /// No more CardTrader calls: what is left must be local. Nothing taken yet: undo locally.
+    /// Every line taken and finalizing: the sale is committed locally. Anything else needs a person.
+    fn give_up(&mut self, reason: &str) {
+        match &self.phase {
+            Phase::Finalizing => {}
+            Phase::Taking | Phase::Compensating { .. } if !self.holds_stock_on_cardtrader() => {
+                if self.phase == Phase::Taking {
+                    self.phase = Phase::Compensating {
+                        reason: reason.to_owned(),
+                    };
+                }
+            }
+            _ => self.needs_a_person(format!("gave up: {reason}")),
+        }
+    }
+
     /// The only events a purchase in `RequiresAttention` takes: an operator's retry or resolution.
-    fn settle_by_hand(&mut self, event: &Event, reason: &str) {
+    fn settle_by_hand(&mut self, event: &Event, reason: &str, was_undoing: bool) {
         match event {
             Event::Retried => {
                 self.give_back_failures = 0;
@@ -297,7 +359,7 @@ impl Saga {
                 });
                 self.phase = if self.lines.iter().all(|line| *line == LineStatus::Taken) {
                     Phase::Finalizing
-                } else if undoing || reason.starts_with("giving back") {
+                } else if undoing || was_undoing {
                     Phase::Compensating {
                         reason: format!("retried after: {reason}"),
                     }
@@ -324,6 +386,20 @@ impl Saga {
         }
     }
 
+    fn note_settled_by(&mut self, line: usize, settled_by: Option<DateTime<Utc>>) {
+        if self.settled_by.len() < self.lines.len() {
+            self.settled_by.resize(self.lines.len(), None);
+        }
+        if let Some(slot) = self.settled_by.get_mut(line) {
+            *slot = settled_by;
+        }
+    }
+
+    /// When the last write sent for `line` will have settled, if the log says.
+    pub fn settled_by(&self, line: usize) -> Option<DateTime<Utc>> {
+        self.settled_by.get(line).copied().flatten()
+    }
+
     fn set(&mut self, line: usize, status: LineStatus) {
         if let Some(slot) = self.lines.get_mut(line) {
             *slot = status;
@@ -334,6 +410,20 @@ impl Saga {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sent(line: usize) -> Event {
+        Event::DecrementSent {
+            line,
+            settled_by: None,
+        }
+    }
+
+    fn given(line: usize) -> Event {
+        Event::GiveBackSent {
+            line,
+            settled_by: None,
+        }
+    }
 
     /// Runs `saga` to its end, answering each step with `answer`, and returns the steps taken.
     fn drive(saga: &mut Saga, mut answer: impl FnMut(Step) -> Vec<Event>) -> Vec<Step> {
@@ -353,9 +443,9 @@ mod tests {
 
     fn all_succeed(step: Step) -> Vec<Event> {
         match step {
-            Step::TakeStock { line } => vec![Event::DecrementSent { line }, Event::Taken { line }],
+            Step::TakeStock { line } => vec![sent(line), Event::Taken { line }],
             Step::GiveBack { line } => {
-                vec![Event::GiveBackSent { line }, Event::GivenBack { line }]
+                vec![given(line), Event::GivenBack { line }]
             }
             Step::Finalize => vec![Event::Finalized],
             Step::Release => vec![Event::Released],
@@ -422,7 +512,7 @@ mod tests {
     #[test]
     fn an_unknown_decrement_is_verified_before_anything_else_is_sent() {
         let mut saga = Saga::new(2);
-        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&sent(0));
 
         assert_eq!(saga.next_step(), Step::VerifyTake { line: 0 });
         saga.apply(&Event::Taken { line: 0 });
@@ -433,7 +523,7 @@ mod tests {
         );
 
         let mut retried = Saga::new(2);
-        retried.apply(&Event::DecrementSent { line: 0 });
+        retried.apply(&sent(0));
         retried.apply(&Event::NotTaken { line: 0 });
         assert_eq!(
             retried.next_step(),
@@ -445,7 +535,7 @@ mod tests {
     #[test]
     fn an_undecidable_outcome_needs_a_person_and_stops() {
         let mut saga = Saga::new(1);
-        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&sent(0));
         saga.apply(&Event::Undecidable {
             line: 0,
             reason: "CardTrader unreachable".into(),
@@ -458,13 +548,13 @@ mod tests {
     #[test]
     fn a_deadline_while_taking_undoes_but_after_finalize_the_sale_stands() {
         let mut late = Saga::new(2);
-        late.apply(&Event::DecrementSent { line: 0 });
+        late.apply(&sent(0));
         late.apply(&Event::Taken { line: 0 });
         late.apply(&Event::DeadlinePassed);
         assert_eq!(late.next_step(), Step::GiveBack { line: 0 });
 
         let mut sold = Saga::new(1);
-        sold.apply(&Event::DecrementSent { line: 0 });
+        sold.apply(&sent(0));
         sold.apply(&Event::Taken { line: 0 });
         sold.apply(&Event::DeadlinePassed);
         assert_eq!(sold.phase, Phase::Finalizing);
@@ -474,9 +564,9 @@ mod tests {
     #[test]
     fn a_decrement_in_doubt_while_undoing_is_verified_and_given_back_if_it_was_applied() {
         let mut saga = Saga::new(2);
-        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&sent(0));
         saga.apply(&Event::Taken { line: 0 });
-        saga.apply(&Event::DecrementSent { line: 1 });
+        saga.apply(&sent(1));
         saga.apply(&Event::DeadlinePassed);
 
         assert_eq!(saga.next_step(), Step::VerifyTake { line: 1 });
@@ -488,12 +578,12 @@ mod tests {
     fn give_backs_are_retried_until_the_bound_then_need_a_person() {
         // Line 0 taken, the deadline passes before line 1.
         let mut saga = Saga::new(2);
-        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&sent(0));
         saga.apply(&Event::Taken { line: 0 });
         saga.apply(&Event::DeadlinePassed);
         for attempt in 1..=MAX_GIVE_BACK_FAILURES {
             assert_eq!(saga.next_step(), Step::GiveBack { line: 0 });
-            saga.apply(&Event::GiveBackSent { line: 0 });
+            saga.apply(&given(0));
             assert_eq!(saga.next_step(), Step::VerifyGiveBack { line: 0 });
             saga.apply(&Event::GiveBackFailed {
                 line: 0,
@@ -512,7 +602,7 @@ mod tests {
         drive(&mut saga, |step| {
             let events = match step {
                 Step::TakeStock { line: 2 } => vec![
-                    Event::DecrementSent { line: 2 },
+                    sent(2),
                     Event::Refused {
                         line: 2,
                         reason: "gone".into(),
@@ -549,7 +639,7 @@ mod tests {
     #[test]
     fn a_retry_verifies_again_and_a_resolution_ends_the_purchase() {
         let mut saga = Saga::new(2);
-        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&sent(0));
         saga.apply(&Event::Undecidable {
             line: 0,
             reason: "quantity moved".into(),
@@ -565,7 +655,7 @@ mod tests {
         assert_eq!(saga.next_step(), Step::VerifyTake { line: 0 });
 
         let mut stuck = Saga::new(1);
-        stuck.apply(&Event::DecrementSent { line: 0 });
+        stuck.apply(&sent(0));
         stuck.apply(&Event::Undecidable {
             line: 0,
             reason: "unreachable".into(),
@@ -581,11 +671,11 @@ mod tests {
     #[test]
     fn a_retry_of_failing_give_backs_carries_on_undoing_with_a_fresh_allowance() {
         let mut saga = Saga::new(2);
-        saga.apply(&Event::DecrementSent { line: 0 });
+        saga.apply(&sent(0));
         saga.apply(&Event::Taken { line: 0 });
         saga.apply(&Event::DeadlinePassed);
         for _ in 0..MAX_GIVE_BACK_FAILURES {
-            saga.apply(&Event::GiveBackSent { line: 0 });
+            saga.apply(&given(0));
             saga.apply(&Event::GiveBackFailed {
                 line: 0,
                 reason: "503".into(),
@@ -613,5 +703,77 @@ mod tests {
         });
 
         assert_eq!(saga, done);
+    }
+
+    #[test]
+    fn giving_up_before_anything_was_sent_undoes_locally() {
+        let mut saga = Saga::new(2);
+
+        saga.apply(&Event::GaveUp {
+            reason: "the seller disconnected".into(),
+        });
+
+        assert_eq!(
+            saga.next_step(),
+            Step::Release,
+            "no CardTrader call is needed"
+        );
+        saga.apply(&Event::Released);
+        assert!(
+            matches!(&saga.phase, Phase::Failed { reason } if reason == "the seller disconnected")
+        );
+    }
+
+    #[test]
+    fn giving_up_with_stock_on_cardtrader_needs_a_person_and_a_finalizing_sale_stands() {
+        for held in [sent(0), Event::Taken { line: 0 }] {
+            let mut saga = Saga::new(2);
+            saga.apply(&sent(0));
+            saga.apply(&held);
+            saga.apply(&Event::GaveUp {
+                reason: "out of attempts".into(),
+            });
+            assert!(
+                matches!(&saga.phase, Phase::RequiresAttention { reason, undoing: false } if reason.contains("out of attempts")),
+                "{saga:?}"
+            );
+            assert_eq!(saga.next_step(), Step::Stop);
+        }
+
+        let mut sold = Saga::new(1);
+        sold.apply(&sent(0));
+        sold.apply(&Event::Taken { line: 0 });
+        sold.apply(&Event::GaveUp {
+            reason: "out of attempts".into(),
+        });
+        assert_eq!(
+            sold.next_step(),
+            Step::Finalize,
+            "local only: the sale is committed"
+        );
+    }
+
+    #[test]
+    fn a_purchase_that_needed_a_person_while_undoing_carries_on_undoing_when_retried() {
+        // The deadline passes with line 1's decrement in doubt, and verifying it cannot decide: no
+        // line shows the undo yet, only the phase does.
+        let mut saga = Saga::new(2);
+        saga.apply(&sent(0));
+        saga.apply(&Event::Taken { line: 0 });
+        saga.apply(&sent(1));
+        saga.apply(&Event::DeadlinePassed);
+        saga.apply(&Event::Undecidable {
+            line: 1,
+            reason: "moved by 3".into(),
+        });
+        assert!(matches!(
+            saga.phase,
+            Phase::RequiresAttention { undoing: true, .. }
+        ));
+
+        saga.apply(&Event::Retried);
+
+        assert!(matches!(saga.phase, Phase::Compensating { .. }));
+        assert_eq!(saga.next_step(), Step::VerifyTake { line: 1 });
     }
 }

@@ -443,7 +443,7 @@ pub async fn append(
         .map_err(|err| PurchaseError::Internal(err.to_string()))?;
     let seqs: Vec<i32> = (seq..).take(events.len()).collect();
     let failure_reason = match &saga.phase {
-        Phase::Failed { reason } | Phase::RequiresAttention { reason } => Some(reason.as_str()),
+        Phase::Failed { reason } | Phase::RequiresAttention { reason, .. } => Some(reason.as_str()),
         _ => None,
     };
     let saga_json =

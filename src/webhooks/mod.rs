@@ -15,6 +15,20 @@ mod payload;
 mod rule;
 mod store;
 
+pub use store::RecordedSale;
+
+/// The orders of `product_id` that CardTrader's webhooks told this service about since `since`,
+/// each as its latest delivery shows it: evidence of sales a purchase must not mistake for its own
+/// decrement.
+pub async fn recorded_sales(
+    conn: &mut sqlx::PgConnection,
+    user_id: crate::domain::UserId,
+    product_id: i64,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<RecordedSale>, sqlx::Error> {
+    store::recorded_sales(conn, user_id, product_id, since).await
+}
+
 use axum::{Router, extract::DefaultBodyLimit, routing::post};
 use sqlx::PgPool;
 

@@ -234,3 +234,43 @@ pub(crate) async fn mark_syncs_queued(
         .await?;
     Ok(())
 }
+
+/// One order of a product as the stored webhook deliveries last showed it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecordedSale {
+    /// CardTrader's order id.
+    pub order_id: i64,
+    /// Units of the product it bought.
+    pub units: i64,
+    /// Its state in the latest delivery.
+    pub state: String,
+    /// When CardTrader emitted that delivery (else when it arrived).
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The orders of `product_id` that live deliveries stored since `since` name, each as its latest
+/// delivery shows it.
+pub(crate) async fn recorded_sales(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    product_id: i64,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<RecordedSale>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (order_id) order_id, units, state, at FROM ( \
+             SELECT object_id AS order_id, seq, body -> 'data' ->> 'state' AS state, \
+                    coalesce(event_time, received_at) AS at, \
+                    (SELECT coalesce(sum((item ->> 'quantity')::bigint), 0) \
+                     FROM jsonb_array_elements(body -> 'data' -> 'order_items') item \
+                     WHERE (item ->> 'product_id')::bigint = $2)::bigint AS units \
+             FROM webhook_events \
+             WHERE user_id = $1 AND mode = 'live' AND coalesce(event_time, received_at) >= $3 \
+               AND body -> 'data' -> 'order_items' @> jsonb_build_array(jsonb_build_object('product_id', $2::bigint)) \
+         ) deliveries ORDER BY order_id, seq DESC",
+    )
+    .bind(user_id.as_uuid())
+    .bind(product_id)
+    .bind(since)
+    .fetch_all(conn)
+    .await
+}

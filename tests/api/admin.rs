@@ -254,7 +254,11 @@ async fn a_poison_job_ends_dead_shows_in_get_stats_and_metrics_and_an_operator_s
     assert_eq!(dead.jobs.len(), 1);
     let listed = &dead.jobs[0];
     assert_eq!(
-        (listed.job_id.as_str(), listed.kind.as_str(), listed.attempts),
+        (
+            listed.job_id.as_str(),
+            listed.kind.as_str(),
+            listed.attempts
+        ),
         (id.to_string().as_str(), "remap_unmapped", 2)
     );
     assert!(

@@ -209,7 +209,7 @@ async fn stuck_purchase(shop: &PurchaseRig, key: &str) -> (uuid::Uuid, Vec<i64>)
     let id = purchase_id(shop, key).await;
     let ended = shop.until_done(&id.to_string()).await;
     assert!(
-        matches!(&ended.saga.phase, Phase::RequiresAttention { reason } if reason.contains("failed 5 times")),
+        matches!(&ended.saga.phase, Phase::RequiresAttention { reason, .. } if reason.contains("failed 5 times")),
         "{ended:?}"
     );
     assert_eq!(shop.local(items[0]).await, Some((2, 2)), "still reserved");

@@ -172,10 +172,16 @@ async fn a_step_from_a_worker_whose_lease_was_taken_over_is_not_appended() {
         panic!("{reserved:?}")
     };
     let mut saga = Saga::new(1);
-    saga.apply(&Event::DecrementSent { line: 0 });
+    saga.apply(&Event::DecrementSent {
+        line: 0,
+        settled_by: None,
+    });
     let mut stale = lease.clone();
     stale.fence -= 1;
-    let events = [Event::DecrementSent { line: 0 }];
+    let events = [Event::DecrementSent {
+        line: 0,
+        settled_by: None,
+    }];
 
     let stale = brx_sync::jobs::JobContext::detached(stale, db.pool.clone());
     let mut unit = stale.begin().await.unwrap();
@@ -196,7 +202,10 @@ async fn a_step_from_a_worker_whose_lease_was_taken_over_is_not_appended() {
     );
     assert_eq!(
         store::step_log(&db.pool, id).await.unwrap(),
-        vec![Event::DecrementSent { line: 0 }]
+        vec![Event::DecrementSent {
+            line: 0,
+            settled_by: None,
+        }]
     );
     let stored = store::load(&db.pool, id).await.unwrap().unwrap();
     assert_eq!(stored.saga, saga);

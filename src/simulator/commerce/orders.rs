@@ -290,7 +290,7 @@ pub(crate) fn order_json(order: &Order, side: Side, counterpart: &Seller) -> Val
         "order_shipping_method": Value::Null, "presale": false,
         "formatted_subtotal": format!("€{}.{:02}", subtotal / 100, subtotal % 100),
         "formatted_total": format!("€{}.{:02}", total / 100, total % 100),
-        "order_items": order.items.iter().map(|i| item_json(i, side)).collect::<Vec<_>>(),
+        "order_items": order.items.iter().map(|i| item_json(i, side, order.created_at)).collect::<Vec<_>>(),
     });
     let other = if side == Side::Seller {
         "buyer"
@@ -303,7 +303,7 @@ pub(crate) fn order_json(order: &Order, side: Side, counterpart: &Seller) -> Val
     out
 }
 
-fn item_json(item: &OrderItem, side: Side) -> Value {
+fn item_json(item: &OrderItem, side: Side, created_at: DateTime<Utc>) -> Value {
     let p = &item.product;
     let game = blueprint_game(p.blueprint_id);
     let mut out = json!({
@@ -314,7 +314,7 @@ fn item_json(item: &OrderItem, side: Side) -> Value {
         "cancelled_price": [], "repurchase_price": [], "tag": p.tag, "graded": p.graded,
         "formatted_price": format!("€{}.{:02}", p.price_cents / 100, p.price_cents % 100),
         "mkm_id": Value::Null, "tcg_player_id": Value::Null, "scryfall_id": Value::Null,
-        "user_data_field": p.user_data_field, "deleted_at": Value::Null, "created_at": Utc::now(),
+        "user_data_field": p.user_data_field, "deleted_at": Value::Null, "created_at": created_at,
     });
     out[format!("{}_price", side.name())] = money(p.price_cents);
     out
