@@ -18,7 +18,7 @@ use crate::{
     http::{self, HttpState},
     jobs::{
         Lane,
-        wake::JobWakeups,
+        wake::{Changes, JobWakeups},
         worker::{JobHandler, Worker, WorkerSettings},
     },
     marketplace::MarketplaceClient,
@@ -145,7 +145,9 @@ impl App {
             config.database_url.clone(),
         );
         let mut supervisor_task = tokio::spawn(supervisor.run(workers.clone()));
-        let purchase_events = PurchaseEvents::default();
+        // Watchers on any replica hear of every job and purchase that moves.
+        let (changes, change_relay) = Changes::relayed(&config.redis_key_prefix);
+        let purchase_events = PurchaseEvents::announcing(changes.clone());
         let job_workers = job_workers(
             &config,
             &storage,
@@ -153,7 +155,10 @@ impl App {
             &catalog,
             &metrics,
             &purchase_events,
-        );
+        )
+        .into_iter()
+        .map(|worker| worker.announcing(changes.clone()))
+        .collect::<Vec<_>>();
         let interactive_start = job_workers
             .iter()
             .find(|worker| worker.lane() == Lane::Interactive)
@@ -165,7 +170,8 @@ impl App {
                 .iter()
                 .map(|worker| (worker.lane(), worker.waker()))
                 .collect(),
-        );
+        )
+        .with_changes(changes);
         let scheduler = SyncScheduler::new(
             storage.pg.clone(),
             wakeups.clone(),
@@ -209,6 +215,7 @@ impl App {
                 .clone()
                 .listen(config.redis_url.clone(), workers.clone()),
         );
+        worker_tasks.spawn(change_relay.run(storage.redis.clone(), workers.clone()));
 
         let webhook_intake = crate::webhooks::WebhookIntake::new(
             storage.pg.clone(),

@@ -63,9 +63,16 @@ pub struct JobContext {
     cancel_requested: Arc<AtomicBool>,
     lease_lost: Arc<AtomicBool>,
     shutdown: CancellationToken,
+    changes: super::wake::Changes,
 }
 
 impl JobContext {
+    /// Tells the job's watchers that it moved (call after committing its progress).
+    pub fn announce(&self) {
+        self.changes
+            .publish(super::wake::Subject::Job(self.lease.job.id));
+    }
+
     /// Whether the job should stop at this safe point, and why.
     pub fn should_stop(&self) -> Option<JobFailure> {
         if self.lease_lost.load(Ordering::Relaxed) {
@@ -112,6 +119,7 @@ pub struct Worker {
     handed: mpsc::UnboundedSender<(Lease, OwnedSemaphorePermit)>,
     handed_in: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(Lease, OwnedSemaphorePermit)>>>,
     backlog: Arc<AtomicBool>,
+    changes: super::wake::Changes,
 }
 
 /// A free slot of a worker, held for a job about to be handed to it.
@@ -202,7 +210,13 @@ impl Worker {
             handed_in: std::sync::Mutex::new(Some(handed_in)),
             // Until the first claim looks, assume there is queued work.
             backlog: Arc::new(AtomicBool::new(true)),
+            changes: super::wake::Changes::default(),
         }
+    }
+
+    /// This worker, telling `changes` whenever one of its jobs starts, moves or settles.
+    pub fn announcing(self, changes: super::wake::Changes) -> Self {
+        Self { changes, ..self }
     }
 
     /// A handle that starts jobs claimed at creation on this worker's free slots.
@@ -325,7 +339,9 @@ impl Worker {
             cancel_requested: Arc::new(AtomicBool::new(false)),
             lease_lost: Arc::new(AtomicBool::new(false)),
             shutdown,
+            changes: self.changes.clone(),
         };
+        context.announce();
         // The heartbeat runs inside this task, not beside it: if the task dies (a crash, an abort), the
         // lease stops being extended and another worker takes the job over.
         let run = handler.run(context.clone());
@@ -403,6 +419,7 @@ impl Worker {
             .jobs_finished
             .with_label_values(&[job.kind.as_str(), label])
             .inc();
+        self.changes.publish(super::wake::Subject::Job(job.id));
     }
 }
 

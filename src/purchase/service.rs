@@ -236,6 +236,7 @@ impl Purchases {
             .map_err(|err| PurchaseError::Internal(err.to_string()))?;
         tx.commit().await?;
         tracing::warn!(purchase_id = %id, "purchase retried by an operator");
+        self.events.changed(id, false);
         self.wakeups.announce(Lane::Interactive);
         refresh_attention_gauge(&self.pool, &self.metrics).await;
         self.get(id).await

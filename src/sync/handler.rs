@@ -262,6 +262,7 @@ impl SyncHandler {
                 ChunkError::LeaseLost => JobFailure::Transient("lease lost".into()),
                 ChunkError::Database(err) => transient(err),
             })?;
+        context.announce();
         Ok((outcome, product_ids))
     }
 

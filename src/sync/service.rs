@@ -12,7 +12,10 @@ use super::{
 use crate::{
     accounts::{AccountError, AccountStatus, Accounts},
     domain::UserId,
-    jobs::{Enqueued, Job, JobError, JobState, Lane, NewJob, store, wake::JobWakeups},
+    jobs::{
+        Enqueued, Job, JobError, JobState, Lane, NewJob, store,
+        wake::{JobWakeups, Subject},
+    },
 };
 
 /// The kinds that are syncs.
@@ -110,8 +113,10 @@ impl Syncs {
             SyncScope::merge_payloads,
         )
         .await?;
-        if matches!(enqueued, Enqueued::Created(_)) {
-            self.wakeups.announce(lane);
+        match &enqueued {
+            Enqueued::Created(_) => self.wakeups.announce(lane),
+            // The queued job's scope or priority may have grown: its watchers re-read it.
+            Enqueued::Coalesced(job) => self.wakeups.changes().publish(Subject::Job(job.id)),
         }
         Ok(enqueued)
     }
@@ -148,7 +153,9 @@ impl Syncs {
     /// Cancels a queued sync now, or asks a running one to stop after its chunk.
     pub async fn cancel(&self, job_id: Uuid) -> Result<Job, SyncError> {
         self.get(job_id).await?;
-        Ok(store::cancel(&self.pool, job_id).await?)
+        let job = store::cancel(&self.pool, job_id).await?;
+        self.wakeups.changes().publish(Subject::Job(job_id));
+        Ok(job)
     }
 
     /// The seller's last finished sync, current sync and item count.
