@@ -246,12 +246,7 @@ impl App {
             accounts,
             catalog,
         };
-        let (health, grpc) = api::grpc_server(
-            grpc_listener,
-            &config,
-            parts,
-            stop_grpc.clone().cancelled_owned(),
-        )?;
+        let (health, grpc) = api::grpc_server(grpc_listener, &config, parts, stop_grpc.clone())?;
         let health_task = tokio::spawn(health.clone().run());
         let mut grpc_task = tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) });
 
@@ -271,7 +266,7 @@ impl App {
             result = &mut grpc_task => Some(report_exit("gRPC server", result)),
             result = &mut http_task => Some(report_exit("HTTP server", result)),
             result = &mut supervisor_task => Some(report_exit("storage supervisor", result)),
-            // Workers, the scheduler and the wake-up listener only return at shutdown.
+            // Workers, scheduler, wake-up listener and change relay only return at shutdown.
             Some(result) = worker_tasks.join_next() => Some(report_exit("background work", result)),
         };
 
