@@ -18,7 +18,7 @@ use crate::{
     http::{self, HttpState},
     jobs::{
         KindName, Lane,
-        wake::JobWakeups,
+        wake::{Changes, JobWakeups},
         worker::{JobHandler, Worker, WorkerSettings},
     },
     marketplace::MarketplaceClient,
@@ -145,7 +145,9 @@ impl App {
             config.database_url.clone(),
         );
         let mut supervisor_task = tokio::spawn(supervisor.run(workers.clone()));
-        let purchase_events = PurchaseEvents::default();
+        // Watchers on any replica hear of every job and purchase that moves.
+        let (changes, change_relay) = Changes::relayed(&config.redis_key_prefix);
+        let purchase_events = PurchaseEvents::announcing(changes.clone());
         let job_workers = job_workers(
             &config,
             &storage,
@@ -153,7 +155,10 @@ impl App {
             &catalog,
             &metrics,
             &purchase_events,
-        );
+        )
+        .into_iter()
+        .map(|worker| worker.announcing(changes.clone()))
+        .collect::<Vec<_>>();
         let interactive_start = job_workers
             .iter()
             .find(|worker| worker.lane() == Lane::Interactive)
@@ -165,7 +170,8 @@ impl App {
                 .iter()
                 .map(|worker| (worker.lane(), worker.waker()))
                 .collect(),
-        );
+        )
+        .with_changes(changes);
         let scheduler = SyncScheduler::new(
             storage.pg.clone(),
             wakeups.clone(),
@@ -209,6 +215,7 @@ impl App {
                 .clone()
                 .listen(config.redis_url.clone(), workers.clone()),
         );
+        worker_tasks.spawn(change_relay.run(storage.redis.clone(), workers.clone()));
 
         let webhook_intake = crate::webhooks::WebhookIntake::new(
             storage.pg.clone(),
@@ -239,12 +246,7 @@ impl App {
             accounts,
             catalog,
         };
-        let (health, grpc) = api::grpc_server(
-            grpc_listener,
-            &config,
-            parts,
-            stop_grpc.clone().cancelled_owned(),
-        )?;
+        let (health, grpc) = api::grpc_server(grpc_listener, &config, parts, stop_grpc.clone())?;
         let health_task = tokio::spawn(health.clone().run());
         let mut grpc_task = tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) });
 
@@ -264,7 +266,7 @@ impl App {
             result = &mut grpc_task => Some(report_exit("gRPC server", result)),
             result = &mut http_task => Some(report_exit("HTTP server", result)),
             result = &mut supervisor_task => Some(report_exit("storage supervisor", result)),
-            // Workers, the scheduler and the wake-up listener only return at shutdown.
+            // Workers, scheduler, wake-up listener and change relay only return at shutdown.
             Some(result) = worker_tasks.join_next() => Some(report_exit("background work", result)),
         };
 

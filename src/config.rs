@@ -215,6 +215,22 @@ pub struct Config {
     /// Hint sent with shed RPCs in `retry-after-ms` metadata.
     #[arg(long, env = "BRX_RPC_SHED_RETRY_AFTER", default_value = "200ms", value_parser = humantime::parse_duration, global = true)]
     pub rpc_shed_retry_after: Duration,
+    /// Server streams (WatchSync, WatchPurchase) open at once on this replica; beyond, new ones are
+    /// refused with RESOURCE_EXHAUSTED and `retry-after-ms`.
+    #[arg(long, env = "BRX_MAX_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_streams: u32,
+    /// Server streams one caller (a token's `sub`; every caller is one when auth is off) may have
+    /// open at once on this replica.
+    #[arg(long, env = "BRX_MAX_STREAMS_PER_CALLER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub max_streams_per_caller: u32,
+    /// Longest life of a server stream: it then ends with UNAVAILABLE and `retry-after-ms`, and the
+    /// caller watches again (also how streams end at shutdown).
+    #[arg(long, env = "BRX_STREAM_MAX_LIFETIME", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
+    pub stream_max_lifetime: Duration,
+    /// How often an open stream re-reads what it watches when no change notice came: the backstop
+    /// for notices lost while Redis is unreachable.
+    #[arg(long, env = "BRX_STREAM_RECHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub stream_recheck_interval: Duration,
 
     /// How often pools and migrations are checked for readiness.
     #[arg(long, env = "BRX_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
@@ -491,6 +507,17 @@ impl Config {
                 setting: "BRX_JOB_AGING",
                 reason: "must be longer than zero".into(),
             });
+        }
+        for (setting, value) in [
+            ("BRX_STREAM_MAX_LIFETIME", self.stream_max_lifetime),
+            ("BRX_STREAM_RECHECK_INTERVAL", self.stream_recheck_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError {
+                    setting,
+                    reason: "must be longer than zero".into(),
+                });
+            }
         }
         if self.redis_key_prefix.is_empty() {
             return Err(ConfigError {

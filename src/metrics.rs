@@ -14,6 +14,16 @@ pub const RPC_DURATION_SECONDS: &str = "brx_rpc_duration_seconds";
 pub const RPC_IN_FLIGHT: &str = "brx_rpc_in_flight";
 /// RPCs refused by load shedding.
 pub const RPC_SHED_TOTAL: &str = "brx_rpc_shed_total";
+/// Server streams open now, by method.
+pub const STREAMS_OPEN: &str = "brx_streams_open";
+/// Server streams refused, by method and the bound that refused them (`replica`, `caller`).
+pub const STREAMS_REFUSED_TOTAL: &str = "brx_streams_refused_total";
+/// Server streams that ended, by method and why (`finished`, `lifetime`, `shutdown`, `error`,
+/// `cancelled` when the caller went away).
+pub const STREAMS_ENDED_TOTAL: &str = "brx_streams_ended_total";
+/// Re-reads of what an open stream watches, by method and cause (`notice`: a change notice woke
+/// it; `backstop`: none came within `BRX_STREAM_RECHECK_INTERVAL`).
+pub const STREAM_REREADS_TOTAL: &str = "brx_stream_rereads_total";
 /// Connections of a storage pool, by pool and state (`in_use`, `idle`, `max`).
 pub const POOL_CONNECTIONS: &str = "brx_pool_connections";
 /// 1 when the pool's last check succeeded, by pool.
@@ -87,6 +97,14 @@ pub struct Metrics {
     pub rpc_in_flight: IntGauge,
     /// See [`RPC_SHED_TOTAL`].
     pub rpc_shed: IntCounter,
+    /// See [`STREAMS_OPEN`].
+    pub streams_open: IntGaugeVec,
+    /// See [`STREAMS_REFUSED_TOTAL`].
+    pub streams_refused: IntCounterVec,
+    /// See [`STREAMS_ENDED_TOTAL`].
+    pub streams_ended: IntCounterVec,
+    /// See [`STREAM_REREADS_TOTAL`].
+    pub stream_rereads: IntCounterVec,
     /// See [`POOL_CONNECTIONS`].
     pub pool_connections: IntGaugeVec,
     /// See [`POOL_UP`].
@@ -175,6 +193,28 @@ impl Metrics {
             rpc_shed: register(
                 &registry,
                 IntCounter::new(RPC_SHED_TOTAL, "RPCs refused by load shedding.")?,
+            )?,
+            streams_open: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(STREAMS_OPEN, "Server streams open now, by method."),
+                    &["method"],
+                )?,
+            )?,
+            streams_refused: counter_vec(
+                STREAMS_REFUSED_TOTAL,
+                "Server streams refused, by method and the bound that refused them.",
+                &["method", "limit"],
+            )?,
+            streams_ended: counter_vec(
+                STREAMS_ENDED_TOTAL,
+                "Server streams that ended, by method and why.",
+                &["method", "reason"],
+            )?,
+            stream_rereads: counter_vec(
+                STREAM_REREADS_TOTAL,
+                "Re-reads of what an open stream watches, by method and cause.",
+                &["method", "cause"],
             )?,
             pool_connections: register(
                 &registry,

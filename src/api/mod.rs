@@ -13,11 +13,13 @@ mod health;
 mod inventory;
 mod layers;
 mod purchases;
+mod streams;
 mod sync;
 
 use std::{future::Future, time::Instant};
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
     transport::{Server, server::TcpIncoming},
@@ -59,25 +61,29 @@ pub struct GrpcParts {
     pub syncs: crate::sync::service::Syncs,
     /// Purchases (PurchaseService).
     pub purchases: crate::purchase::service::Purchases,
-    /// Wakes workers when an edit queues its push.
+    /// Wakes workers when an edit queues its push; its change hub wakes WatchSync/WatchPurchase.
     pub wakeups: crate::jobs::wake::JobWakeups,
 }
 
-/// Builds the health bridge and the server future; the server stops accepting when `shutdown`
-/// resolves and returns once in-flight RPCs have drained.
-pub fn grpc_server<F>(
+/// Builds the health bridge and the server future. When `shutdown` is cancelled the server stops
+/// accepting, open streams end at once (UNAVAILABLE, watch again), and the future returns once
+/// in-flight RPCs have drained.
+pub fn grpc_server(
     listener: TcpListener,
     config: &Config,
     parts: GrpcParts,
-    shutdown: F,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<(
     HealthBridge,
-    impl Future<Output = Result<(), tonic::transport::Error>> + use<F>,
-)>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
+    impl Future<Output = Result<(), tonic::transport::Error>> + use<>,
+)> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    let streams = streams::Streams::new(
+        streams::StreamSettings::from_config(config),
+        parts.wakeups.changes().clone(),
+        shutdown.clone(),
+        parts.metrics.clone(),
+    );
     let inventory_pool = parts.storage.pg.clone();
     let jobs = crate::jobs::Jobs::new(parts.storage.pg.clone(), parts.wakeups.clone());
     let admin = AdminServiceServer::new(AdminApi {
@@ -94,10 +100,14 @@ where
         catalog: parts.catalog,
         syncs: parts.syncs.clone(),
     });
-    let sync_service = SyncServiceServer::new(SyncApi { syncs: parts.syncs });
+    let sync_service = SyncServiceServer::new(SyncApi {
+        syncs: parts.syncs,
+        streams: streams.clone(),
+    });
     let purchase_service = PurchaseServiceServer::new(PurchaseApi {
         purchases: parts.purchases,
         purchase_deadline: config.purchase_deadline,
+        streams,
     });
     let inventory_service = InventoryServiceServer::new(InventoryApi {
         pool: inventory_pool,
@@ -158,6 +168,6 @@ where
         .add_service(sync_service)
         .add_service(purchase_service)
         .add_service(inventory_service)
-        .serve_with_incoming_shutdown(incoming, shutdown);
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
     Ok((bridge, server))
 }

@@ -1,8 +1,7 @@
 //! `PurchaseService`: checked input in, one call into [`Purchases`], purchases out.
 
-use std::{collections::HashSet, pin::Pin, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
-use futures::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -13,9 +12,11 @@ use super::{
     layers::RpcDeadline,
     pb::v1 as pb,
     status,
+    streams::{BoxedStream, Source, Streams},
 };
 use crate::{
     domain::UserId,
+    jobs::wake::Subject,
     purchase::{
         NewPurchase, PurchaseLine,
         saga::{LineStatus, Phase},
@@ -33,8 +34,8 @@ const MAX_NOTE_LEN: usize = 2_000;
 /// Purchase answers this long before the RPC's deadline with the saga's current state, so the
 /// caller gets a state rather than DEADLINE_EXCEEDED.
 const ANSWER_MARGIN: Duration = Duration::from_millis(50);
-/// How long one WatchPurchase wait lasts before it re-reads anyway.
-const WATCH_SLICE: Duration = Duration::from_secs(5);
+/// The `method` label of WatchPurchase's stream metrics.
+const WATCH_PURCHASE: &str = "/brx.sync.v1.PurchaseService/WatchPurchase";
 
 /// Handler state of `PurchaseService`.
 #[derive(Debug, Clone)]
@@ -42,9 +43,11 @@ pub(crate) struct PurchaseApi {
     pub(crate) purchases: Purchases,
     /// How long a purchase may take stock before it is compensated.
     pub(crate) purchase_deadline: Duration,
+    /// Bounds and wake-ups of WatchPurchase streams.
+    pub(crate) streams: Streams,
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Purchase, Status>> + Send>>;
+type WatchStream = BoxedStream<pb::Purchase>;
 
 #[tonic::async_trait]
 impl pb::purchase_service_server::PurchaseService for PurchaseApi {
@@ -118,37 +121,20 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::GetPurchaseRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let id = purchase_id(&request.get_ref().purchase_id)?;
+        let admitted = self.streams.admit(&request, WATCH_PURCHASE)?;
+        let subscription = admitted.subscribe(Subject::Purchase(id));
         let first = self.owned(&request).await?;
         let purchases = self.purchases.clone();
-        let stream = futures::stream::unfold(Some(first), move |next| {
-            let purchases = purchases.clone();
-            async move {
-                let purchase = next?;
-                let encoded = encode(&purchase);
-                let follow = if purchase.saga.phase.is_terminal() {
-                    None
-                } else {
-                    let until = tokio::time::Instant::now() + WATCH_SLICE;
-                    // Waits for the next step (or a slice), then the stream sends it.
-                    let mut changed = purchases
-                        .changed_since(purchase.id, purchase.steps, until)
-                        .await;
-                    while matches!(&changed, Ok(p) if p.steps == purchase.steps && !p.saga.phase.is_terminal())
-                    {
-                        let until = tokio::time::Instant::now() + WATCH_SLICE;
-                        changed = purchases
-                            .changed_since(purchase.id, purchase.steps, until)
-                            .await;
-                    }
-                    match changed {
-                        Ok(changed) => Some(changed),
-                        Err(err) => return Some((Err(Status::from(err)), None)),
-                    }
-                };
-                Some((Ok(encoded), follow))
-            }
-        });
-        Ok(Response::new(Box::pin(stream)))
+        let source = Source {
+            read: Box::new(move || {
+                let purchases = purchases.clone();
+                Box::pin(async move { purchases.get(id).await.map_err(Status::from) })
+            }),
+            encode,
+            is_terminal: |purchase: &StoredPurchase| purchase.saga.phase.is_terminal(),
+        };
+        Ok(Response::new(admitted.follow(subscription, first, source)))
     }
 
     async fn retry_purchase(

@@ -27,6 +27,15 @@ pub fn resource_exhausted(message: &str, retry_after: Duration) -> Status {
     status
 }
 
+/// Try again later, here or on another replica: `UNAVAILABLE` with a `retry-after-ms` hint.
+pub fn unavailable(message: &str, retry_after: Duration) -> Status {
+    let mut status = Status::unavailable(message);
+    status
+        .metadata_mut()
+        .insert(RETRY_AFTER_MS, MetadataValue::from(millis(retry_after)));
+    status
+}
+
 /// Anything unexpected: logged with its whole cause chain, answered with a generic `INTERNAL`.
 pub fn internal(context: &str, err: &(dyn std::error::Error + 'static)) -> Status {
     let mut chain = err.to_string();
@@ -53,11 +62,7 @@ impl From<AccountError> for Status {
                 Status::unavailable("CardTrader is unavailable")
             }
             AccountError::RateLimited(retry_after) => {
-                let mut status = Status::unavailable("rate limited by CardTrader");
-                status
-                    .metadata_mut()
-                    .insert(RETRY_AFTER_MS, MetadataValue::from(millis(retry_after)));
-                status
+                unavailable("rate limited by CardTrader", retry_after)
             }
             AccountError::Internal(cause) => internal("account operation failed", cause.as_ref()),
         }

@@ -1,8 +1,5 @@
 //! `SyncService`: checked input in, one call into [`Syncs`], jobs out.
 
-use std::{pin::Pin, time::Duration};
-
-use futures::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -12,25 +9,28 @@ use super::{
     fields::{encode_page_token, page_size, page_token, user_id},
     pb::v1 as pb,
     status,
+    streams::{BoxedStream, Source, Streams},
 };
 use crate::{
-    jobs::{Enqueued, Job, JobState},
+    jobs::{Enqueued, Job, JobState, wake::Subject},
     sync::{
         scope::{MAX_TARGETED_IDS, SyncProgress, SyncScope},
         service::Syncs,
     },
 };
 
-/// How often WatchSync re-reads the job.
-const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// The `method` label of WatchSync's stream metrics.
+const WATCH_SYNC: &str = "/brx.sync.v1.SyncService/WatchSync";
 
 /// Handler state of `SyncService`.
 #[derive(Debug, Clone)]
 pub(crate) struct SyncApi {
     pub(crate) syncs: Syncs,
+    /// Bounds and wake-ups of WatchSync streams.
+    pub(crate) streams: Streams,
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::SyncJob, Status>> + Send>>;
+type WatchStream = BoxedStream<pb::SyncJob>;
 
 #[tonic::async_trait]
 impl pb::sync_service_server::SyncService for SyncApi {
@@ -83,34 +83,20 @@ impl pb::sync_service_server::SyncService for SyncApi {
         &self,
         request: Request<pb::GetSyncRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let job_id = job_id(&request)?;
+        let admitted = self.streams.admit(&request, WATCH_SYNC)?;
+        let subscription = admitted.subscribe(Subject::Job(job_id));
         let first = self.owned_job(&request).await?;
         let syncs = self.syncs.clone();
-        let stream = futures::stream::unfold(
-            (Some(first), None::<pb::SyncJob>),
-            move |(next, last_sent)| {
+        let source = Source {
+            read: Box::new(move || {
                 let syncs = syncs.clone();
-                async move {
-                    let mut job = next?;
-                    loop {
-                        let encoded = encode(&job);
-                        let terminal = job.state.is_terminal();
-                        if last_sent.as_ref() != Some(&encoded) {
-                            let follow = if terminal { None } else { Some(job) };
-                            return Some((Ok(encoded.clone()), (follow, Some(encoded))));
-                        }
-                        if terminal {
-                            return None;
-                        }
-                        tokio::time::sleep(WATCH_INTERVAL).await;
-                        job = match syncs.get(job.id).await {
-                            Ok(job) => job,
-                            Err(err) => return Some((Err(Status::from(err)), (None, last_sent))),
-                        };
-                    }
-                }
-            },
-        );
-        Ok(Response::new(Box::pin(stream)))
+                Box::pin(async move { syncs.get(job_id).await.map_err(Status::from) })
+            }),
+            encode,
+            is_terminal: |job: &Job| job.state.is_terminal(),
+        };
+        Ok(Response::new(admitted.follow(subscription, first, source)))
     }
 
     async fn cancel_sync(
@@ -141,12 +127,15 @@ impl SyncApi {
     /// The job named in the request, if the caller may see it (NOT_FOUND before PERMISSION_DENIED
     /// would leak which ids exist, so another seller's job is PERMISSION_DENIED only once found).
     async fn owned_job(&self, request: &Request<pb::GetSyncRequest>) -> Result<Job, Status> {
-        let job_id = Uuid::try_parse(request.get_ref().job_id.trim())
-            .map_err(|_| status::invalid_argument("job_id", "must be a UUID"))?;
-        let job = self.syncs.get(job_id).await?;
+        let job = self.syncs.get(job_id(request)?).await?;
         auth::require_user(request, job.user_id)?;
         Ok(job)
     }
+}
+
+fn job_id(request: &Request<pb::GetSyncRequest>) -> Result<Uuid, Status> {
+    Uuid::try_parse(request.get_ref().job_id.trim())
+        .map_err(|_| status::invalid_argument("job_id", "must be a UUID"))
 }
 
 fn scope(request: &pb::StartSyncRequest) -> Result<SyncScope, Status> {

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Enqueued, Job, JobError, JobKind, Lease, NewJob, QueueLimit, store, worker::JobFailure,
+    Enqueued, Job, JobError, JobKind, Lease, NewJob, QueueLimit, store,
+    wake::{Changes, Subject},
+    worker::JobFailure,
 };
 use crate::domain::UserId;
 
@@ -30,6 +32,7 @@ pub struct JobContext {
     signals: Arc<Signals>,
     shutdown: CancellationToken,
     lease_token: CancellationToken,
+    changes: Changes,
 }
 
 /// Flags the heartbeat sets while the handler runs.
@@ -41,20 +44,31 @@ struct Signals {
 
 impl JobContext {
     /// The context of `lease`; `shutdown` is the worker's.
-    pub(super) fn new(lease: Lease, pool: PgPool, shutdown: CancellationToken) -> Self {
+    pub(super) fn new(
+        lease: Lease,
+        pool: PgPool,
+        shutdown: CancellationToken,
+        changes: Changes,
+    ) -> Self {
         Self {
             lease,
             pool,
             signals: Arc::default(),
             shutdown,
             lease_token: CancellationToken::new(),
+            changes,
         }
+    }
+
+    /// Tells the job's watchers that it moved (call after committing its progress).
+    pub fn announce(&self) {
+        self.changes.publish(Subject::Job(self.lease.job.id));
     }
 
     /// The context of a lease claimed outside a worker (benchmarks, tests driving a handler's parts
     /// by hand). No heartbeat renews it; its writes are fenced like any job's.
     pub fn detached(lease: Lease, pool: PgPool) -> Self {
-        Self::new(lease, pool, CancellationToken::new())
+        Self::new(lease, pool, CancellationToken::new(), Changes::default())
     }
 
     /// The job as claimed.

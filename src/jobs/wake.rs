@@ -1,6 +1,11 @@
 //! Wake-ups: a newly queued job is announced on a Redis channel, so the idle workers of every replica
 //! claim it at once instead of at their next poll. Only a hint: a lost message (Redis down, a replica
-//! reconnecting) costs at most one poll interval, because polling stays the backstop.
+//! reconnecting) costs at most one poll interval, because polling stays the backstop. The same
+//! subscription carries [`Changes`] notices that wake the watchers of a job or a purchase.
+
+mod changes;
+
+pub use changes::{ChangeRelay, Changes, Subject, Subscription};
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -24,6 +29,7 @@ pub struct JobWakeups {
     redis: deadpool_redis::Pool,
     channel: String,
     local: Arc<HashMap<Lane, Arc<Notify>>>,
+    changes: Changes,
 }
 
 impl JobWakeups {
@@ -37,7 +43,18 @@ impl JobWakeups {
             redis,
             channel: format!("{key_prefix}jobs:wake"),
             local: Arc::new(local),
+            changes: Changes::default(),
         }
+    }
+
+    /// These wake-ups, also delivering other replicas' change notices to `changes`.
+    pub fn with_changes(self, changes: Changes) -> Self {
+        Self { changes, ..self }
+    }
+
+    /// The change notices hub (this replica's only, unless set by [`Self::with_changes`]).
+    pub fn changes(&self) -> &Changes {
+        &self.changes
     }
 
     /// Wakes this replica's worker of `lane` now and publishes the hint for the others, in the
@@ -104,11 +121,20 @@ impl JobWakeups {
     async fn listen_once(&self, client: &redis::Client) -> redis::RedisResult<()> {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&self.channel).await?;
+        if let Some(channel) = self.changes.channel() {
+            pubsub.subscribe(channel).await?;
+            // Notices published while the subscription was down are lost: every watcher re-reads.
+            self.changes.wake_all();
+        }
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
             let payload: String = message.get_payload().unwrap_or_default();
-            if let Some(lane) = Lane::parse(&payload) {
-                self.wake_local(lane);
+            if message.get_channel_name() == self.channel {
+                if let Some(lane) = Lane::parse(&payload) {
+                    self.wake_local(lane);
+                }
+            } else {
+                self.changes.deliver(&payload);
             }
         }
         Ok(())

@@ -117,6 +117,7 @@ pub struct Worker {
     handed: mpsc::UnboundedSender<(Lease, OwnedSemaphorePermit)>,
     handed_in: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(Lease, OwnedSemaphorePermit)>>>,
     backlog: Arc<AtomicBool>,
+    changes: super::wake::Changes,
 }
 
 /// A free slot of a worker, held for a job about to be handed to it.
@@ -207,7 +208,17 @@ impl Worker {
             handed_in: std::sync::Mutex::new(Some(handed_in)),
             // Until the first claim looks, assume there is queued work.
             backlog: Arc::new(AtomicBool::new(true)),
+            changes: super::wake::Changes::default(),
         }
+    }
+
+    /// This worker, telling `changes` whenever one of its jobs starts, moves or settles.
+    pub fn announcing(self, changes: super::wake::Changes) -> Self {
+        Self { changes, ..self }
+    }
+
+    fn context(&self, lease: Lease, shutdown: CancellationToken) -> JobContext {
+        JobContext::new(lease, self.pool.clone(), shutdown, self.changes.clone())
     }
 
     /// A handle that starts jobs claimed at creation on this worker's free slots.
@@ -304,7 +315,7 @@ impl Worker {
         // Jobs handed over but not started go back to the queue, like interrupted ones.
         handed.close();
         while let Ok((lease, _permit)) = handed.try_recv() {
-            let context = JobContext::new(lease, this.pool.clone(), shutdown.clone());
+            let context = this.context(lease, shutdown.clone());
             this.settle(&context, None, Err(JobFailure::Interrupted))
                 .await;
         }
@@ -316,7 +327,8 @@ impl Worker {
         let job = &lease.job;
         let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind.name(), user_id = %job.user_id, attempt = job.attempts);
         let _entered = span.enter();
-        let context = JobContext::new(lease.clone(), self.pool.clone(), shutdown);
+        let context = self.context(lease.clone(), shutdown);
+        context.announce();
         let Some(handler) = self.handlers.get(&job.kind.name()).cloned() else {
             let error = format!("no handler for kind '{}' on this worker", job.kind.name());
             self.settle(&context, None, Err(JobFailure::Permanent(error)))
@@ -439,6 +451,7 @@ impl Worker {
             }
         };
         self.count(job.kind.name(), label);
+        context.announce();
     }
 
     fn count(&self, kind: KindName, outcome: &str) {

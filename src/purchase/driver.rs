@@ -32,10 +32,12 @@ use crate::{
 };
 
 /// Tells waiting callers on this replica that a purchase moved, and whether it has ended; they
-/// re-read it. Callers whose purchase another replica drives find out by polling.
+/// re-read it. Callers whose purchase another replica drives find out by polling. Watchers
+/// (WatchPurchase), here and on other replicas, hear it through the change hub.
 #[derive(Debug, Clone)]
 pub struct PurchaseEvents {
     sender: broadcast::Sender<Change>,
+    changes: crate::jobs::wake::Changes,
 }
 
 /// One announcement: the purchase, and whether it has ended.
@@ -51,15 +53,28 @@ impl Default for PurchaseEvents {
     fn default() -> Self {
         // A lagging receiver just re-reads its purchase, so a small buffer is enough.
         let (sender, _) = broadcast::channel(1024);
-        Self { sender }
+        Self {
+            sender,
+            changes: crate::jobs::wake::Changes::default(),
+        }
     }
 }
 
 impl PurchaseEvents {
+    /// Announcements that also reach `changes` (watchers here and on other replicas).
+    pub fn announcing(changes: crate::jobs::wake::Changes) -> Self {
+        Self {
+            changes,
+            ..Self::default()
+        }
+    }
+
     /// Announces that purchase `id` changed (and `ended`).
     pub fn changed(&self, id: Uuid, ended: bool) {
         // No receiver is fine: nobody is waiting.
         let _ = self.sender.send(Change { id, ended });
+        self.changes
+            .publish(crate::jobs::wake::Subject::Purchase(id));
     }
 
     /// A receiver of every announcement from now on.

@@ -156,25 +156,6 @@ impl Purchases {
         store::list(&self.pool, user_id, state, before, limit).await
     }
 
-    /// The purchase once it has changed since `seen_steps` steps (or ended), or as it is at
-    /// `until`.
-    pub async fn changed_since(
-        &self,
-        id: Uuid,
-        seen_steps: i32,
-        until: Instant,
-    ) -> Result<StoredPurchase, PurchaseError> {
-        let watch = Watch::from_now(&self.events);
-        self.watch(
-            id,
-            until,
-            watch,
-            |purchase| purchase.steps != seen_steps,
-            |_| true,
-        )
-        .await
-    }
-
     /// Waits until purchase `id` ends or `until`, and returns it as it is then.
     pub async fn wait(&self, id: Uuid, until: Instant) -> Result<StoredPurchase, PurchaseError> {
         // Only the announcement of its end is worth a re-read.
@@ -244,6 +225,7 @@ impl Purchases {
             .ok_or(PurchaseError::NotFound)?;
         tx.commit().await?;
         tracing::warn!(purchase_id = %id, "purchase retried by an operator");
+        self.events.changed(id, false);
         self.wakeups.announce(Lane::Interactive);
         Ok(retried)
     }

@@ -257,6 +257,7 @@ impl SyncHandler {
         let outcome = write_chunk(target, context.user_id(), rows, &self.metrics)
             .await
             .map_err(chunk_failure)?;
+        context.announce();
         Ok((outcome, product_ids))
     }
 

@@ -11,7 +11,7 @@ use crate::{
     domain::UserId,
     jobs::{
         Enqueued, Job, JobError, JobState, KindName, Lane, NewJob, QueueLimit, store,
-        wake::JobWakeups,
+        wake::{JobWakeups, Subject},
     },
 };
 
@@ -93,8 +93,10 @@ impl Syncs {
         let new = NewJob::new(user_id, scope.job_kind()).with_priority(priority);
         let enqueued =
             store::enqueue(&self.pool, &new, QueueLimit::Depth(self.max_queue_depth)).await?;
-        if matches!(enqueued, Enqueued::Created(_)) {
-            self.wakeups.announce(new.kind.lane());
+        match &enqueued {
+            Enqueued::Created(_) => self.wakeups.announce(new.kind.lane()),
+            // The queued job's scope may have grown: its watchers re-read it.
+            Enqueued::Coalesced(job) => self.wakeups.changes().publish(Subject::Job(job.id)),
         }
         Ok(enqueued)
     }
@@ -131,7 +133,9 @@ impl Syncs {
     /// Cancels a queued sync now, or asks a running one to stop after its chunk.
     pub async fn cancel(&self, job_id: Uuid) -> Result<Job, SyncError> {
         self.get(job_id).await?;
-        Ok(store::cancel(&self.pool, job_id).await?)
+        let job = store::cancel(&self.pool, job_id).await?;
+        self.wakeups.changes().publish(Subject::Job(job_id));
+        Ok(job)
     }
 
     /// The seller's last finished sync, current sync and item count.

@@ -25,6 +25,7 @@ mod rate_limit;
 mod reflection;
 mod simulator;
 mod storage;
+mod streams;
 mod sync_chunks;
 mod sync_faults;
 mod sync_jobs;
