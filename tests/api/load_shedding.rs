@@ -83,8 +83,9 @@ async fn a_callers_shorter_grpc_timeout_wins_over_the_servers_ceiling() {
         .metadata_mut()
         .insert("grpc-timeout", "300m".parse().unwrap());
 
+    let mut admin = app.admin().await;
     let started = std::time::Instant::now();
-    let status = app.admin().await.get_stats(request).await.unwrap_err();
+    let status = admin.get_stats(request).await.unwrap_err();
 
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert!(
