@@ -345,6 +345,7 @@ fn job_workers(
         metrics: metrics.clone(),
         events: purchase_events.clone(),
         call_budget: config.cardtrader_call_budget,
+        write_grace: config.cardtrader_request_timeout,
     };
     let pushes = crate::inventory::push::PushHandler {
         accounts: accounts.clone(),

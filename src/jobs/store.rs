@@ -556,7 +556,10 @@ pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
     job(row.ok_or(JobError::NotFound)?)
 }
 
-/// Cancels every queued and running job of a seller (queued at once, running at their next checkpoint).
+/// Cancels a seller's syncs and remaps (queued at once, running at their next checkpoint), as when
+/// the seller disconnects. Purchases, pushes and webhook applications are left to run to their
+/// end: each must leave what it holds settled (a purchase without the seller's token undoes what
+/// it can and hands the rest to a person; a push marks its edits failed with the reason).
 pub async fn cancel_all_for(
     executor: impl PgExecutor<'_>,
     user_id: UserId,
@@ -566,9 +569,14 @@ pub async fn cancel_all_for(
              state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
              finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END, \
              cancel_requested = cancel_requested OR state = 'running', updated_at = now() \
-         WHERE user_id = $1 AND state IN ('queued', 'running')",
+         WHERE user_id = $1 AND state IN ('queued', 'running') AND kind = ANY($2)",
     )
     .bind(user_id.as_uuid())
+    .bind(kind_names(&[
+        KindName::SyncFull,
+        KindName::SyncTargeted,
+        KindName::RemapUnmapped,
+    ]))
     .execute(executor)
     .await?;
     Ok(done.rows_affected())

@@ -388,10 +388,20 @@ impl Worker {
         let lease = context.lease();
         let job = &lease.job;
         let give_up = |reason: String| async move {
-            if let Some(handler) = handler
-                && let Err(err) = handler.give_up(context, &reason).await
-            {
-                tracing::error!(error = %err, "the job could not give up cleanly");
+            if let Some(handler) = handler {
+                let gave_up = AssertUnwindSafe(handler.give_up(context, &reason))
+                    .catch_unwind()
+                    .await;
+                match gave_up {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        tracing::error!(error = %err, "the job could not give up cleanly")
+                    }
+                    Err(panic) => tracing::error!(
+                        message = panic_message(panic.as_ref()),
+                        "the job panicked while giving up"
+                    ),
+                }
             }
             reason
         };

@@ -94,6 +94,10 @@ pub struct PurchaseHandler {
     pub events: PurchaseEvents,
     /// Budget of one CardTrader call (rate-limit wait included).
     pub call_budget: Duration,
+    /// How long CardTrader may still apply a write after the client stopped waiting for it (a
+    /// request queued on its side): one request timeout. Added to a write's deadline to know when
+    /// it has settled.
+    pub write_grace: Duration,
 }
 
 #[tonic::async_trait]
@@ -172,10 +176,6 @@ struct Run<'a> {
     /// The seller's token, read when the first CardTrader call needs it.
     credentials: Option<Credentials>,
 }
-
-/// How long CardTrader may still apply a write after the client stopped waiting for its answer
-/// (a request queued on CardTrader's side): added to the call's deadline in `settled_by`.
-const SERVER_GRACE: Duration = Duration::from_secs(5);
 
 /// A local write that commits together with the events it belongs to.
 enum Also {
@@ -353,7 +353,7 @@ impl Run<'_> {
         let options = self.options();
         let sent_event = Event::DecrementSent {
             line,
-            settled_by: Some(options.settled_by(SERVER_GRACE)),
+            settled_by: Some(options.settled_by(self.handler.write_grace)),
         };
         self.record(vec![sent_event], Also::Memo(line, memo))
             .await?;
@@ -401,6 +401,8 @@ impl Run<'_> {
             .and_then(|memo| memo.seen_at)
             .unwrap_or(self.purchase.created_at);
         let settled_by = self.settled_by(line);
+        // Lets a test make a sale on CardTrader between the decrement and its verification.
+        crate::failpoint::pause("purchase.before_verify").await;
         loop {
             let judged = self
                 .judge(line, read_at, before, -i64::from(quantity))
@@ -543,7 +545,7 @@ impl Run<'_> {
         let options = self.options();
         let sent_event = Event::GiveBackSent {
             line,
-            settled_by: Some(options.settled_by(SERVER_GRACE)),
+            settled_by: Some(options.settled_by(self.handler.write_grace)),
         };
         self.record(vec![sent_event], Also::Memo(line, memo))
             .await?;

@@ -6,9 +6,10 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-/// How far CardTrader's clock and ours may disagree: a sale stamped within this of the moment the
-/// quantity was read may or may not be reflected in that read.
-pub const CLOCK_MARGIN: TimeDelta = TimeDelta::seconds(5);
+/// How far CardTrader's clock and ours may disagree (both NTP-synchronised servers; a second is
+/// generous): a sale stamped within this of the moment the quantity was read may or may not be
+/// reflected in that read.
+pub const CLOCK_MARGIN: TimeDelta = TimeDelta::seconds(1);
 
 /// One sale of the product on CardTrader: from `GET /orders`, or from a stored webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,8 +191,8 @@ mod tests {
         };
         let sales = [
             sale(1, -60, true),
-            sale(2, -2, false),
-            sale(3, 2, false),
+            sale(2, 0, false),
+            sale(3, 1, false),
             sale(4, 30, false),
             Sale {
                 order_id: 5,

@@ -25,6 +25,7 @@ enum Action {
     Html5xx(StatusCode),
     Timeout,
     TimeoutAfterApply,
+    DelayedApply,
 }
 
 fn roll(faults: &Faults, rng: &mut impl Rng) -> Action {
@@ -39,6 +40,8 @@ fn roll(faults: &Faults, rng: &mut impl Rng) -> Action {
         Action::Timeout
     } else if hit(faults.timeout_after_apply_rate, rng) {
         Action::TimeoutAfterApply
+    } else if hit(faults.delayed_apply_rate, rng) {
+        Action::DelayedApply
     } else if hit(faults.error_5xx_rate, rng) {
         Action::Json5xx(status)
     } else if hit(faults.html_error_rate, rng) {
@@ -76,6 +79,16 @@ pub(crate) async fn apply(state: Arc<SimState>, req: Request, next: Next) -> Res
             let response = next.run(req).await;
             hang(&state).await;
             response
+        }
+        Action::DelayedApply => {
+            // Applied even if the client stopped waiting: a server does not know it left.
+            let delay = Duration::from_millis(faults.apply_delay_ms);
+            let held = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                next.run(req).await
+            });
+            held.await
+                .unwrap_or_else(|_| json_error(StatusCode::INTERNAL_SERVER_ERROR))
         }
     }
 }

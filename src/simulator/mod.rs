@@ -128,6 +128,11 @@ pub struct Faults {
     pub timeout_rate: f64,
     /// Share of requests applied, then hung 60 s (the client cannot know the outcome).
     pub timeout_after_apply_rate: f64,
+    /// Share of requests held for `apply_delay_ms` before they are applied and answered: a client
+    /// with a shorter timeout gives up, and the write lands later (a request queued on the server).
+    pub delayed_apply_rate: f64,
+    /// How long a delayed request is held.
+    pub apply_delay_ms: u64,
     /// The next N API requests answer 429.
     pub burst_429: u32,
     /// Extra delay before `/products/export` starts answering.

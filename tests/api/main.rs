@@ -19,6 +19,7 @@ mod load_shedding;
 mod marketplace;
 mod metrics;
 mod purchase_crash;
+mod purchase_guarantees;
 mod purchase_reserve;
 mod purchases;
 mod rate_limit;

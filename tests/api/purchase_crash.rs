@@ -12,35 +12,17 @@ use brx_sync::{
     purchase::saga::Phase,
     simulator::Faults,
 };
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::helpers::{PurchaseRig, authorized};
+use crate::helpers::{PurchaseRig, Workers, authorized};
 
 const LEASE: Duration = Duration::from_secs(1);
 
-/// Two workers of the interactive lane driving the test's purchases.
-struct Workers {
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Workers {
-    fn start(shop: &PurchaseRig) -> Self {
-        let stop = CancellationToken::new();
-        let tasks = ["worker-a", "worker-b"]
-            .into_iter()
-            .map(|owner| tokio::spawn(shop.worker(owner, LEASE).run(stop.clone())))
-            .collect();
-        Self { stop, tasks }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        for task in self.tasks {
-            task.await.unwrap().unwrap();
-        }
-    }
+/// CardTrader answers at once here: a second's timeout and budget keep a lost answer's wait (until
+/// it can no longer land) short.
+fn settle_fast(config: &mut brx_sync::config::Config) {
+    config.cardtrader_request_timeout = Duration::from_secs(1);
+    config.cardtrader_call_budget = Duration::from_secs(1);
 }
 
 /// Buys `lines` with the driver killed at the `nth` evaluation of crash point `point`, and returns
@@ -60,7 +42,7 @@ async fn buy_killed_at(
     fail::cfg(point, &actions).unwrap();
     // Answers when the purchase ends (or ABORTED when it was undone); the state is read below.
     let _ = shop.buy(key, lines).await;
-    let id = purchase_id(shop, key).await;
+    let id = shop.purchase_id(key).await;
     shop.until_done(&id.to_string()).await;
     // Killed after the last entry, the purchase has ended but its job has not: it ends once
     // another worker took it over and found nothing left to do.
@@ -81,15 +63,6 @@ async fn buy_killed_at(
     shop.until_done(&id.to_string()).await
 }
 
-async fn purchase_id(shop: &PurchaseRig, key: &str) -> uuid::Uuid {
-    sqlx::query_scalar("SELECT id FROM purchases WHERE user_id = $1 AND idempotency_key = $2")
-        .bind(shop.user.as_uuid())
-        .bind(key)
-        .fetch_one(&shop.rig.pool)
-        .await
-        .unwrap()
-}
-
 /// Claims of the purchase's job: a takeover bumps the fence once more (a rescue spends no attempt).
 async fn claims(shop: &PurchaseRig, purchase: uuid::Uuid) -> i64 {
     sqlx::query_scalar("SELECT fence FROM jobs WHERE kind = 'purchase' AND dedupe_key = $1")
@@ -101,8 +74,8 @@ async fn claims(shop: &PurchaseRig, purchase: uuid::Uuid) -> i64 {
 
 #[tokio::test]
 async fn a_purchase_killed_at_any_boundary_is_finished_by_another_worker() {
-    let shop = PurchaseRig::new(0, 120).await;
-    let workers = Workers::start(&shop);
+    let shop = PurchaseRig::with(0, 120, settle_fast).await;
+    let workers = Workers::start(&shop, LEASE);
     // Five log entries (two lines taken, then the sale), two decrements.
     let boundaries = (0..5)
         .map(|n| ("purchase.after_record", n))
@@ -146,8 +119,8 @@ fn undo_boundaries() -> impl Iterator<Item = (&'static str, usize)> {
 
 #[tokio::test]
 async fn a_purchase_killed_at_any_boundary_while_undoing_is_undone_by_another_worker() {
-    let shop = PurchaseRig::new(0, 200).await;
-    let workers = Workers::start(&shop);
+    let shop = PurchaseRig::with(0, 200, settle_fast).await;
+    let workers = Workers::start(&shop, LEASE);
     let all = shop.stocked(1, 42).await;
     for (case, (point, nth)) in undo_boundaries().enumerate() {
         let items = all[3 * case..3 * case + 3].to_vec();
@@ -206,7 +179,7 @@ async fn stuck_purchase(shop: &PurchaseRig, key: &str) -> (uuid::Uuid, Vec<i64>)
         ..Faults::default()
     });
     let _ = shop.buy(key, &[(items[0], 2), (items[1], 3)]).await;
-    let id = purchase_id(shop, key).await;
+    let id = shop.purchase_id(key).await;
     let ended = shop.until_done(&id.to_string()).await;
     assert!(
         matches!(&ended.saga.phase, Phase::RequiresAttention { reason, .. } if reason.contains("failed 5 times")),
@@ -219,8 +192,8 @@ async fn stuck_purchase(shop: &PurchaseRig, key: &str) -> (uuid::Uuid, Vec<i64>)
 
 #[tokio::test]
 async fn give_backs_that_keep_failing_need_a_person_and_a_retry_finishes_the_undo() {
-    let shop = PurchaseRig::new(0, 60).await;
-    let workers = Workers::start(&shop);
+    let shop = PurchaseRig::with(0, 60, settle_fast).await;
+    let workers = Workers::start(&shop, LEASE);
     let (id, items) = stuck_purchase(&shop, "stuck").await;
     // The driver refreshes the gauge just after recording the purchase's end.
     let gauge = &shop.handler.metrics.purchases_requiring_attention;
@@ -269,8 +242,8 @@ async fn give_backs_that_keep_failing_need_a_person_and_a_retry_finishes_the_und
 
 #[tokio::test]
 async fn an_operator_resolves_a_stuck_purchase_with_a_recorded_note() {
-    let shop = PurchaseRig::new(0, 60).await;
-    let workers = Workers::start(&shop);
+    let shop = PurchaseRig::with(0, 60, settle_fast).await;
+    let workers = Workers::start(&shop, LEASE);
     let (id, items) = stuck_purchase(&shop, "resolve").await;
     let mut client = shop.client().await;
     let service = shop.rig.app.service_token();

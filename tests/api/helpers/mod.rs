@@ -28,7 +28,7 @@ use tonic_health::pb::{
 pub(crate) use catalog::CatalogDb;
 pub(crate) use process::ServeProcess;
 pub(crate) use proxy::TcpProxy;
-pub(crate) use purchase_rig::PurchaseRig;
+pub(crate) use purchase_rig::{PurchaseRig, Workers};
 pub(crate) use sync_rig::{SyncRig, progress};
 
 pub(crate) const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -73,6 +73,8 @@ pub(crate) fn test_config() -> (Config, String) {
     // Tests must not wait out 10 s breaker pauses or minutes-long exports.
     config.breaker_open_for = Duration::from_millis(500);
     config.cardtrader_request_timeout = Duration::from_secs(5);
+    // A write whose answer was lost is judged only after it can no longer land: keep that short.
+    config.cardtrader_call_budget = Duration::from_secs(5);
     // Scheduler rounds are run by the tests that are about them, not behind every test's back.
     config.scheduler_interval = Duration::from_secs(3_600);
     (config, database_name)

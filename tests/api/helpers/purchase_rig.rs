@@ -20,6 +20,30 @@ use tonic::transport::Channel;
 
 use super::{authorized, sync_rig::SyncRig};
 
+/// Two workers of the interactive lane driving a rig's purchases, as two replicas would.
+pub(crate) struct Workers {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Workers {
+    pub(crate) fn start(shop: &PurchaseRig, lease: Duration) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = ["worker-a", "worker-b"]
+            .into_iter()
+            .map(|owner| tokio::spawn(shop.worker(owner, lease).run(stop.clone())))
+            .collect();
+        Self { stop, tasks }
+    }
+
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
 pub(crate) struct PurchaseRig {
     pub(crate) rig: SyncRig,
     pub(crate) user: UserId,
@@ -53,7 +77,8 @@ impl PurchaseRig {
             accounts: rig.handler.accounts.clone(),
             metrics: rig.handler.metrics.clone(),
             events: PurchaseEvents::default(),
-            call_budget: Duration::from_secs(10),
+            call_budget: rig.app.config.cardtrader_call_budget,
+            write_grace: rig.app.config.cardtrader_request_timeout,
         };
         Self {
             rig,
@@ -193,6 +218,63 @@ impl PurchaseRig {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("purchase {id} did not end within a minute");
+    }
+
+    /// A CardTrader buyer (another simulator account) buys `quantity` of `product_id` from the
+    /// seller on CardTrader: a sale the shop only learns of through webhooks or `GET /orders`.
+    pub(crate) async fn sell_on_cardtrader(&self, product_id: i64, quantity: i64) {
+        let simulator = &self.rig.app.simulator;
+        let buyer = simulator.token(1);
+        let client = reqwest::Client::new();
+        for (path, body) in [
+            (
+                "/cart/add",
+                serde_json::json!({"product_id": product_id, "quantity": quantity, "via_cardtrader_zero": false}),
+            ),
+            ("/cart/purchase", serde_json::json!({})),
+        ] {
+            let response = client
+                .post(format!("{}{path}", simulator.base_url()))
+                .bearer_auth(&buyer)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                response.status().is_success(),
+                "{path}: {}",
+                response.status()
+            );
+        }
+    }
+
+    /// When the driver read CardTrader's quantity for line 0 of purchase `id`.
+    pub(crate) async fn line_seen_at(&self, id: uuid::Uuid) -> chrono::DateTime<chrono::Utc> {
+        let purchase = store::load(&self.rig.pool, id).await.unwrap().unwrap();
+        purchase.lines[0]
+            .memo
+            .as_ref()
+            .and_then(|memo| memo.seen_at)
+            .expect("the line's snapshot records when it was read")
+    }
+
+    /// The purchase stored under `key`, once the Purchase RPC has recorded it.
+    pub(crate) async fn purchase_id(&self, key: &str) -> uuid::Uuid {
+        for _ in 0..200 {
+            let id: Option<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT id FROM purchases WHERE user_id = $1 AND idempotency_key = $2",
+            )
+            .bind(self.user.as_uuid())
+            .bind(key)
+            .fetch_optional(&self.rig.pool)
+            .await
+            .unwrap();
+            if let Some(id) = id {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no purchase was recorded under {key}");
     }
 
     /// CardTrader locks still held, and items still reserved: both 0 once every purchase ended.
