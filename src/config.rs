@@ -166,6 +166,10 @@ pub struct Config {
     /// Lifetime of an "unmapped" answer cached in Redis (±10% jitter), so new prints show up soon.
     #[arg(long, env = "BRX_CATALOG_NEGATIVE_TTL", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
     pub catalog_negative_ttl: Duration,
+    /// Longest one catalogue query may run before its ids are answered "unknown"; a hung catalogue
+    /// (a lock held by a schema change, a stalled server) then costs each lookup this, not its deadline.
+    #[arg(long, env = "BRX_CATALOG_QUERY_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub catalog_query_timeout: Duration,
 
     /// Redis: caches, rate-limit buckets, wake-up hints. Losing it loses no data.
     #[arg(long, env = "BRX_REDIS_URL", default_value = "redis://127.0.0.1:6379/0", value_parser = secret, global = true)]

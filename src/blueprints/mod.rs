@@ -1,5 +1,5 @@
 //! The shop's print for each CardTrader blueprint, from the read-only MySQL catalogue behind two caches:
-//! an in-process L1 (moka) and Redis (one MGET per batch). Misses go to MySQL as one `UNION ALL … IN (…)`
+//! an in-process L1 (moka) and Redis (one MGET per call). Misses go to MySQL as one `UNION ALL … IN (…)`
 //! query, concurrent misses of the same ids share that query, and answers are written back with jittered
 //! TTLs. Without Redis it runs on L1 + MySQL; without MySQL it answers from the caches and reports the
 //! rest as unknown (not "unmapped"), so callers can store them unmapped and retry later.
@@ -54,6 +54,7 @@ pub struct CatalogSettings {
     acquire_timeout: Duration,
     positive_ttl: Duration,
     negative_ttl: Duration,
+    query_timeout: Duration,
 }
 
 impl CatalogSettings {
@@ -71,6 +72,7 @@ impl CatalogSettings {
             acquire_timeout: config.mysql_acquire_timeout,
             positive_ttl: config.catalog_positive_ttl,
             negative_ttl: config.catalog_negative_ttl,
+            query_timeout: config.catalog_query_timeout,
         }
     }
 }
@@ -131,6 +133,10 @@ impl BlueprintCatalog {
     }
 
     /// Resolves every id; ids still unresolved at `deadline` come back [`Resolution::Unknown`].
+    ///
+    /// Each level's answers are the caller's as soon as that level gave them: only the MySQL step
+    /// runs against the deadline, so a catalogue that hangs (or a batch started by a caller with a
+    /// later deadline) costs the ids that needed MySQL, never the ones L1 or Redis answered.
     pub async fn resolve_many(
         &self,
         ids: &[BlueprintId],
@@ -154,16 +160,29 @@ impl BlueprintCatalog {
         if misses.is_empty() {
             return answers;
         }
-        let batches = self.join_or_start(&misses, deadline);
-        let loaded =
-            tokio::time::timeout_at(deadline.into(), futures::future::join_all(batches)).await;
-        let loaded = loaded.unwrap_or_default();
+        let cached =
+            tokio::time::timeout_at(deadline.into(), self.inner.read_cached(&misses)).await;
+        if let Ok((found, missing)) = cached {
+            for (id, resolution) in found {
+                self.inner.l1.insert(id, resolution.clone());
+                answers.insert(id, resolution);
+            }
+            misses = missing;
+        }
+        if misses.is_empty() {
+            return answers;
+        }
+        let batches = self.join_or_start(&misses, deadline, &mut answers);
+        let loaded = tokio::time::timeout_at(deadline.into(), futures::future::join_all(batches))
+            .await
+            .unwrap_or_default();
         for id in misses {
-            let resolution = loaded
-                .iter()
-                .find_map(|batch| batch.get(&id).cloned())
-                .unwrap_or(Resolution::Unknown);
-            answers.insert(id, resolution);
+            answers.entry(id).or_insert_with(|| {
+                loaded
+                    .iter()
+                    .find_map(|batch| batch.get(&id).cloned())
+                    .unwrap_or(Resolution::Unknown)
+            });
         }
         answers
     }
@@ -182,9 +201,16 @@ impl BlueprintCatalog {
         self.inner.redis_outage.is_active()
     }
 
-    /// Registers the misses nobody is loading yet as one new batch, and joins the batches already
-    /// loading the others, so concurrent callers share one MySQL query per id.
-    fn join_or_start(&self, misses: &[BlueprintId], deadline: Instant) -> Vec<Batch> {
+    /// Registers the misses nobody is loading yet as one new MySQL batch, and joins the batches
+    /// already loading the others, so concurrent callers share one MySQL query per id. A miss that a
+    /// batch finished loading since the caller looked at L1 is answered from L1 into `answers`
+    /// (batches fill L1 before they leave `in_flight`).
+    fn join_or_start(
+        &self,
+        misses: &[BlueprintId],
+        deadline: Instant,
+        answers: &mut HashMap<BlueprintId, Resolution>,
+    ) -> Vec<Batch> {
         let mut in_flight = self
             .inner
             .in_flight
@@ -198,7 +224,12 @@ impl BlueprintCatalog {
                     joined.push(batch.clone())
                 }
                 Some(_) => {}
-                None => fresh.push(*id),
+                None => match self.inner.l1.get(id) {
+                    Some(resolution) => {
+                        answers.insert(*id, resolution);
+                    }
+                    None => fresh.push(*id),
+                },
             }
         }
         if !fresh.is_empty() {
@@ -211,6 +242,9 @@ impl BlueprintCatalog {
             for id in fresh {
                 in_flight.insert(id, batch.clone());
             }
+            // Driven by a task of its own, so it runs to its end (and leaves `in_flight`) even when
+            // every caller waiting on it gave up at its deadline.
+            tokio::spawn(batch.clone());
             joined.push(batch);
         }
         joined
@@ -218,19 +252,15 @@ impl BlueprintCatalog {
 }
 
 impl Inner {
-    /// One batch: Redis, then MySQL for what Redis lacks, then write-back and L1.
+    /// One batch of ids neither L1 nor Redis knew: MySQL, then write-back to Redis and L1.
     async fn load(
         self: Arc<Self>,
         ids: Vec<BlueprintId>,
         deadline: Instant,
     ) -> Arc<HashMap<BlueprintId, Resolution>> {
-        let (mut found, missing) = self.read_cached(&ids).await;
-        if !missing.is_empty() {
-            let loaded = self.query_catalogue(&missing, deadline).await;
-            self.write_cached(&loaded).await;
-            found.extend(loaded);
-        }
-        for (id, resolution) in &found {
+        let loaded = self.query_catalogue(&ids, deadline).await;
+        self.write_cached(&loaded).await;
+        for (id, resolution) in &loaded {
             if *resolution != Resolution::Unknown {
                 self.l1.insert(*id, resolution.clone());
             }
@@ -243,7 +273,7 @@ impl Inner {
         for id in &ids {
             in_flight.remove(id);
         }
-        Arc::new(found)
+        Arc::new(loaded)
     }
 
     fn count(&self, level: &str, lookups: usize) {

@@ -25,7 +25,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-pub(crate) use catalog::CatalogDb;
+pub(crate) use catalog::{CatalogDb, CatalogueLock};
 pub(crate) use process::ServeProcess;
 pub(crate) use proxy::TcpProxy;
 pub(crate) use purchase_rig::PurchaseRig;
