@@ -346,6 +346,10 @@ pub struct Config {
     /// How often the scheduler looks for stale accounts (one replica at a time does it).
     #[arg(long, env = "BRX_SCHEDULER_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub scheduler_interval: Duration,
+    /// How often each replica looks for rows stored while the catalogue could not be asked and, with
+    /// MySQL up, queues their sellers' remap; MySQL coming back triggers a look at once.
+    #[arg(long, env = "BRX_REMAP_UNKNOWN_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub remap_unknown_interval: Duration,
 
     /// Log format.
     #[arg(long, env = "BRX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]

@@ -266,7 +266,8 @@ impl SyncHandler {
     }
 
     /// Products → rows, with prints from one batched catalogue lookup. A blueprint the catalogue
-    /// cannot answer right now keeps the print already stored for that product.
+    /// cannot answer right now keeps the print already stored for that product, or is marked
+    /// unknown (a remap is owed once the catalogue answers again).
     async fn rows(&self, user_id: UserId, chunk: &[Product]) -> Result<Vec<SyncRow>, JobFailure> {
         let ids: Vec<BlueprintId> = chunk
             .iter()
@@ -297,7 +298,8 @@ impl SyncHandler {
                     Some(Resolution::Unknown) => kept.get(&product.id).cloned(),
                     _ => None,
                 };
-                row(product, print)
+                let unknown = print.is_none() && resolution(product) == Some(&Resolution::Unknown);
+                row(product, print, unknown)
             })
             .collect())
     }
@@ -349,7 +351,7 @@ fn sweep_scope(scope: &SyncScope) -> SweepScope<'_> {
     }
 }
 
-fn row(product: &Product, print: Option<(i64, String)>) -> SyncRow {
+fn row(product: &Product, print: Option<(i64, String)>, print_unknown: bool) -> SyncRow {
     SyncRow {
         product_id: product.id,
         blueprint_id: product.blueprint_id,
@@ -359,6 +361,7 @@ fn row(product: &Product, print: Option<(i64, String)>) -> SyncRow {
             .and_then(|e| e.get("id"))
             .and_then(serde_json::Value::as_i64),
         print,
+        print_unknown,
         name: product.name_en.clone(),
         quantity: i32::try_from(product.quantity).unwrap_or(i32::MAX).max(0),
         price_cents: product.price_cents.max(0),

@@ -2,7 +2,8 @@
 //! `/products/export` ([`export`]), the chunk transaction with its retries ([`chunk`]), the
 //! fingerprinted upsert ([`upsert`]), the other SQL ([`store`]), the job's payload and counters
 //! ([`scope`]), the job ([`handler`]), the periodic scheduler ([`scheduler`]), the remap of unmapped
-//! rows ([`remap`]) and what callers use ([`service`]).
+//! rows ([`remap`]) and its queueing after a catalogue outage ([`unknown_prints`]), and what callers
+//! use ([`service`]).
 
 pub mod chunk;
 pub mod export;
@@ -12,4 +13,5 @@ pub mod scheduler;
 pub mod scope;
 pub mod service;
 pub mod store;
+pub mod unknown_prints;
 pub mod upsert;

@@ -10,6 +10,7 @@ mod accounts;
 mod admin;
 mod auth;
 mod blueprints;
+mod catalog_outage;
 mod health;
 mod inventory;
 mod jobs;

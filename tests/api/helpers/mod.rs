@@ -4,6 +4,7 @@ mod catalog;
 mod process;
 mod proxy;
 mod purchase_rig;
+mod stock;
 mod sync_rig;
 
 use std::{net::SocketAddr, time::Duration};
@@ -29,6 +30,7 @@ pub(crate) use catalog::{CatalogDb, CatalogueLock};
 pub(crate) use process::ServeProcess;
 pub(crate) use proxy::TcpProxy;
 pub(crate) use purchase_rig::PurchaseRig;
+pub(crate) use stock::{seller_listing, sync_to_end};
 pub(crate) use sync_rig::{SyncRig, progress};
 
 pub(crate) const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
