@@ -2,11 +2,15 @@
 //! an in-process L1 (moka) and Redis (one MGET per call). Misses go to MySQL as one `UNION ALL … IN (…)`
 //! query, concurrent misses of the same ids share that query, and answers are written back with jittered
 //! TTLs. Without Redis it runs on L1 + MySQL; without MySQL it answers from the caches and reports the
-//! rest as unknown (not "unmapped"), so callers can store them unmapped and retry later.
+//! rest as unknown (not "unmapped"), so callers can store them unmapped and retry later. Also the
+//! CardTrader expansion of each blueprint ([`ExpansionLookup`]), behind the same two caches.
 
 mod cache;
 mod catalogue;
+mod expansions;
 pub mod fixture;
+
+pub use expansions::ExpansionLookup;
 
 use std::{
     collections::HashMap,
@@ -23,6 +27,8 @@ use crate::{config::Config, domain::BlueprintId, metrics::Metrics, storage::Redi
 
 /// How long an unreachable Redis is left alone before the cache tries it again.
 const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Expansions whose read time L1 keeps: CardTrader has about 4,000 in all.
+const EXPANSION_READS_CAPACITY: u64 = 20_000;
 
 /// A print of the shop's catalogue: its id, and the table it lives in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +61,9 @@ pub struct CatalogSettings {
     positive_ttl: Duration,
     negative_ttl: Duration,
     query_timeout: Duration,
+    expansion_learn: bool,
+    expansion_ttl: Duration,
+    expansion_refresh_after: Duration,
 }
 
 impl CatalogSettings {
@@ -73,6 +82,9 @@ impl CatalogSettings {
             positive_ttl: config.catalog_positive_ttl,
             negative_ttl: config.catalog_negative_ttl,
             query_timeout: config.catalog_query_timeout,
+            expansion_learn: config.expansion_learn,
+            expansion_ttl: config.expansion_index_ttl,
+            expansion_refresh_after: config.expansion_refresh_after,
         }
     }
 }
@@ -88,8 +100,14 @@ pub struct BlueprintCatalog {
 struct Inner {
     mysql: mysql_async::Pool,
     redis: deadpool_redis::Pool,
+    /// The deployment's prefix of every Redis key.
+    redis_prefix: String,
     key_prefix: String,
     l1: moka::sync::Cache<BlueprintId, Resolution>,
+    /// Blueprint → expansion, see [`ExpansionLookup`].
+    expansion_l1: moka::sync::Cache<i64, i64>,
+    /// Expansion → when its blueprints were last read (Unix seconds).
+    expansion_reads: moka::sync::Cache<i64, u64>,
     in_flight: Mutex<HashMap<BlueprintId, Batch>>,
     redis_outage: RedisOutage,
     settings: CatalogSettings,
@@ -118,12 +136,24 @@ impl BlueprintCatalog {
             .max_capacity(config.catalog_l1_capacity)
             .time_to_live(config.catalog_l1_ttl)
             .build();
+        // Blueprints never change expansion: the L1 keeps entries as long as Redis does.
+        let expansion_l1 = moka::sync::Cache::builder()
+            .max_capacity(config.catalog_l1_capacity)
+            .time_to_live(config.expansion_index_ttl)
+            .build();
+        let expansion_reads = moka::sync::Cache::builder()
+            .max_capacity(EXPANSION_READS_CAPACITY)
+            .time_to_live(config.expansion_index_ttl)
+            .build();
         Self {
             inner: Arc::new(Inner {
                 mysql,
                 redis,
+                redis_prefix: key_prefix.to_owned(),
                 key_prefix: format!("{key_prefix}bp:"),
                 l1,
+                expansion_l1,
+                expansion_reads,
                 in_flight: Mutex::new(HashMap::new()),
                 redis_outage: RedisOutage::new(REDIS_RETRY_AFTER),
                 settings: CatalogSettings::from_config(config),

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 
 use super::{
     chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
+    expansions::ExpansionFill,
     scope::{SyncProgress, SyncScope},
     store::{self, SweepScope, SyncRow},
 };
@@ -163,10 +164,24 @@ impl SyncHandler {
             SyncScope::Full => CallOptions::bulk(self.settings.export_budget),
             SyncScope::Targeted { .. } => CallOptions::interactive(self.settings.export_budget),
         };
+        let expansions = Arc::new(ExpansionFill::new(
+            &self.catalog,
+            self.accounts.marketplace(),
+            credentials.seller(),
+            options,
+            &self.pool,
+            user_id,
+        ));
         let chunks = self
             .export(credentials.seller(), &scope, options)
             .try_chunks(self.settings.chunk_size)
-            .map_err(|TryChunksError(_, stop)| stop);
+            .map_err(|TryChunksError(_, stop)| stop)
+            .and_then(move |products| {
+                // Owned, not borrowed: a future borrowing a local here trips rustc's higher-ranked
+                // `Send` check of the job's future.
+                let expansions = expansions.clone();
+                async move { expansions.fill(products).await.map_err(Stop::Job) }
+            });
         // Memory stays bounded: at most `chunks_in_flight` chunks are being mapped or written, and
         // one more is being read.
         let mut written = std::pin::pin!(
@@ -355,11 +370,7 @@ fn row(product: &Product, print: Option<(i64, String)>, print_unknown: bool) -> 
     SyncRow {
         product_id: product.id,
         blueprint_id: product.blueprint_id,
-        expansion_id: product
-            .expansion
-            .as_ref()
-            .and_then(|e| e.get("id"))
-            .and_then(serde_json::Value::as_i64),
+        expansion_id: product.expansion_id(),
         print,
         print_unknown,
         name: product.name_en.clone(),

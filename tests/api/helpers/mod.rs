@@ -77,6 +77,9 @@ pub(crate) fn test_config() -> (Config, String) {
     config.cardtrader_request_timeout = Duration::from_secs(5);
     // Scheduler rounds are run by the tests that are about them, not behind every test's back.
     config.scheduler_interval = Duration::from_secs(3_600);
+    // Likewise learning expansions: the simulator scatters a seller's products over all its 3,100
+    // expansions, so with each test's empty index every full sync would read hundreds of them.
+    config.expansion_learn = false;
     (config, database_name)
 }
 
