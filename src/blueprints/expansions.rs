@@ -268,8 +268,8 @@ impl Inner {
     /// Records one expansion's blueprints and when they were read, here and in Redis.
     async fn write_expansions(&self, expansion: i64, pairs: &[(i64, i64)]) {
         let now = now_secs();
-        for &(blueprint, expansion) in pairs {
-            self.expansion_l1.insert(blueprint, expansion);
+        for &(blueprint, its_expansion) in pairs {
+            self.expansion_l1.insert(blueprint, its_expansion);
         }
         self.expansion_reads.insert(expansion, now);
         if !self.redis_outage.should_try() {
@@ -277,11 +277,11 @@ impl Inner {
         }
         let ttl = self.settings.expansion_ttl;
         let mut pipeline = redis::pipe();
-        for &(blueprint, expansion) in pairs {
+        for &(blueprint, its_expansion) in pairs {
             pipeline
                 .cmd("SET")
                 .arg(self.expansion_key(blueprint))
-                .arg(expansion)
+                .arg(its_expansion)
                 .arg("EX")
                 .arg(jittered_seconds(ttl))
                 .ignore();
