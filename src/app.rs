@@ -35,6 +35,7 @@ use crate::{
         remap::RemapHandler,
         scheduler::{SchedulerSettings, SyncScheduler},
         service::Syncs,
+        unknown_prints::UnknownPrintWatch,
     },
 };
 
@@ -182,6 +183,13 @@ impl App {
                 max_queue_depth: config.max_queue_depth,
             },
         );
+        let unknown_prints = UnknownPrintWatch::new(
+            storage.pg.clone(),
+            storage.clone(),
+            wakeups.clone(),
+            config.remap_unknown_interval,
+            config.max_queue_depth,
+        );
         let mut worker_tasks = tokio::task::JoinSet::new();
         // Claiming and scheduling need the jobs table: wait until the database is reachable and
         // migrated. The wake-up listener needs only Redis.
@@ -207,6 +215,13 @@ impl App {
         worker_tasks.spawn(async move {
             if ready.await {
                 scheduler.run(stop).await?;
+            }
+            Ok(())
+        });
+        let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
+        worker_tasks.spawn(async move {
+            if ready.await {
+                unknown_prints.run(stop).await?;
             }
             Ok(())
         });
@@ -266,7 +281,8 @@ impl App {
             result = &mut grpc_task => Some(report_exit("gRPC server", result)),
             result = &mut http_task => Some(report_exit("HTTP server", result)),
             result = &mut supervisor_task => Some(report_exit("storage supervisor", result)),
-            // Workers, scheduler, wake-up listener and change relay only return at shutdown.
+            // Workers, the scheduler, the remap watch, the wake-up listener and the change relay
+            // only return at shutdown.
             Some(result) = worker_tasks.join_next() => Some(report_exit("background work", result)),
         };
 

@@ -166,6 +166,23 @@ pub struct Config {
     /// Lifetime of an "unmapped" answer cached in Redis (±10% jitter), so new prints show up soon.
     #[arg(long, env = "BRX_CATALOG_NEGATIVE_TTL", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
     pub catalog_negative_ttl: Duration,
+    /// Longest one catalogue query may run before its ids are answered "unknown"; a hung catalogue
+    /// (a lock held by a schema change, a stalled server) then costs each lookup this, not its deadline.
+    #[arg(long, env = "BRX_CATALOG_QUERY_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub catalog_query_timeout: Duration,
+    /// Learn the expansion of blueprints the shared index does not know yet from CardTrader during
+    /// syncs (one `/blueprints/export` per expansion of the seller not indexed yet); off, a product's
+    /// expansion comes only from the export or what the index already holds.
+    #[arg(long, env = "BRX_EXPANSION_LEARN", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub expansion_learn: bool,
+    /// Lifetime of a blueprint → expansion entry of the index in Redis and in-process (a blueprint
+    /// never changes expansion; the lifetime only lets unused entries go).
+    #[arg(long, env = "BRX_EXPANSION_INDEX_TTL", default_value = "30days", value_parser = humantime::parse_duration, global = true)]
+    pub expansion_index_ttl: Duration,
+    /// An expansion whose blueprints were read longer ago than this is read again when a product's
+    /// blueprint is missing from the index (CardTrader adds blueprints to recent expansions).
+    #[arg(long, env = "BRX_EXPANSION_REFRESH_AFTER", default_value = "6h", value_parser = humantime::parse_duration, global = true)]
+    pub expansion_refresh_after: Duration,
 
     /// Redis: caches, rate-limit buckets, wake-up hints. Losing it loses no data.
     #[arg(long, env = "BRX_REDIS_URL", default_value = "redis://127.0.0.1:6379/0", value_parser = secret, global = true)]
@@ -363,6 +380,10 @@ pub struct Config {
     /// How often the scheduler looks for stale accounts (one replica at a time does it).
     #[arg(long, env = "BRX_SCHEDULER_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub scheduler_interval: Duration,
+    /// How often each replica looks for rows stored while the catalogue could not be asked and, with
+    /// MySQL up, queues their sellers' remap; MySQL coming back triggers a look at once.
+    #[arg(long, env = "BRX_REMAP_UNKNOWN_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub remap_unknown_interval: Duration,
 
     /// Log format.
     #[arg(long, env = "BRX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]

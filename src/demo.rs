@@ -39,6 +39,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.jwt_rs256_public_key_path = None;
     config.auth_disabled = false;
     config.migrate_on_start = true;
+    // The simulator scatters the demo seller's 50,000 products over all its 3,100 expansions: with
+    // an empty expansion index the sync would spend minutes learning them (tests cover learning).
+    config.expansion_learn = false;
     // The demo's own marketplace and a throwaway key: nothing here touches real tokens.
     let sim_config = SimulatorConfig {
         products_per_seller: DEMO_PRODUCTS,

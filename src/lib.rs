@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`accounts`]: sellers' CardTrader connections, tokens encrypted at rest.
 //! - [`app`]: builds the replica (listeners, pools, layers) and runs it until shutdown.
-//! - [`blueprints`]: CardTrader blueprint → shop print, from MySQL behind an L1 and a Redis cache.
+//! - [`blueprints`]: CardTrader blueprint → shop print, from MySQL behind an L1 and a Redis cache;
+//!   blueprint → CardTrader expansion, learnt from CardTrader's reference exports.
 //! - [`config`]: the one typed configuration, from flags and `BRX_*` environment variables.
 //! - [`demo`]: `brx-sync demo`, the whole service on one machine with visible progress.
 //! - [`api`]: the gRPC transport: handlers, auth, tower layers, the single error → `Status` mapping.

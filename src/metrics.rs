@@ -46,6 +46,8 @@ pub const CARDTRADER_429_TOTAL: &str = "brx_cardtrader_429_total";
 pub const BLUEPRINT_LOOKUPS_TOTAL: &str = "brx_blueprint_lookups_total";
 /// 1 while the blueprint cache runs without Redis.
 pub const BLUEPRINT_CACHE_DEGRADED: &str = "brx_blueprint_cache_degraded";
+/// Blueprint → expansion lookups, by the level that answered (`l1`, `redis`, `cardtrader`, `unknown`).
+pub const EXPANSION_LOOKUPS_TOTAL: &str = "brx_expansion_lookups_total";
 /// Catalogue (MySQL) query latency.
 pub const CATALOG_QUERY_SECONDS: &str = "brx_catalog_query_seconds";
 /// Ids per catalogue query.
@@ -129,6 +131,8 @@ pub struct Metrics {
     pub blueprint_lookups: IntCounterVec,
     /// See [`BLUEPRINT_CACHE_DEGRADED`].
     pub blueprint_cache_degraded: IntGauge,
+    /// See [`EXPANSION_LOOKUPS_TOTAL`].
+    pub expansion_lookups: IntCounterVec,
     /// See [`CATALOG_QUERY_SECONDS`].
     pub catalog_query_seconds: Histogram,
     /// See [`CATALOG_BATCH_SIZE`].
@@ -275,6 +279,11 @@ impl Metrics {
             blueprint_cache_degraded: gauge(
                 BLUEPRINT_CACHE_DEGRADED,
                 "1 while the blueprint cache runs without Redis.",
+            )?,
+            expansion_lookups: counter_vec(
+                EXPANSION_LOOKUPS_TOTAL,
+                "Blueprint to expansion lookups, by the level that answered.",
+                &["level"],
             )?,
             catalog_query_seconds: register(
                 &registry,

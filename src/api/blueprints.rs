@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
-use super::{auth, pb::v1 as pb, status};
+use super::{auth, layers::RpcDeadline, pb::v1 as pb, status};
 use crate::{
     blueprints::{BlueprintCatalog, Resolution},
     domain::BlueprintId,
@@ -16,6 +16,8 @@ pub(crate) const MAX_IDS: usize = 5_000;
 
 /// Budget of one resolve when the caller sent no deadline.
 const DEFAULT_BUDGET: Duration = Duration::from_secs(10);
+/// Kept from the caller's deadline to encode and send what was resolved by then.
+const ANSWER_MARGIN: Duration = Duration::from_millis(50);
 
 /// Handler state of `BlueprintService`.
 #[derive(Debug, Clone)]
@@ -33,8 +35,11 @@ impl pb::blueprint_service_server::BlueprintService for BlueprintApi {
     ) -> Result<Response<pb::ResolveBlueprintsResponse>, Status> {
         auth::caller(&request)?;
         let ids = blueprint_ids(&request.get_ref().blueprint_ids)?;
-        // Leave a little of the caller's own deadline to encode the answer.
-        let deadline = Instant::now() + DEFAULT_BUDGET;
+        // Within the caller's own deadline, less a little to encode the answer: ids the catalogue
+        // could not answer by then come back UNKNOWN beside the cached ones, not as DEADLINE_EXCEEDED.
+        let deadline = RpcDeadline::answer_by(&request, ANSWER_MARGIN)
+            .into_std()
+            .min(Instant::now() + DEFAULT_BUDGET);
         let answers = self.catalog.resolve_many(&ids, deadline).await;
         let mappings = ids
             .iter()

@@ -91,7 +91,10 @@ impl Inner {
     }
 
     /// Runs one command or pipeline; `None` (and the outage recorded) when Redis fails.
-    async fn redis_call<T: redis::FromRedisValue>(&self, request: RedisRequest<'_>) -> Option<T> {
+    pub(super) async fn redis_call<T: redis::FromRedisValue>(
+        &self,
+        request: RedisRequest<'_>,
+    ) -> Option<T> {
         let result = async {
             let mut conn = self.redis.get().await.map_err(|err| err.to_string())?;
             let reply = match request {
@@ -138,13 +141,13 @@ impl Inner {
 }
 
 /// What [`Inner::redis_call`] sends.
-enum RedisRequest<'a> {
+pub(super) enum RedisRequest<'a> {
     Command(&'a redis::Cmd),
     Pipeline(&'a redis::Pipeline),
 }
 
 /// `ttl` ± 10%, in whole seconds (at least one).
-fn jittered_seconds(ttl: Duration) -> u64 {
+pub(super) fn jittered_seconds(ttl: Duration) -> u64 {
     let factor = 0.9 + rand::random::<f64>() * 0.2;
     (ttl.as_secs_f64() * factor).round().max(1.0) as u64
 }

@@ -1,5 +1,7 @@
 //! The MySQL level: one `UNION ALL` over the catalogue tables per batch of ids, on a pooled connection
-//! whose checkout is bounded (mysql_async's `get_conn` would otherwise wait forever on an exhausted pool).
+//! whose checkout is bounded (mysql_async's `get_conn` would otherwise wait forever on an exhausted pool),
+//! and so is each query (`BRX_CATALOG_QUERY_TIMEOUT`: a lock or a stalled server must not hold every
+//! caller until its deadline).
 
 use std::{collections::HashMap, fmt::Write, time::Instant};
 
@@ -39,10 +41,12 @@ impl Inner {
             }
         };
         let mut answers = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(self.settings.batch_size) {
+        let mut chunks = ids.chunks(self.settings.batch_size);
+        for chunk in chunks.by_ref() {
             let started = Instant::now();
+            let query_deadline = deadline.min(started + self.settings.query_timeout);
             let rows = tokio::time::timeout_at(
-                deadline.into(),
+                query_deadline.into(),
                 conn.query::<(i64, i64, usize), _>(self.lookup_sql(chunk)),
             )
             .await;
@@ -51,15 +55,20 @@ impl Inner {
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.catalog_batch_size.observe(chunk.len() as f64);
             self.metrics.catalog_queries.inc();
-            match rows {
-                Ok(Ok(rows)) => answers.extend(self.interpret(chunk, rows)),
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "catalogue query failed: answering unknown");
-                    answers.extend(chunk.iter().map(|&id| (id, Resolution::Unknown)));
+            let failure = match rows {
+                Ok(Ok(rows)) => {
+                    answers.extend(self.interpret(chunk, rows));
+                    continue;
                 }
-                Err(_) => answers.extend(chunk.iter().map(|&id| (id, Resolution::Unknown))),
-            }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "no answer in time".to_owned(),
+            };
+            tracing::warn!(%failure, ids = chunk.len(), "catalogue query failed: answering unknown");
+            answers.extend(chunk.iter().map(|&id| (id, Resolution::Unknown)));
+            // The connection is mid-query or broken: the rest are not asked on it.
+            break;
         }
+        answers.extend(chunks.flatten().map(|&id| (id, Resolution::Unknown)));
         let unknown_count = answers
             .values()
             .filter(|r| **r == Resolution::Unknown)

@@ -1,12 +1,16 @@
 //! The shop's print for each CardTrader blueprint, from the read-only MySQL catalogue behind two caches:
-//! an in-process L1 (moka) and Redis (one MGET per batch). Misses go to MySQL as one `UNION ALL … IN (…)`
+//! an in-process L1 (moka) and Redis (one MGET per call). Misses go to MySQL as one `UNION ALL … IN (…)`
 //! query, concurrent misses of the same ids share that query, and answers are written back with jittered
 //! TTLs. Without Redis it runs on L1 + MySQL; without MySQL it answers from the caches and reports the
-//! rest as unknown (not "unmapped"), so callers can store them unmapped and retry later.
+//! rest as unknown (not "unmapped"), so callers can store them unmapped and retry later. Also the
+//! CardTrader expansion of each blueprint ([`ExpansionLookup`]), behind the same two caches.
 
 mod cache;
 mod catalogue;
+mod expansions;
 pub mod fixture;
+
+pub use expansions::ExpansionLookup;
 
 use std::{
     collections::HashMap,
@@ -23,6 +27,8 @@ use crate::{config::Config, domain::BlueprintId, metrics::Metrics, storage::Redi
 
 /// How long an unreachable Redis is left alone before the cache tries it again.
 const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Expansions whose read time L1 keeps: CardTrader has about 4,000 in all.
+const EXPANSION_READS_CAPACITY: u64 = 20_000;
 
 /// A print of the shop's catalogue: its id, and the table it lives in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +60,10 @@ pub struct CatalogSettings {
     acquire_timeout: Duration,
     positive_ttl: Duration,
     negative_ttl: Duration,
+    query_timeout: Duration,
+    expansion_learn: bool,
+    expansion_ttl: Duration,
+    expansion_refresh_after: Duration,
 }
 
 impl CatalogSettings {
@@ -71,6 +81,10 @@ impl CatalogSettings {
             acquire_timeout: config.mysql_acquire_timeout,
             positive_ttl: config.catalog_positive_ttl,
             negative_ttl: config.catalog_negative_ttl,
+            query_timeout: config.catalog_query_timeout,
+            expansion_learn: config.expansion_learn,
+            expansion_ttl: config.expansion_index_ttl,
+            expansion_refresh_after: config.expansion_refresh_after,
         }
     }
 }
@@ -86,8 +100,14 @@ pub struct BlueprintCatalog {
 struct Inner {
     mysql: mysql_async::Pool,
     redis: deadpool_redis::Pool,
+    /// The deployment's prefix of every Redis key.
+    redis_prefix: String,
     key_prefix: String,
     l1: moka::sync::Cache<BlueprintId, Resolution>,
+    /// Blueprint → expansion, see [`ExpansionLookup`].
+    expansion_l1: moka::sync::Cache<i64, i64>,
+    /// Expansion → when its blueprints were last read (Unix seconds).
+    expansion_reads: moka::sync::Cache<i64, u64>,
     in_flight: Mutex<HashMap<BlueprintId, Batch>>,
     redis_outage: RedisOutage,
     settings: CatalogSettings,
@@ -116,12 +136,24 @@ impl BlueprintCatalog {
             .max_capacity(config.catalog_l1_capacity)
             .time_to_live(config.catalog_l1_ttl)
             .build();
+        // Blueprints never change expansion: the L1 keeps entries as long as Redis does.
+        let expansion_l1 = moka::sync::Cache::builder()
+            .max_capacity(config.catalog_l1_capacity)
+            .time_to_live(config.expansion_index_ttl)
+            .build();
+        let expansion_reads = moka::sync::Cache::builder()
+            .max_capacity(EXPANSION_READS_CAPACITY)
+            .time_to_live(config.expansion_index_ttl)
+            .build();
         Self {
             inner: Arc::new(Inner {
                 mysql,
                 redis,
+                redis_prefix: key_prefix.to_owned(),
                 key_prefix: format!("{key_prefix}bp:"),
                 l1,
+                expansion_l1,
+                expansion_reads,
                 in_flight: Mutex::new(HashMap::new()),
                 redis_outage: RedisOutage::new(REDIS_RETRY_AFTER),
                 settings: CatalogSettings::from_config(config),
@@ -131,6 +163,10 @@ impl BlueprintCatalog {
     }
 
     /// Resolves every id; ids still unresolved at `deadline` come back [`Resolution::Unknown`].
+    ///
+    /// Each level's answers are the caller's as soon as that level gave them: only the MySQL step
+    /// runs against the deadline, so a catalogue that hangs (or a batch started by a caller with a
+    /// later deadline) costs the ids that needed MySQL, never the ones L1 or Redis answered.
     pub async fn resolve_many(
         &self,
         ids: &[BlueprintId],
@@ -154,16 +190,29 @@ impl BlueprintCatalog {
         if misses.is_empty() {
             return answers;
         }
-        let batches = self.join_or_start(&misses, deadline);
-        let loaded =
-            tokio::time::timeout_at(deadline.into(), futures::future::join_all(batches)).await;
-        let loaded = loaded.unwrap_or_default();
+        let cached =
+            tokio::time::timeout_at(deadline.into(), self.inner.read_cached(&misses)).await;
+        if let Ok((found, missing)) = cached {
+            for (id, resolution) in found {
+                self.inner.l1.insert(id, resolution.clone());
+                answers.insert(id, resolution);
+            }
+            misses = missing;
+        }
+        if misses.is_empty() {
+            return answers;
+        }
+        let batches = self.join_or_start(&misses, deadline, &mut answers);
+        let loaded = tokio::time::timeout_at(deadline.into(), futures::future::join_all(batches))
+            .await
+            .unwrap_or_default();
         for id in misses {
-            let resolution = loaded
-                .iter()
-                .find_map(|batch| batch.get(&id).cloned())
-                .unwrap_or(Resolution::Unknown);
-            answers.insert(id, resolution);
+            answers.entry(id).or_insert_with(|| {
+                loaded
+                    .iter()
+                    .find_map(|batch| batch.get(&id).cloned())
+                    .unwrap_or(Resolution::Unknown)
+            });
         }
         answers
     }
@@ -182,9 +231,16 @@ impl BlueprintCatalog {
         self.inner.redis_outage.is_active()
     }
 
-    /// Registers the misses nobody is loading yet as one new batch, and joins the batches already
-    /// loading the others, so concurrent callers share one MySQL query per id.
-    fn join_or_start(&self, misses: &[BlueprintId], deadline: Instant) -> Vec<Batch> {
+    /// Registers the misses nobody is loading yet as one new MySQL batch, and joins the batches
+    /// already loading the others, so concurrent callers share one MySQL query per id. A miss that a
+    /// batch finished loading since the caller looked at L1 is answered from L1 into `answers`
+    /// (batches fill L1 before they leave `in_flight`).
+    fn join_or_start(
+        &self,
+        misses: &[BlueprintId],
+        deadline: Instant,
+        answers: &mut HashMap<BlueprintId, Resolution>,
+    ) -> Vec<Batch> {
         let mut in_flight = self
             .inner
             .in_flight
@@ -198,7 +254,12 @@ impl BlueprintCatalog {
                     joined.push(batch.clone())
                 }
                 Some(_) => {}
-                None => fresh.push(*id),
+                None => match self.inner.l1.get(id) {
+                    Some(resolution) => {
+                        answers.insert(*id, resolution);
+                    }
+                    None => fresh.push(*id),
+                },
             }
         }
         if !fresh.is_empty() {
@@ -211,6 +272,9 @@ impl BlueprintCatalog {
             for id in fresh {
                 in_flight.insert(id, batch.clone());
             }
+            // Driven by a task of its own, so it runs to its end (and leaves `in_flight`) even when
+            // every caller waiting on it gave up at its deadline.
+            tokio::spawn(batch.clone());
             joined.push(batch);
         }
         joined
@@ -218,19 +282,15 @@ impl BlueprintCatalog {
 }
 
 impl Inner {
-    /// One batch: Redis, then MySQL for what Redis lacks, then write-back and L1.
+    /// One batch of ids neither L1 nor Redis knew: MySQL, then write-back to Redis and L1.
     async fn load(
         self: Arc<Self>,
         ids: Vec<BlueprintId>,
         deadline: Instant,
     ) -> Arc<HashMap<BlueprintId, Resolution>> {
-        let (mut found, missing) = self.read_cached(&ids).await;
-        if !missing.is_empty() {
-            let loaded = self.query_catalogue(&missing, deadline).await;
-            self.write_cached(&loaded).await;
-            found.extend(loaded);
-        }
-        for (id, resolution) in &found {
+        let loaded = self.query_catalogue(&ids, deadline).await;
+        self.write_cached(&loaded).await;
+        for (id, resolution) in &loaded {
             if *resolution != Resolution::Unknown {
                 self.l1.insert(*id, resolution.clone());
             }
@@ -243,7 +303,7 @@ impl Inner {
         for id in &ids {
             in_flight.remove(id);
         }
-        Arc::new(found)
+        Arc::new(loaded)
     }
 
     fn count(&self, level: &str, lookups: usize) {

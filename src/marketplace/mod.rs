@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use error::MarketplaceError;
 use types::{
-    BulkAccepted, BulkJob, BulkUpdateItem, Envelope, GamesBody, Info, MarketProduct, NewProduct,
-    Product, ProductResource, ProductUpdate, SellerOrder,
+    BlueprintRef, BulkAccepted, BulkJob, BulkUpdateItem, Envelope, Expansion, GamesBody, Info,
+    MarketProduct, NewProduct, Product, ProductResource, ProductUpdate, SellerOrder,
 };
 
 use crate::{
@@ -169,6 +169,37 @@ impl MarketplaceClient {
         Ok(body.into_games())
     }
 
+    /// `GET /expansions/export`: the expansions the seller has products in.
+    pub async fn expansions_export(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+    ) -> Result<Vec<Expansion>, MarketplaceError> {
+        let spec = self.inner.read(
+            "expansions_export",
+            "/expansions/export".into(),
+            Scope::General,
+        );
+        self.inner
+            .call_json(seller, options, spec, None::<&()>)
+            .await
+    }
+
+    /// `GET /blueprints/export?expansion_id=`: the blueprints of one expansion. CardTrader answers
+    /// 404 for an unknown expansion, and for one whose export is not built yet.
+    pub async fn blueprints_export(
+        &self,
+        seller: Seller<'_>,
+        options: CallOptions,
+        expansion_id: i64,
+    ) -> Result<Vec<BlueprintRef>, MarketplaceError> {
+        let path = format!("/blueprints/export?expansion_id={expansion_id}");
+        let spec = self.inner.read("blueprints_export", path, Scope::General);
+        self.inner
+            .call_json(seller, options, spec, None::<&()>)
+            .await
+    }
+
     /// `GET /marketplace/products?blueprint_id=`: the 25 cheapest offers, keyed by blueprint id.
     pub async fn marketplace_products(
         &self,
@@ -200,9 +231,14 @@ impl MarketplaceClient {
             .inner
             .read("products_export", export_path(filter), Scope::General);
         spec.timeout = self.inner.export_timeout;
-        self.inner
+        let mut products: Vec<Product> = self
+            .inner
             .call_json(seller, options, spec, None::<&()>)
-            .await
+            .await?;
+        for product in &mut products {
+            learn_from_filter(product, filter);
+        }
+        Ok(products)
     }
 
     /// `GET /products/export`, streamed: products are parsed as they arrive, so memory stays bounded
@@ -232,9 +268,14 @@ impl MarketplaceClient {
         )
         .when(|err: &MarketplaceError| err.is_transient() && Instant::now() < options.deadline)
         .await?;
-        Ok(crate::sync::export::products(Box::pin(
-            response.bytes_stream(),
-        )))
+        let products = crate::sync::export::products(Box::pin(response.bytes_stream()));
+        Ok(futures::TryStreamExt::map_ok(
+            products,
+            move |mut product| {
+                learn_from_filter(&mut product, filter);
+                product
+            },
+        ))
     }
 
     /// `POST /products`. Not idempotent (CardTrader merges into an identical product by adding
@@ -415,6 +456,14 @@ impl MarketplaceClient {
             .call_json(seller, options, spec, Some(&body))
             .await?;
         Ok(envelope.resource.filter(|product| product.quantity > 0))
+    }
+}
+
+/// The documented export carries no expansion, but one asked for by expansion holds only products of
+/// that expansion: the filter says it.
+fn learn_from_filter(product: &mut Product, filter: ExportFilter) {
+    if let ExportFilter::Expansion(expansion_id) = filter {
+        product.learn_expansion(expansion_id);
     }
 }
 

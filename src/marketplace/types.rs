@@ -212,6 +212,49 @@ pub struct Product {
     pub expansion: Option<Value>,
 }
 
+impl Product {
+    /// The product's expansion: the export's `expansion.id` where CardTrader sent it (undocumented),
+    /// or what the client learnt elsewhere and recorded with [`Product::learn_expansion`].
+    pub fn expansion_id(&self) -> Option<i64> {
+        self.expansion.as_ref()?.get("id")?.as_i64()
+    }
+
+    /// Records the expansion learnt elsewhere (the export's filter, the blueprint index), unless the
+    /// export already said.
+    pub fn learn_expansion(&mut self, expansion_id: i64) {
+        if self.expansion_id().is_none() {
+            self.expansion = Some(serde_json::json!({ "id": expansion_id }));
+        }
+    }
+}
+
+/// One expansion of `/expansions` or `/expansions/export`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Expansion {
+    /// Expansion id.
+    pub id: i64,
+    /// Game id.
+    #[serde(default)]
+    pub game_id: Option<i64>,
+    /// Short code, e.g. "m19".
+    #[serde(default)]
+    pub code: Option<String>,
+    /// English name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A blueprint of `/blueprints/export`, reduced to what the service reads (the rest of its many
+/// fields is skipped while parsing).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct BlueprintRef {
+    /// Blueprint id.
+    pub id: i64,
+    /// Its expansion; documented as nullable.
+    #[serde(default)]
+    pub expansion_id: Option<i64>,
+}
+
 /// The product a single-product call returns in its envelope's `resource`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct ProductResource {
@@ -497,6 +540,37 @@ mod tests {
         .unwrap();
         assert_eq!(product.graded, Some(false));
         assert_eq!(product.description, None);
+    }
+
+    #[test]
+    fn an_expansion_learnt_elsewhere_fills_a_gap_but_never_overrides_what_the_export_said() {
+        let exported = |expansion: Value| -> Product {
+            serde_json::from_value(json!({
+                "id": 9, "blueprint_id": 12, "quantity": 2, "price_cents": 150,
+                "price_currency": "EUR", "expansion": expansion
+            }))
+            .unwrap()
+        };
+        let mut documented = exported(Value::Null);
+        let mut undocumented = exported(json!({"id": 40}));
+        assert_eq!(documented.expansion_id(), None);
+
+        documented.learn_expansion(7);
+        undocumented.learn_expansion(7);
+
+        assert_eq!(documented.expansion_id(), Some(7));
+        assert_eq!(undocumented.expansion_id(), Some(40));
+    }
+
+    #[test]
+    fn blueprint_exports_are_read_for_ids_and_expansions_only() {
+        let blueprints: Vec<BlueprintRef> = serde_json::from_value(json!([
+            {"id": 201, "name": "A", "expansion_id": 3, "editable_properties": [], "fixed_properties": {}},
+            {"id": 202, "name": "B", "expansion_id": null}
+        ]))
+        .unwrap();
+        assert_eq!(blueprints[0].expansion_id, Some(3));
+        assert_eq!(blueprints[1].expansion_id, None);
     }
 
     /// Bodies captured from the simulator (`tests/fixtures/cardtrader/`), parsed with the same types the

@@ -110,5 +110,8 @@ async fn patch_product(
     let mut inventory = lock(&seller.inventory);
     let product = ops::set_quantity(&mut inventory, id, body.quantity)
         .map_err(|_| ApiError::NotFound("Product not found".into()))?;
-    Ok(Json(product.export_json(seller.info.user_id)))
+    Ok(Json(product.export_json(
+        seller.info.user_id,
+        state.exports_expansion(),
+    )))
 }

@@ -93,7 +93,13 @@ impl SimulatorHandle {
     pub fn product(&self, token: &str, product_id: i64) -> Option<serde_json::Value> {
         let seller = self.state.by_token(token)?;
         let product = lock(&seller.inventory).get(product_id)?;
-        Some(product.export_json(seller.info.user_id))
+        Some(product.export_json(seller.info.user_id, self.state.exports_expansion()))
+    }
+
+    /// Adds (or, the default, leaves out) the undocumented `expansion` object of export rows from
+    /// now on, so both client paths can be tested.
+    pub fn set_export_expansion(&self, on: bool) {
+        self.state.set_export_expansion(on);
     }
 
     /// Changes a quantity behind the client's back; ≤ 0 deletes the product. Unknown ids are ignored.

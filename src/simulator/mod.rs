@@ -58,6 +58,10 @@ pub struct SimulatorArgs {
     /// Send Retry-After/X-RateLimit-* headers on 429 (CardTrader sends none).
     #[arg(long, env = "BRX_SIM_RATE_LIMIT_HEADERS")]
     pub rate_limit_headers: bool,
+    /// Add the undocumented `expansion: {id}` object to `/products/export` rows (the documented
+    /// export has none; one client maps it, CARDTRADER.md §2.4).
+    #[arg(long, env = "BRX_SIM_EXPORT_EXPANSION")]
+    pub export_expansion: bool,
 }
 
 /// Everything that shapes a simulator run.
@@ -77,6 +81,8 @@ pub struct SimulatorConfig {
     pub jobs_per_second: u32,
     /// Send Retry-After/X-RateLimit-* headers on 429.
     pub rate_limit_headers: bool,
+    /// Add the undocumented `expansion` object to export rows (off: the documented shape).
+    pub export_expansion: bool,
     /// Faults active from the start.
     pub faults: Faults,
     /// How long a bulk job takes from submission to `completed` (a third of it `pending`).
@@ -93,6 +99,7 @@ impl Default for SimulatorConfig {
             general_per_10s: 200,
             jobs_per_second: 1,
             rate_limit_headers: false,
+            export_expansion: false,
             faults: Faults::default(),
             job_duration_ms: 300,
         }
@@ -109,6 +116,7 @@ impl From<&SimulatorArgs> for SimulatorConfig {
             general_per_10s: args.general_per_10s,
             jobs_per_second: args.jobs_per_second,
             rate_limit_headers: args.rate_limit_headers,
+            export_expansion: args.export_expansion,
             ..Self::default()
         }
     }

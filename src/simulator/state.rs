@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError, RwLock,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
 };
 
@@ -107,6 +107,8 @@ pub(crate) struct SimState {
     /// Faults left before the rates stop, when `max_faulted` is set.
     faulted_left: AtomicU32,
     sellers: RwLock<Sellers>,
+    /// Whether export rows carry the undocumented `expansion` object; switchable while running.
+    export_expansion: AtomicBool,
     pub(crate) jobs: Jobs,
     pub(crate) orders: Mutex<OrderBook>,
     /// Cancelled at shutdown; long sleeps (hangs, jobs) give up on it.
@@ -121,6 +123,7 @@ impl SimState {
             burst_left: AtomicU32::new(0),
             faulted_left: AtomicU32::new(0),
             sellers: RwLock::default(),
+            export_expansion: AtomicBool::new(config.export_expansion),
             jobs: Jobs::default(),
             orders: Mutex::default(),
             cancel: CancellationToken::new(),
@@ -206,6 +209,16 @@ impl SimState {
         self.burst_left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok()
+    }
+
+    /// Whether export rows carry the undocumented `expansion` object.
+    pub(crate) fn exports_expansion(&self) -> bool {
+        self.export_expansion.load(Ordering::Relaxed)
+    }
+
+    /// Adds (or removes) the undocumented `expansion` object of export rows from now on.
+    pub(crate) fn set_export_expansion(&self, on: bool) {
+        self.export_expansion.store(on, Ordering::Relaxed);
     }
 
     /// The configured rate limits.

@@ -110,6 +110,16 @@ impl Storage {
         self.redis.close();
     }
 
+    /// The pool's state as the supervisor last saw it.
+    pub fn state(&self, kind: PoolKind) -> PoolState {
+        self.health(kind).state()
+    }
+
+    /// A receiver that wakes each time the supervisor sees the pool come (back) up.
+    pub fn watch_up(&self, kind: PoolKind) -> tokio::sync::watch::Receiver<u64> {
+        self.health(kind).watch_up()
+    }
+
     fn health(&self, kind: PoolKind) -> &PoolHealth {
         &self.health[kind as usize]
     }

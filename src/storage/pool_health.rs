@@ -1,6 +1,9 @@
-//! The last known state of each pool, as the supervisor saw it, for GetStats and metrics.
+//! The last known state of each pool, as the supervisor saw it, for GetStats, metrics and the work
+//! that waits for a pool to come back.
 
 use std::sync::Mutex;
+
+use tokio::sync::watch;
 
 /// Which pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,7 +66,11 @@ pub struct PoolSnapshot {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct PoolHealth(Mutex<HealthRecord>);
+pub(super) struct PoolHealth {
+    record: Mutex<HealthRecord>,
+    /// How many times the pool came (back) up, for work that waits on a recovery.
+    ups: watch::Sender<u64>,
+}
 
 #[derive(Debug, Default, Clone)]
 struct HealthRecord {
@@ -81,7 +88,20 @@ impl PoolHealth {
             state: PoolState::Up,
             ..HealthRecord::default()
         };
+        if !was_up {
+            self.ups.send_modify(|ups| *ups += 1);
+        }
         !was_up
+    }
+
+    /// The state as last checked.
+    pub(super) fn state(&self) -> PoolState {
+        self.lock().state
+    }
+
+    /// A receiver that wakes each time the pool comes (back) up.
+    pub(super) fn watch_up(&self) -> watch::Receiver<u64> {
+        self.ups.subscribe()
     }
 
     /// Records a failed check; returns whether the pool just went down, and the failures in a row.
@@ -105,7 +125,7 @@ impl PoolHealth {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthRecord> {
         // A panic while holding this lock leaves a plain record behind, still valid to read.
-        self.0
+        self.record
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }

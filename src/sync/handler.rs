@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::{
     chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
+    expansions::ExpansionFill,
     scope::{SyncProgress, SyncScope},
     store::{self, SweepScope, SweepSettings, SyncRow},
 };
@@ -158,10 +159,23 @@ impl SyncHandler {
             SyncScope::Targeted { .. } => CallOptions::interactive(self.settings.export_budget),
         }
         .stopped_by(context.lease_token());
+        let expansions = Arc::new(ExpansionFill::new(
+            &self.catalog,
+            self.accounts.marketplace(),
+            credentials.seller(),
+            options.clone(),
+            context,
+        ));
         let chunks = self
             .export(credentials.seller(), &scope, options)
             .try_chunks(self.settings.chunk_size)
-            .map_err(|TryChunksError(_, stop)| stop);
+            .map_err(|TryChunksError(_, stop)| stop)
+            .and_then(move |products| {
+                // Owned, not borrowed: a future borrowing a local here trips rustc's higher-ranked
+                // `Send` check of the job's future.
+                let expansions = expansions.clone();
+                async move { expansions.fill(products).await.map_err(Stop::Job) }
+            });
         // Memory stays bounded: at most `chunks_in_flight` chunks are being mapped or written, and
         // one more is being read.
         let mut written = std::pin::pin!(
@@ -262,7 +276,8 @@ impl SyncHandler {
     }
 
     /// Products → rows, with prints from one batched catalogue lookup. A blueprint the catalogue
-    /// cannot answer right now keeps the print already stored for that product.
+    /// cannot answer right now keeps the print already stored for that product, or is marked
+    /// unknown (a remap is owed once the catalogue answers again).
     async fn rows(
         &self,
         context: &JobContext,
@@ -297,7 +312,8 @@ impl SyncHandler {
                     Some(Resolution::Unknown) => kept.get(&product.id).cloned(),
                     _ => None,
                 };
-                row(product, print)
+                let unknown = print.is_none() && resolution(product) == Some(&Resolution::Unknown);
+                row(product, print, unknown)
             })
             .collect())
     }
@@ -378,16 +394,13 @@ fn sweep_scope(scope: &SyncScope) -> SweepScope<'_> {
     }
 }
 
-fn row(product: &Product, print: Option<(i64, String)>) -> SyncRow {
+fn row(product: &Product, print: Option<(i64, String)>, print_unknown: bool) -> SyncRow {
     SyncRow {
         product_id: product.id,
         blueprint_id: product.blueprint_id,
-        expansion_id: product
-            .expansion
-            .as_ref()
-            .and_then(|e| e.get("id"))
-            .and_then(serde_json::Value::as_i64),
+        expansion_id: product.expansion_id(),
         print,
+        print_unknown,
         name: product.name_en.clone(),
         quantity: i32::try_from(product.quantity).unwrap_or(i32::MAX).max(0),
         price_cents: product.price_cents.max(0),

@@ -1,6 +1,7 @@
 //! The remap job: fills the print of a seller's rows stored unmapped once the catalogue knows their
-//! blueprints. Queued for every seller concerned when blueprints are invalidated (the catalogue
-//! gained prints); a full sync maps them too.
+//! blueprints, and settles rows stored while the catalogue could not be asked. Queued for every seller
+//! concerned when blueprints are invalidated (the catalogue gained prints) and when the catalogue is
+//! back after an outage ([`super::unknown_prints`]); a full sync maps them too.
 
 use std::time::{Duration, Instant};
 
@@ -72,20 +73,26 @@ impl RemapHandler {
             .resolve_many(&ids, Instant::now() + CATALOG_BUDGET)
             .await;
         let (mut found, mut prints, mut tables) = (Vec::new(), Vec::new(), Vec::new());
+        let mut unmapped = Vec::new();
         for (id, resolution) in &resolutions {
-            if let Resolution::Mapped(print) = resolution {
-                found.push(id.get());
-                prints.push(print.print_id);
-                tables.push(print.table.to_string());
+            match resolution {
+                Resolution::Mapped(print) => {
+                    found.push(id.get());
+                    prints.push(print.print_id);
+                    tables.push(print.table.to_string());
+                }
+                Resolution::Unmapped => unmapped.push(id.get()),
+                Resolution::Unknown => {}
             }
         }
-        if found.is_empty() {
+        if found.is_empty() && unmapped.is_empty() {
             return Ok(0);
         }
         // Fenced: a remap whose lease was taken over leaves the rows to the worker that took it.
         let mut unit = context.begin().await?;
         let updated = sqlx::query(
-            "UPDATE inventory_items i SET print_id = m.print_id, print_table = m.print_table, updated_at = now() \
+            "UPDATE inventory_items i SET print_id = m.print_id, print_table = m.print_table, \
+                 print_unknown = false, updated_at = now() \
              FROM UNNEST($2::bigint[], $3::bigint[], $4::text[]) AS m(blueprint_id, print_id, print_table) \
              WHERE i.user_id = $1 AND i.print_id IS NULL AND i.blueprint_id = m.blueprint_id",
         )
@@ -93,6 +100,16 @@ impl RemapHandler {
         .bind(&found)
         .bind(&prints)
         .bind(&tables)
+        .execute(&mut *unit)
+        .await
+        .map_err(transient)?;
+        // The catalogue answered "no print" for these: the rows are unmapped, no longer unknown.
+        sqlx::query(
+            "UPDATE inventory_items SET print_unknown = false \
+             WHERE user_id = $1 AND print_unknown AND blueprint_id = ANY($2)",
+        )
+        .bind(context.user_id().as_uuid())
+        .bind(&unmapped)
         .execute(&mut *unit)
         .await
         .map_err(transient)?;

@@ -19,6 +19,8 @@ pub struct SyncRow {
     pub expansion_id: Option<i64>,
     /// The shop's print (id, table), if mapped.
     pub print: Option<(i64, String)>,
+    /// No print because the catalogue could not be asked (not because it has none): a remap is owed.
+    pub print_unknown: bool,
     /// English name.
     pub name: String,
     /// Quantity on CardTrader.

@@ -34,8 +34,14 @@ pub fn fingerprint(row: &SyncRow) -> i64 {
         &row.tag,
         row.graded,
     );
+    // The flag joins the content only when set, so rows fingerprinted before it existed still
+    // match and are not all rewritten by the first sync after the upgrade.
     // Serializing integers, strings and a JSON value into a Vec cannot fail.
-    let encoded = serde_json::to_vec(&content).unwrap_or_default();
+    let encoded = if row.print_unknown {
+        serde_json::to_vec(&(content, "print_unknown")).unwrap_or_default()
+    } else {
+        serde_json::to_vec(&content).unwrap_or_default()
+    };
     let digest = Sha256::digest(&encoded);
     let mut first = [0_u8; 8];
     first.copy_from_slice(&digest[..8]);
@@ -122,15 +128,18 @@ async fn write_rows(
     let user_fields = column(|row| row.user_data_field.as_deref());
     let tags = column(|row| row.tag.as_deref());
     let graded: Vec<Option<bool>> = rows.iter().map(|row| row.graded).collect();
+    let print_unknown: Vec<bool> = rows.iter().map(|row| row.print_unknown).collect();
     let written = sqlx::query(
         "INSERT INTO inventory_items AS i (user_id, product_id, blueprint_id, expansion_id, print_id, print_table, \
-             name, quantity, price_cents, currency, properties, description, user_data_field, tag, graded, sync_hash) \
+             name, quantity, price_cents, currency, properties, description, user_data_field, tag, graded, sync_hash, \
+             print_unknown) \
          SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
              $8::int[], $9::bigint[], $10::text[], $11::jsonb[], $12::text[], $13::text[], $14::text[], $15::bool[], \
-             $16::bigint[]) \
+             $16::bigint[], $18::bool[]) \
          ON CONFLICT ON CONSTRAINT inventory_items_pkey DO UPDATE SET \
              blueprint_id = EXCLUDED.blueprint_id, expansion_id = EXCLUDED.expansion_id, \
-             print_id = EXCLUDED.print_id, print_table = EXCLUDED.print_table, name = EXCLUDED.name, \
+             print_id = EXCLUDED.print_id, print_table = EXCLUDED.print_table, \
+             print_unknown = EXCLUDED.print_unknown, name = EXCLUDED.name, \
              quantity = CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN i.quantity \
                  ELSE EXCLUDED.quantity END, \
              price_cents = EXCLUDED.price_cents, currency = EXCLUDED.currency, properties = EXCLUDED.properties, \
@@ -139,11 +148,11 @@ async fn write_rows(
              sync_hash = CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN NULL \
                  ELSE EXCLUDED.sync_hash END, \
              updated_at = now() \
-         WHERE (i.blueprint_id, i.expansion_id, i.print_id, i.print_table, i.name, \
+         WHERE (i.blueprint_id, i.expansion_id, i.print_id, i.print_table, i.print_unknown, i.name, \
                 CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN 0 ELSE i.quantity END, i.price_cents, \
                 i.currency, i.properties, i.description, i.user_data_field, i.tag, i.graded, i.sync_hash) \
            IS DISTINCT FROM (EXCLUDED.blueprint_id, EXCLUDED.expansion_id, EXCLUDED.print_id, EXCLUDED.print_table, \
-                EXCLUDED.name, CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN 0 ELSE EXCLUDED.quantity END, \
+                EXCLUDED.print_unknown, EXCLUDED.name, CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN 0 ELSE EXCLUDED.quantity END, \
                 EXCLUDED.price_cents, EXCLUDED.currency, EXCLUDED.properties, EXCLUDED.description, \
                 EXCLUDED.user_data_field, EXCLUDED.tag, EXCLUDED.graded, EXCLUDED.sync_hash)",
     )
@@ -164,6 +173,7 @@ async fn write_rows(
     .bind(&graded)
     .bind(fingerprints)
     .bind(read_since)
+    .bind(&print_unknown)
     .execute(&mut *conn)
     .await?;
     Ok(written.rows_affected())
@@ -179,6 +189,7 @@ mod tests {
             blueprint_id: 7,
             expansion_id: Some(3),
             print: Some((70, "cards_prints".into())),
+            print_unknown: false,
             name: "Card".into(),
             quantity: 2,
             price_cents: 150,
@@ -198,10 +209,15 @@ mod tests {
         let mut moved = row();
         moved.product_id = 2;
         assert_eq!(fingerprint(&moved), base);
-        let changes: [fn(&mut SyncRow); 6] = [
+        let changes: [fn(&mut SyncRow); 8] = [
             |r| r.quantity += 1,
             |r| r.price_cents += 1,
             |r| r.print = None,
+            |r| {
+                r.print = None;
+                r.print_unknown = true;
+            },
+            |r| r.expansion_id = None,
             |r| r.properties = serde_json::json!({"condition": "Played"}),
             |r| r.tag = Some("x".into()),
             |r| r.graded = None,

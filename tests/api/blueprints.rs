@@ -19,7 +19,7 @@ use brx_sync::{
 use secrecy::SecretString;
 use tonic::Code;
 
-use crate::helpers::{CatalogDb, TcpProxy, authorized, spawn_app_with};
+use crate::helpers::{CatalogDb, CatalogueLock, TcpProxy, authorized, spawn_app_with};
 
 fn ids(raw: impl IntoIterator<Item = i64>) -> Vec<BlueprintId> {
     raw.into_iter()
@@ -425,4 +425,74 @@ async fn only_the_service_role_may_invalidate_and_invalidation_drops_the_cached_
 
     assert_eq!(denied.code(), Code::PermissionDenied);
     assert_eq!(done.invalidated, 2);
+}
+
+#[tokio::test]
+async fn a_caller_whose_budget_ends_while_mysql_hangs_still_gets_the_answers_redis_had() {
+    let db = CatalogDb::seeded(500).await;
+    let (warm, _, _) = db.catalog(|_| {});
+    warm.resolve_many(&ids(1..=5), soon()).await;
+    let (cold, metrics, _) = db.catalog(|_| {});
+    let lock = CatalogueLock::take(&db).await;
+
+    let answers = cold
+        .resolve_many(&ids(1..=10), Instant::now() + Duration::from_secs(1))
+        .await;
+    lock.release().await;
+
+    for id in 1..=5 {
+        assert!(
+            matches!(
+                answers[&BlueprintId::new(id).unwrap()],
+                Resolution::Mapped(_)
+            ),
+            "id {id} was in Redis, got {:?}",
+            answers[&BlueprintId::new(id).unwrap()]
+        );
+    }
+    for id in 6..=10 {
+        assert_eq!(
+            answers[&BlueprintId::new(id).unwrap()],
+            Resolution::Unknown,
+            "id {id}: unknown, not unmapped"
+        );
+    }
+    assert_eq!(lookups(&metrics, "redis"), 5);
+}
+
+#[tokio::test]
+async fn resolve_blueprints_during_a_catalogue_hang_answers_cached_ids_and_only_the_uncached_unknown()
+ {
+    let db = CatalogDb::seeded(500).await;
+    let app = rpc_app(&db).await;
+    // Another replica cached 1..=5 in the Redis both share.
+    let prefix = app.config.redis_key_prefix.clone();
+    let (other, _, _) = db.catalog(|config| config.redis_key_prefix = prefix);
+    other.resolve_many(&ids(1..=5), soon()).await;
+    let mut client = BlueprintServiceClient::new(app.channel().await);
+    let lock = CatalogueLock::take(&db).await;
+
+    let mut request = authorized(
+        ResolveBlueprintsRequest {
+            blueprint_ids: (1..=10).collect(),
+        },
+        &app.service_token(),
+    );
+    request.set_timeout(Duration::from_millis(1_500));
+    let answer = client.resolve_blueprints(request).await;
+    lock.release().await;
+
+    let states: HashMap<i64, MappingState> = answer
+        .expect("answered before the caller's deadline")
+        .into_inner()
+        .mappings
+        .iter()
+        .map(|m| (m.blueprint_id, m.state()))
+        .collect();
+    for id in 1..=5 {
+        assert_eq!(states[&id], MappingState::Mapped, "id {id} was in Redis");
+    }
+    for id in 6..=10 {
+        assert_eq!(states[&id], MappingState::Unknown, "id {id}");
+    }
 }

@@ -765,6 +765,9 @@ async fn a_job_that_cannot_renew_its_lease_is_stopped_before_it_runs_out_and_cal
     .fetch_one(&db.pool)
     .await
     .unwrap();
+    // No more claims from here: once the lease runs out, the worker would take the job over again.
+    stop.cancel();
+    task.await.unwrap().unwrap();
     let calls_when_stopped = simulator.stats(&token).total;
     until_lease_expired(&db.pool, id).await;
 
@@ -793,6 +796,4 @@ async fn a_job_that_cannot_renew_its_lease_is_stopped_before_it_runs_out_and_cal
         "nothing recorded: the lease is left to run out"
     );
     fail::remove("jobs.heartbeat_fails");
-    stop.cancel();
-    task.await.unwrap().unwrap();
 }

@@ -10,6 +10,8 @@ mod accounts;
 mod admin;
 mod auth;
 mod blueprints;
+mod catalog_outage;
+mod expansions;
 mod health;
 mod inventory;
 mod jobs;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use brx_sync::simulator::{Faults, SimulatorConfig, SimulatorHandle};
+use brx_sync::simulator::{Faults, SimulatorConfig, SimulatorHandle, blueprint_expansion};
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use reqwest::{Client, Method, Response, StatusCode};
@@ -575,7 +575,7 @@ async fn export_rows_use_export_field_names_and_filters_apply() {
     let token = sim.handle.token(1);
     let first = sim.first_product(1);
     let blueprint = first["blueprint_id"].as_i64().unwrap();
-    let expansion = first["expansion"]["id"].as_i64().unwrap();
+    let expansion = blueprint_expansion(blueprint);
 
     let (_, all) = sim
         .json(Method::GET, &token, "/products/export", None)
@@ -611,6 +611,10 @@ async fn export_rows_use_export_field_names_and_filters_apply() {
     ] {
         assert!(all[0].get(field).is_some(), "{field}");
     }
+    assert!(
+        all.iter().all(|p| p.get("expansion").is_none()),
+        "the documented export has no expansion"
+    );
     assert!(all.iter().any(|p| p["graded"].is_null()) && all.iter().any(|p| p["graded"] == 0));
     assert!(
         all.iter().any(|p| p["description"] == "")
@@ -626,12 +630,45 @@ async fn export_rows_use_export_field_names_and_filters_apply() {
         !by_blueprint.is_empty() && by_blueprint.iter().all(|p| p["blueprint_id"] == blueprint)
     );
     let by_expansion = by_expansion.as_array().unwrap();
+    assert!(!by_expansion.is_empty());
     assert!(
         by_expansion
             .iter()
-            .all(|p| p["expansion"]["id"] == expansion)
+            .all(|p| blueprint_expansion(p["blueprint_id"].as_i64().unwrap()) == expansion)
     );
     assert!(by_expansion.len() >= by_blueprint.len());
+}
+
+#[tokio::test]
+async fn the_undocumented_expansion_object_is_exported_only_when_switched_on() {
+    let sim = Sim::start(SimulatorConfig {
+        export_expansion: true,
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let token = sim.handle.token(1);
+
+    let (_, with) = sim
+        .json(Method::GET, &token, "/products/export", None)
+        .await;
+    sim.handle.set_export_expansion(false);
+    let (_, without) = sim
+        .json(Method::GET, &token, "/products/export", None)
+        .await;
+
+    let with = with.as_array().unwrap();
+    assert!(with.iter().all(|p| {
+        p["expansion"]["id"].as_i64()
+            == Some(blueprint_expansion(p["blueprint_id"].as_i64().unwrap()))
+    }));
+    assert!(
+        without
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p.get("expansion").is_none())
+    );
+    assert_eq!(with.len(), without.as_array().unwrap().len());
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ fn row(product_id: i64, quantity: i32) -> SyncRow {
         blueprint_id: product_id % 50 + 1,
         expansion_id: Some(1),
         print: Some((1_000_000 + product_id, "cards_prints".into())),
+        print_unknown: false,
         name: format!("Card {product_id}"),
         quantity,
         price_cents: 100 + product_id,

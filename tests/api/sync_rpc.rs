@@ -327,6 +327,8 @@ async fn a_started_sync_runs_at_once_although_workers_poll_only_hourly() {
 #[tokio::test]
 async fn a_targeted_sync_reconciles_only_its_blueprints_and_expansions() {
     let (app, _catalog) = app_with(|_| {}).await;
+    // About scopes, not about learning expansions (tests/api/expansions.rs): the export says them.
+    app.simulator.set_export_expansion(true);
     let (user, token) = connected_seller_and_token(&app, 3_000).await;
     assert_eq!(
         run_to_end(&app, start(user)).await.state(),

@@ -56,12 +56,15 @@ pub(crate) struct ExportRow<'a> {
     bundle_size: i64,
     bundled_quantity: i64,
     uploaded_images: [u8; 0],
-    expansion: ExpansionRef,
+    /// Not in the documented export; sent only when the simulator's switch asks for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expansion: Option<ExpansionRef>,
 }
 
 impl Product {
-    /// The export row of this product owned by `user_id`.
-    pub(crate) fn export_row(&self, user_id: i64) -> ExportRow<'_> {
+    /// The export row of this product owned by `user_id`, with the undocumented `expansion`
+    /// object when `with_expansion`.
+    pub(crate) fn export_row(&self, user_id: i64, with_expansion: bool) -> ExportRow<'_> {
         let game = blueprint_game(self.blueprint_id);
         ExportRow {
             id: self.id,
@@ -81,15 +84,15 @@ impl Product {
             bundle_size: self.bundle_size,
             bundled_quantity: self.quantity * self.bundle_size,
             uploaded_images: [],
-            expansion: ExpansionRef {
+            expansion: with_expansion.then(|| ExpansionRef {
                 id: blueprint_expansion(self.blueprint_id),
-            },
+            }),
         }
     }
 
     /// Appends the export row to `buf` as JSON, written by hand: serde_json at opt-level 0 made a
     /// million-row export take ~25 s in the test profile, and the stream is the simulator's hot path.
-    pub(crate) fn write_export_json(&self, user_id: i64, buf: &mut Vec<u8>) {
+    pub(crate) fn write_export_json(&self, user_id: i64, with_expansion: bool, buf: &mut Vec<u8>) {
         let game = blueprint_game(self.blueprint_id);
         // Writing into a Vec cannot fail.
         let _ = write!(buf, "{{\"id\":{},\"name_en\":", self.id);
@@ -118,16 +121,20 @@ impl Product {
         write_opt_str(buf, self.user_data_field.as_deref());
         let _ = write!(
             buf,
-            ",\"bundle_size\":{},\"bundled_quantity\":{},\"uploaded_images\":[],\"expansion\":{{\"id\":{}}}}}",
+            ",\"bundle_size\":{},\"bundled_quantity\":{},\"uploaded_images\":[]",
             self.bundle_size,
             self.quantity * self.bundle_size,
-            blueprint_expansion(self.blueprint_id)
         );
+        if with_expansion {
+            let expansion = blueprint_expansion(self.blueprint_id);
+            let _ = write!(buf, ",\"expansion\":{{\"id\":{expansion}}}");
+        }
+        buf.push(b'}');
     }
 
     /// The export row as a JSON value.
-    pub(crate) fn export_json(&self, user_id: i64) -> Value {
-        serde_json::to_value(self.export_row(user_id)).unwrap_or(Value::Null)
+    pub(crate) fn export_json(&self, user_id: i64, with_expansion: bool) -> Value {
+        serde_json::to_value(self.export_row(user_id, with_expansion)).unwrap_or(Value::Null)
     }
 
     /// The `resource` of single-product responses: `price` object, `properties`, `graded` as an int.
@@ -213,10 +220,13 @@ mod tests {
         odd.graded = json!(0);
         odd.user_data_field = Some("sku-1".into());
         for p in (0..g.count).map(|i| g.product(i)).chain([odd]) {
-            let mut buf = Vec::new();
-            p.write_export_json(7, &mut buf);
-            let parsed: Value = serde_json::from_slice(&buf).unwrap();
-            assert_eq!(parsed, p.export_json(7));
+            for with_expansion in [false, true] {
+                let mut buf = Vec::new();
+                p.write_export_json(7, with_expansion, &mut buf);
+                let parsed: Value = serde_json::from_slice(&buf).unwrap();
+                assert_eq!(parsed, p.export_json(7, with_expansion));
+                assert_eq!(parsed.get("expansion").is_some(), with_expansion);
+            }
         }
     }
 }

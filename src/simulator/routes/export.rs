@@ -36,6 +36,7 @@ pub(crate) async fn export(
     let start = Export {
         seller,
         filter,
+        with_expansion: state.exports_expansion(),
         cursor: Cursor::default(),
         started: false,
         emitted: false,
@@ -52,6 +53,7 @@ pub(crate) async fn export(
 struct Export {
     seller: Arc<Seller>,
     filter: Filter,
+    with_expansion: bool,
     cursor: Cursor,
     started: bool,
     emitted: bool,
@@ -74,7 +76,7 @@ async fn next_bytes(mut st: Export) -> Option<(io::Result<Bytes>, Export)> {
             buf.push(b',');
         }
         st.emitted = true;
-        p.write_export_json(user_id, &mut buf);
+        p.write_export_json(user_id, st.with_expansion, &mut buf);
     }
     if st.cursor.done {
         buf.push(b']');

@@ -66,3 +66,27 @@ impl Drop for CatalogDb {
         .join();
     }
 }
+
+/// Holds `LOCK TABLES … WRITE` on the first catalogue table of a test's catalogue: every lookup
+/// query then waits on the lock while connections and pings still succeed, as while a schema change
+/// holds the shop's catalogue. Only this test's database is locked.
+pub(crate) struct CatalogueLock(mysql_async::Conn);
+
+impl CatalogueLock {
+    pub(crate) async fn take(db: &CatalogDb) -> Self {
+        use mysql_async::prelude::Queryable;
+        let url = secrecy::ExposeSecret::expose_secret(&db.config.mysql_url).to_owned();
+        let mut conn = mysql_async::Conn::from_url(url).await.unwrap();
+        let table = &db.config.catalog_tables[0];
+        conn.query_drop(format!("LOCK TABLES `{table}` WRITE"))
+            .await
+            .unwrap();
+        Self(conn)
+    }
+
+    pub(crate) async fn release(mut self) {
+        use mysql_async::prelude::Queryable;
+        self.0.query_drop("UNLOCK TABLES").await.unwrap();
+        self.0.disconnect().await.unwrap();
+    }
+}

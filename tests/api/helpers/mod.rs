@@ -4,6 +4,7 @@ mod catalog;
 mod process;
 mod proxy;
 mod purchase_rig;
+mod stock;
 mod sync_rig;
 
 use std::{net::SocketAddr, time::Duration};
@@ -25,10 +26,11 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-pub(crate) use catalog::CatalogDb;
+pub(crate) use catalog::{CatalogDb, CatalogueLock};
 pub(crate) use process::ServeProcess;
 pub(crate) use proxy::TcpProxy;
 pub(crate) use purchase_rig::{PurchaseRig, Workers};
+pub(crate) use stock::{seller_listing, sync_to_end};
 pub(crate) use sync_rig::{SyncRig, progress};
 
 pub(crate) const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -77,6 +79,9 @@ pub(crate) fn test_config() -> (Config, String) {
     config.cardtrader_call_budget = Duration::from_secs(5);
     // Scheduler rounds are run by the tests that are about them, not behind every test's back.
     config.scheduler_interval = Duration::from_secs(3_600);
+    // Likewise learning expansions: the simulator scatters a seller's products over all its 3,100
+    // expansions, so with each test's empty index every full sync would read hundreds of them.
+    config.expansion_learn = false;
     (config, database_name)
 }
 
