@@ -190,6 +190,11 @@ impl App {
             config.remap_unknown_interval,
             config.max_queue_depth,
         );
+        let push_requeue = crate::inventory::requeue::PushRequeue::new(
+            storage.pg.clone(),
+            wakeups.clone(),
+            config.push_requeue_interval,
+        );
         let mut worker_tasks = tokio::task::JoinSet::new();
         // Claiming and scheduling need the jobs table: wait until the database is reachable and
         // migrated. The wake-up listener needs only Redis.
@@ -222,6 +227,13 @@ impl App {
         worker_tasks.spawn(async move {
             if ready.await {
                 unknown_prints.run(stop).await?;
+            }
+            Ok(())
+        });
+        let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
+        worker_tasks.spawn(async move {
+            if ready.await {
+                push_requeue.run(stop).await?;
             }
             Ok(())
         });
@@ -366,6 +378,7 @@ fn job_workers(
     let pushes = crate::inventory::push::PushHandler {
         accounts: accounts.clone(),
         call_budget: config.cardtrader_call_budget,
+        write_grace: config.cardtrader_request_timeout,
         metrics: metrics.clone(),
     };
     let webhooks = crate::webhooks::ApplyHandler;

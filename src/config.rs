@@ -380,6 +380,10 @@ pub struct Config {
     /// How often the scheduler looks for stale accounts (one replica at a time does it).
     #[arg(long, env = "BRX_SCHEDULER_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub scheduler_interval: Duration,
+    /// How often the push re-queuer looks for pending edits whose push job gave up or was lost
+    /// (one replica at a time does it).
+    #[arg(long, env = "BRX_PUSH_REQUEUE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub push_requeue_interval: Duration,
     /// How often each replica looks for rows stored while the catalogue could not be asked and, with
     /// MySQL up, queues their sellers' remap; MySQL coming back triggers a look at once.
     #[arg(long, env = "BRX_REMAP_UNKNOWN_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
@@ -521,6 +525,12 @@ impl Config {
                      and needs a heartbeat (a third of the lease) before that",
                     self.job_lease, self.cardtrader_call_budget
                 ),
+            });
+        }
+        if self.push_requeue_interval.is_zero() {
+            return Err(ConfigError {
+                setting: "BRX_PUSH_REQUEUE_INTERVAL",
+                reason: "must be longer than zero".into(),
             });
         }
         if self.job_aging.is_zero() {

@@ -4,8 +4,13 @@
 //! sends it. The outbox holds one row per item with the latest wanted values: a newer edit merges
 //! into it, superseding what was pending.
 
+mod decide;
+mod outbox;
 pub mod push;
+pub mod requeue;
 pub mod store;
+
+pub use decide::RETRY_ROUNDS;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};

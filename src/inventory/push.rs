@@ -3,25 +3,37 @@
 //! harmless); when many are pending they go as `bulk_update` / `bulk_destroy` batches whose job is
 //! polled once a second, and a per-item error marks that item's push failed, not the batch. A push
 //! clears its outbox row only if the row's version is still the one it sent, so an edit made
-//! meanwhile is pushed next. A create is tagged through `user_data_field` and, when its outcome is
-//! unknown, looked for in the export before anything is sent again (CardTrader merges creates into
-//! identical products, so a blind retry would add the quantity twice).
+//! meanwhile is pushed next. A create is tagged through `user_data_field`; before it is sent, the
+//! blueprint's quantities and the instant the create will have settled are recorded, and an attempt
+//! that finds them (the previous one lost the answer, or died, or its lease was taken over) decides
+//! from the export, and never "not sent" before that instant: CardTrader merges creates into
+//! identical products, so a second send would add the quantity twice.
+//!
+//! Nothing is stranded: a seller who disconnected (or whose token CardTrader rejects) has their
+//! pending pushes end failed with the reason, and a job that gives up leaves them to the re-queuer
+//! ([`super::requeue`]) with a backoff. Every write goes through the job's fenced unit of work.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
+use chrono::Utc;
 use serde_json::Value;
-use uuid::Uuid;
 
+use super::{
+    decide::{self, CreateOutcome, RETRY_ROUNDS},
+    outbox::{self, Op, Pending},
+};
 use crate::{
     accounts::{AccountError, Accounts, Credentials},
-    domain::UserId,
     jobs::{
         JobContext, KindName, NewJob,
         worker::{JobFailure, JobHandler},
     },
     marketplace::{
         CallOptions, ExportFilter, MarketplaceError,
-        types::{BulkJob, BulkUpdateItem, NewProduct, Product, ProductUpdate},
+        types::{BulkJob, BulkUpdateItem, NewProduct, Product},
     },
     metrics::Metrics,
     sync::scope::SyncScope,
@@ -47,19 +59,11 @@ pub struct PushHandler {
     pub accounts: Accounts,
     /// Budget of one CardTrader call (rate-limit wait included).
     pub call_budget: Duration,
+    /// How long CardTrader may still apply a write after the client stopped waiting (one request
+    /// timeout): a lost create has settled this long after its call's deadline.
+    pub write_grace: Duration,
     /// Pushes by outcome.
     pub metrics: Metrics,
-}
-
-/// One outstanding push as the outbox holds it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-struct Pending {
-    id: Uuid,
-    product_id: Option<i64>,
-    op: String,
-    fields: Value,
-    version: i64,
-    create_tag: Option<String>,
 }
 
 #[tonic::async_trait]
@@ -69,14 +73,15 @@ impl JobHandler for PushHandler {
     }
 
     async fn run(&self, context: &JobContext) -> Result<(), JobFailure> {
-        let user_id = context.user_id();
-        let credentials = match self.accounts.credentials(user_id).await {
+        let credentials = match self.accounts.credentials(context.user_id()).await {
             Ok(credentials) => credentials,
-            // The edits stay pending; connecting again queues nothing by itself, the next edit does.
-            Err(AccountError::NotConnected(_) | AccountError::NotFound) => {
-                return Err(JobFailure::Permanent(
-                    "the seller is not connected; edits stay pending".into(),
-                ));
+            Err(err @ (AccountError::NotConnected(_) | AccountError::NotFound)) => {
+                let reason = format!("not pushed: {err}");
+                return self.fail_all(context, &reason).await;
+            }
+            Err(AccountError::TokenUnreadable(err)) => {
+                let reason = format!("not pushed: the seller's token cannot be decrypted: {err}");
+                return self.fail_all(context, &reason).await;
             }
             Err(err) => return Err(JobFailure::Transient(err.to_string())),
         };
@@ -84,17 +89,96 @@ impl JobHandler for PushHandler {
             handler: self,
             context,
             credentials,
-            user_id,
+            token_rejected: AtomicBool::new(false),
         };
+        match run.push_all().await {
+            Err(_) if run.token_rejected.load(Ordering::Relaxed) => {
+                self.token_rejected(context).await?;
+                Ok(())
+            }
+            done => done,
+        }
+    }
+
+    /// The job is ending with edits still pending: they wait for the re-queuer with a backoff, or
+    /// end failed once they have waited every round.
+    async fn give_up(&self, context: &JobContext, reason: &str) -> Result<(), JobFailure> {
+        let mut unit = context.begin().await?;
+        let (rescheduled, failed) =
+            outbox::schedule_retry(&mut unit, context.user_id(), reason, &RETRY_ROUNDS)
+                .await
+                .map_err(transient)?;
+        unit.commit().await?;
+        tracing::warn!(
+            rescheduled,
+            failed,
+            reason,
+            "push job gave up; pending edits wait for the re-queuer"
+        );
+        Ok(())
+    }
+}
+
+impl PushHandler {
+    /// Every pending push of the job's seller ends failed with `reason`: none can run.
+    async fn fail_all(&self, context: &JobContext, reason: &str) -> Result<(), JobFailure> {
+        let mut unit = context.begin().await?;
+        let failed = outbox::fail_all_pending(&mut unit, context.user_id(), reason)
+            .await
+            .map_err(transient)?;
+        unit.commit().await?;
+        if failed > 0 {
+            tracing::warn!(failed, reason, "pending pushes failed: they can no longer run");
+        }
+        Ok(())
+    }
+
+    /// CardTrader answered 401: the account is marked `token_invalid` (so nothing keeps trying the
+    /// dead token) and the pending pushes fail with the reason, in one unit of work.
+    async fn token_rejected(&self, context: &JobContext) -> Result<(), JobFailure> {
+        let reason = "not pushed: CardTrader rejected the seller's token";
+        let mut unit = context.begin().await?;
+        self.accounts
+            .note_cardtrader_error(&mut unit, context.user_id(), &MarketplaceError::Unauthorized)
+            .await
+            .map_err(|err| JobFailure::Transient(err.to_string()))?;
+        outbox::fail_all_pending(&mut unit, context.user_id(), reason)
+            .await
+            .map_err(transient)?;
+        unit.commit().await?;
+        Ok(())
+    }
+}
+
+/// One attempt for one seller.
+struct Run<'a> {
+    handler: &'a PushHandler,
+    context: &'a JobContext,
+    credentials: Credentials,
+    /// Set when CardTrader answered 401 to any call of this attempt.
+    token_rejected: AtomicBool,
+}
+
+impl Run<'_> {
+    fn options(&self) -> CallOptions {
+        CallOptions::interactive(self.handler.call_budget).stopped_by(self.context.lease_token())
+    }
+
+    fn marketplace(&self) -> &crate::marketplace::MarketplaceClient {
+        self.handler.accounts.marketplace()
+    }
+
+    /// Pushes round after round until nothing is pending.
+    async fn push_all(&self) -> Result<(), JobFailure> {
         loop {
-            if let Some(stop) = context.should_stop() {
+            if let Some(stop) = self.context.should_stop() {
                 return Err(stop);
             }
-            let pending = run.pending().await?;
+            let pending = self.pending().await?;
             if pending.is_empty() {
                 return Ok(());
             }
-            let held = run.held_by_purchases(&pending).await?;
+            let held = self.held_by_purchases(&pending).await?;
             let (ready, deferred): (Vec<Pending>, Vec<Pending>) = pending
                 .into_iter()
                 .partition(|row| row.product_id.is_none_or(|id| !held.contains(&id)));
@@ -106,49 +190,23 @@ impl JobHandler for PushHandler {
                     deferred.len()
                 )));
             }
-            run.push(ready).await?;
+            self.push(ready).await?;
         }
-    }
-}
-
-/// One attempt for one seller.
-struct Run<'a> {
-    handler: &'a PushHandler,
-    context: &'a JobContext,
-    credentials: Credentials,
-    user_id: UserId,
-}
-
-impl Run<'_> {
-    fn options(&self) -> CallOptions {
-        CallOptions::interactive(self.handler.call_budget).stopped_by(self.context.lease_token())
     }
 
     async fn pending(&self) -> Result<Vec<Pending>, JobFailure> {
         let mut read = self.context.read().await?;
-        sqlx::query_as(
-            "SELECT id, product_id, op, fields, version, create_tag FROM inventory_pushes \
-             WHERE user_id = $1 AND state = 'pending' ORDER BY updated_at, id LIMIT $2",
-        )
-        .bind(self.user_id.as_uuid())
-        .bind(ROUND)
-        .fetch_all(&mut *read)
-        .await
-        .map_err(transient)
+        outbox::pending(&mut read, self.context.user_id(), ROUND)
+            .await
+            .map_err(transient)
     }
 
     async fn held_by_purchases(&self, pending: &[Pending]) -> Result<Vec<i64>, JobFailure> {
         let ids: Vec<i64> = pending.iter().filter_map(|row| row.product_id).collect();
         let mut read = self.context.read().await?;
-        sqlx::query_scalar(
-            "SELECT product_id FROM purchase_product_locks \
-             WHERE user_id = $1 AND product_id = ANY($2)",
-        )
-        .bind(self.user_id.as_uuid())
-        .bind(&ids)
-        .fetch_all(&mut *read)
-        .await
-        .map_err(transient)
+        outbox::held_by_purchases(&mut read, self.context.user_id(), &ids)
+            .await
+            .map_err(transient)
     }
 
     /// Pushes one round: creates one by one, updates and deletions singly or in batches.
@@ -156,10 +214,10 @@ impl Run<'_> {
         let mut updates = Vec::new();
         let mut deletes = Vec::new();
         for row in rows {
-            match row.op.as_str() {
-                "create" => self.create(&row).await?,
-                "delete" => deletes.push(row),
-                _ => updates.push(row),
+            match row.op {
+                Op::Create => self.create(&row).await?,
+                Op::Delete => deletes.push(row),
+                Op::Update => updates.push(row),
             }
         }
         if updates.len() >= BULK_FROM {
@@ -183,45 +241,20 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The absolute values of the row's edited fields, read from the item now; `None` when the item
-    /// is gone locally (a sync swept it), which leaves nothing to push.
-    async fn wanted(&self, row: &Pending) -> Result<Option<ProductUpdate>, JobFailure> {
+    /// The update carrying the row's edited fields with the item's values now; `None` when the
+    /// item is gone locally (a sync swept it), which leaves nothing to push.
+    async fn wanted(
+        &self,
+        row: &Pending,
+    ) -> Result<Option<crate::marketplace::types::ProductUpdate>, JobFailure> {
         let Some(product_id) = row.product_id else {
             return Ok(None);
         };
-        type Values = (i64, i32, Option<String>, Value, Option<String>);
         let mut read = self.context.read().await?;
-        let values: Option<Values> = sqlx::query_as(
-            "SELECT price_cents, quantity, description, properties, user_data_field \
-             FROM inventory_items WHERE user_id = $1 AND product_id = $2",
-        )
-        .bind(self.user_id.as_uuid())
-        .bind(product_id)
-        .fetch_optional(&mut *read)
-        .await
-        .map_err(transient)?;
-        let Some((price_cents, quantity, description, properties, user_data_field)) = values else {
-            return Ok(None);
-        };
-        let edited = |field: &str| row.fields.get(field).is_some();
-        Ok(Some(ProductUpdate {
-            price: edited("price_cents").then(|| cents_to_price(price_cents)),
-            quantity: edited("quantity").then_some(i64::from(quantity)),
-            description: if edited("description") {
-                Some(description.unwrap_or_default())
-            } else {
-                None
-            },
-            properties: match properties {
-                Value::Object(map) if edited("properties") => Some(map),
-                _ => None,
-            },
-            user_data_field: if edited("user_data_field") {
-                Some(user_data_field.unwrap_or_default())
-            } else {
-                None
-            },
-        }))
+        let values = outbox::item_values(&mut read, self.context.user_id(), product_id)
+            .await
+            .map_err(transient)?;
+        Ok(values.map(|values| decide::update_of(values, |field| row.fields.get(field).is_some())))
     }
 
     async fn update(&self, row: &Pending) -> Result<(), JobFailure> {
@@ -229,8 +262,6 @@ impl Run<'_> {
             return self.settled(row).await;
         };
         let result = self
-            .handler
-            .accounts
             .marketplace()
             .update_product(
                 self.credentials.seller(),
@@ -253,8 +284,6 @@ impl Run<'_> {
             return self.settled(row).await;
         };
         let result = self
-            .handler
-            .accounts
             .marketplace()
             .delete_product(self.credentials.seller(), self.options(), product_id)
             .await;
@@ -282,22 +311,22 @@ impl Run<'_> {
         if items.is_empty() {
             return Ok(());
         }
-        let marketplace = self.handler.accounts.marketplace();
-        let uuid = marketplace
+        let uuid = self
+            .marketplace()
             .bulk_update(self.credentials.seller(), self.options(), &items)
             .await
-            .map_err(call_failure)?;
+            .map_err(|err| self.call_failure(err))?;
         let job = self.await_bulk_job(&uuid).await?;
         self.record_results(&sent, &job).await
     }
 
     async fn bulk_destroy(&self, rows: &[Pending]) -> Result<(), JobFailure> {
         let ids: Vec<i64> = rows.iter().filter_map(|row| row.product_id).collect();
-        let marketplace = self.handler.accounts.marketplace();
-        let uuid = marketplace
+        let uuid = self
+            .marketplace()
             .bulk_destroy(self.credentials.seller(), self.options(), &ids)
             .await
-            .map_err(call_failure)?;
+            .map_err(|err| self.call_failure(err))?;
         let job = self.await_bulk_job(&uuid).await?;
         let sent: Vec<&Pending> = rows.iter().collect();
         self.record_results(&sent, &job).await
@@ -309,8 +338,6 @@ impl Run<'_> {
         loop {
             tokio::time::sleep(POLL_EVERY).await;
             let job = self
-                .handler
-                .accounts
                 .marketplace()
                 .bulk_job(self.credentials.seller(), self.options(), uuid)
                 .await;
@@ -321,7 +348,7 @@ impl Run<'_> {
                 Err(err) if err.is_transient() => {
                     tracing::debug!(%err, uuid, "polling a bulk job failed");
                 }
-                Err(err) => return Err(call_failure(err)),
+                Err(err) => return Err(self.call_failure(err)),
             }
             if Instant::now() > give_up {
                 return Err(JobFailure::Transient(format!(
@@ -359,11 +386,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// A create. Before sending, the quantities of the seller's products of that blueprint are
-    /// saved on the outbox row; an attempt that finds them there (the previous one may have sent
-    /// the create and lost the answer, or died) decides from the export instead of sending again:
-    /// the tag on a product means it was created, a product grown by exactly this quantity means
-    /// CardTrader merged the create into it, nothing changed means it was not applied.
+    /// A create. An earlier attempt's create is decided from the export (see the module doc);
+    /// otherwise the blueprint's quantities and the instant the create will have settled are
+    /// recorded (fenced: a worker whose lease was taken over sends nothing), then it is sent.
     async fn create(&self, row: &Pending) -> Result<(), JobFailure> {
         let Some(tag) = row.create_tag.as_deref() else {
             return self.failed(row, "a create without a tag").await;
@@ -371,26 +396,47 @@ impl Run<'_> {
         let fields = &row.fields;
         let blueprint_id = fields["blueprint_id"].as_i64().unwrap_or_default();
         let quantity = fields["quantity"].as_i64().unwrap_or_default();
-        let products = self.blueprint_products(blueprint_id).await?;
+        let settled_by = fields
+            .get("settled_by")
+            .and_then(|at| serde_json::from_value::<chrono::DateTime<Utc>>(at.clone()).ok());
+        let mut products = self.blueprint_products(blueprint_id).await?;
         if let Some(before) = fields.get("before").and_then(Value::as_object) {
-            match decide_create(&products, before, tag, quantity) {
-                CreateOutcome::Applied(product) => return self.adopt(row, product).await,
-                CreateOutcome::NotApplied => {}
-                CreateOutcome::Unknown => {
-                    return self
-                        .failed(
-                            row,
-                            "the outcome of an earlier attempt of this create is unknown: the \
-                             blueprint's products changed by other amounts; check CardTrader",
-                        )
-                        .await;
+            loop {
+                match decide::decide_create(&products, before, tag, quantity) {
+                    CreateOutcome::Applied(product) => {
+                        return self.adopt(row, product, None).await;
+                    }
+                    // The earlier create may still land: look again once it cannot.
+                    _ if self.wait_until(settled_by).await? => {
+                        products = self.blueprint_products(blueprint_id).await?;
+                    }
+                    CreateOutcome::NotApplied => break,
+                    CreateOutcome::Unknown => {
+                        return self
+                            .failed(
+                                row,
+                                "the outcome of an earlier attempt of this create is unknown: the \
+                                 blueprint's products changed by other amounts; check CardTrader",
+                            )
+                            .await;
+                    }
                 }
             }
         }
-        self.save_before(row, &products).await?;
+        let options = self.options();
+        let mut unit = self.context.begin().await?;
+        outbox::save_create_intent(
+            &mut unit,
+            row,
+            &products,
+            options.settled_by(self.handler.write_grace),
+        )
+        .await
+        .map_err(transient)?;
+        unit.commit().await?;
         let new = NewProduct {
             blueprint_id,
-            price: cents_to_price(fields["price_cents"].as_i64().unwrap_or_default()),
+            price: decide::cents_to_price(fields["price_cents"].as_i64().unwrap_or_default()),
             quantity,
             description: fields["description"].as_str().map(str::to_owned),
             user_data_field: Some(tag.to_owned()),
@@ -398,16 +444,15 @@ impl Run<'_> {
             graded: fields["graded"].as_bool(),
         };
         let created = self
-            .handler
-            .accounts
             .marketplace()
-            .create_product(self.credentials.seller(), self.options(), &new)
+            .create_product(self.credentials.seller(), options, &new)
             .await;
+        crate::failpoint::crash_point("push.after_create");
         match created {
             Ok(resource) => {
                 let products = self.blueprint_products(blueprint_id).await?;
                 match products.iter().find(|product| product.id == resource.id) {
-                    Some(product) => self.adopt(row, product).await,
+                    Some(product) => self.adopt(row, product, resource.expansion_id).await,
                     None => Err(JobFailure::Transient(
                         "the created product is not in the export yet".into(),
                     )),
@@ -418,91 +463,56 @@ impl Run<'_> {
         }
     }
 
+    /// Sleeps until `settled_by` if it is still ahead (`true`: look again); `false` once it has
+    /// passed, when the export's answer is final.
+    async fn wait_until(
+        &self,
+        settled_by: Option<chrono::DateTime<Utc>>,
+    ) -> Result<bool, JobFailure> {
+        let Some(left) = settled_by.and_then(|at| (at - Utc::now()).to_std().ok()) else {
+            return Ok(false);
+        };
+        tracing::info!(
+            ?left,
+            "an earlier create may still land; waiting before sending again"
+        );
+        let lease = self.context.lease_token();
+        tokio::select! {
+            () = tokio::time::sleep(left) => Ok(true),
+            () = lease.cancelled() => Err(JobFailure::LeaseLost),
+        }
+    }
+
     async fn blueprint_products(&self, blueprint_id: i64) -> Result<Vec<Product>, JobFailure> {
-        self.handler
-            .accounts
-            .marketplace()
+        self.marketplace()
             .export_products(
                 self.credentials.seller(),
                 self.options(),
                 ExportFilter::Blueprint(blueprint_id),
             )
             .await
-            .map_err(call_failure)
+            .map_err(|err| self.call_failure(err))
     }
 
-    /// Saves what the blueprint's products held before the create is sent.
-    async fn save_before(&self, row: &Pending, products: &[Product]) -> Result<(), JobFailure> {
-        let before: serde_json::Map<String, Value> = products
-            .iter()
-            .map(|product| (product.id.to_string(), Value::from(product.quantity)))
-            .collect();
+    /// Records the created product locally and queues a targeted sync of its blueprint, which
+    /// maps it to the shop's print.
+    async fn adopt(
+        &self,
+        row: &Pending,
+        product: &Product,
+        expansion_id: Option<i64>,
+    ) -> Result<(), JobFailure> {
+        let user_id = self.context.user_id();
         let mut unit = self.context.begin().await?;
-        sqlx::query(
-            "UPDATE inventory_pushes SET fields = fields || jsonb_build_object('before', $3::jsonb) \
-             WHERE id = $1 AND version = $2",
-        )
-        .bind(row.id)
-        .bind(row.version)
-        .bind(Value::Object(before))
-        .execute(&mut *unit)
-        .await
-        .map_err(transient)?;
-        unit.commit().await?;
-        Ok(())
-    }
-
-    /// Records the created product locally (CardTrader may have merged the create into an identical
-    /// product the seller already had: its row then takes CardTrader's new quantity) and queues a
-    /// targeted sync of the blueprint, which maps it to the shop's print.
-    async fn adopt(&self, row: &Pending, product: &Product) -> Result<(), JobFailure> {
-        let mut unit = self.context.begin().await?;
-        let expansion_id = product
-            .expansion
-            .as_ref()
-            .and_then(|expansion| expansion.get("id"))
-            .and_then(Value::as_i64);
-        sqlx::query(
-            "INSERT INTO inventory_items (user_id, product_id, blueprint_id, expansion_id, name, \
-                 quantity, price_cents, currency, properties, description, user_data_field, tag, graded) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT ON CONSTRAINT inventory_items_pkey DO UPDATE SET \
-                 quantity = greatest(EXCLUDED.quantity, inventory_items.reserved_quantity), \
-                 price_cents = EXCLUDED.price_cents, properties = EXCLUDED.properties, \
-                 description = EXCLUDED.description, user_data_field = EXCLUDED.user_data_field, \
-                 updated_at = now()",
-        )
-        .bind(self.user_id.as_uuid())
-        .bind(product.id)
-        .bind(product.blueprint_id)
-        .bind(expansion_id)
-        .bind(&product.name_en)
-        .bind(i32::try_from(product.quantity).unwrap_or(i32::MAX))
-        .bind(product.price_cents)
-        .bind(&product.price_currency)
-        .bind(Value::Object(product.properties_hash.clone()))
-        .bind(&product.description)
-        .bind(&product.user_data_field)
-        .bind(&product.tag)
-        .bind(product.graded)
-        .execute(&mut *unit)
-        .await
-        .map_err(transient)?;
-        sqlx::query(
-            "UPDATE inventory_pushes SET state = 'done', product_id = $2, last_error = NULL, \
-                 updated_at = now() WHERE id = $1",
-        )
-        .bind(row.id)
-        .bind(product.id)
-        .execute(&mut *unit)
-        .await
-        .map_err(transient)?;
+        let expansion_id = product.expansion_id().or(expansion_id);
+        outbox::adopt_created(&mut unit, user_id, row, product, expansion_id)
+            .await
+            .map_err(transient)?;
         let scope = SyncScope::Targeted {
             blueprint_ids: vec![product.blueprint_id],
             expansion_ids: Vec::new(),
         };
-        unit.enqueue(&NewJob::new(self.user_id, scope.job_kind()))
-            .await?;
+        unit.enqueue(&NewJob::new(user_id, scope.job_kind())).await?;
         unit.commit().await?;
         self.count(row, "single", "pushed");
         tracing::info!(product_id = product.id, "created on CardTrader");
@@ -511,21 +521,12 @@ impl Run<'_> {
 
     /// A push CardTrader refused for good marks the row failed; anything passing fails the attempt
     /// (the rows stay pending and the job retries with backoff).
-    async fn refused_or_retry(
-        &self,
-        row: &Pending,
-        err: MarketplaceError,
-    ) -> Result<(), JobFailure> {
-        if matches!(
-            err,
-            MarketplaceError::Validation { .. } | MarketplaceError::NotFound { .. }
-        ) {
-            self.count(row, "single", "refused");
-        }
+    async fn refused_or_retry(&self, row: &Pending, err: MarketplaceError) -> Result<(), JobFailure> {
         match err {
             MarketplaceError::Validation {
                 message, errors, ..
             } => {
+                self.count(row, "single", "refused");
                 let detail = if errors.is_null() || errors == Value::Array(Vec::new()) {
                     message
                 } else {
@@ -534,14 +535,14 @@ impl Run<'_> {
                 self.failed(row, &detail).await
             }
             MarketplaceError::NotFound { .. } => {
+                self.count(row, "single", "refused");
                 self.failed(row, "the product no longer exists on CardTrader")
                     .await
             }
-            other => Err(call_failure(other)),
+            other => Err(self.call_failure(other)),
         }
     }
 
-    /// Clears the row if no edit came in since it was read; otherwise the newer edit stays pending.
     fn count(&self, row: &Pending, via: &str, outcome: &str) {
         self.handler
             .metrics
@@ -550,14 +551,10 @@ impl Run<'_> {
             .inc();
     }
 
+    /// Clears the row if no edit came in since it was read; otherwise the newer edit stays pending.
     async fn settled(&self, row: &Pending) -> Result<(), JobFailure> {
         let mut unit = self.context.begin().await?;
-        sqlx::query("DELETE FROM inventory_pushes WHERE id = $1 AND version = $2")
-            .bind(row.id)
-            .bind(row.version)
-            .execute(&mut *unit)
-            .await
-            .map_err(transient)?;
+        outbox::settle(&mut unit, row).await.map_err(transient)?;
         unit.commit().await?;
         Ok(())
     }
@@ -565,130 +562,30 @@ impl Run<'_> {
     async fn failed(&self, row: &Pending, reason: &str) -> Result<(), JobFailure> {
         tracing::warn!(push_id = %row.id, product_id = ?row.product_id, reason, "CardTrader refused a push");
         let mut unit = self.context.begin().await?;
-        sqlx::query(
-            "UPDATE inventory_pushes SET state = 'failed', last_error = $3, updated_at = now() \
-             WHERE id = $1 AND version = $2",
-        )
-        .bind(row.id)
-        .bind(row.version)
-        .bind(reason)
-        .execute(&mut *unit)
-        .await
-        .map_err(transient)?;
+        outbox::mark_failed(&mut unit, row, reason)
+            .await
+            .map_err(transient)?;
         unit.commit().await?;
         Ok(())
     }
-}
 
-/// What the export says about a create that may have been sent.
-#[derive(Debug, PartialEq)]
-enum CreateOutcome<'a> {
-    /// Created (the tag is on it) or merged (it grew by exactly the create's quantity).
-    Applied(&'a Product),
-    /// Nothing changed: safe to send.
-    NotApplied,
-    /// Quantities moved by other amounts: sending could list the units twice.
-    Unknown,
-}
-
-fn decide_create<'a>(
-    products: &'a [Product],
-    before: &serde_json::Map<String, Value>,
-    tag: &str,
-    quantity: i64,
-) -> CreateOutcome<'a> {
-    if let Some(tagged) = products
-        .iter()
-        .find(|product| product.user_data_field.as_deref() == Some(tag))
-    {
-        return CreateOutcome::Applied(tagged);
+    /// What a failed call means for the attempt; a 401 is remembered, so the run ends by marking
+    /// the account and failing the pending pushes rather than retrying a dead token.
+    fn call_failure(&self, err: MarketplaceError) -> JobFailure {
+        match err {
+            MarketplaceError::RateLimited { retry_after, .. } => {
+                JobFailure::RateLimited { wait: retry_after }
+            }
+            MarketplaceError::Unauthorized => {
+                self.token_rejected.store(true, Ordering::Relaxed);
+                JobFailure::Permanent("CardTrader rejected the seller's token".into())
+            }
+            MarketplaceError::Cancelled => JobFailure::LeaseLost,
+            other => JobFailure::Transient(other.to_string()),
+        }
     }
-    let was = |product: &Product| before.get(&product.id.to_string()).and_then(Value::as_i64);
-    if let Some(merged) = products
-        .iter()
-        .find(|product| was(product).is_some_and(|was| product.quantity == was + quantity))
-    {
-        return CreateOutcome::Applied(merged);
-    }
-    let unchanged = products
-        .iter()
-        .all(|product| was(product) == Some(product.quantity))
-        && products.len() == before.len();
-    if unchanged {
-        CreateOutcome::NotApplied
-    } else {
-        CreateOutcome::Unknown
-    }
-}
-
-/// CardTrader takes prices in major units on writes.
-fn cents_to_price(cents: i64) -> f64 {
-    cents as f64 / 100.0
 }
 
 fn transient(err: sqlx::Error) -> JobFailure {
     JobFailure::Transient(err.to_string())
-}
-
-fn call_failure(err: MarketplaceError) -> JobFailure {
-    match err {
-        MarketplaceError::RateLimited { retry_after, .. } => {
-            JobFailure::RateLimited { wait: retry_after }
-        }
-        MarketplaceError::Unauthorized => {
-            JobFailure::Permanent("CardTrader rejected the seller's token".into())
-        }
-        MarketplaceError::Cancelled => JobFailure::LeaseLost,
-        other => JobFailure::Transient(other.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn product(id: i64, quantity: i64, tag: Option<&str>) -> Product {
-        serde_json::from_value(serde_json::json!({
-            "id": id, "blueprint_id": 7, "quantity": quantity, "price_cents": 100,
-            "price_currency": "EUR", "user_data_field": tag,
-        }))
-        .unwrap()
-    }
-
-    fn before(pairs: &[(i64, i64)]) -> serde_json::Map<String, Value> {
-        pairs
-            .iter()
-            .map(|(id, quantity)| (id.to_string(), Value::from(*quantity)))
-            .collect()
-    }
-
-    #[test]
-    fn a_create_is_decided_by_its_tag_a_merge_or_nothing_changed() {
-        let tagged = [product(1, 4, None), product(2, 3, Some("t"))];
-        assert_eq!(
-            decide_create(&tagged, &before(&[(1, 4)]), "t", 3),
-            CreateOutcome::Applied(&tagged[1])
-        );
-        let merged = [product(1, 7, None)];
-        assert_eq!(
-            decide_create(&merged, &before(&[(1, 4)]), "t", 3),
-            CreateOutcome::Applied(&merged[0])
-        );
-        let untouched = [product(1, 4, None)];
-        assert_eq!(
-            decide_create(&untouched, &before(&[(1, 4)]), "t", 3),
-            CreateOutcome::NotApplied
-        );
-        let sold_meanwhile = [product(1, 2, None)];
-        assert_eq!(
-            decide_create(&sold_meanwhile, &before(&[(1, 4)]), "t", 3),
-            CreateOutcome::Unknown
-        );
-    }
-
-    #[test]
-    fn prices_are_sent_in_major_units() {
-        assert_eq!(cents_to_price(1_234), 12.34);
-        assert_eq!(cents_to_price(0), 0.0);
-    }
 }

@@ -262,7 +262,7 @@ async fn record_push(
              fields = CASE WHEN EXCLUDED.op = 'delete' THEN '{}'::jsonb \
                            ELSE inventory_pushes.fields || EXCLUDED.fields END, \
              version = inventory_pushes.version + 1, state = 'pending', last_error = NULL, \
-             updated_at = now()",
+             rounds = 0, retry_at = NULL, updated_at = now()",
     )
     .bind(Uuid::new_v4())
     .bind(user_id.as_uuid())

@@ -277,6 +277,9 @@ pub struct ProductResource {
     /// `graded` arrives as the integer 0 here.
     #[serde(default, deserialize_with = "lenient_bool")]
     pub graded: Option<bool>,
+    /// The product's expansion (documented for the resource, unlike the export).
+    #[serde(default)]
+    pub expansion_id: Option<i64>,
 }
 
 /// `{result, warnings, resource}` around single-product calls; `warnings` is `{}` or `[]`.

@@ -167,6 +167,7 @@ fn push_worker(shop: &PurchaseRig) -> Worker {
     let handler = PushHandler {
         accounts: shop.handler.accounts.clone(),
         call_budget: Duration::from_secs(10),
+        write_grace: shop.rig.app.config.cardtrader_request_timeout,
         metrics: shop.handler.metrics.clone(),
     };
     let settings = WorkerSettings {
