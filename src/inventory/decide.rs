@@ -133,12 +133,24 @@ mod tests {
 
     #[test]
     fn an_update_sends_only_the_edited_fields_with_the_items_values_now() {
-        let values = (1_234, 3, None, serde_json::json!({"condition": "Played"}), None);
+        let values = (
+            1_234,
+            3,
+            None,
+            serde_json::json!({"condition": "Played"}),
+            None,
+        );
 
-        let update = update_of(values, |field| field == "quantity" || field == "description");
+        let update = update_of(values, |field| {
+            field == "quantity" || field == "description"
+        });
 
         assert_eq!(update.quantity, Some(3));
-        assert_eq!(update.description.as_deref(), Some(""), "cleared, not left alone");
+        assert_eq!(
+            update.description.as_deref(),
+            Some(""),
+            "cleared, not left alone"
+        );
         assert_eq!(update.price, None);
         assert_eq!(update.properties, None);
     }

@@ -128,7 +128,11 @@ impl PushHandler {
             .map_err(transient)?;
         unit.commit().await?;
         if failed > 0 {
-            tracing::warn!(failed, reason, "pending pushes failed: they can no longer run");
+            tracing::warn!(
+                failed,
+                reason,
+                "pending pushes failed: they can no longer run"
+            );
         }
         Ok(())
     }
@@ -139,7 +143,11 @@ impl PushHandler {
         let reason = "not pushed: CardTrader rejected the seller's token";
         let mut unit = context.begin().await?;
         self.accounts
-            .note_cardtrader_error(&mut unit, context.user_id(), &MarketplaceError::Unauthorized)
+            .note_cardtrader_error(
+                &mut unit,
+                context.user_id(),
+                &MarketplaceError::Unauthorized,
+            )
             .await
             .map_err(|err| JobFailure::Transient(err.to_string()))?;
         outbox::fail_all_pending(&mut unit, context.user_id(), reason)
@@ -512,7 +520,8 @@ impl Run<'_> {
             blueprint_ids: vec![product.blueprint_id],
             expansion_ids: Vec::new(),
         };
-        unit.enqueue(&NewJob::new(user_id, scope.job_kind())).await?;
+        unit.enqueue(&NewJob::new(user_id, scope.job_kind()))
+            .await?;
         unit.commit().await?;
         self.count(row, "single", "pushed");
         tracing::info!(product_id = product.id, "created on CardTrader");
@@ -521,7 +530,11 @@ impl Run<'_> {
 
     /// A push CardTrader refused for good marks the row failed; anything passing fails the attempt
     /// (the rows stay pending and the job retries with backoff).
-    async fn refused_or_retry(&self, row: &Pending, err: MarketplaceError) -> Result<(), JobFailure> {
+    async fn refused_or_retry(
+        &self,
+        row: &Pending,
+        err: MarketplaceError,
+    ) -> Result<(), JobFailure> {
         match err {
             MarketplaceError::Validation {
                 message, errors, ..

@@ -24,6 +24,7 @@ mod purchase_crash;
 mod purchase_guarantees;
 mod purchase_reserve;
 mod purchases;
+mod push_guarantees;
 mod rate_limit;
 mod reflection;
 mod simulator;
