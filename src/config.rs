@@ -384,6 +384,11 @@ pub struct Config {
     /// MySQL up, queues their sellers' remap; MySQL coming back triggers a look at once.
     #[arg(long, env = "BRX_REMAP_UNKNOWN_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub remap_unknown_interval: Duration,
+    /// Longest product object of `/products/export` a sync accepts, in bytes; a longer one fails
+    /// the sync naming this setting (nothing is swept), so one malformed or giant product cannot make
+    /// the parser buffer without bound. A product is ~1 KiB; 4 KiB to 64 MiB.
+    #[arg(long, env = "BRX_SYNC_MAX_PRODUCT_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(4_096..=67_108_864), global = true)]
+    pub sync_max_product_bytes: u32,
 
     /// Log format.
     #[arg(long, env = "BRX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
