@@ -26,6 +26,7 @@ mod purchase_reserve;
 mod purchases;
 mod rate_limit;
 mod reflection;
+mod retention;
 mod simulator;
 mod storage;
 mod streams;
