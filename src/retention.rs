@@ -182,7 +182,16 @@ impl Retention {
         stop: &CancellationToken,
     ) -> Result<Swept, RetentionError> {
         let settings = self.settings;
-        let before = |kept: Duration| now - TimeDelta::from_std(kept).unwrap_or(TimeDelta::MAX);
+        // Nothing here predates 1970, so a retention reaching further back (humantime parses
+        // millennia, PostgreSQL's timestamps stop at 4713 BC) keeps everything.
+        let before = |kept: Duration| {
+            TimeDelta::from_std(kept)
+                .ok()
+                .and_then(|kept| now.checked_sub_signed(kept))
+                .map_or(DateTime::UNIX_EPOCH, |cutoff| {
+                    cutoff.max(DateTime::UNIX_EPOCH)
+                })
+        };
         let (pool, batch) = (&self.pool, settings.batch);
         let jobs_cutoff = before(settings.jobs);
         let jobs = self

@@ -360,6 +360,22 @@ async fn a_round_waits_its_turn_while_another_replica_runs_one() {
 }
 
 #[tokio::test]
+async fn a_retention_longer_than_the_calendar_keeps_everything() {
+    let db = TestDatabase::new().await;
+    let old = job(&db.pool, Uuid::new_v4(), "purchase", "succeeded", 40.0).await;
+    let forever = RetentionSettings {
+        jobs: humantime::parse_duration("300000years").unwrap(),
+        ..settings()
+    };
+    let retention = Retention::new(db.pool.clone(), Metrics::new().unwrap(), forever);
+
+    let swept = retention.round(&CancellationToken::new()).await.unwrap();
+
+    assert_eq!(swept.map(|swept| swept.jobs), Some(0));
+    assert!(exists(&db.pool, "jobs", "id", old).await);
+}
+
+#[tokio::test]
 async fn a_served_replica_runs_retention_and_exports_table_sizes() {
     let app = spawn_app_with(|config| {
         config.retention_interval = Duration::from_millis(200);
