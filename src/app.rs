@@ -223,6 +223,18 @@ impl App {
             }
             Ok(())
         });
+        let retention = crate::retention::Retention::new(
+            storage.pg.clone(),
+            metrics.clone(),
+            crate::retention::RetentionSettings::from_config(&config),
+        );
+        let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
+        worker_tasks.spawn(async move {
+            if ready.await {
+                retention.run(stop).await?;
+            }
+            Ok(())
+        });
         let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
         worker_tasks.spawn(async move {
             if ready.await {

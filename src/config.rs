@@ -388,6 +388,36 @@ pub struct Config {
     /// MySQL up, queues their sellers' remap; MySQL coming back triggers a look at once.
     #[arg(long, env = "BRX_REMAP_UNKNOWN_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub remap_unknown_interval: Duration,
+    /// Longest product object of `/products/export` a sync accepts, in bytes; a longer one fails
+    /// the sync naming this setting (nothing is swept), so one malformed or giant product cannot make
+    /// the parser buffer without bound. A product is ~1 KiB; 4 KiB to 64 MiB.
+    #[arg(long, env = "BRX_SYNC_MAX_PRODUCT_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(4_096..=67_108_864), global = true)]
+    pub sync_max_product_bytes: u32,
+
+    /// How often each replica refreshes the table-size gauges and tries a retention round (one
+    /// replica at a time runs it); the first round runs one interval after start.
+    #[arg(long, env = "BRX_RETENTION_INTERVAL", default_value = "10m", value_parser = crate::retention::parse_interval, global = true)]
+    pub retention_interval: Duration,
+    /// Rows one retention statement deletes at most, so a large backlog never holds long locks.
+    #[arg(long, env = "BRX_RETENTION_BATCH", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000), global = true)]
+    pub retention_batch: u32,
+    /// Jobs that ended (succeeded, failed, cancelled) longer ago than this are deleted; queued,
+    /// running and dead jobs never are, nor each seller's latest ended sync. At least 1h.
+    #[arg(long, env = "BRX_RETENTION_JOBS", default_value = "30days", value_parser = crate::retention::parse_retention, global = true)]
+    pub retention_jobs: Duration,
+    /// Completed or failed purchases that ended longer ago than this lose their step log and the
+    /// CardTrader snapshots of their lines; the purchase and its lines stay (idempotent replays,
+    /// history). Purchases in requires_attention keep everything. At least 1h.
+    #[arg(long, env = "BRX_RETENTION_PURCHASES", default_value = "30days", value_parser = crate::retention::parse_retention, global = true)]
+    pub retention_purchases: Duration,
+    /// Webhook events applied longer ago than this are deleted (unapplied ones never). At least 1h.
+    #[arg(long, env = "BRX_RETENTION_WEBHOOKS", default_value = "30days", value_parser = crate::retention::parse_retention, global = true)]
+    pub retention_webhooks: Duration,
+    /// A webhook order record (what makes a later delivery of the order move stock at most once)
+    /// is deleted once no delivery of the order came for this long and none waits to be applied.
+    /// Never shorter than BRX_RETENTION_WEBHOOKS in effect. At least 1h.
+    #[arg(long, env = "BRX_RETENTION_WEBHOOK_ORDERS", default_value = "365days", value_parser = crate::retention::parse_retention, global = true)]
+    pub retention_webhook_orders: Duration,
 
     /// Log format.
     #[arg(long, env = "BRX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]

@@ -21,6 +21,7 @@
 //! - [`rate_limit`]: per-seller adaptive CardTrader rate limits in Redis, with an in-process fallback.
 //! - [`retry`]: the named, bounded, full-jitter retry policies every retry uses.
 //! - [`readiness`]: the SERVING flag behind health, `/readyz` and shutdown.
+//! - [`retention`]: deletes what ended long ago through each table's owner; table-size gauges.
 //! - [`domain`]: pure identifier types shared by the capabilities.
 //! - [`simulator`]: a faithful CardTrader API v2 server for tests, the demo and load tests.
 //! - [`metrics`], [`telemetry`], [`shutdown`]: Prometheus metrics, logs and traces, the stop signal.
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod purchase;
 pub mod rate_limit;
 pub mod readiness;
+pub mod retention;
 pub mod retry;
 pub mod shutdown;
 pub mod simulator;

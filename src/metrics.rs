@@ -86,6 +86,14 @@ pub const PURCHASES_REQUIRING_ATTENTION: &str = "brx_purchases_requiring_attenti
 pub const INVENTORY_PUSHES_TOTAL: &str = "brx_inventory_pushes_total";
 /// Circuit breaker on the CardTrader host: 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "brx_cardtrader_breaker_state";
+/// Estimated live rows of each of the service's PostgreSQL tables, by table, as last read by this
+/// replica (`pg_stat_user_tables.n_live_tup`, refreshed every retention interval).
+pub const TABLE_ROWS: &str = "brx_table_rows";
+/// Bytes of each of the service's PostgreSQL tables with their indexes and TOAST, by table, as last
+/// read by this replica (`pg_total_relation_size`, refreshed every retention interval).
+pub const TABLE_BYTES: &str = "brx_table_bytes";
+/// Rows retention deleted (for `purchase_steps`, the step logs of ended purchases), by table.
+pub const RETENTION_DELETED_TOTAL: &str = "brx_retention_deleted_total";
 
 /// Handles to every metric; cheap to clone.
 #[derive(Clone, Debug)]
@@ -163,6 +171,12 @@ pub struct Metrics {
     pub purchases_requiring_attention: IntGauge,
     /// See [`INVENTORY_PUSHES_TOTAL`].
     pub inventory_pushes: IntCounterVec,
+    /// See [`TABLE_ROWS`].
+    pub table_rows: IntGaugeVec,
+    /// See [`TABLE_BYTES`].
+    pub table_bytes: IntGaugeVec,
+    /// See [`RETENTION_DELETED_TOTAL`].
+    pub retention_deleted: IntCounterVec,
 }
 
 impl Metrics {
@@ -365,6 +379,28 @@ impl Metrics {
                 INVENTORY_PUSHES_TOTAL,
                 "Local inventory edits settled on CardTrader.",
                 &["op", "via", "outcome"],
+            )?,
+            table_rows: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(TABLE_ROWS, "Estimated live rows of each table, by table."),
+                    &["table"],
+                )?,
+            )?,
+            table_bytes: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        TABLE_BYTES,
+                        "Bytes of each table with its indexes and TOAST, by table.",
+                    ),
+                    &["table"],
+                )?,
+            )?,
+            retention_deleted: counter_vec(
+                RETENTION_DELETED_TOTAL,
+                "Rows deleted by retention, by table.",
+                &["table"],
             )?,
             registry,
         };

@@ -1,6 +1,7 @@
 //! SQL of the `jobs` table: enqueue (inside the caller's transaction), claim, lease, fence, settle,
-//! cancel, and the operators' dead-letter queue. Every write a worker makes after its claim carries
-//! `fence = $n`, so a worker whose lease was taken over changes nothing.
+//! cancel, the operators' dead-letter queue, and retention's batched deletes of ended jobs. Every
+//! write a worker makes after its claim carries `fence = $n`, so a worker whose lease was taken over
+//! changes nothing.
 
 use std::time::{Duration, Instant};
 
@@ -729,4 +730,33 @@ pub async fn revive(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
         )),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Deletes up to `batch` jobs that ended (succeeded, failed or cancelled) before `cutoff`, oldest
+/// first, in one statement; returns how many. Queued, running and dead jobs are never touched (a dead
+/// letter waits for an operator), nor a seller's latest ended sync of each kind: GetSyncStatus
+/// reports it, and the scheduler reads it to leave a seller whose syncs keep failing alone. Rows
+/// another transaction holds are skipped, not waited for.
+pub async fn delete_ended_before(
+    executor: impl PgExecutor<'_>,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64, JobError> {
+    let deleted = sqlx::query(
+        "DELETE FROM jobs WHERE id IN ( \
+             SELECT j.id FROM jobs j \
+             WHERE j.state IN ('succeeded', 'failed', 'cancelled') AND j.finished_at < $1 \
+               AND (j.kind NOT IN ('sync_full', 'sync_targeted') OR EXISTS ( \
+                   SELECT 1 FROM jobs n \
+                   WHERE n.user_id = j.user_id AND n.kind = j.kind \
+                     AND n.state IN ('succeeded', 'failed', 'cancelled') \
+                     AND n.kind IN ('sync_full', 'sync_targeted') AND n.finished_at > j.finished_at)) \
+             ORDER BY j.finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+           AND state IN ('succeeded', 'failed', 'cancelled')",
+    )
+    .bind(cutoff)
+    .bind(batch)
+    .execute(executor)
+    .await?;
+    Ok(deleted.rows_affected())
 }

@@ -30,6 +30,8 @@ pub(super) struct Inner {
     pub(super) attempts: u32,
     pub(super) request_timeout: Duration,
     pub(super) export_timeout: Duration,
+    /// Longest product object a streamed export may carry (`BRX_SYNC_MAX_PRODUCT_BYTES`).
+    pub(super) max_export_product_bytes: usize,
 }
 
 /// What kind of call this is: its metric label, request line, limit scope and idempotency.

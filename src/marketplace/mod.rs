@@ -129,6 +129,7 @@ impl MarketplaceClient {
                 attempts: config.cardtrader_attempts,
                 request_timeout: config.cardtrader_request_timeout,
                 export_timeout: config.cardtrader_export_timeout,
+                max_export_product_bytes: config.sync_max_product_bytes as usize,
             }),
         })
     }
@@ -242,8 +243,9 @@ impl MarketplaceClient {
     }
 
     /// `GET /products/export`, streamed: products are parsed as they arrive, so memory stays bounded
-    /// whatever the inventory size. Starting is retried like any read; a failure mid-stream ends the
-    /// stream with an error and is the caller's to retry.
+    /// whatever the inventory size, and a product longer than `BRX_SYNC_MAX_PRODUCT_BYTES` ends the
+    /// stream with an error. Starting is retried like any read; a failure mid-stream ends the stream with
+    /// an error and is the caller's to retry.
     pub async fn export_stream(
         &self,
         seller: Seller<'_>,
@@ -268,7 +270,10 @@ impl MarketplaceClient {
         )
         .when(|err: &MarketplaceError| err.is_transient() && Instant::now() < options.deadline)
         .await?;
-        let products = crate::sync::export::products(Box::pin(response.bytes_stream()));
+        let products = crate::sync::export::products(
+            Box::pin(response.bytes_stream()),
+            self.inner.max_export_product_bytes,
+        );
         Ok(futures::TryStreamExt::map_ok(
             products,
             move |mut product| {

@@ -3,7 +3,7 @@
 //! availability checked, `reserved_quantity` raised, the lines stored, and the job that drives the
 //! saga queued. Nothing is left behind when it fails. Every later write of the driver is a fenced
 //! transaction that appends to the step log ([`append`]), so a worker whose lease was taken over
-//! changes nothing.
+//! changes nothing. Retention drops the step log of purchases long ended ([`prune_ended_before`]).
 
 use std::collections::BTreeMap;
 
@@ -713,4 +713,48 @@ pub async fn attention_count(executor: impl sqlx::PgExecutor<'_>) -> Result<i64,
             .fetch_one(executor)
             .await?,
     )
+}
+
+/// What one retention batch removed from ended purchases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Purchases whose log was dropped.
+    pub purchases: u64,
+    /// Step log entries deleted.
+    pub steps: u64,
+}
+
+/// Drops the step log and the lines' CardTrader snapshots of up to `batch` purchases that ended
+/// completed or failed before `cutoff`, oldest first, in one statement; the purchase row and its
+/// lines stay, marked pruned. Those are what an idempotent replay and GetPurchase still need; the
+/// log and snapshots only serve a saga that can still move, which an ended one cannot. A purchase
+/// in requires_attention keeps everything (an operator may retry it). Rows another transaction
+/// holds are skipped.
+pub async fn prune_ended_before(
+    conn: &mut PgConnection,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+) -> Result<Pruned, PurchaseError> {
+    let (purchases, steps): (i64, i64) = sqlx::query_as(
+        "WITH ended AS ( \
+             SELECT id FROM purchases \
+             WHERE state IN ('completed', 'failed') AND pruned_at IS NULL AND finished_at < $1 \
+             ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+         steps AS ( \
+             DELETE FROM purchase_steps WHERE purchase_id IN (SELECT id FROM ended) RETURNING 1), \
+         snapshots AS ( \
+             UPDATE purchase_lines SET snapshot = NULL \
+             WHERE purchase_id IN (SELECT id FROM ended) AND snapshot IS NOT NULL), \
+         marked AS ( \
+             UPDATE purchases SET pruned_at = now() WHERE id IN (SELECT id FROM ended) RETURNING 1) \
+         SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM steps)",
+    )
+    .bind(cutoff)
+    .bind(batch)
+    .fetch_one(conn)
+    .await?;
+    Ok(Pruned {
+        purchases: u64::try_from(purchases).unwrap_or(0),
+        steps: u64::try_from(steps).unwrap_or(0),
+    })
 }

@@ -1,5 +1,6 @@
 //! Reads `/products/export` as it streams in: splits the top-level JSON array into its objects without
-//! holding the whole body, so memory stays at one network chunk plus one product whatever the inventory.
+//! holding the whole body, so memory stays at one network chunk plus one product whatever the inventory,
+//! and a product larger than `BRX_SYNC_MAX_PRODUCT_BYTES` ends the read instead of growing the buffer.
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -13,10 +14,20 @@ pub enum ExportError {
     /// The body is not a JSON array of products.
     #[error("the export is not a JSON array of products: {0}")]
     Malformed(String),
+    /// A product is larger than the configured bound; reading stopped there.
+    #[error(
+        "a product of the export is larger than BRX_SYNC_MAX_PRODUCT_BYTES ({limit} bytes); \
+         the export was not read further"
+    )]
+    ProductTooLarge {
+        /// The bound, in bytes.
+        limit: usize,
+    },
 }
 
-/// Splits a byte stream holding one JSON array into the raw bytes of each element.
-#[derive(Debug, Default)]
+/// Splits a byte stream holding one JSON array into the raw bytes of each element, holding at most
+/// one unfinished element of at most `max_element` bytes (plus the chunk being scanned).
+#[derive(Debug)]
 pub struct ArraySplitter {
     buffer: BytesMut,
     /// Bytes of `buffer` already scanned.
@@ -28,9 +39,25 @@ pub struct ArraySplitter {
     /// Where the current element starts in `buffer`.
     element_start: Option<usize>,
     finished: bool,
+    /// Largest element accepted, in bytes.
+    max_element: usize,
 }
 
 impl ArraySplitter {
+    /// A splitter refusing elements longer than `max_element` bytes.
+    pub fn new(max_element: usize) -> Self {
+        Self {
+            buffer: BytesMut::new(),
+            scanned: 0,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            element_start: None,
+            finished: false,
+            max_element,
+        }
+    }
+
     /// Appends a chunk of the body.
     pub fn push(&mut self, chunk: &[u8]) {
         self.buffer.extend_from_slice(chunk);
@@ -73,7 +100,7 @@ impl ArraySplitter {
                 b'}' | b']' if self.depth >= 2 => {
                     self.depth -= 1;
                     if self.depth == 1 {
-                        return Ok(Some(self.take_element(position + 1)));
+                        return self.take_element(position + 1).map(Some);
                     }
                 }
                 b'"' if self.depth >= 2 => self.in_string = true,
@@ -86,7 +113,30 @@ impl ArraySplitter {
                 }
             }
         }
+        self.keep_only_unfinished()?;
         Ok(None)
+    }
+
+    /// Drops what was scanned outside any element (brackets, commas, whitespace), so the buffer
+    /// holds the unfinished element and nothing else, and refuses that element once it passes the
+    /// bound: the caller then stops reading rather than buffer a product without limit.
+    fn keep_only_unfinished(&mut self) -> Result<(), ExportError> {
+        let start = self.element_start.unwrap_or(self.scanned);
+        self.buffer.advance(start);
+        self.scanned -= start;
+        if self.element_start.is_some() {
+            self.element_start = Some(0);
+        }
+        if self.buffer.len() > self.max_element && self.element_start.is_some() {
+            return Err(self.too_large());
+        }
+        Ok(())
+    }
+
+    fn too_large(&self) -> ExportError {
+        ExportError::ProductTooLarge {
+            limit: self.max_element,
+        }
     }
 
     /// Whether the closing `]` has been seen.
@@ -94,25 +144,33 @@ impl ArraySplitter {
         self.finished
     }
 
-    fn take_element(&mut self, end: usize) -> Bytes {
+    fn take_element(&mut self, end: usize) -> Result<Bytes, ExportError> {
         let start = self.element_start.take().unwrap_or(0);
+        if end - start > self.max_element {
+            return Err(self.too_large());
+        }
         // Splitting off what is consumed keeps the buffer at one unfinished element, without copying.
         let mut consumed = self.buffer.split_to(end);
         self.scanned -= end;
         consumed.advance(start);
-        consumed.freeze()
+        Ok(consumed.freeze())
     }
 }
 
-/// Turns a streamed export body into a stream of parsed items.
-pub fn products<T, S, E>(body: S) -> impl Stream<Item = Result<T, ExportError>>
+/// Turns a streamed export body into a stream of parsed items; a product longer than
+/// `max_product_bytes` ends the stream with [`ExportError::ProductTooLarge`] (and the body is
+/// dropped unread).
+pub fn products<T, S, E>(
+    body: S,
+    max_product_bytes: usize,
+) -> impl Stream<Item = Result<T, ExportError>>
 where
     T: serde::de::DeserializeOwned,
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     futures::stream::unfold(
-        (body, ArraySplitter::default(), false),
+        (body, ArraySplitter::new(max_product_bytes), false),
         |(mut body, mut splitter, done)| async move {
             if done {
                 return None;
@@ -151,8 +209,11 @@ where
 mod tests {
     use super::*;
 
+    /// A bound far above every element of these tests but the ones meant to pass it.
+    const LIMIT: usize = 1024;
+
     fn split_in_pieces(body: &str, piece: usize) -> Result<Vec<String>, ExportError> {
-        let mut splitter = ArraySplitter::default();
+        let mut splitter = ArraySplitter::new(LIMIT);
         let mut out = Vec::new();
         for chunk in body.as_bytes().chunks(piece) {
             splitter.push(chunk);
@@ -183,14 +244,14 @@ mod tests {
 
     #[test]
     fn a_non_array_body_is_malformed() {
-        let mut splitter = ArraySplitter::default();
+        let mut splitter = ArraySplitter::new(LIMIT);
         splitter.push(br#"{"error":"x"}"#);
         assert!(splitter.next_element().is_err());
     }
 
     #[test]
     fn the_buffer_holds_at_most_one_unfinished_element() {
-        let mut splitter = ArraySplitter::default();
+        let mut splitter = ArraySplitter::new(LIMIT);
         splitter.push(b"[");
         for n in 0..10_000 {
             splitter.push(format!(r#"{{"id":{n}}},"#).as_bytes());
@@ -208,8 +269,73 @@ mod tests {
         let chunks: Vec<Result<Bytes, std::io::Error>> =
             vec![Ok(Bytes::from_static(br#"[{"id":1},{"id":"#))];
         let items: Vec<Result<serde_json::Value, ExportError>> =
-            products(futures::stream::iter(chunks)).collect().await;
+            products(futures::stream::iter(chunks), LIMIT)
+                .collect()
+                .await;
         assert!(items[0].is_ok());
         assert!(matches!(items.last(), Some(Err(ExportError::Malformed(_)))));
+    }
+
+    /// An object of exactly `len` bytes: `{"d":"xxx…"}`.
+    fn element_of(len: usize) -> String {
+        format!(r#"{{"d":"{}"}}"#, "x".repeat(len - 8))
+    }
+
+    #[test]
+    fn an_element_at_the_bound_passes_and_one_byte_more_is_refused() {
+        let at_bound = format!("[{}]", element_of(LIMIT));
+        let past_bound = format!("[{}]", element_of(LIMIT + 1));
+
+        for piece in [1, 100, 10_000] {
+            assert_eq!(split_in_pieces(&at_bound, piece).unwrap().len(), 1);
+            assert!(matches!(
+                split_in_pieces(&past_bound, piece),
+                Err(ExportError::ProductTooLarge { limit: LIMIT })
+            ));
+        }
+    }
+
+    #[test]
+    fn an_endless_element_is_refused_once_past_the_bound_without_buffering_more() {
+        let mut splitter = ArraySplitter::new(LIMIT);
+        splitter.push(br#"[{"id":1},  {"d":""#);
+        let chunk = [b'x'; 100];
+        let mut pushed = 0;
+        let refused = loop {
+            splitter.push(&chunk);
+            pushed += chunk.len();
+            match splitter.next_element() {
+                Ok(Some(_)) => continue,
+                Ok(None) => assert!(pushed < 10 * LIMIT, "never refused"),
+                Err(err) => break err,
+            }
+        };
+
+        assert!(matches!(
+            refused,
+            ExportError::ProductTooLarge { limit: LIMIT }
+        ));
+        assert!(
+            splitter.buffer.len() <= LIMIT + chunk.len(),
+            "{} bytes kept",
+            splitter.buffer.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_product_past_the_bound_ends_the_stream_and_the_body_is_not_read_further() {
+        let huge = Bytes::from(format!(r#"[{{"id":1}},{}"#, element_of(LIMIT * 2)));
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(huge)]).chain(
+            futures::stream::once(async { panic!("the body was read past the refused product") }),
+        );
+        let items: Vec<Result<serde_json::Value, ExportError>> =
+            products(Box::pin(body), LIMIT).collect().await;
+
+        assert_eq!(items.len(), 2);
+        assert!(items[0].is_ok());
+        assert!(matches!(
+            items[1],
+            Err(ExportError::ProductTooLarge { limit: LIMIT })
+        ));
     }
 }

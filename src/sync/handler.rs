@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use super::{
     chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
     expansions::ExpansionFill,
+    export::ExportError,
     scope::{SyncProgress, SyncScope},
     store::{self, SweepScope, SweepSettings, SyncRow},
 };
@@ -243,9 +244,7 @@ impl SyncHandler {
         futures::stream::iter(scope.export_filters())
             .then(move |filter| marketplace.export_stream(seller, options.clone(), filter))
             .map_err(Stop::Marketplace)
-            .map_ok(|products| {
-                products.map_err(|err| Stop::Job(JobFailure::Transient(err.to_string())))
-            })
+            .map_ok(|products| products.map_err(|err| Stop::Job(export_failure(err))))
             .try_flatten()
     }
 
@@ -378,6 +377,16 @@ fn chunk_failure(error: ChunkError) -> JobFailure {
     match error {
         ChunkError::LeaseLost => JobFailure::LeaseLost,
         ChunkError::Database(err) => transient(err),
+    }
+}
+
+/// A product past the size bound stays past it however often the export is read again: the sync
+/// fails for good, naming the setting, until the seller shrinks the product or an operator raises
+/// `BRX_SYNC_MAX_PRODUCT_BYTES`. Anything else about the stream may go better next time.
+fn export_failure(error: ExportError) -> JobFailure {
+    match error {
+        ExportError::ProductTooLarge { .. } => JobFailure::Permanent(error.to_string()),
+        other => transient(other),
     }
 }
 

@@ -7,7 +7,8 @@
 //! [`MAX_BODY_BYTES`]; 401 for a missing or wrong `Signature` *and* for a seller that is unknown or
 //! not connected, so the answer tells a caller without the secret nothing about which sellers exist
 //! (a 404 would); 400 for a signed body that is not an order delivery. Only 200 stores anything.
-//! `mode: "test"` deliveries are stored and marked applied without touching stock.
+//! `mode: "test"` deliveries are stored and marked applied without touching stock. Retention deletes
+//! applied events, and much later the records of orders long quiet.
 
 mod apply;
 mod intake;
@@ -27,6 +28,26 @@ pub async fn recorded_sales(
     since: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<RecordedSale>, sqlx::Error> {
     store::recorded_sales(conn, user_id, product_id, since).await
+}
+
+/// Deletes up to `batch` webhook events applied before `cutoff` (never an unapplied one, nor one
+/// whose unknown products still wait for their sync); returns how many. For retention.
+pub async fn delete_events_applied_before(
+    pool: &PgPool,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    store::delete_events_applied_before(pool, cutoff, batch).await
+}
+
+/// Deletes up to `batch` order records no delivery touched since `cutoff` and with no event left
+/// to apply; returns how many. For retention, with a cutoff no later than the events' one.
+pub async fn delete_orders_untouched_since(
+    pool: &PgPool,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    store::delete_orders_untouched_since(pool, cutoff, batch).await
 }
 
 use axum::{Router, extract::DefaultBodyLimit, routing::post};

@@ -274,3 +274,53 @@ pub(crate) async fn recorded_sales(
     .fetch_all(conn)
     .await
 }
+
+/// Deletes up to `batch` events applied before `cutoff`, oldest first, in one statement; returns how
+/// many. Unapplied events are the apply job's backlog, and an event whose unknown products still
+/// wait for their sync to be queued is not done either: both stay. A redelivery of a deleted event
+/// is stored again, and its order's record ([`delete_orders_untouched_since`]) keeps it from moving
+/// stock a second time.
+pub(crate) async fn delete_events_applied_before(
+    executor: impl PgExecutor<'_>,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(
+        "DELETE FROM webhook_events WHERE id IN ( \
+             SELECT id FROM webhook_events \
+             WHERE applied_at IS NOT NULL AND applied_at < $1 \
+               AND NOT (unknown_products IS NOT NULL AND sync_queued_at IS NULL) \
+             ORDER BY applied_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(cutoff)
+    .bind(batch)
+    .execute(executor)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Deletes up to `batch` order records that no delivery touched since `cutoff`, and no stored
+/// event of the order waits to be applied, oldest first, in one statement; returns how many. A
+/// record is what keeps a later delivery of its order from taking stock again, so it must outlive
+/// every delivery still to come: the caller passes a cutoff far beyond CardTrader's redeliveries and
+/// an order's life, and never later than the events' own cutoff. Records an apply holds are skipped.
+pub(crate) async fn delete_orders_untouched_since(
+    executor: impl PgExecutor<'_>,
+    cutoff: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(
+        "DELETE FROM webhook_orders WHERE (user_id, order_id) IN ( \
+             SELECT o.user_id, o.order_id FROM webhook_orders o \
+             WHERE o.updated_at < $1 \
+               AND NOT EXISTS (SELECT 1 FROM webhook_events e \
+                               WHERE e.user_id = o.user_id AND e.object_id = o.order_id \
+                                 AND e.applied_at IS NULL) \
+             ORDER BY o.updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(cutoff)
+    .bind(batch)
+    .execute(executor)
+    .await?;
+    Ok(deleted.rows_affected())
+}

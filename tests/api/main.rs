@@ -27,6 +27,7 @@ mod purchases;
 mod push_guarantees;
 mod rate_limit;
 mod reflection;
+mod retention;
 mod simulator;
 mod storage;
 mod streams;

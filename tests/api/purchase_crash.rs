@@ -287,3 +287,65 @@ async fn an_operator_resolves_a_stuck_purchase_with_a_recorded_note() {
     );
     workers.stop().await;
 }
+
+#[tokio::test]
+async fn an_operator_retries_and_resolves_on_a_pool_of_one_connection() {
+    // The app's whole pool is one connection, and the app runs no workers (the test's own drive
+    // the purchases on a pool of their own): an operator action that took a second connection
+    // while its transaction holds the first would wait out the acquire timeout.
+    let shop = PurchaseRig::with(0, 60, |config| {
+        settle_fast(config);
+        config.pg_max_connections = 1;
+        config.pg_acquire_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let workers = Workers::start(&shop, LEASE);
+    let mut client = shop.client().await;
+    let service = shop.rig.app.service_token();
+    let (retry_case, _) = stuck_purchase(&shop, "retry-on-one-connection").await;
+
+    let retried = client
+        .retry_purchase(authorized(
+            GetPurchaseRequest {
+                purchase_id: retry_case.to_string(),
+            },
+            &service,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| status.code());
+
+    assert_eq!(
+        retried.as_ref().map(|purchase| purchase.state()),
+        Ok(PurchaseState::Compensating),
+        "{retried:?}"
+    );
+    let undone = shop.until_done(&retry_case.to_string()).await;
+    assert!(
+        matches!(undone.saga.phase, Phase::Failed { .. }),
+        "{undone:?}"
+    );
+
+    let (resolve_case, items) = stuck_purchase(&shop, "resolve-on-one-connection").await;
+    let resolved = client
+        .resolve_purchase(authorized(
+            ResolvePurchaseRequest {
+                purchase_id: resolve_case.to_string(),
+                resolution: Resolution::Undone.into(),
+                note: "re-listed by hand on CardTrader".into(),
+            },
+            &service,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| status.code());
+
+    assert_eq!(
+        resolved.as_ref().map(|purchase| purchase.state()),
+        Ok(PurchaseState::Failed),
+        "{resolved:?}"
+    );
+    assert_eq!(shop.local(items[0]).await, Some((2, 0)), "released");
+    assert_eq!(shop.leftovers().await, (0, 0));
+    workers.stop().await;
+}

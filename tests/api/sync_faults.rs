@@ -231,3 +231,68 @@ async fn a_revoked_token_fails_the_sync_at_once_and_marks_the_account() {
     );
     assert_eq!(rig.local_rows(user).await, 0);
 }
+
+/// Sweep batches rerun for `reason`, as the rig's worker counted them.
+fn sweep_retries(rig: &SyncRig, reason: &str) -> u64 {
+    let series = format!("brx_sync_sweep_retries_total{{reason=\"{reason}\"}} ");
+    rig.handler
+        .metrics
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_sweep_batch_blocked_past_its_statement_timeout_is_rerun_and_the_sync_completes() {
+    let mut setup = SyncRig::new().await;
+    // A blocked batch gives up after this; the small chunks of this sync take milliseconds.
+    setup.handler.settings.statement_timeout = Duration::from_millis(500);
+    let seller = setup.app.simulator.add_seller(1_000);
+    let user = setup.connect(&seller.token).await;
+    let first = setup.sync(user).await;
+    assert_eq!(first.state, JobState::Succeeded, "{:?}", first.last_error);
+    let gone: i64 = sqlx::query_scalar(
+        "SELECT product_id FROM inventory_items WHERE user_id = $1 ORDER BY product_id LIMIT 1",
+    )
+    .bind(user.as_uuid())
+    .fetch_one(&setup.pool)
+    .await
+    .unwrap();
+    setup.app.simulator.set_quantity(&seller.token, gone, 0);
+    // Another transaction holds the row the sweep has to delete.
+    let mut holder = setup.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM inventory_items WHERE user_id = $1 AND product_id = $2 FOR UPDATE")
+        .bind(user.as_uuid())
+        .bind(gone)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let id = setup.queue(user).await;
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(
+        setup
+            .worker("test", Duration::from_secs(30))
+            .run(stop.clone()),
+    );
+
+    let mut waited = 0;
+    while sweep_retries(&setup, "timeout") == 0 {
+        assert!(
+            waited < 200,
+            "the blocked sweep batch was never given up and rerun within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    holder.rollback().await.unwrap();
+    let job = setup.until_terminal(id).await;
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    assert_eq!(progress(&job).deleted, 1);
+    assert_eq!(setup.local_rows(user).await, 999);
+    assert!(sweep_retries(&setup, "timeout") >= 1);
+}

@@ -150,3 +150,50 @@ async fn a_served_replica_finds_a_job_queued_behind_its_back_by_polling() {
     assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
     assert_eq!(progress(&job).products_seen, 2_500);
 }
+
+/// `BRX_SYNC_MAX_PRODUCT_BYTES`'s default.
+const DEFAULT_MAX_PRODUCT_BYTES: usize = 1 << 20;
+
+#[tokio::test]
+async fn a_product_past_the_size_bound_fails_the_sync_naming_the_setting_and_sweeps_nothing() {
+    let setup = SyncRig::new().await;
+    let seller = setup.app.simulator.add_seller(3_000);
+    let user = setup.connect(&seller.token).await;
+    let first = setup.sync(user).await;
+    assert_eq!(first.state, JobState::Succeeded, "{:?}", first.last_error);
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT product_id FROM inventory_items WHERE user_id = $1 ORDER BY product_id",
+    )
+    .bind(user.as_uuid())
+    .fetch_all(&setup.pool)
+    .await
+    .unwrap();
+    // Gone upstream: a sync that completed would sweep its row.
+    setup.app.simulator.set_quantity(&seller.token, ids[0], 0);
+    // The seller gives the last product of the export a description half again past the default
+    // bound, through CardTrader's own API.
+    let description = "x".repeat(DEFAULT_MAX_PRODUCT_BYTES * 3 / 2);
+    let updated = reqwest::Client::new()
+        .put(format!(
+            "{}/products/{}",
+            setup.app.simulator.base_url(),
+            ids[ids.len() - 1]
+        ))
+        .bearer_auth(&seller.token)
+        .json(&serde_json::json!({ "description": description }))
+        .send()
+        .await
+        .unwrap();
+    assert!(updated.status().is_success(), "{}", updated.status());
+
+    let failed = setup.sync(user).await;
+
+    assert_eq!(failed.state, JobState::Failed, "retrying cannot shrink it");
+    let error = failed.last_error.unwrap_or_default();
+    assert!(error.contains("BRX_SYNC_MAX_PRODUCT_BYTES"), "{error}");
+    assert_eq!(
+        setup.local_rows(user).await,
+        3_000,
+        "a sync that could not read its whole export sweeps nothing"
+    );
+}
