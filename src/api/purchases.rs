@@ -19,9 +19,9 @@ use crate::{
     jobs::wake::Subject,
     purchase::{
         NewPurchase, PurchaseLine,
-        saga::{LineStatus, Phase},
+        saga::{LineStatus, Phase, PurchaseState},
         service::Purchases,
-        store::{StoredPurchase, state_name},
+        store::StoredPurchase,
     },
 };
 
@@ -255,25 +255,25 @@ fn new_purchase(
     })
 }
 
-fn state_column(state: pb::PurchaseState) -> &'static str {
+fn state_column(state: pb::PurchaseState) -> PurchaseState {
     match state {
-        pb::PurchaseState::Taking | pb::PurchaseState::Unspecified => "taking",
-        pb::PurchaseState::Finalizing => "finalizing",
-        pb::PurchaseState::Completed => "completed",
-        pb::PurchaseState::Compensating => "compensating",
-        pb::PurchaseState::Failed => "failed",
-        pb::PurchaseState::RequiresAttention => "requires_attention",
+        pb::PurchaseState::Taking | pb::PurchaseState::Unspecified => PurchaseState::Taking,
+        pb::PurchaseState::Finalizing => PurchaseState::Finalizing,
+        pb::PurchaseState::Completed => PurchaseState::Completed,
+        pb::PurchaseState::Compensating => PurchaseState::Compensating,
+        pb::PurchaseState::Failed => PurchaseState::Failed,
+        pb::PurchaseState::RequiresAttention => PurchaseState::RequiresAttention,
     }
 }
 
 fn encode_state(phase: &Phase) -> pb::PurchaseState {
-    match state_name(phase) {
-        "taking" => pb::PurchaseState::Taking,
-        "finalizing" => pb::PurchaseState::Finalizing,
-        "completed" => pb::PurchaseState::Completed,
-        "compensating" => pb::PurchaseState::Compensating,
-        "failed" => pb::PurchaseState::Failed,
-        _ => pb::PurchaseState::RequiresAttention,
+    match phase.state() {
+        PurchaseState::Taking => pb::PurchaseState::Taking,
+        PurchaseState::Finalizing => pb::PurchaseState::Finalizing,
+        PurchaseState::Completed => pb::PurchaseState::Completed,
+        PurchaseState::Compensating => pb::PurchaseState::Compensating,
+        PurchaseState::Failed => pb::PurchaseState::Failed,
+        PurchaseState::RequiresAttention => pb::PurchaseState::RequiresAttention,
     }
 }
 

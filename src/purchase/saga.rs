@@ -58,7 +58,65 @@ pub enum Phase {
     },
 }
 
+/// The name of a [`Phase`], as the `purchases.state` column stores it (CHECK-constrained to these)
+/// and as callers filter by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PurchaseState {
+    /// [`Phase::Taking`].
+    Taking,
+    /// [`Phase::Finalizing`].
+    Finalizing,
+    /// [`Phase::Completed`].
+    Completed,
+    /// [`Phase::Compensating`].
+    Compensating,
+    /// [`Phase::Failed`].
+    Failed,
+    /// [`Phase::RequiresAttention`].
+    RequiresAttention,
+}
+
+impl PurchaseState {
+    const ALL: [PurchaseState; 6] = [
+        PurchaseState::Taking,
+        PurchaseState::Finalizing,
+        PurchaseState::Completed,
+        PurchaseState::Compensating,
+        PurchaseState::Failed,
+        PurchaseState::RequiresAttention,
+    ];
+
+    /// The column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurchaseState::Taking => "taking",
+            PurchaseState::Finalizing => "finalizing",
+            PurchaseState::Completed => "completed",
+            PurchaseState::Compensating => "compensating",
+            PurchaseState::Failed => "failed",
+            PurchaseState::RequiresAttention => "requires_attention",
+        }
+    }
+
+    /// The state a column value names.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == raw)
+    }
+}
+
 impl Phase {
+    /// Its state's name.
+    pub fn state(&self) -> PurchaseState {
+        match self {
+            Phase::Taking => PurchaseState::Taking,
+            Phase::Finalizing => PurchaseState::Finalizing,
+            Phase::Completed => PurchaseState::Completed,
+            Phase::Compensating { .. } => PurchaseState::Compensating,
+            Phase::Failed { .. } => PurchaseState::Failed,
+            Phase::RequiresAttention { .. } => PurchaseState::RequiresAttention,
+        }
+    }
+
     /// Whether the saga will take no further step on its own.
     pub fn is_terminal(&self) -> bool {
         matches!(

@@ -149,7 +149,7 @@ impl Purchases {
     pub async fn list(
         &self,
         user_id: UserId,
-        state: Option<&str>,
+        state: Option<crate::purchase::saga::PurchaseState>,
         before: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> Result<Vec<StoredPurchase>, PurchaseError> {
@@ -278,9 +278,10 @@ impl Purchases {
         let state = store::lock_for_operator(&mut *conn, id)
             .await?
             .ok_or(PurchaseError::NotFound)?;
-        if state != "requires_attention" {
+        if state != crate::purchase::saga::PurchaseState::RequiresAttention {
             return Err(PurchaseError::WrongState(format!(
-                "the purchase is {state}, not requires_attention"
+                "the purchase is {}, not requires_attention",
+                state.as_str()
             )));
         }
         let steps: i32 =

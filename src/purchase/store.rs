@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     LineMemo, NewPurchase, PurchaseError, Reserved,
-    saga::{Event, Phase, Saga},
+    saga::{Event, Phase, PurchaseState, Saga},
 };
 use crate::{
     domain::UserId,
@@ -350,7 +350,7 @@ pub async fn load(
 pub async fn list(
     pool: &PgPool,
     user_id: UserId,
-    state: Option<&str>,
+    state: Option<PurchaseState>,
     before: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<StoredPurchase>, PurchaseError> {
@@ -365,7 +365,7 @@ pub async fn list(
     );
     let rows: Vec<PurchaseRow> = sqlx::query_as(sql)
         .bind(user_id.as_uuid())
-        .bind(state)
+        .bind(state.map(PurchaseState::as_str))
         .bind(before_at)
         .bind(before_id)
         .bind(limit)
@@ -413,18 +413,6 @@ pub async fn step_log(pool: &PgPool, id: Uuid) -> Result<Vec<Event>, PurchaseErr
         .collect()
 }
 
-/// The `state` column's value for a phase.
-pub fn state_name(phase: &Phase) -> &'static str {
-    match phase {
-        Phase::Taking => "taking",
-        Phase::Finalizing => "finalizing",
-        Phase::Completed => "completed",
-        Phase::Compensating { .. } => "compensating",
-        Phase::Failed { .. } => "failed",
-        Phase::RequiresAttention { .. } => "requires_attention",
-    }
-}
-
 /// Appends `events` to the step log at `seq` and stores the saga they lead to, in one statement of
 /// the caller's transaction: the driver's fenced unit of work (whose commit checks the job's
 /// fence, so a worker whose lease was taken over appends nothing), or an operator's transaction
@@ -462,7 +450,7 @@ pub async fn append(
     .bind(&seqs)
     .bind(&encoded)
     .bind(&saga_json)
-    .bind(state_name(&saga.phase))
+    .bind(saga.phase.state().as_str())
     .bind(failure_reason)
     .bind(saga.phase.is_terminal())
     .fetch_one(&mut *conn)
@@ -681,13 +669,18 @@ fn amounts_by_item(lines: &[StoredLine]) -> (Vec<i64>, Vec<i32>) {
 pub async fn lock_for_operator(
     conn: &mut PgConnection,
     id: Uuid,
-) -> Result<Option<String>, PurchaseError> {
-    Ok(
+) -> Result<Option<PurchaseState>, PurchaseError> {
+    let state: Option<String> =
         sqlx::query_scalar("SELECT state FROM purchases WHERE id = $1 FOR UPDATE")
             .bind(id)
             .fetch_optional(conn)
-            .await?,
-    )
+            .await?;
+    state
+        .map(|raw| {
+            PurchaseState::parse(&raw)
+                .ok_or_else(|| PurchaseError::Internal(format!("unknown purchase state {raw}")))
+        })
+        .transpose()
 }
 
 /// Records an operator's resolution of purchase `id`.

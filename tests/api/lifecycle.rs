@@ -148,6 +148,34 @@ fn two_jwt_keys_at_once_exit_64_naming_the_setting() {
 }
 
 #[test]
+fn a_lease_shorter_than_a_cardtrader_call_can_take_exits_64_naming_both_settings() {
+    // A job could lose its lease while its call is still in flight, and another worker would
+    // take it over and decide too early.
+    let output = run_binary_with(&[
+        ("BRX_JOB_LEASE", "20s"),
+        ("BRX_CARDTRADER_CALL_BUDGET", "20s"),
+    ]);
+    let enough = run_binary_with(&[
+        ("BRX_JOB_LEASE", "30s"),
+        ("BRX_CARDTRADER_CALL_BUDGET", "20s"),
+        ("BRX_GRPC_ADDR", "nonsense"),
+    ]);
+
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("BRX_JOB_LEASE") && stderr.contains("BRX_CARDTRADER_CALL_BUDGET"),
+        "{stderr}"
+    );
+    let stderr = String::from_utf8_lossy(&enough.stderr);
+    assert!(
+        !stderr.contains("BRX_JOB_LEASE"),
+        "1.5 times the budget is enough: {stderr}"
+    );
+}
+
+#[test]
 fn help_documents_every_setting_with_its_environment_variable() {
     let help = Command::new(BINARY).arg("--help").output().unwrap();
 
