@@ -9,13 +9,13 @@
 //! - [`config`]: the one typed configuration, from flags and `BRX_*` environment variables.
 //! - [`demo`]: `brx-sync demo`, the whole service on one machine with visible progress.
 //! - [`api`]: the gRPC transport: handlers, auth, tower layers, the single error → `Status` mapping.
-//! - [`jobs`]: durable jobs in PostgreSQL: coalescing, SKIP LOCKED claims, leases, fencing, retries.
+//! - [`jobs`]: durable jobs in PostgreSQL, typed kinds, fenced units of work, leases, dead letters.
 //! - [`marketplace`]: the CardTrader API client: rate limiter, circuit breaker, retries, tolerant types.
 //! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz` (webhooks merge their route in).
 //! - [`sync`]: bulk sync of CardTrader inventories: streamed export, chunk transactions, sweep, scheduler.
 //! - [`loadtest`]: `brx-sync loadtest`: syncs at once, RPC isolation, purchases, webhooks.
 //! - [`purchase`]: purchases as compensating sagas: pure state machine, fenced step log, the driver job.
-//! - [`inventory`]: listing, edits committed with their push outbox row, creates, storefront offers.
+//! - [`inventory`]: listing, edits committed with their push outbox row, pushes, storefront offers.
 //! - [`webhooks`]: CardTrader order webhooks: signed intake, stock applied once per order.
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
 //! - [`rate_limit`]: per-seller adaptive CardTrader rate limits in Redis, with an in-process fallback.
