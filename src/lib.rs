@@ -20,6 +20,7 @@
 //! - [`storage`]: PostgreSQL, MySQL and Redis pools, their supervisor, migrations.
 //! - [`rate_limit`]: per-seller adaptive CardTrader rate limits in Redis, with an in-process fallback.
 //! - [`retry`]: the named, bounded, full-jitter retry policies every retry uses.
+//! - [`rounds`]: the clock of the periodic rounds (scheduler, push re-queuer, retention).
 //! - [`readiness`]: the SERVING flag behind health, `/readyz` and shutdown.
 //! - [`retention`]: deletes what ended long ago through each table's owner; table-size gauges.
 //! - [`domain`]: pure identifier types shared by the capabilities.
@@ -47,6 +48,7 @@ pub mod rate_limit;
 pub mod readiness;
 pub mod retention;
 pub mod retry;
+pub mod rounds;
 pub mod shutdown;
 pub mod simulator;
 pub mod storage;

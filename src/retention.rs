@@ -130,16 +130,8 @@ impl Retention {
     /// failed round is logged and tried again next time.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.refresh_sizes_logged().await;
-        // The first round one interval after start, as the scheduler's: a rolling restart of N
-        // replicas then does not run N rounds back to back.
-        let first = tokio::time::Instant::now() + self.settings.interval;
-        let mut every = tokio::time::interval_at(first, self.settings.interval);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                _ = every.tick() => {}
-            }
+        let mut rounds = crate::rounds::Rounds::every(self.settings.interval);
+        while rounds.next(&shutdown).await {
             match self.round(&shutdown).await {
                 Ok(Some(swept)) if swept != Swept::default() => {
                     tracing::info!(?swept, "retention deleted what ended long ago");
@@ -149,6 +141,7 @@ impl Retention {
             }
             self.refresh_sizes_logged().await;
         }
+        Ok(())
     }
 
     /// One round: deletes everything past retention, a batch per statement, and returns what it

@@ -415,7 +415,7 @@ impl Run<'_> {
                         return self.adopt(row, product, None).await;
                     }
                     // The earlier create may still land: look again once it cannot.
-                    _ if self.wait_until(settled_by).await? => {
+                    _ if self.context.wait_until(settled_by).await? => {
                         products = self.blueprint_products(blueprint_id).await?;
                     }
                     CreateOutcome::NotApplied => break,
@@ -468,26 +468,6 @@ impl Run<'_> {
             }
             // Unknown outcome or a passing failure: the next attempt decides from the export.
             Err(err) => self.refused_or_retry(row, err).await,
-        }
-    }
-
-    /// Sleeps until `settled_by` if it is still ahead (`true`: look again); `false` once it has
-    /// passed, when the export's answer is final.
-    async fn wait_until(
-        &self,
-        settled_by: Option<chrono::DateTime<Utc>>,
-    ) -> Result<bool, JobFailure> {
-        let Some(left) = settled_by.and_then(|at| (at - Utc::now()).to_std().ok()) else {
-            return Ok(false);
-        };
-        tracing::info!(
-            ?left,
-            "an earlier create may still land; waiting before sending again"
-        );
-        let lease = self.context.lease_token();
-        tokio::select! {
-            () = tokio::time::sleep(left) => Ok(true),
-            () = lease.cancelled() => Err(JobFailure::LeaseLost),
         }
     }
 

@@ -40,20 +40,15 @@ impl PushRequeue {
 
     /// Runs a round every interval until `shutdown`; a failed round is logged and tried next time.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let first = tokio::time::Instant::now() + self.interval;
-        let mut every = tokio::time::interval_at(first, self.interval);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                _ = every.tick() => {}
-            }
+        let mut rounds = crate::rounds::Rounds::every(self.interval);
+        while rounds.next(&shutdown).await {
             match self.round().await {
                 Ok(0) => {}
                 Ok(queued) => tracing::info!(queued, "pending pushes queued again"),
                 Err(error) => tracing::warn!(%error, "re-queuing pending pushes failed"),
             }
         }
+        Ok(())
     }
 
     /// One round: queues a push job for every seller whose pending pushes wait for one, and

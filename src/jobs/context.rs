@@ -145,6 +145,26 @@ impl JobContext {
         })
     }
 
+    /// Sleeps until `at` if it is still ahead, watching the lease; `true` after a sleep (look
+    /// again), `false` when `at` had passed (or there is none). For a write whose answer was lost:
+    /// until it has settled, "it did not apply" cannot be decided.
+    pub async fn wait_until(
+        &self,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<bool, JobFailure> {
+        let Some(left) = at.and_then(|at| (at - chrono::Utc::now()).to_std().ok()) else {
+            return Ok(false);
+        };
+        tracing::info!(
+            ?left,
+            "a write may still land; waiting before deciding it did not"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(left) => Ok(true),
+            () = self.lease_token.cancelled() => Err(JobFailure::LeaseLost),
+        }
+    }
+
     /// Replaces the job's progress counters, fenced, in a unit of work of its own.
     pub async fn record_progress(&self, progress: &serde_json::Value) -> Result<(), JobError> {
         let mut unit = self.begin().await?;

@@ -413,7 +413,7 @@ impl Run<'_> {
             };
             let event = match verdict::decide(&evidence) {
                 Verdict::Applied => Event::Taken { line },
-                _ if !self.wait_until(settled_by).await? => continue,
+                _ if self.context.wait_until(settled_by).await? => continue,
                 Verdict::NotApplied if self.saga.phase == Phase::Taking => Event::NotTaken { line },
                 Verdict::NotApplied => Event::Refused {
                     line,
@@ -464,26 +464,6 @@ impl Run<'_> {
             delta,
             sales,
         })
-    }
-
-    /// Sleeps until `settled_by` if it is still ahead; `true` when it has passed (decide now),
-    /// `false` after a wait (read again).
-    async fn wait_until(
-        &self,
-        settled_by: Option<chrono::DateTime<Utc>>,
-    ) -> Result<bool, JobFailure> {
-        let Some(left) = settled_by.and_then(|at| (at - Utc::now()).to_std().ok()) else {
-            return Ok(true);
-        };
-        tracing::info!(
-            ?left,
-            "a write may still land; waiting before deciding it did not"
-        );
-        let lease = self.context.lease_token();
-        tokio::select! {
-            () = tokio::time::sleep(left) => Ok(false),
-            () = lease.cancelled() => Err(JobFailure::LeaseLost),
-        }
     }
 
     /// When the last write sent for `line` will have settled, from the step log.
@@ -601,7 +581,7 @@ impl Run<'_> {
                     };
                     match verdict::decide(&evidence) {
                         Verdict::Applied => break Ok(Some(product_id)),
-                        _ if !self.wait_until(settled_by).await? => continue,
+                        _ if self.context.wait_until(settled_by).await? => continue,
                         Verdict::NotApplied => break Ok(None),
                         Verdict::Ambiguous => break Err(evidence.to_string()),
                     }
@@ -632,7 +612,7 @@ impl Run<'_> {
                         )),
                     },
                 };
-                if decided == Ok(None) && !self.wait_until(settled_by).await? {
+                if decided == Ok(None) && self.context.wait_until(settled_by).await? {
                     // The re-create may still land: look again once it cannot.
                     return Ok(());
                 }

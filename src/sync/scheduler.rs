@@ -61,16 +61,8 @@ impl SyncScheduler {
 
     /// Runs a round every interval until `shutdown`; a failed round is logged and retried next time.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // The first round one interval after start, not at once: a rolling restart of N replicas
-        // then does not run N rounds back to back.
-        let first = tokio::time::Instant::now() + self.settings.interval;
-        let mut every = tokio::time::interval_at(first, self.settings.interval);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                _ = every.tick() => {}
-            }
+        let mut rounds = crate::rounds::Rounds::every(self.settings.interval);
+        while rounds.next(&shutdown).await {
             if let Err(error) = self.refresh_gauges().await {
                 tracing::warn!(%error, "could not read the job counts");
             }
@@ -80,6 +72,7 @@ impl SyncScheduler {
                 Err(error) => tracing::warn!(%error, "scheduling stale accounts failed"),
             }
         }
+        Ok(())
     }
 
     /// One round: queues full syncs for the stalest accounts that need one and returns how many.
