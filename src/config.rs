@@ -30,30 +30,8 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Run the whole service on this machine and walk through it, with progress output.
-    Demo,
-    /// Manage the MySQL blueprint catalogue fixture.
-    #[command(subcommand)]
-    Catalog(CatalogCommand),
-    /// Serve the CardTrader API simulator (seeded sellers `sim-token-1` … `sim-token-N`).
-    Simulator(crate::simulator::SimulatorArgs),
     /// Print a caller JWT signed with BRX_JWT_HS256_SECRET, for grpcurl and local testing.
     Token(TokenArgs),
-    /// Load the real replica against the simulator: many syncs at once (scale), RPC latency during a
-    /// big sync (isolation), or purchases (throughput, latency, invariants); see README.
-    Loadtest(crate::loadtest::LoadtestArgs),
-}
-
-/// `brx-sync catalog …`.
-#[derive(Debug, Clone, Subcommand)]
-pub enum CatalogCommand {
-    /// Create the catalogue tables (if needed) and fill them with prints for blueprints 1..=N,
-    /// matching the simulator's blueprint ids. Existing rows are replaced.
-    Seed {
-        /// How many prints (blueprint ids 1..=N).
-        #[arg(long, default_value_t = 300_000)]
-        prints: i64,
-    },
 }
 
 /// Arguments of `brx-sync token`.

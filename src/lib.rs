@@ -7,13 +7,11 @@
 //! - [`blueprints`]: CardTrader blueprint → shop print, from MySQL behind an L1 and a Redis cache;
 //!   blueprint → CardTrader expansion, learnt from CardTrader's reference exports.
 //! - [`config`]: the one typed configuration, from flags and `BRX_*` environment variables.
-//! - [`demo`]: `brx-sync demo`, the whole service on one machine with visible progress.
 //! - [`api`]: the gRPC transport: handlers, auth, tower layers, the single error → `Status` mapping.
 //! - [`jobs`]: durable jobs in PostgreSQL, typed kinds, fenced units of work, leases, dead letters.
 //! - [`marketplace`]: the CardTrader API client: rate limiter, circuit breaker, retries, tolerant types.
 //! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz` (webhooks merge their route in).
 //! - [`sync`]: bulk sync of CardTrader inventories: streamed export, chunk transactions, sweep, scheduler.
-//! - [`loadtest`]: `brx-sync loadtest`: syncs at once, RPC isolation, purchases, webhooks.
 //! - [`purchase`]: purchases as compensating sagas: pure state machine, fenced step log, the driver job.
 //! - [`inventory`]: listing, edits committed with their push outbox row, pushes, storefront offers.
 //! - [`webhooks`]: CardTrader order webhooks: signed intake, stock applied once per order.
@@ -24,7 +22,6 @@
 //! - [`readiness`]: the SERVING flag behind health, `/readyz` and shutdown.
 //! - [`retention`]: deletes what ended long ago through each table's owner; table-size gauges.
 //! - [`domain`]: pure identifier types shared by the capabilities.
-//! - [`simulator`]: a faithful CardTrader API v2 server for tests, the demo and load tests.
 //! - [`metrics`], [`telemetry`], [`shutdown`]: Prometheus metrics, logs and traces, the stop signal.
 
 // The CardTrader call futures (limiter + breaker + retries + reqwest) nest deeper than the default 128.
@@ -35,12 +32,10 @@ pub mod api;
 pub mod app;
 pub mod blueprints;
 pub mod config;
-pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod inventory;
 pub mod jobs;
-pub mod loadtest;
 pub mod marketplace;
 pub mod metrics;
 pub mod purchase;
@@ -50,7 +45,6 @@ pub mod retention;
 pub mod retry;
 pub mod rounds;
 pub mod shutdown;
-pub mod simulator;
 pub mod storage;
 pub mod sync;
 pub mod telemetry;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use brx_sync::{
     App,
     api::auth,
-    config::{CatalogCommand, Cli, Command, EXIT_CONFIG},
+    config::{Cli, Command, EXIT_CONFIG},
     shutdown, telemetry,
 };
 use secrecy::ExposeSecret;
@@ -21,12 +21,6 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let mut cli = cli;
-    let reports = matches!(cli.command, Some(Command::Demo | Command::Loadtest(_)));
-    if reports && cli.config.log_filter == "info" {
-        // The demo's and load test's own lines are the output; the service's logs stay to warnings.
-        cli.config.log_filter = "warn".into();
-    }
     let telemetry = match telemetry::init(&cli.config) {
         Ok(guard) => guard,
         Err(err) => {
@@ -53,17 +47,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown::signal()).await
         }
         Command::Migrate => brx_sync::app::migrate(&cli.config).await,
-        Command::Demo => brx_sync::demo::run(cli.config).await,
-        Command::Catalog(CatalogCommand::Seed { prints }) => {
-            brx_sync::blueprints::fixture::seed(&cli.config, prints).await?;
-            println!(
-                "catalogue seeded: {prints} prints across {}",
-                cli.config.catalog_tables.join(", ")
-            );
-            Ok(())
-        }
-        Command::Simulator(args) => brx_sync::simulator::run(args).await,
-        Command::Loadtest(args) => brx_sync::loadtest::run(cli.config, args).await,
         Command::Token(args) => {
             let secret = cli.config.jwt_hs256_secret.ok_or_else(|| {
                 anyhow::anyhow!("BRX_JWT_HS256_SECRET must be set to mint a token")

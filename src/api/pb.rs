@@ -8,11 +8,6 @@ pub mod v1 {
     tonic::include_proto!("brx.sync.v1");
 }
 
-/// Package `bench.v1`: the minimal echo service the RPC benchmark measures as its ceiling.
-pub mod bench {
-    tonic::include_proto!("bench.v1");
-}
-
 /// Encoded descriptors of `brx.sync.v1`, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("brx_sync_v1_descriptor");

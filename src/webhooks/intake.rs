@@ -127,7 +127,7 @@ mod tests {
     fn the_simulators_signature_verifies_and_any_change_does_not() {
         let body = br#"{"id": 1}"#;
         let signature = STANDARD
-            .decode(crate::simulator::webhook_signature("s3cret", body))
+            .decode(cardtrader_sim::webhook_signature("s3cret", body))
             .unwrap();
 
         assert!(verify("s3cret", body, &signature).is_ok());

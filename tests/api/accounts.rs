@@ -11,9 +11,9 @@ use brx_sync::{
         GetAccountRequest,
     },
     rate_limit::{Limits, RateLimiter},
-    simulator::Faults,
     storage::Storage,
 };
+use cardtrader_sim::Faults;
 use secrecy::ExposeSecret;
 use tonic::Code;
 

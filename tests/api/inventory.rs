@@ -17,8 +17,8 @@ use brx_sync::{
         ListOffersRequest, PushState, UpdateItemRequest,
         inventory_service_client::InventoryServiceClient,
     },
-    simulator::Faults,
 };
+use cardtrader_sim::Faults;
 use tonic::{Code, transport::Channel};
 
 use crate::helpers::{PurchaseRig, authorized};

@@ -699,9 +699,9 @@ async fn a_job_that_cannot_renew_its_lease_is_stopped_before_it_runs_out_and_cal
     use brx_sync::{
         marketplace::{MarketplaceClient, MarketplaceError},
         rate_limit::{Limits, RateLimiter},
-        simulator::{SimulatorConfig, SimulatorHandle},
         storage::Storage,
     };
+    use cardtrader_sim::{SimulatorConfig, SimulatorHandle};
     crate::helpers::init_process();
     let db = TestDatabase::new().await;
     let simulator =

@@ -28,7 +28,6 @@ mod push_guarantees;
 mod rate_limit;
 mod reflection;
 mod retention;
-mod simulator;
 mod storage;
 mod streams;
 mod sync_chunks;

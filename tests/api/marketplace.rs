@@ -11,9 +11,9 @@ use brx_sync::{
     },
     metrics::Metrics,
     rate_limit::{Limits, RateLimiter},
-    simulator::{Faults, SimulatorConfig, SimulatorHandle},
     storage::Storage,
 };
+use cardtrader_sim::{Faults, SimulatorConfig, SimulatorHandle};
 use secrecy::SecretString;
 
 use crate::helpers::{init_process, test_config};

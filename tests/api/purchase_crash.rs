@@ -10,8 +10,8 @@ use std::time::Duration;
 use brx_sync::{
     pb::v1::{GetPurchaseRequest, PurchaseState, Resolution, ResolvePurchaseRequest},
     purchase::saga::Phase,
-    simulator::Faults,
 };
+use cardtrader_sim::Faults;
 use tonic::Code;
 
 use crate::helpers::{PurchaseRig, Workers, authorized};

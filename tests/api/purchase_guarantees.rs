@@ -8,8 +8,8 @@ use std::time::Duration;
 use brx_sync::{
     pb::v1::{DisconnectAccountRequest, GetPurchaseRequest},
     purchase::saga::{Event, Phase},
-    simulator::Faults,
 };
+use cardtrader_sim::Faults;
 
 use crate::helpers::{PurchaseRig, Workers, authorized};
 

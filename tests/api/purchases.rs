@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use brx_sync::{
-    pb::v1::{GetPurchaseRequest, LineState, PurchaseState},
-    simulator::Faults,
-};
+use brx_sync::pb::v1::{GetPurchaseRequest, LineState, PurchaseState};
+use cardtrader_sim::Faults;
 use tonic::Code;
 
 use crate::helpers::{PurchaseRig, authorized};

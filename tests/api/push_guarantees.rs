@@ -15,8 +15,8 @@ use brx_sync::{
         ConnectAccountRequest, CreateItemRequest, DisconnectAccountRequest, GetItemRequest,
         PushState, UpdateItemRequest, inventory_service_client::InventoryServiceClient,
     },
-    simulator::Faults,
 };
+use cardtrader_sim::Faults;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{PurchaseRig, authorized};

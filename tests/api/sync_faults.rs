@@ -7,8 +7,8 @@ use std::time::Duration;
 use brx_sync::{
     accounts::{AccountStatus, Keyring},
     jobs::{JobState, store as jobs},
-    simulator::Faults,
 };
+use cardtrader_sim::Faults;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 

@@ -102,7 +102,7 @@ async fn a_sync_whose_export_fails_sweeps_nothing_and_a_retry_completes() {
     .await
     .unwrap();
     setup.app.simulator.set_quantity(&seller.token, ids[0], 0);
-    setup.app.simulator.set_faults(brx_sync::simulator::Faults {
+    setup.app.simulator.set_faults(cardtrader_sim::Faults {
         error_5xx_rate: 1.0,
         ..Default::default()
     });
@@ -120,7 +120,7 @@ async fn a_sync_whose_export_fails_sweeps_nothing_and_a_retry_completes() {
     setup
         .app
         .simulator
-        .set_faults(brx_sync::simulator::Faults::default());
+        .set_faults(cardtrader_sim::Faults::default());
     tokio::time::sleep(Duration::from_millis(600)).await;
     let retried = setup.sync(user).await;
 

@@ -393,7 +393,7 @@ async fn unmapped_rows_are_remapped_once_their_blueprints_are_invalidated() {
              AND blueprint_id <= $2",
         )
         .bind(user.as_uuid())
-        .bind(brx_sync::simulator::CATALOGUE_BLUEPRINTS)
+        .bind(cardtrader_sim::CATALOGUE_BLUEPRINTS)
         .fetch_all(&db)
     };
     let missing = unmapped_in_catalogue().await.unwrap();
@@ -403,7 +403,7 @@ async fn unmapped_rows_are_remapped_once_their_blueprints_are_invalidated() {
     );
 
     // The catalogue gains every print; the operator invalidates the blueprints concerned.
-    brx_sync::blueprints::fixture::seed(&catalog.config, brx_sync::simulator::CATALOGUE_BLUEPRINTS)
+    brx_sync::blueprints::fixture::seed(&catalog.config, cardtrader_sim::CATALOGUE_BLUEPRINTS)
         .await
         .unwrap();
     let mut blueprints = BlueprintServiceClient::new(app.channel().await);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use brx_sync::simulator::webhook_signature;
+use cardtrader_sim::webhook_signature;
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

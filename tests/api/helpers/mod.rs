@@ -17,8 +17,8 @@ use brx_sync::{
     pb::v1::{
         account_service_client::AccountServiceClient, admin_service_client::AdminServiceClient,
     },
-    simulator::{SimulatorConfig, SimulatorHandle},
 };
+use cardtrader_sim::{SimulatorConfig, SimulatorHandle};
 use secrecy::SecretString;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;

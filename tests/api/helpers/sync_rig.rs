@@ -39,7 +39,7 @@ impl SyncRig {
     }
 
     pub(crate) async fn with(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> Self {
-        let catalog_db = CatalogDb::seeded(brx_sync::simulator::CATALOGUE_BLUEPRINTS).await;
+        let catalog_db = CatalogDb::seeded(cardtrader_sim::CATALOGUE_BLUEPRINTS).await;
         let mysql_url = catalog_db.config.mysql_url.clone();
         let app = spawn_app_with(|config| {
             config.mysql_url = mysql_url;
