@@ -12,6 +12,20 @@ pub mod store;
 
 pub use decide::RETRY_ROUNDS;
 
+/// Of the seller's `product_ids`, those with a local edit still on its way to CardTrader, in the
+/// caller's transaction. A sync leaves them alone: its export predates the edit, and writing it
+/// would undo the edit locally (or bring back an item deleted locally) until the push lands.
+pub async fn pending_pushes(
+    conn: &mut sqlx::PgConnection,
+    user_id: UserId,
+    product_ids: &[i64],
+) -> Result<std::collections::HashSet<i64>, sqlx::Error> {
+    Ok(outbox::pending_of(conn, user_id, product_ids)
+        .await?
+        .into_iter()
+        .collect())
+}
+
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 

@@ -92,6 +92,22 @@ pub(super) async fn pending(
         .collect()
 }
 
+/// Of the seller's `product_ids`, those with an edit still waiting to be pushed.
+pub(super) async fn pending_of(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    product_ids: &[i64],
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT product_id FROM inventory_pushes \
+         WHERE user_id = $1 AND product_id = ANY($2) AND state = 'pending'",
+    )
+    .bind(user_id.as_uuid())
+    .bind(product_ids)
+    .fetch_all(conn)
+    .await
+}
+
 /// Of `product_ids`, those a purchase in flight holds on CardTrader.
 pub(super) async fn held_by_purchases(
     conn: &mut PgConnection,

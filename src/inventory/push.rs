@@ -31,12 +31,12 @@ use crate::{
         JobContext, KindName, NewJob,
         worker::{JobFailure, JobHandler},
     },
+    jobs::{JobKind, TargetedScope},
     marketplace::{
         CallOptions, ExportFilter, MarketplaceError,
         types::{BulkJob, BulkUpdateItem, NewProduct, Product},
     },
     metrics::Metrics,
-    sync::scope::SyncScope,
 };
 
 /// From this many pending updates (or deletions) on, they go as bulk batches: the CardTrader docs
@@ -496,11 +496,12 @@ impl Run<'_> {
         outbox::adopt_created(&mut unit, user_id, row, product, expansion_id)
             .await
             .map_err(transient)?;
-        let scope = SyncScope::Targeted {
+        // A targeted sync of the blueprint maps the new product to the shop's print.
+        let scope = TargetedScope {
             blueprint_ids: vec![product.blueprint_id],
             expansion_ids: Vec::new(),
         };
-        unit.enqueue(&NewJob::new(user_id, scope.job_kind()))
+        unit.enqueue(&NewJob::new(user_id, JobKind::SyncTargeted(scope)))
             .await?;
         unit.commit().await?;
         self.count(row, "single", "pushed");

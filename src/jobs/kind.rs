@@ -19,6 +19,10 @@ pub struct TargetedScope {
 }
 
 impl TargetedScope {
+    /// Most blueprint plus expansion ids in one targeted sync: each is one export call on the
+    /// seller's rate limit.
+    pub const MAX_IDS: usize = 100;
+
     /// The scope of both: what a queued sync must cover once another request joins it.
     pub fn union(&self, other: &Self) -> Self {
         let merge = |left: &[i64], right: &[i64]| {

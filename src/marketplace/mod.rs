@@ -5,6 +5,7 @@
 mod breaker;
 mod call;
 mod error;
+pub mod export;
 pub mod types;
 
 use std::{
@@ -252,7 +253,7 @@ impl MarketplaceClient {
         options: CallOptions,
         filter: ExportFilter,
     ) -> Result<
-        impl futures::Stream<Item = Result<Product, crate::sync::export::ExportError>> + use<>,
+        impl futures::Stream<Item = Result<Product, export::ExportError>> + use<>,
         MarketplaceError,
     > {
         let mut spec = self
@@ -270,7 +271,7 @@ impl MarketplaceClient {
         )
         .when(|err: &MarketplaceError| err.is_transient() && Instant::now() < options.deadline)
         .await?;
-        let products = crate::sync::export::products(
+        let products = export::products(
             Box::pin(response.bytes_stream()),
             self.inner.max_export_product_bytes,
         );

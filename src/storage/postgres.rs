@@ -75,3 +75,16 @@ pub async fn ensure_database(url: &secrecy::SecretString) -> Result<(), sqlx::Er
     }
     Ok(())
 }
+
+/// Whether rerunning the whole transaction may succeed: deadlock (40P01), serialization failure
+/// (40001), statement timeout (57014), or a connection that went away. The one classification
+/// every retried transaction (chunks, sweeps, webhook applications) shares.
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("40P01" | "40001" | "57014"))
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}

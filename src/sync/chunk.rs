@@ -14,6 +14,7 @@ use crate::{
     jobs::{JobContext, JobError},
     metrics::Metrics,
     retry::full_jitter,
+    storage::is_retryable,
 };
 
 /// Reruns of one chunk transaction before the sync attempt gives up.
@@ -59,18 +60,6 @@ impl From<JobError> for ChunkError {
             JobError::Database(err) => ChunkError::Database(err),
             _ => ChunkError::LeaseLost,
         }
-    }
-}
-
-/// Whether rerunning the whole transaction may succeed: deadlock (40P01), serialization failure
-/// (40001), statement timeout (57014), or a connection that went away.
-pub fn is_retryable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("40P01" | "40001" | "57014"))
-        }
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
-        _ => false,
     }
 }
 

@@ -15,7 +15,6 @@ use tokio::sync::Semaphore;
 use super::{
     chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
     expansions::ExpansionFill,
-    export::ExportError,
     scope::{SyncProgress, SyncScope},
     store::{self, SweepScope, SweepSettings, SyncRow},
 };
@@ -27,7 +26,7 @@ use crate::{
         JobContext, KindName,
         worker::{JobFailure, JobHandler},
     },
-    marketplace::{CallOptions, MarketplaceError, Seller, types::Product},
+    marketplace::{CallOptions, MarketplaceError, Seller, export::ExportError, types::Product},
     metrics::Metrics,
 };
 

@@ -7,7 +7,6 @@
 
 pub mod chunk;
 mod expansions;
-pub mod export;
 pub mod handler;
 pub mod remap;
 pub mod scheduler;

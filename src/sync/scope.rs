@@ -7,9 +7,8 @@ use crate::{
     marketplace::ExportFilter,
 };
 
-/// Most blueprint plus expansion ids in one targeted sync: each is one export call on the seller's
-/// rate limit.
-pub const MAX_TARGETED_IDS: usize = 100;
+/// Most blueprint plus expansion ids in one targeted sync (see [`TargetedScope::MAX_IDS`]).
+pub const MAX_TARGETED_IDS: usize = TargetedScope::MAX_IDS;
 
 /// What a sync covers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

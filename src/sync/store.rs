@@ -5,8 +5,10 @@ use backon::Retryable;
 use roaring::RoaringTreemap;
 use sqlx::{PgConnection, PgPool};
 
-use super::chunk::{ChunkError, is_retryable, retry_reason};
-use crate::{domain::UserId, jobs::JobContext, metrics::Metrics, retry::full_jitter};
+use super::chunk::{ChunkError, retry_reason};
+use crate::{
+    domain::UserId, jobs::JobContext, metrics::Metrics, retry::full_jitter, storage::is_retryable,
+};
 
 /// One product as the sync stores it.
 #[derive(Debug, Clone, PartialEq)]

@@ -85,16 +85,22 @@ async fn stale_products(
     let stale: Vec<i64> = sqlx::query_scalar(
         "SELECT u.product_id FROM UNNEST($2::bigint[], $3::bigint[]) AS u(product_id, sync_hash) \
          WHERE NOT EXISTS (SELECT 1 FROM inventory_items i \
-             WHERE i.user_id = $1 AND i.product_id = u.product_id AND i.sync_hash = u.sync_hash) \
-           AND NOT EXISTS (SELECT 1 FROM inventory_pushes p \
-             WHERE p.user_id = $1 AND p.product_id = u.product_id AND p.state = 'pending')",
+             WHERE i.user_id = $1 AND i.product_id = u.product_id AND i.sync_hash = u.sync_hash)",
     )
     .bind(user_id.as_uuid())
     .bind(&product_ids)
     .bind(fingerprints)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(stale.into_iter().collect())
+    if stale.is_empty() {
+        // An unchanged re-sync stops here: the outbox is asked only about what would be written.
+        return Ok(HashSet::new());
+    }
+    let pushing = crate::inventory::pending_pushes(conn, user_id, &stale).await?;
+    Ok(stale
+        .into_iter()
+        .filter(|product_id| !pushing.contains(product_id))
+        .collect())
 }
 
 /// One set-based upsert of `rows` with their fingerprints. A row is rewritten only when its content

@@ -14,12 +14,9 @@ use super::{
 };
 use crate::{
     domain::UserId,
-    jobs::{JobContext, JobError, JobKind, NewJob, worker::JobFailure},
+    jobs::{JobContext, JobError, JobKind, NewJob, TargetedScope, worker::JobFailure},
     retry::full_jitter,
-    sync::{
-        chunk::is_retryable,
-        scope::{MAX_TARGETED_IDS, SyncScope},
-    },
+    storage::is_retryable,
 };
 
 /// Reruns of one event's transaction after a deadlock or a dropped connection.
@@ -290,15 +287,17 @@ async fn request_syncs(context: &JobContext) -> Result<(), JobFailure> {
 /// A targeted sync of `blueprint_ids`, or a full one past what a targeted sync may cover (so many
 /// unknown products mean the local inventory is far behind anyway).
 fn sync_job(user_id: UserId, blueprint_ids: Vec<i64>) -> NewJob {
-    let scope = if blueprint_ids.len() > MAX_TARGETED_IDS {
-        SyncScope::Full
+    let kind = if blueprint_ids.len() > TargetedScope::MAX_IDS {
+        JobKind::SyncFull
     } else {
-        SyncScope::Targeted {
+        let scope = TargetedScope {
             blueprint_ids,
             expansion_ids: Vec::new(),
-        }
+        };
+        // Normalized (sorted, no duplicates) as coalescing compares scopes.
+        JobKind::SyncTargeted(scope.union(&TargetedScope::default()))
     };
-    NewJob::new(user_id, scope.job_kind())
+    NewJob::new(user_id, kind)
 }
 
 #[cfg(test)]
@@ -338,7 +337,7 @@ mod tests {
 
         assert_eq!(
             few.kind,
-            JobKind::SyncTargeted(crate::jobs::TargetedScope {
+            JobKind::SyncTargeted(TargetedScope {
                 blueprint_ids: vec![1, 3],
                 expansion_ids: vec![]
             })
