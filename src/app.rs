@@ -14,7 +14,7 @@ use crate::{
     accounts::{Accounts, Keyring},
     api::{self, GrpcParts, auth::Authenticator},
     blueprints::BlueprintCatalog,
-    config::Config,
+    config::{Config, ConfigError, StorageConfig},
     http::{self, HttpState},
     jobs::{
         KindName, Lane,
@@ -25,7 +25,7 @@ use crate::{
     metrics::Metrics,
     purchase::{
         driver::{PurchaseEvents, PurchaseHandler},
-        service::Purchases,
+        service::{PurchasePolicy, Purchases},
     },
     rate_limit::{Limits, RateLimiter},
     readiness::Readiness,
@@ -56,18 +56,26 @@ pub struct App {
 impl App {
     /// Binds both ports and builds the pools lazily: a database that is down does not stop start-up.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
         let metrics = Metrics::new()?;
-        let storage = Storage::connect_lazy(&config)?;
-        let authenticator = Authenticator::from_config(&config)?;
+        let storage = Storage::connect_lazy(&config.storage)?;
+        let authenticator = Authenticator::from_config(&config.auth)?;
         let limiter = RateLimiter::new(
             storage.redis.clone(),
-            &config.redis_key_prefix,
-            Limits::from_config(&config),
+            &config.storage.redis_key_prefix,
+            Limits::from_config(&config.cardtrader),
             metrics.clone(),
         );
-        let marketplace = MarketplaceClient::new(&config, limiter, metrics.clone())?;
-        let keyring = match &config.encryption_keys {
-            Some(keys) => Some(Keyring::parse(keys.expose_secret()).map_err(anyhow::Error::msg)?),
+        let marketplace = MarketplaceClient::new(&config.cardtrader, limiter, metrics.clone())?;
+        let keyring = match &config.auth.encryption_keys {
+            Some(keys) => {
+                Some(
+                    Keyring::parse(keys.expose_secret()).map_err(|reason| ConfigError {
+                        setting: "BRX_ENCRYPTION_KEYS",
+                        reason,
+                    })?,
+                )
+            }
             None => {
                 tracing::warn!("BRX_ENCRYPTION_KEYS is not set: accounts cannot be connected");
                 None
@@ -75,18 +83,18 @@ impl App {
         };
         let accounts = Accounts::new(storage.pg.clone(), keyring, marketplace);
         let catalog = BlueprintCatalog::new(
-            &config,
+            &config.catalog,
             storage.mysql.clone(),
             storage.redis.clone(),
-            &config.redis_key_prefix,
+            &config.storage.redis_key_prefix,
             metrics.clone(),
         );
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
+        let grpc_listener = TcpListener::bind(config.server.grpc_addr)
             .await
-            .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
-        let http_listener = TcpListener::bind(config.http_addr)
+            .with_context(|| format!("binding gRPC on {}", config.server.grpc_addr))?;
+        let http_listener = TcpListener::bind(config.server.http_addr)
             .await
-            .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+            .with_context(|| format!("binding HTTP on {}", config.server.http_addr))?;
         Ok(Self {
             config,
             grpc_listener,
@@ -104,14 +112,14 @@ impl App {
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_listener
             .local_addr()
-            .unwrap_or(self.config.grpc_addr)
+            .unwrap_or(self.config.server.grpc_addr)
     }
 
     /// The address of the HTTP side port.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_listener
             .local_addr()
-            .unwrap_or(self.config.http_addr)
+            .unwrap_or(self.config.server.http_addr)
     }
 
     /// Serves until `shutdown` resolves, then: health NOT_SERVING, drain delay, stop claiming work,
@@ -140,14 +148,14 @@ impl App {
             storage.clone(),
             readiness.clone(),
             metrics.clone(),
-            config.health_check_interval,
-            config.reconnect_max_delay,
-            config.migrate_on_start,
-            config.database_url.clone(),
+            config.storage.health_check_interval,
+            config.storage.reconnect_max_delay,
+            config.storage.migrate_on_start,
+            config.storage.database_url.clone(),
         );
         let mut supervisor_task = tokio::spawn(supervisor.run(workers.clone()));
         // Watchers on any replica hear of every job and purchase that moves.
-        let (changes, change_relay) = Changes::relayed(&config.redis_key_prefix);
+        let (changes, change_relay) = Changes::relayed(&config.storage.redis_key_prefix);
         let purchase_events = PurchaseEvents::announcing(changes.clone());
         let job_workers = job_workers(
             &config,
@@ -166,7 +174,7 @@ impl App {
             .map(Worker::local_start);
         let wakeups = JobWakeups::new(
             storage.redis.clone(),
-            &config.redis_key_prefix,
+            &config.storage.redis_key_prefix,
             job_workers
                 .iter()
                 .map(|worker| (worker.lane(), worker.waker()))
@@ -178,22 +186,22 @@ impl App {
             wakeups.clone(),
             metrics.clone(),
             SchedulerSettings {
-                stale_after: config.sync_stale_after,
-                interval: config.scheduler_interval,
-                max_queue_depth: config.max_queue_depth,
+                stale_after: config.sync.stale_after,
+                interval: config.sync.scheduler_interval,
+                max_queue_depth: config.jobs.max_queue_depth,
             },
         );
         let unknown_prints = UnknownPrintWatch::new(
             storage.pg.clone(),
             storage.clone(),
             wakeups.clone(),
-            config.remap_unknown_interval,
-            config.max_queue_depth,
+            config.sync.remap_unknown_interval,
+            config.jobs.max_queue_depth,
         );
         let push_requeue = crate::inventory::requeue::PushRequeue::new(
             storage.pg.clone(),
             wakeups.clone(),
-            config.push_requeue_interval,
+            config.jobs.push_requeue_interval,
         );
         let mut worker_tasks = tokio::task::JoinSet::new();
         // Claiming and scheduling need the jobs table: wait until the database is reachable and
@@ -226,7 +234,7 @@ impl App {
         let retention = crate::retention::Retention::new(
             storage.pg.clone(),
             metrics.clone(),
-            crate::retention::RetentionSettings::from_config(&config),
+            crate::retention::RetentionSettings::from_config(&config.retention),
         );
         let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
         worker_tasks.spawn(async move {
@@ -252,7 +260,7 @@ impl App {
         worker_tasks.spawn(
             wakeups
                 .clone()
-                .listen(config.redis_url.clone(), workers.clone()),
+                .listen(config.storage.redis_url.clone(), workers.clone()),
         );
         worker_tasks.spawn(change_relay.run(storage.redis.clone(), workers.clone()));
 
@@ -270,7 +278,7 @@ impl App {
                 storage.pg.clone(),
                 accounts.clone(),
                 wakeups.clone(),
-                config.max_queue_depth,
+                config.jobs.max_queue_depth,
             ),
             wakeups: wakeups.clone(),
             purchases: Purchases::new(
@@ -279,13 +287,14 @@ impl App {
                 wakeups,
                 purchase_events,
                 metrics.clone(),
-                config.max_queue_depth,
+                PurchasePolicy::from_config(&config.jobs),
                 interactive_start,
             ),
             accounts,
             catalog,
         };
-        let (health, grpc) = api::grpc_server(grpc_listener, &config, parts, stop_grpc.clone())?;
+        let (health, grpc) =
+            api::grpc_server(grpc_listener, &config.server, parts, stop_grpc.clone())?;
         let health_task = tokio::spawn(health.clone().run());
         let mut grpc_task = tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) });
 
@@ -312,13 +321,13 @@ impl App {
 
         readiness.start_draining();
         health.sync().await;
-        if early_exit.is_none() && !config.shutdown_drain_delay.is_zero() {
-            tracing::info!(delay = ?config.shutdown_drain_delay, "NOT_SERVING; waiting for load balancers to notice");
-            tokio::time::sleep(config.shutdown_drain_delay).await;
+        if early_exit.is_none() && !config.server.shutdown_drain_delay.is_zero() {
+            tracing::info!(delay = ?config.server.shutdown_drain_delay, "NOT_SERVING; waiting for load balancers to notice");
+            tokio::time::sleep(config.server.shutdown_drain_delay).await;
         }
         workers.cancel();
         stop_grpc.cancel();
-        let drained = tokio::time::timeout(config.shutdown_grace_period, async {
+        let drained = tokio::time::timeout(config.server.shutdown_grace_period, async {
             let _ = (&mut grpc_task).await;
             let _ = (&mut supervisor_task).await;
             // Workers hand their running jobs back to the queue as they stop.
@@ -326,7 +335,7 @@ impl App {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(grace = ?config.shutdown_grace_period, "grace period over: cutting in-flight RPCs");
+            tracing::warn!(grace = ?config.server.shutdown_grace_period, "grace period over: cutting in-flight RPCs");
             grpc_task.abort();
             supervisor_task.abort();
             worker_tasks.abort_all();
@@ -353,25 +362,25 @@ fn job_workers(
     let owner = format!("brx-sync-{}", uuid::Uuid::new_v4().simple());
     // One cap for every sync of this replica, below the pool size (config validation), so chunk
     // writers can never take the connections RPCs and job bookkeeping need.
-    let writers = Arc::new(tokio::sync::Semaphore::new(config.sync_db_writers as usize));
+    let writers = Arc::new(tokio::sync::Semaphore::new(config.sync.db_writers as usize));
     let sync = |kind| SyncHandler {
         kind,
         accounts: accounts.clone(),
         catalog: catalog.clone(),
         metrics: metrics.clone(),
         writers: writers.clone(),
-        settings: SyncSettings::from_config(config),
+        settings: SyncSettings::from_config(&config.sync, &config.cardtrader),
     };
     let settings = |lane, concurrency: u32| WorkerSettings {
         owner: owner.clone(),
         lane,
         concurrency: concurrency as usize,
-        lease: config.job_lease,
-        call_budget: config.cardtrader_call_budget,
-        poll_interval: config.job_poll_interval,
+        lease: config.jobs.lease,
+        call_budget: config.cardtrader.call_budget,
+        poll_interval: config.jobs.poll_interval,
         ranking: crate::jobs::Ranking {
-            aging: config.job_aging,
-            turn: config.job_turn_cost,
+            aging: config.jobs.aging,
+            turn: config.jobs.turn_cost,
         },
         retry_min: std::time::Duration::from_secs(1),
         retry_max: std::time::Duration::from_secs(60),
@@ -384,13 +393,13 @@ fn job_workers(
         accounts: accounts.clone(),
         metrics: metrics.clone(),
         events: purchase_events.clone(),
-        call_budget: config.cardtrader_call_budget,
-        write_grace: config.cardtrader_request_timeout,
+        call_budget: config.cardtrader.call_budget,
+        write_grace: config.cardtrader.request_timeout,
     };
     let pushes = crate::inventory::push::PushHandler {
         accounts: accounts.clone(),
-        call_budget: config.cardtrader_call_budget,
-        write_grace: config.cardtrader_request_timeout,
+        call_budget: config.cardtrader.call_budget,
+        write_grace: config.cardtrader.request_timeout,
         metrics: metrics.clone(),
     };
     let webhooks = crate::webhooks::ApplyHandler;
@@ -401,11 +410,11 @@ fn job_workers(
         Arc::new(webhooks),
     ];
     [
-        (Lane::Bulk, bulk, config.bulk_concurrency),
+        (Lane::Bulk, bulk, config.jobs.bulk_concurrency),
         (
             Lane::Interactive,
             interactive,
-            config.interactive_concurrency,
+            config.jobs.interactive_concurrency,
         ),
     ]
     .into_iter()
@@ -440,7 +449,7 @@ fn report_exit(
 }
 
 /// Applies pending migrations (creating the database if needed), retrying while PostgreSQL is not up.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+pub async fn migrate(config: &StorageConfig) -> anyhow::Result<()> {
     use backon::Retryable;
     let storage = Storage::connect_lazy(config)?;
     let attempt = || async {

@@ -1,5 +1,5 @@
 //! The service's one typed configuration: every setting is a flag and a `BRX_*` environment variable,
-//! validated once at start-up. Nothing else in the crate reads the environment.
+//! validated once, in `App::build`. Nothing else in the crate reads the environment.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -54,9 +54,33 @@ pub enum LogFormat {
     Json,
 }
 
-/// Every setting of the service, with defaults that work against the local services of a developer machine.
+/// Every setting, in sections, each handed to the code that needs it.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
+    #[command(flatten)]
+    pub server: ServerConfig,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    #[command(flatten)]
+    pub cardtrader: CardTraderConfig,
+    #[command(flatten)]
+    pub jobs: JobsConfig,
+    #[command(flatten)]
+    pub sync: SyncConfig,
+    #[command(flatten)]
+    pub catalog: CatalogConfig,
+    #[command(flatten)]
+    pub retention: RetentionConfig,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// How the replica listens, bounds its RPCs and streams, and shuts down.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Server (gRPC, HTTP, limits, shutdown)")]
+pub struct ServerConfig {
     /// gRPC listen address.
     #[arg(
         long,
@@ -73,134 +97,6 @@ pub struct Config {
         global = true
     )]
     pub http_addr: SocketAddr,
-
-    /// PostgreSQL, the source of truth.
-    #[arg(long, env = "BRX_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/brx_sync",
-          value_parser = secret, hide_default_value = false, global = true)]
-    pub database_url: SecretString,
-    /// Largest number of open PostgreSQL connections.
-    #[arg(long, env = "BRX_PG_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), global = true)]
-    pub pg_max_connections: u32,
-    /// How long a caller waits for a PostgreSQL connection before failing.
-    #[arg(long, env = "BRX_PG_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
-    pub pg_acquire_timeout: Duration,
-    /// Apply pending migrations when `serve` starts.
-    #[arg(long, env = "BRX_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
-    pub migrate_on_start: bool,
-
-    /// MySQL/MariaDB blueprint catalogue (read-only).
-    #[arg(long, env = "BRX_MYSQL_URL", default_value = "mysql://root@127.0.0.1:3306/brx_catalog",
-          value_parser = secret, global = true)]
-    pub mysql_url: SecretString,
-    /// Largest number of open MySQL connections.
-    #[arg(long, env = "BRX_MYSQL_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
-    pub mysql_max_connections: u32,
-
-    /// How long a caller waits for a MySQL connection before its lookups are answered "unknown".
-    #[arg(long, env = "BRX_MYSQL_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
-    pub mysql_acquire_timeout: Duration,
-    /// Catalogue tables holding prints, in lookup order; each has an id and a blueprint column.
-    #[arg(
-        long,
-        env = "BRX_CATALOG_TABLES",
-        default_value = "cards_prints,op_prints,pk_prints,sealed_products",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub catalog_tables: Vec<String>,
-    /// Column of the print id in every catalogue table.
-    #[arg(
-        long,
-        env = "BRX_CATALOG_ID_COLUMN",
-        default_value = "id",
-        global = true
-    )]
-    pub catalog_id_column: String,
-    /// Column holding the CardTrader blueprint id in every catalogue table.
-    #[arg(
-        long,
-        env = "BRX_CATALOG_BLUEPRINT_COLUMN",
-        default_value = "cardtrader_id",
-        global = true
-    )]
-    pub catalog_blueprint_column: String,
-    /// Most ids in one MySQL `IN (…)` list; larger lookups are split.
-    #[arg(long, env = "BRX_CATALOG_BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=50_000), global = true)]
-    pub catalog_batch_size: u32,
-    /// Entries of the in-process (L1) blueprint cache.
-    #[arg(
-        long,
-        env = "BRX_CATALOG_L1_CAPACITY",
-        default_value_t = 200_000,
-        global = true
-    )]
-    pub catalog_l1_capacity: u64,
-    /// Lifetime of an L1 entry; bounds how stale another replica's L1 is after an invalidation.
-    #[arg(long, env = "BRX_CATALOG_L1_TTL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
-    pub catalog_l1_ttl: Duration,
-    /// Lifetime of a mapping cached in Redis (±10% jitter).
-    #[arg(long, env = "BRX_CATALOG_POSITIVE_TTL", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
-    pub catalog_positive_ttl: Duration,
-    /// Lifetime of an "unmapped" answer cached in Redis (±10% jitter), so new prints show up soon.
-    #[arg(long, env = "BRX_CATALOG_NEGATIVE_TTL", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
-    pub catalog_negative_ttl: Duration,
-    /// Longest one catalogue query may run before its ids are answered "unknown"; a hung catalogue
-    /// (a lock held by a schema change, a stalled server) then costs each lookup this, not its deadline.
-    #[arg(long, env = "BRX_CATALOG_QUERY_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
-    pub catalog_query_timeout: Duration,
-    /// Learn the expansion of blueprints the shared index does not know yet from CardTrader during
-    /// syncs (one `/blueprints/export` per expansion of the seller not indexed yet); off, a product's
-    /// expansion comes only from the export or what the index already holds.
-    #[arg(long, env = "BRX_EXPANSION_LEARN", default_value_t = true, action = clap::ArgAction::Set, global = true)]
-    pub expansion_learn: bool,
-    /// Lifetime of a blueprint → expansion entry of the index in Redis and in-process (a blueprint
-    /// never changes expansion; the lifetime only lets unused entries go).
-    #[arg(long, env = "BRX_EXPANSION_INDEX_TTL", default_value = "30days", value_parser = humantime::parse_duration, global = true)]
-    pub expansion_index_ttl: Duration,
-    /// An expansion whose blueprints were read longer ago than this is read again when a product's
-    /// blueprint is missing from the index (CardTrader adds blueprints to recent expansions).
-    #[arg(long, env = "BRX_EXPANSION_REFRESH_AFTER", default_value = "6h", value_parser = humantime::parse_duration, global = true)]
-    pub expansion_refresh_after: Duration,
-
-    /// Redis: caches, rate-limit buckets, wake-up hints. Losing it loses no data.
-    #[arg(long, env = "BRX_REDIS_URL", default_value = "redis://127.0.0.1:6379/0", value_parser = secret, global = true)]
-    pub redis_url: SecretString,
-    /// Largest number of open Redis connections.
-    #[arg(long, env = "BRX_REDIS_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), global = true)]
-    pub redis_max_connections: u32,
-    /// How long a caller waits for a Redis connection before failing.
-    #[arg(long, env = "BRX_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
-    pub redis_timeout: Duration,
-    /// Prefix of every Redis key this service writes, so several deployments can share one Redis.
-    #[arg(
-        long,
-        env = "BRX_REDIS_KEY_PREFIX",
-        default_value = "brx:",
-        global = true
-    )]
-    pub redis_key_prefix: String,
-
-    /// Turn caller authentication off. Only for local experiments: a warning is logged at start-up.
-    #[arg(long, env = "BRX_AUTH_DISABLED", default_value_t = false, action = clap::ArgAction::Set, global = true)]
-    pub auth_disabled: bool,
-    /// HS256 secret that caller JWTs are signed with.
-    #[arg(long, env = "BRX_JWT_HS256_SECRET", value_parser = secret, global = true)]
-    pub jwt_hs256_secret: Option<SecretString>,
-    /// PEM file with the RS256 public key that caller JWTs are signed with (instead of HS256).
-    #[arg(long, env = "BRX_JWT_RS256_PUBLIC_KEY_PATH", global = true)]
-    pub jwt_rs256_public_key_path: Option<PathBuf>,
-    /// Required `aud` claim, when set.
-    #[arg(long, env = "BRX_JWT_AUDIENCE", global = true)]
-    pub jwt_audience: Option<String>,
-    /// Value of the `role` claim that lets a caller act for every seller.
-    #[arg(
-        long,
-        env = "BRX_JWT_SERVICE_ROLE",
-        default_value = "service",
-        global = true
-    )]
-    pub jwt_service_role: String,
-
     /// Per-RPC deadline; a shorter `grpc-timeout` sent by the caller wins.
     #[arg(long, env = "BRX_RPC_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub rpc_timeout: Duration,
@@ -226,13 +122,6 @@ pub struct Config {
     /// for notices lost while Redis is unreachable.
     #[arg(long, env = "BRX_STREAM_RECHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
     pub stream_recheck_interval: Duration,
-
-    /// How often pools and migrations are checked for readiness.
-    #[arg(long, env = "BRX_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
-    pub health_check_interval: Duration,
-    /// Longest wait between two connection attempts of a pool that is down.
-    #[arg(long, env = "BRX_RECONNECT_MAX_DELAY", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
-    pub reconnect_max_delay: Duration,
     /// After SIGTERM, how long health says NOT_SERVING while RPCs are still accepted, so load
     /// balancers stop routing here first.
     #[arg(long, env = "BRX_SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration, global = true)]
@@ -240,7 +129,91 @@ pub struct Config {
     /// After the drain delay, how long in-flight RPCs and jobs get to finish before the process exits.
     #[arg(long, env = "BRX_SHUTDOWN_GRACE_PERIOD", default_value = "25s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace_period: Duration,
+}
 
+/// How callers authenticate, and the keys sellers' tokens are encrypted with.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Callers and secrets")]
+pub struct AuthConfig {
+    /// Turn caller authentication off. Only for local experiments: a warning is logged at start-up.
+    #[arg(long, env = "BRX_AUTH_DISABLED", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub auth_disabled: bool,
+    /// HS256 secret that caller JWTs are signed with.
+    #[arg(long, env = "BRX_JWT_HS256_SECRET", value_parser = secret, global = true)]
+    pub jwt_hs256_secret: Option<SecretString>,
+    /// PEM file with the RS256 public key that caller JWTs are signed with (instead of HS256).
+    #[arg(long, env = "BRX_JWT_RS256_PUBLIC_KEY_PATH", global = true)]
+    pub jwt_rs256_public_key_path: Option<PathBuf>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "BRX_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+    /// Value of the `role` claim that lets a caller act for every seller.
+    #[arg(
+        long,
+        env = "BRX_JWT_SERVICE_ROLE",
+        default_value = "service",
+        global = true
+    )]
+    pub jwt_service_role: String,
+    /// AES-256-GCM keys for CardTrader tokens at rest, as `id:base64key` separated by commas; the first
+    /// encrypts, all decrypt (rotation). Generate a key with `openssl rand -base64 32`.
+    #[arg(long, env = "BRX_ENCRYPTION_KEYS", value_parser = secret, global = true)]
+    pub encryption_keys: Option<SecretString>,
+}
+
+/// The PostgreSQL, MySQL and Redis pools and their supervision.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Storage (PostgreSQL, MySQL, Redis)")]
+pub struct StorageConfig {
+    /// PostgreSQL, the source of truth.
+    #[arg(long, env = "BRX_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/brx_sync",
+          value_parser = secret, hide_default_value = false, global = true)]
+    pub database_url: SecretString,
+    /// Largest number of open PostgreSQL connections.
+    #[arg(long, env = "BRX_PG_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub pg_max_connections: u32,
+    /// How long a caller waits for a PostgreSQL connection before failing.
+    #[arg(long, env = "BRX_PG_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub pg_acquire_timeout: Duration,
+    /// Apply pending migrations when `serve` starts.
+    #[arg(long, env = "BRX_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub migrate_on_start: bool,
+    /// MySQL/MariaDB blueprint catalogue (read-only).
+    #[arg(long, env = "BRX_MYSQL_URL", default_value = "mysql://root@127.0.0.1:3306/brx_catalog",
+          value_parser = secret, global = true)]
+    pub mysql_url: SecretString,
+    /// Largest number of open MySQL connections.
+    #[arg(long, env = "BRX_MYSQL_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub mysql_max_connections: u32,
+    /// Redis: caches, rate-limit buckets, wake-up hints. Losing it loses no data.
+    #[arg(long, env = "BRX_REDIS_URL", default_value = "redis://127.0.0.1:6379/0", value_parser = secret, global = true)]
+    pub redis_url: SecretString,
+    /// Largest number of open Redis connections.
+    #[arg(long, env = "BRX_REDIS_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub redis_max_connections: u32,
+    /// How long a caller waits for a Redis connection before failing.
+    #[arg(long, env = "BRX_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub redis_timeout: Duration,
+    /// Prefix of every Redis key this service writes, so several deployments can share one Redis.
+    #[arg(
+        long,
+        env = "BRX_REDIS_KEY_PREFIX",
+        default_value = "brx:",
+        global = true
+    )]
+    pub redis_key_prefix: String,
+    /// How often pools and migrations are checked for readiness.
+    #[arg(long, env = "BRX_HEALTH_CHECK_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub health_check_interval: Duration,
+    /// Longest wait between two connection attempts of a pool that is down.
+    #[arg(long, env = "BRX_RECONNECT_MAX_DELAY", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub reconnect_max_delay: Duration,
+}
+
+/// The CardTrader client: endpoint, timeouts, retries, per-seller rate limits, breaker.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "CardTrader client")]
+pub struct CardTraderConfig {
     /// CardTrader API base URL. The default is the local simulator (`brx-sync simulator`); production
     /// uses https://api.cardtrader.com/api/v2.
     #[arg(
@@ -249,25 +222,24 @@ pub struct Config {
         default_value = "http://127.0.0.1:8090/api/v2",
         global = true
     )]
-    pub cardtrader_base_url: String,
+    pub base_url: String,
     /// Connect timeout for CardTrader calls.
     #[arg(long, env = "BRX_CARDTRADER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
-    pub cardtrader_connect_timeout: Duration,
+    pub connect_timeout: Duration,
     /// Timeout of one ordinary CardTrader request.
     #[arg(long, env = "BRX_CARDTRADER_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
-    pub cardtrader_request_timeout: Duration,
+    pub request_timeout: Duration,
     /// The longest one CardTrader call of a job may take: rate-limit wait, request and retries.
     /// BRX_JOB_LEASE must be at least 1.5 times this, so a job whose lease cannot be renewed is
     /// stopped with its last call ended before anyone can take the job over.
     #[arg(long, env = "BRX_CARDTRADER_CALL_BUDGET", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
-    pub cardtrader_call_budget: Duration,
+    pub call_budget: Duration,
     /// Timeout of `/products/export`, which CardTrader asks clients to give 120-180 s.
     #[arg(long, env = "BRX_CARDTRADER_EXPORT_TIMEOUT", default_value = "180s", value_parser = humantime::parse_duration, global = true)]
-    pub cardtrader_export_timeout: Duration,
+    pub export_timeout: Duration,
     /// Attempts of an idempotent CardTrader call (first try included) on 429, 5xx and timeouts.
     #[arg(long, env = "BRX_CARDTRADER_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10), global = true)]
-    pub cardtrader_attempts: u32,
-
+    pub attempts: u32,
     /// CardTrader's limit on all calls of one token, per 10 s.
     #[arg(long, env = "BRX_RATE_GENERAL_PER_10S", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub rate_general_per_10s: u32,
@@ -302,12 +274,17 @@ pub struct Config {
     /// How long an open breaker fails calls fast before letting one probe through.
     #[arg(long, env = "BRX_BREAKER_OPEN_FOR", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub breaker_open_for: Duration,
+    /// Longest product object of `/products/export` a sync accepts, in bytes; a longer one fails
+    /// the sync naming this setting (nothing is swept), so one malformed or giant product cannot make
+    /// the parser buffer without bound. A product is ~1 KiB; 4 KiB to 64 MiB.
+    #[arg(long, env = "BRX_SYNC_MAX_PRODUCT_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(4_096..=67_108_864), global = true)]
+    pub max_product_bytes: u32,
+}
 
-    /// AES-256-GCM keys for CardTrader tokens at rest, as `id:base64key` separated by commas; the first
-    /// encrypts, all decrypt (rotation). Generate a key with `openssl rand -base64 32`.
-    #[arg(long, env = "BRX_ENCRYPTION_KEYS", value_parser = secret, global = true)]
-    pub encryption_keys: Option<SecretString>,
-
+/// The durable job workers: leases, lanes, fairness, queue bounds.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Jobs")]
+pub struct JobsConfig {
     /// Bulk jobs (full syncs, remaps) run at once by this replica; 0 runs none (an API-only replica).
     #[arg(long, env = "BRX_BULK_CONCURRENCY", default_value_t = 8, global = true)]
     pub bulk_concurrency: u32,
@@ -324,79 +301,161 @@ pub struct Config {
     pub purchase_deadline: Duration,
     /// Job lease; a replica that dies has its jobs taken over after this long.
     #[arg(long, env = "BRX_JOB_LEASE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
-    pub job_lease: Duration,
+    pub lease: Duration,
     /// How often idle workers look for due jobs.
     #[arg(long, env = "BRX_JOB_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
-    pub job_poll_interval: Duration,
+    pub poll_interval: Duration,
     /// Queued jobs per lane past which StartSync answers RESOURCE_EXHAUSTED instead of queueing.
     #[arg(long, env = "BRX_MAX_QUEUE_DEPTH", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..), global = true)]
     pub max_queue_depth: i64,
-    /// Products per sync chunk transaction.
-    #[arg(long, env = "BRX_SYNC_CHUNK_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000), global = true)]
-    pub sync_chunk_size: u32,
-    /// Statement timeout of each sync chunk transaction.
-    #[arg(long, env = "BRX_SYNC_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
-    pub sync_statement_timeout: Duration,
-    /// Chunks of one sync in flight at once (mapping one while another is written); 0 picks 1 on a
-    /// machine of 2 cores or fewer (a second chunk there only slows RPCs) and 2 above.
-    #[arg(long, env = "BRX_SYNC_CHUNKS_IN_FLIGHT", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16), global = true)]
-    pub sync_chunks_in_flight: u32,
-    /// Chunk transactions open at once across every sync of this replica; must stay below
-    /// BRX_PG_MAX_CONNECTIONS so RPCs and job bookkeeping always find a connection.
-    #[arg(long, env = "BRX_SYNC_DB_WRITERS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
-    pub sync_db_writers: u32,
     /// A queued job gains one priority point for each such wait, so old jobs are not starved.
     #[arg(long, env = "BRX_JOB_AGING", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
-    pub job_aging: Duration,
+    pub aging: Duration,
     /// A queued job ranks as if due this much later for each job its seller already runs in the
     /// lane or has due ahead of it: sellers take turns, yet a long wait outranks a newer seller's job.
     #[arg(long, env = "BRX_JOB_TURN_COST", default_value = "1s", value_parser = humantime::parse_duration, global = true)]
-    pub job_turn_cost: Duration,
-    /// The scheduler queues a full sync for a connected account whose last sync is older than this.
-    #[arg(long, env = "BRX_SYNC_STALE_AFTER", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
-    pub sync_stale_after: Duration,
-    /// How often the scheduler looks for stale accounts (one replica at a time does it).
-    #[arg(long, env = "BRX_SCHEDULER_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
-    pub scheduler_interval: Duration,
+    pub turn_cost: Duration,
     /// How often the push re-queuer looks for pending edits whose push job gave up or was lost
     /// (one replica at a time does it).
     #[arg(long, env = "BRX_PUSH_REQUEUE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub push_requeue_interval: Duration,
+}
+
+/// Bulk sync: chunking, writers, the scheduler and remaps.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sync")]
+pub struct SyncConfig {
+    /// Products per sync chunk transaction.
+    #[arg(long, env = "BRX_SYNC_CHUNK_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000), global = true)]
+    pub chunk_size: u32,
+    /// Statement timeout of each sync chunk transaction.
+    #[arg(long, env = "BRX_SYNC_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub statement_timeout: Duration,
+    /// Chunks of one sync in flight at once (mapping one while another is written); 0 picks 1 on a
+    /// machine of 2 cores or fewer (a second chunk there only slows RPCs) and 2 above.
+    #[arg(long, env = "BRX_SYNC_CHUNKS_IN_FLIGHT", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16), global = true)]
+    pub chunks_in_flight: u32,
+    /// Chunk transactions open at once across every sync of this replica; must stay below
+    /// BRX_PG_MAX_CONNECTIONS so RPCs and job bookkeeping always find a connection.
+    #[arg(long, env = "BRX_SYNC_DB_WRITERS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub db_writers: u32,
+    /// The scheduler queues a full sync for a connected account whose last sync is older than this.
+    #[arg(long, env = "BRX_SYNC_STALE_AFTER", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    pub stale_after: Duration,
+    /// How often the scheduler looks for stale accounts (one replica at a time does it).
+    #[arg(long, env = "BRX_SCHEDULER_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub scheduler_interval: Duration,
     /// How often each replica looks for rows stored while the catalogue could not be asked and, with
     /// MySQL up, queues their sellers' remap; MySQL coming back triggers a look at once.
     #[arg(long, env = "BRX_REMAP_UNKNOWN_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub remap_unknown_interval: Duration,
-    /// Longest product object of `/products/export` a sync accepts, in bytes; a longer one fails
-    /// the sync naming this setting (nothing is swept), so one malformed or giant product cannot make
-    /// the parser buffer without bound. A product is ~1 KiB; 4 KiB to 64 MiB.
-    #[arg(long, env = "BRX_SYNC_MAX_PRODUCT_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(4_096..=67_108_864), global = true)]
-    pub sync_max_product_bytes: u32,
+}
 
+/// The blueprint catalogue (MySQL) and its caches, and the expansion index.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Blueprint catalogue")]
+pub struct CatalogConfig {
+    /// How long a caller waits for a MySQL connection before its lookups are answered "unknown".
+    #[arg(long, env = "BRX_MYSQL_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub mysql_acquire_timeout: Duration,
+    /// Catalogue tables holding prints, in lookup order; each has an id and a blueprint column.
+    #[arg(
+        long,
+        env = "BRX_CATALOG_TABLES",
+        default_value = "cards_prints,op_prints,pk_prints,sealed_products",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub tables: Vec<String>,
+    /// Column of the print id in every catalogue table.
+    #[arg(
+        long,
+        env = "BRX_CATALOG_ID_COLUMN",
+        default_value = "id",
+        global = true
+    )]
+    pub id_column: String,
+    /// Column holding the CardTrader blueprint id in every catalogue table.
+    #[arg(
+        long,
+        env = "BRX_CATALOG_BLUEPRINT_COLUMN",
+        default_value = "cardtrader_id",
+        global = true
+    )]
+    pub blueprint_column: String,
+    /// Most ids in one MySQL `IN (…)` list; larger lookups are split.
+    #[arg(long, env = "BRX_CATALOG_BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=50_000), global = true)]
+    pub batch_size: u32,
+    /// Entries of the in-process (L1) blueprint cache.
+    #[arg(
+        long,
+        env = "BRX_CATALOG_L1_CAPACITY",
+        default_value_t = 200_000,
+        global = true
+    )]
+    pub l1_capacity: u64,
+    /// Lifetime of an L1 entry; bounds how stale another replica's L1 is after an invalidation.
+    #[arg(long, env = "BRX_CATALOG_L1_TTL", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub l1_ttl: Duration,
+    /// Lifetime of a mapping cached in Redis (±10% jitter).
+    #[arg(long, env = "BRX_CATALOG_POSITIVE_TTL", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    pub positive_ttl: Duration,
+    /// Lifetime of an "unmapped" answer cached in Redis (±10% jitter), so new prints show up soon.
+    #[arg(long, env = "BRX_CATALOG_NEGATIVE_TTL", default_value = "10m", value_parser = humantime::parse_duration, global = true)]
+    pub negative_ttl: Duration,
+    /// Longest one catalogue query may run before its ids are answered "unknown"; a hung catalogue
+    /// (a lock held by a schema change, a stalled server) then costs each lookup this, not its deadline.
+    #[arg(long, env = "BRX_CATALOG_QUERY_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub query_timeout: Duration,
+    /// Learn the expansion of blueprints the shared index does not know yet from CardTrader during
+    /// syncs (one `/blueprints/export` per expansion of the seller not indexed yet); off, a product's
+    /// expansion comes only from the export or what the index already holds.
+    #[arg(long, env = "BRX_EXPANSION_LEARN", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub expansion_learn: bool,
+    /// Lifetime of a blueprint → expansion entry of the index in Redis and in-process (a blueprint
+    /// never changes expansion; the lifetime only lets unused entries go).
+    #[arg(long, env = "BRX_EXPANSION_INDEX_TTL", default_value = "30days", value_parser = humantime::parse_duration, global = true)]
+    pub expansion_index_ttl: Duration,
+    /// An expansion whose blueprints were read longer ago than this is read again when a product's
+    /// blueprint is missing from the index (CardTrader adds blueprints to recent expansions).
+    #[arg(long, env = "BRX_EXPANSION_REFRESH_AFTER", default_value = "6h", value_parser = humantime::parse_duration, global = true)]
+    pub expansion_refresh_after: Duration,
+}
+
+/// How long ended rows are kept, and how they are deleted.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Retention")]
+pub struct RetentionConfig {
     /// How often each replica refreshes the table-size gauges and tries a retention round (one
     /// replica at a time runs it); the first round runs one interval after start.
-    #[arg(long, env = "BRX_RETENTION_INTERVAL", default_value = "10m", value_parser = crate::retention::parse_interval, global = true)]
-    pub retention_interval: Duration,
+    #[arg(long, env = "BRX_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_interval, global = true)]
+    pub interval: Duration,
     /// Rows one retention statement deletes at most, so a large backlog never holds long locks.
     #[arg(long, env = "BRX_RETENTION_BATCH", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000), global = true)]
-    pub retention_batch: u32,
+    pub batch: u32,
     /// Jobs that ended (succeeded, failed, cancelled) longer ago than this are deleted; queued,
     /// running and dead jobs never are, nor each seller's latest ended sync. At least 1h.
-    #[arg(long, env = "BRX_RETENTION_JOBS", default_value = "30days", value_parser = crate::retention::parse_retention, global = true)]
-    pub retention_jobs: Duration,
+    #[arg(long, env = "BRX_RETENTION_JOBS", default_value = "30days", value_parser = parse_retention, global = true)]
+    pub jobs: Duration,
     /// Completed or failed purchases that ended longer ago than this lose their step log and the
     /// CardTrader snapshots of their lines; the purchase and its lines stay (idempotent replays,
     /// history). Purchases in requires_attention keep everything. At least 1h.
-    #[arg(long, env = "BRX_RETENTION_PURCHASES", default_value = "30days", value_parser = crate::retention::parse_retention, global = true)]
-    pub retention_purchases: Duration,
+    #[arg(long, env = "BRX_RETENTION_PURCHASES", default_value = "30days", value_parser = parse_retention, global = true)]
+    pub purchases: Duration,
     /// Webhook events applied longer ago than this are deleted (unapplied ones never). At least 1h.
-    #[arg(long, env = "BRX_RETENTION_WEBHOOKS", default_value = "30days", value_parser = crate::retention::parse_retention, global = true)]
-    pub retention_webhooks: Duration,
+    #[arg(long, env = "BRX_RETENTION_WEBHOOKS", default_value = "30days", value_parser = parse_retention, global = true)]
+    pub webhooks: Duration,
     /// A webhook order record (what makes a later delivery of the order move stock at most once)
     /// is deleted once no delivery of the order came for this long and none waits to be applied.
     /// Never shorter than BRX_RETENTION_WEBHOOKS in effect. At least 1h.
-    #[arg(long, env = "BRX_RETENTION_WEBHOOK_ORDERS", default_value = "365days", value_parser = crate::retention::parse_retention, global = true)]
-    pub retention_webhook_orders: Duration,
+    #[arg(long, env = "BRX_RETENTION_WEBHOOK_ORDERS", default_value = "365days", value_parser = parse_retention, global = true)]
+    pub webhook_orders: Duration,
+}
 
+/// Logging and OpenTelemetry export.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logs and traces")]
+pub struct TelemetryConfig {
     /// Log format.
     #[arg(long, env = "BRX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
@@ -427,8 +486,9 @@ pub struct ConfigError {
 }
 
 impl Cli {
-    /// Parses flags and environment, then validates. `Err` carries the one line to print: help and
-    /// version requests are printed and exit 0 inside.
+    /// Parses flags and environment (what clap can check on its own: types and ranges). `Err`
+    /// carries the one line to print; help and version requests are printed and exit 0 inside.
+    /// Combinations of settings are checked by [`Config::validate`], which `App::build` calls.
     pub fn load() -> Result<Self, String> {
         let cli = Self::try_parse().map_err(|err| match err.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
@@ -436,7 +496,6 @@ impl Cli {
             }
             _ => describe_clap_error(&err),
         })?;
-        cli.config.validate().map_err(|err| err.to_string())?;
         Ok(cli)
     }
 }
@@ -452,13 +511,13 @@ impl Config {
 
     /// Checks what clap cannot: combinations of settings and files they point at.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.jwt_hs256_secret.is_some() && self.jwt_rs256_public_key_path.is_some() {
+        if self.auth.jwt_hs256_secret.is_some() && self.auth.jwt_rs256_public_key_path.is_some() {
             return Err(ConfigError {
                 setting: "BRX_JWT_HS256_SECRET",
                 reason: "set either it or BRX_JWT_RS256_PUBLIC_KEY_PATH, not both".into(),
             });
         }
-        if let Some(path) = &self.jwt_rs256_public_key_path {
+        if let Some(path) = &self.auth.jwt_rs256_public_key_path {
             let pem = std::fs::read(path).map_err(|err| ConfigError {
                 setting: "BRX_JWT_RS256_PUBLIC_KEY_PATH",
                 reason: format!("cannot read {}: {err}", path.display()),
@@ -468,36 +527,29 @@ impl Config {
                 reason: format!("not an RSA public key in PEM form: {err}"),
             })?;
         }
-        if !(0.0..=0.5).contains(&self.rate_safety_margin) {
+        if !(0.0..=0.5).contains(&self.cardtrader.rate_safety_margin) {
             return Err(ConfigError {
                 setting: "BRX_RATE_SAFETY_MARGIN",
                 reason: "must be between 0.0 and 0.5".into(),
             });
         }
-        if !(0.0..=0.9).contains(&self.rate_interactive_reserve) {
+        if !(0.0..=0.9).contains(&self.cardtrader.rate_interactive_reserve) {
             return Err(ConfigError {
                 setting: "BRX_RATE_INTERACTIVE_RESERVE",
                 reason: "must be between 0.0 and 0.9".into(),
             });
         }
-        if reqwest::Url::parse(&self.cardtrader_base_url).is_err() {
+        if reqwest::Url::parse(&self.cardtrader.base_url).is_err() {
             return Err(ConfigError {
                 setting: "BRX_CARDTRADER_BASE_URL",
-                reason: format!("'{}' is not a URL", self.cardtrader_base_url),
+                reason: format!("'{}' is not a URL", self.cardtrader.base_url),
             });
         }
-        if let Some(keys) = &self.encryption_keys {
-            crate::accounts::Keyring::parse(secrecy::ExposeSecret::expose_secret(keys)).map_err(
-                |reason| ConfigError {
-                    setting: "BRX_ENCRYPTION_KEYS",
-                    reason,
-                },
-            )?;
-        }
         let identifiers = self
-            .catalog_tables
+            .catalog
+            .tables
             .iter()
-            .chain([&self.catalog_id_column, &self.catalog_blueprint_column]);
+            .chain([&self.catalog.id_column, &self.catalog.blueprint_column]);
         for name in identifiers {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(ConfigError {
@@ -506,50 +558,55 @@ impl Config {
                 });
             }
         }
-        if self.sync_db_writers >= self.pg_max_connections {
+        // A replica with no job slots (API only) runs no sync, so its writer budget is moot.
+        let runs_jobs = self.jobs.bulk_concurrency > 0 || self.jobs.interactive_concurrency > 0;
+        if runs_jobs && self.sync.db_writers >= self.storage.pg_max_connections {
             return Err(ConfigError {
                 setting: "BRX_SYNC_DB_WRITERS",
                 reason: format!(
                     "must be below BRX_PG_MAX_CONNECTIONS ({}) so other work always finds a connection",
-                    self.pg_max_connections
+                    self.storage.pg_max_connections
                 ),
             });
         }
-        if self.cardtrader_request_timeout > self.cardtrader_call_budget {
+        if self.cardtrader.request_timeout > self.cardtrader.call_budget {
             return Err(ConfigError {
                 setting: "BRX_CARDTRADER_REQUEST_TIMEOUT",
                 reason: format!(
                     "{:?} is longer than BRX_CARDTRADER_CALL_BUDGET ({:?}), which bounds a whole call",
-                    self.cardtrader_request_timeout, self.cardtrader_call_budget
+                    self.cardtrader.request_timeout, self.cardtrader.call_budget
                 ),
             });
         }
-        if self.job_lease.as_secs_f64() < self.cardtrader_call_budget.as_secs_f64() * 1.5 {
+        if self.jobs.lease.as_secs_f64() < self.cardtrader.call_budget.as_secs_f64() * 1.5 {
             return Err(ConfigError {
                 setting: "BRX_JOB_LEASE",
                 reason: format!(
                     "{:?} must be at least 1.5 times BRX_CARDTRADER_CALL_BUDGET ({:?}): a job that \
                      cannot renew its lease is stopped one call budget before the lease runs out, \
                      and needs a heartbeat (a third of the lease) before that",
-                    self.job_lease, self.cardtrader_call_budget
+                    self.jobs.lease, self.cardtrader.call_budget
                 ),
             });
         }
-        if self.push_requeue_interval.is_zero() {
+        if self.jobs.push_requeue_interval.is_zero() {
             return Err(ConfigError {
                 setting: "BRX_PUSH_REQUEUE_INTERVAL",
                 reason: "must be longer than zero".into(),
             });
         }
-        if self.job_aging.is_zero() {
+        if self.jobs.aging.is_zero() {
             return Err(ConfigError {
                 setting: "BRX_JOB_AGING",
                 reason: "must be longer than zero".into(),
             });
         }
         for (setting, value) in [
-            ("BRX_STREAM_MAX_LIFETIME", self.stream_max_lifetime),
-            ("BRX_STREAM_RECHECK_INTERVAL", self.stream_recheck_interval),
+            ("BRX_STREAM_MAX_LIFETIME", self.server.stream_max_lifetime),
+            (
+                "BRX_STREAM_RECHECK_INTERVAL",
+                self.server.stream_recheck_interval,
+            ),
         ] {
             if value.is_zero() {
                 return Err(ConfigError {
@@ -558,7 +615,7 @@ impl Config {
                 });
             }
         }
-        if self.redis_key_prefix.is_empty() {
+        if self.storage.redis_key_prefix.is_empty() {
             return Err(ConfigError {
                 setting: "BRX_REDIS_KEY_PREFIX",
                 reason: "must not be empty: keys of other applications could collide".into(),
@@ -566,6 +623,31 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The shortest retention accepted: a finished job is still watched and read right after it ends,
+/// and a redelivered webhook arrives within minutes.
+const MIN_RETENTION: Duration = Duration::from_secs(3_600);
+
+/// Parses a retention setting (`30days`, `12h`…): a duration of at least an hour.
+pub fn parse_retention(raw: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(raw).map_err(|err| err.to_string())?;
+    if duration < MIN_RETENTION {
+        return Err(format!(
+            "must be at least {}: what is younger is still read",
+            humantime::format_duration(MIN_RETENTION)
+        ));
+    }
+    Ok(duration)
+}
+
+/// Parses the retention interval: a duration longer than zero.
+pub fn parse_interval(raw: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(raw).map_err(|err| err.to_string())?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
 }
 
 fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -609,7 +691,7 @@ mod tests {
     fn the_built_in_defaults_parse_and_validate() {
         let config = Config::defaults();
         assert!(config.validate().is_ok());
-        assert!(!config.auth_disabled);
+        assert!(!config.auth.auth_disabled);
     }
 
     #[test]
@@ -621,10 +703,41 @@ mod tests {
     }
 
     #[test]
+    fn a_retention_under_an_hour_is_refused() {
+        assert_eq!(
+            parse_retention("30days").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(parse_retention("1h").unwrap(), MIN_RETENTION);
+        assert!(parse_retention("59m").is_err());
+        assert!(parse_retention("soon").is_err());
+    }
+
+    #[test]
+    fn a_zero_interval_is_refused() {
+        assert!(parse_interval("0s").is_err());
+        assert_eq!(parse_interval("10m").unwrap(), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn the_writer_budget_must_leave_a_connection_only_where_jobs_run() {
+        let mut config = Config::defaults();
+        config.storage.pg_max_connections = 1;
+        config.sync.db_writers = 1;
+        assert_eq!(
+            config.validate().unwrap_err().setting,
+            "BRX_SYNC_DB_WRITERS"
+        );
+        config.jobs.bulk_concurrency = 0;
+        config.jobs.interactive_concurrency = 0;
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
     fn two_jwt_keys_are_refused() {
         let mut config = Config::defaults();
-        config.jwt_hs256_secret = Some(SecretString::from("a".to_owned()));
-        config.jwt_rs256_public_key_path = Some("/nonexistent".into());
+        config.auth.jwt_hs256_secret = Some(SecretString::from("a".to_owned()));
+        config.auth.jwt_rs256_public_key_path = Some("/nonexistent".into());
         assert_eq!(
             config.validate().unwrap_err().setting,
             "BRX_JWT_HS256_SECRET"

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use brx_sync::{
     App,
     api::auth,
-    config::{Cli, Command, EXIT_CONFIG},
+    config::{Cli, Command, ConfigError, EXIT_CONFIG},
     shutdown, telemetry,
 };
 use secrecy::ExposeSecret;
@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let telemetry = match telemetry::init(&cli.config) {
+    let telemetry = match telemetry::init(&cli.config.telemetry) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("invalid configuration: BRX_LOG / OTEL_EXPORTER_OTLP_ENDPOINT: {err:#}");
@@ -32,6 +32,11 @@ async fn main() -> ExitCode {
     telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<ConfigError>() => {
+            // One line naming the setting, as clap's own refusals are.
+            eprintln!("{err}");
+            ExitCode::from(EXIT_CONFIG as u8)
+        }
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "brx-sync failed");
             eprintln!("brx-sync: {err:#}");
@@ -46,9 +51,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = App::build(cli.config).await?;
             app.run_until_stopped(shutdown::signal()).await
         }
-        Command::Migrate => brx_sync::app::migrate(&cli.config).await,
+        Command::Migrate => brx_sync::app::migrate(&cli.config.storage).await,
         Command::Token(args) => {
-            let secret = cli.config.jwt_hs256_secret.ok_or_else(|| {
+            let secret = cli.config.auth.jwt_hs256_secret.ok_or_else(|| {
                 anyhow::anyhow!("BRX_JWT_HS256_SECRET must be set to mint a token")
             })?;
             let subject = args
@@ -58,7 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = auth::mint_token(
                 secret.expose_secret(),
                 subject,
-                &cli.config.jwt_service_role,
+                &cli.config.auth.jwt_service_role,
                 args.ttl,
             )?;
             println!("{token}");

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::Config,
+    config::RetentionConfig,
     jobs::{self, JobError},
     metrics::Metrics,
     purchase::{self, PurchaseError},
@@ -22,31 +22,6 @@ pub const ROUND_LOCK: i64 = 0x6272_785f_7265_746e; // "brx_retn"
 /// Batches of one table a round deletes at most, so a round after a long outage (or the first one
 /// on an old database) ends, and the next one carries on, rather than running for hours.
 const MAX_BATCHES_PER_ROUND: usize = 1_000;
-/// The shortest retention accepted: a finished job is still watched and read right after it ends,
-/// and a redelivered webhook arrives within minutes.
-const MIN_RETENTION: Duration = Duration::from_secs(3_600);
-
-/// Parses a retention setting (`30days`, `12h`…): a duration of at least an hour.
-pub fn parse_retention(raw: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(raw).map_err(|err| err.to_string())?;
-    if duration < MIN_RETENTION {
-        return Err(format!(
-            "must be at least {}: what is younger is still read",
-            humantime::format_duration(MIN_RETENTION)
-        ));
-    }
-    Ok(duration)
-}
-
-/// Parses the retention interval: a duration longer than zero.
-pub fn parse_interval(raw: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(raw).map_err(|err| err.to_string())?;
-    if duration.is_zero() {
-        return Err("must be longer than zero".into());
-    }
-    Ok(duration)
-}
-
 /// How long each kind of record is kept, and how retention runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionSettings {
@@ -67,14 +42,14 @@ pub struct RetentionSettings {
 
 impl RetentionSettings {
     /// From `BRX_RETENTION_*`.
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &RetentionConfig) -> Self {
         Self {
-            interval: config.retention_interval,
-            batch: i64::from(config.retention_batch),
-            jobs: config.retention_jobs,
-            purchases: config.retention_purchases,
-            webhooks: config.retention_webhooks,
-            webhook_orders: config.retention_webhook_orders,
+            interval: config.interval,
+            batch: i64::from(config.batch),
+            jobs: config.jobs,
+            purchases: config.purchases,
+            webhooks: config.webhooks,
+            webhook_orders: config.webhook_orders,
         }
     }
 }
@@ -303,27 +278,11 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_retention_under_an_hour_is_refused() {
-        assert_eq!(
-            parse_retention("30days").unwrap(),
-            Duration::from_secs(30 * 86_400)
-        );
-        assert_eq!(parse_retention("1h").unwrap(), MIN_RETENTION);
-        assert!(parse_retention("59m").is_err());
-        assert!(parse_retention("soon").is_err());
-    }
-
-    #[test]
-    fn a_zero_interval_is_refused() {
-        assert!(parse_interval("0s").is_err());
-        assert_eq!(parse_interval("10m").unwrap(), Duration::from_secs(600));
-    }
+    use crate::config::Config;
 
     #[test]
     fn the_defaults_keep_order_records_longer_than_events() {
-        let settings = RetentionSettings::from_config(&Config::defaults());
+        let settings = RetentionSettings::from_config(&Config::defaults().retention);
         assert!(settings.webhook_orders > settings.webhooks);
         assert_eq!(settings.batch, 1_000);
     }

@@ -6,7 +6,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{LogFormat, TelemetryConfig};
 
 /// Flushes and stops trace export when dropped or shut down.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the global subscriber. Call once, from `main`, inside the Tokio runtime.
-pub fn init(config: &Config) -> anyhow::Result<TelemetryGuard> {
+pub fn init(config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(&config.log_filter)?;
     let fmt_layer = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()

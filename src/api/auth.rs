@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::{config::Config, domain::UserId};
+use crate::{config::AuthConfig, domain::UserId};
 
 /// RPC paths callable without a token: probes and schema discovery carry no seller data.
 const PUBLIC_PATH_PREFIXES: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
@@ -119,7 +119,7 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// From the `BRX_AUTH_*`/`BRX_JWT_*` settings; the RS256 key file was checked by `Config::validate`.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+    pub fn from_config(config: &AuthConfig) -> anyhow::Result<Self> {
         let mode = if config.auth_disabled {
             tracing::warn!(
                 "caller authentication is DISABLED (BRX_AUTH_DISABLED): every caller acts as the service role"
@@ -173,7 +173,7 @@ impl Authenticator {
     }
 }
 
-fn validation(algorithm: Algorithm, config: &Config) -> Validation {
+fn validation(algorithm: Algorithm, config: &AuthConfig) -> Validation {
     let mut validation = Validation::new(algorithm);
     validation.set_required_spec_claims(&["exp", "sub"]);
     validation.leeway = 30;
@@ -274,11 +274,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn authenticator(secret: &str) -> Authenticator {
         let mut config = Config::defaults();
-        config.jwt_hs256_secret = Some(secrecy::SecretString::from(secret.to_owned()));
-        Authenticator::from_config(&config).unwrap()
+        config.auth.jwt_hs256_secret = Some(secrecy::SecretString::from(secret.to_owned()));
+        Authenticator::from_config(&config.auth).unwrap()
     }
 
     fn headers_with(token: &str) -> http::HeaderMap {
@@ -338,10 +339,10 @@ mod tests {
     #[test]
     fn a_token_whose_subject_is_not_a_user_id_and_not_a_service_is_refused() {
         let mut config = Config::defaults();
-        config.jwt_hs256_secret = Some(secrecy::SecretString::from("s".to_owned()));
+        config.auth.jwt_hs256_secret = Some(secrecy::SecretString::from("s".to_owned()));
         let token = mint_token("s", None, "some-other-role", Duration::from_secs(60)).unwrap();
 
-        let refused = Authenticator::from_config(&config)
+        let refused = Authenticator::from_config(&config.auth)
             .unwrap()
             .authenticate(&headers_with(&token));
 

@@ -28,7 +28,7 @@ use tower::ServiceBuilder;
 
 pub use health::HealthBridge;
 
-use crate::{config::Config, metrics::Metrics, readiness::Readiness, storage::Storage};
+use crate::{config::ServerConfig, metrics::Metrics, readiness::Readiness, storage::Storage};
 use accounts::AccountApi;
 use admin::AdminApi;
 use blueprints::BlueprintApi;
@@ -70,7 +70,7 @@ pub struct GrpcParts {
 /// in-flight RPCs have drained.
 pub fn grpc_server(
     listener: TcpListener,
-    config: &Config,
+    config: &ServerConfig,
     parts: GrpcParts,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(
@@ -106,7 +106,6 @@ pub fn grpc_server(
     });
     let purchase_service = PurchaseServiceServer::new(PurchaseApi {
         purchases: parts.purchases,
-        purchase_deadline: config.purchase_deadline,
         streams,
     });
     let inventory_service = InventoryServiceServer::new(InventoryApi {

@@ -41,8 +41,6 @@ const WATCH_PURCHASE: &str = "/brx.sync.v1.PurchaseService/WatchPurchase";
 #[derive(Debug, Clone)]
 pub(crate) struct PurchaseApi {
     pub(crate) purchases: Purchases,
-    /// How long a purchase may take stock before it is compensated.
-    pub(crate) purchase_deadline: Duration,
     /// Bounds and wake-ups of WatchPurchase streams.
     pub(crate) streams: Streams,
 }
@@ -61,9 +59,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         let new = new_purchase(
             user_id,
             request.into_inner(),
-            chrono::Utc::now()
-                + chrono::Duration::from_std(self.purchase_deadline)
-                    .unwrap_or(chrono::Duration::seconds(30)),
+            self.purchases.deadline_from_now(),
         )?;
         let outcome = self.purchases.purchase(&new, answer_by).await?;
         let mut answer = encode(&outcome.purchase);

@@ -24,7 +24,7 @@ use super::{
     status,
 };
 use crate::{
-    config::Config,
+    config::ServerConfig,
     jobs::wake::{Changes, Subject, Subscription},
     metrics::Metrics,
 };
@@ -50,7 +50,7 @@ pub(crate) struct StreamSettings {
 
 impl StreamSettings {
     /// From `BRX_MAX_STREAMS*`, `BRX_STREAM_*`; refusals and ends carry `BRX_RPC_SHED_RETRY_AFTER`.
-    pub(crate) fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &ServerConfig) -> Self {
         Self {
             max_open: config.max_streams as usize,
             max_per_caller: config.max_streams_per_caller as usize,

@@ -6,7 +6,9 @@ use std::fmt::Write;
 
 use mysql_async::prelude::Queryable;
 
-use crate::config::Config;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::CatalogConfig;
 
 /// Rows per INSERT while seeding.
 const SEED_BATCH: i64 = 5_000;
@@ -31,12 +33,16 @@ pub fn print_id_of(blueprint_id: i64) -> i64 {
 
 /// Creates the database and tables if needed, empties them, and inserts prints for blueprints
 /// `1..=prints`, spread over the configured tables.
-pub async fn seed(config: &Config, prints: i64) -> anyhow::Result<()> {
-    crate::storage::ensure_catalog_database(&config.mysql_url).await?;
-    let url = secrecy::ExposeSecret::expose_secret(&config.mysql_url).to_owned();
+pub async fn seed(
+    mysql_url: &SecretString,
+    catalog: &CatalogConfig,
+    prints: i64,
+) -> anyhow::Result<()> {
+    crate::storage::ensure_catalog_database(mysql_url).await?;
+    let url = mysql_url.expose_secret().to_owned();
     let mut conn = mysql_async::Conn::from_url(url).await?;
-    let (id, blueprint) = (&config.catalog_id_column, &config.catalog_blueprint_column);
-    for table in &config.catalog_tables {
+    let (id, blueprint) = (&catalog.id_column, &catalog.blueprint_column);
+    for table in &catalog.tables {
         conn.query_drop(format!(
             "CREATE TABLE IF NOT EXISTS `{table}` (\
                 `{id}` BIGINT NOT NULL PRIMARY KEY, \
@@ -47,7 +53,7 @@ pub async fn seed(config: &Config, prints: i64) -> anyhow::Result<()> {
         .await?;
         conn.query_drop(format!("TRUNCATE TABLE `{table}`")).await?;
     }
-    let tables = &config.catalog_tables;
+    let tables = &catalog.tables;
     let mut start = 1;
     while start <= prints {
         let end = (start + SEED_BATCH - 1).min(prints);

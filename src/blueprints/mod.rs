@@ -23,7 +23,7 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 
-use crate::{config::Config, domain::BlueprintId, metrics::Metrics, storage::RedisOutage};
+use crate::{config::CatalogConfig, domain::BlueprintId, metrics::Metrics, storage::RedisOutage};
 
 /// How long an unreachable Redis is left alone before the cache tries it again.
 const REDIS_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -68,20 +68,20 @@ pub struct CatalogSettings {
 
 impl CatalogSettings {
     /// From the validated configuration.
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &CatalogConfig) -> Self {
         Self {
             tables: config
-                .catalog_tables
+                .tables
                 .iter()
                 .map(|table| Arc::from(table.as_str()))
                 .collect(),
-            id_column: config.catalog_id_column.clone(),
-            blueprint_column: config.catalog_blueprint_column.clone(),
-            batch_size: config.catalog_batch_size as usize,
+            id_column: config.id_column.clone(),
+            blueprint_column: config.blueprint_column.clone(),
+            batch_size: config.batch_size as usize,
             acquire_timeout: config.mysql_acquire_timeout,
-            positive_ttl: config.catalog_positive_ttl,
-            negative_ttl: config.catalog_negative_ttl,
-            query_timeout: config.catalog_query_timeout,
+            positive_ttl: config.positive_ttl,
+            negative_ttl: config.negative_ttl,
+            query_timeout: config.query_timeout,
             expansion_learn: config.expansion_learn,
             expansion_ttl: config.expansion_index_ttl,
             expansion_refresh_after: config.expansion_refresh_after,
@@ -126,19 +126,19 @@ impl std::fmt::Debug for BlueprintCatalog {
 impl BlueprintCatalog {
     /// A catalogue over these pools; Redis keys go under `key_prefix`.
     pub fn new(
-        config: &Config,
+        config: &CatalogConfig,
         mysql: mysql_async::Pool,
         redis: deadpool_redis::Pool,
         key_prefix: &str,
         metrics: Metrics,
     ) -> Self {
         let l1 = moka::sync::Cache::builder()
-            .max_capacity(config.catalog_l1_capacity)
-            .time_to_live(config.catalog_l1_ttl)
+            .max_capacity(config.l1_capacity)
+            .time_to_live(config.l1_ttl)
             .build();
         // Blueprints never change expansion: the L1 keeps entries as long as Redis does.
         let expansion_l1 = moka::sync::Cache::builder()
-            .max_capacity(config.catalog_l1_capacity)
+            .max_capacity(config.l1_capacity)
             .time_to_live(config.expansion_index_ttl)
             .build();
         let expansion_reads = moka::sync::Cache::builder()

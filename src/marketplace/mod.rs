@@ -26,7 +26,7 @@ use types::{
 };
 
 use crate::{
-    config::Config,
+    config::CardTraderConfig,
     metrics::Metrics,
     rate_limit::{Priority, RateLimiter, Scope},
 };
@@ -114,23 +114,27 @@ pub struct MarketplaceClient {
 
 impl MarketplaceClient {
     /// A client for `BRX_CARDTRADER_BASE_URL` with the configured timeouts.
-    pub fn new(config: &Config, limiter: RateLimiter, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &CardTraderConfig,
+        limiter: RateLimiter,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .connect_timeout(config.cardtrader_connect_timeout)
+            .connect_timeout(config.connect_timeout)
             .user_agent(concat!("brx-sync/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let breaker = CircuitBreaker::new(config.breaker_failures, config.breaker_open_for);
         Ok(Self {
             inner: Arc::new(call::Inner {
                 http,
-                base_url: config.cardtrader_base_url.trim_end_matches('/').to_owned(),
+                base_url: config.base_url.trim_end_matches('/').to_owned(),
                 limiter,
                 breaker,
                 metrics,
-                attempts: config.cardtrader_attempts,
-                request_timeout: config.cardtrader_request_timeout,
-                export_timeout: config.cardtrader_export_timeout,
-                max_export_product_bytes: config.sync_max_product_bytes as usize,
+                attempts: config.attempts,
+                request_timeout: config.request_timeout,
+                export_timeout: config.export_timeout,
+                max_export_product_bytes: config.max_product_bytes as usize,
             }),
         })
     }

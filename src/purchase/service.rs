@@ -33,9 +33,28 @@ pub struct Purchases {
     wakeups: JobWakeups,
     events: PurchaseEvents,
     metrics: Metrics,
-    max_queue_depth: i64,
+    policy: PurchasePolicy,
     /// Starts a new purchase on this replica's worker at once, when it has a free slot.
     local: Option<LocalStart>,
+}
+
+/// The limits a purchase request is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct PurchasePolicy {
+    /// Jobs queued per lane past which new purchases are refused (`BRX_JOB_MAX_QUEUE_DEPTH`).
+    pub max_queue_depth: i64,
+    /// How long a purchase may take stock before it is compensated (`BRX_PURCHASE_DEADLINE`).
+    pub deadline: Duration,
+}
+
+impl PurchasePolicy {
+    /// From the jobs section of the configuration.
+    pub fn from_config(jobs: &crate::config::JobsConfig) -> Self {
+        Self {
+            max_queue_depth: jobs.max_queue_depth,
+            deadline: jobs.purchase_deadline,
+        }
+    }
 }
 
 /// What a purchase request led to.
@@ -55,7 +74,7 @@ impl Purchases {
         wakeups: JobWakeups,
         events: PurchaseEvents,
         metrics: Metrics,
-        max_queue_depth: i64,
+        policy: PurchasePolicy,
         local: Option<LocalStart>,
     ) -> Self {
         Self {
@@ -64,9 +83,15 @@ impl Purchases {
             wakeups,
             events,
             metrics,
-            max_queue_depth,
+            policy,
             local,
         }
+    }
+
+    /// When a purchase asked for now must have taken its stock, or be compensated.
+    pub fn deadline_from_now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+            + chrono::Duration::from_std(self.policy.deadline).unwrap_or(chrono::Duration::MAX)
     }
 
     /// Reserves `purchase` and waits until its saga ends or `wait_until`, whichever comes first (the
@@ -99,7 +124,8 @@ impl Purchases {
             .as_ref()
             .filter(|_| slot.is_some())
             .map(|local| (local.owner(), local.lease()));
-        let reserved = store::reserve_with(&self.pool, purchase, self.max_queue_depth, claim).await;
+        let reserved =
+            store::reserve_with(&self.pool, purchase, self.policy.max_queue_depth, claim).await;
         self.metrics
             .purchase_step_seconds
             .with_label_values(&["reserve"])

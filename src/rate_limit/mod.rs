@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::Script;
 
-use crate::{config::Config, metrics::Metrics};
+use crate::{config::CardTraderConfig, metrics::Metrics};
 pub use bucket::{BucketParams, Decision};
 use fallback::Fallback;
 
@@ -97,7 +97,7 @@ pub struct Limits {
 
 impl Limits {
     /// From the `BRX_RATE_*` settings.
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &CardTraderConfig) -> Self {
         let margin = config.rate_safety_margin;
         let share = config.rate_interactive_reserve;
         let second = Duration::from_secs(1);

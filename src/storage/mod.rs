@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use crate::config::Config;
+use crate::config::StorageConfig;
 
 pub use mysql::ensure_database as ensure_catalog_database;
 pub use pool_health::{PoolKind, PoolSnapshot, PoolState};
@@ -57,7 +57,7 @@ pub struct StorageConfigError {
 
 impl Storage {
     /// Builds the pools lazily from configuration; connections open on first use.
-    pub fn connect_lazy(config: &Config) -> Result<Self, StorageConfigError> {
+    pub fn connect_lazy(config: &StorageConfig) -> Result<Self, StorageConfigError> {
         Ok(Self {
             pg: postgres::lazy_pool(config, config.pg_max_connections)?,
             pg_probe: postgres::lazy_pool(config, 1)?,

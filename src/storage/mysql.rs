@@ -3,9 +3,9 @@
 use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts, prelude::Queryable};
 
 use super::{PoolKind, PoolSnapshot, StorageConfigError, expose, url_error};
-use crate::config::Config;
+use crate::config::StorageConfig;
 
-pub(super) fn lazy_pool(config: &Config) -> Result<mysql_async::Pool, StorageConfigError> {
+pub(super) fn lazy_pool(config: &StorageConfig) -> Result<mysql_async::Pool, StorageConfigError> {
     let opts = Opts::from_url(expose(&config.mysql_url))
         .map_err(|err| err.to_string())
         .map_err(url_error("BRX_MYSQL_URL"))?;

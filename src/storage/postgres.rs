@@ -5,13 +5,13 @@ use std::{collections::HashSet, str::FromStr};
 use sqlx::{PgPool, postgres::PgConnectOptions, postgres::PgPoolOptions};
 
 use super::{PoolKind, PoolSnapshot, StorageConfigError, expose, url_error};
-use crate::config::Config;
+use crate::config::StorageConfig;
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 pub(super) fn lazy_pool(
-    config: &Config,
+    config: &StorageConfig,
     max_connections: u32,
 ) -> Result<PgPool, StorageConfigError> {
     let options = PgConnectOptions::from_str(expose(&config.database_url))

@@ -3,9 +3,11 @@
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 
 use super::{PoolKind, PoolSnapshot, StorageConfigError, expose, url_error};
-use crate::config::Config;
+use crate::config::StorageConfig;
 
-pub(super) fn lazy_pool(config: &Config) -> Result<deadpool_redis::Pool, StorageConfigError> {
+pub(super) fn lazy_pool(
+    config: &StorageConfig,
+) -> Result<deadpool_redis::Pool, StorageConfigError> {
     let mut redis_config = deadpool_redis::Config::from_url(expose(&config.redis_url));
     let max_size = usize::try_from(config.redis_max_connections).unwrap_or(usize::MAX);
     // Every wait is bounded: Redis holds only what can be lost, so a slow Redis must degrade a

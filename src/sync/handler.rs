@@ -21,6 +21,7 @@ use super::{
 use crate::{
     accounts::{AccountError, Accounts},
     blueprints::{BlueprintCatalog, Resolution},
+    config::{CardTraderConfig, SyncConfig},
     domain::BlueprintId,
     jobs::{
         JobContext, KindName,
@@ -49,14 +50,14 @@ pub struct SyncSettings {
 }
 
 impl SyncSettings {
-    /// From `BRX_SYNC_*`.
-    pub fn from_config(config: &crate::config::Config) -> Self {
+    /// From `BRX_SYNC_*`, and the export timeout of `BRX_CARDTRADER_*`.
+    pub fn from_config(sync: &SyncConfig, cardtrader: &CardTraderConfig) -> Self {
         Self {
-            chunk_size: config.sync_chunk_size as usize,
-            chunks_in_flight: chunks_in_flight(config.sync_chunks_in_flight),
-            statement_timeout: config.sync_statement_timeout,
+            chunk_size: sync.chunk_size as usize,
+            chunks_in_flight: chunks_in_flight(sync.chunks_in_flight),
+            statement_timeout: sync.statement_timeout,
             sweep_batch: 20_000,
-            export_budget: config.cardtrader_export_timeout * 2,
+            export_budget: cardtrader.export_timeout * 2,
         }
     }
 }

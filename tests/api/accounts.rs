@@ -50,7 +50,7 @@ async fn connecting_a_valid_token_stores_it_encrypted_and_reports_the_cardtrader
 
     assert_eq!(account.status(), PbStatus::Connected);
     assert_eq!(account.cardtrader_user_id, expected_user);
-    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap();
     let (token_ct, secret_ct): (Vec<u8>, Vec<u8>) = sqlx::query_as(
@@ -263,7 +263,7 @@ async fn disconnecting_forgets_the_secrets() {
         .into_inner();
 
     assert_eq!(account.status(), PbStatus::Disconnected);
-    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap();
     let left: (Option<Vec<u8>>, Option<Vec<u8>>) = sqlx::query_as(
@@ -283,13 +283,20 @@ async fn a_401_on_a_later_call_marks_the_account_token_invalid() {
     let token = app.simulator.token(6);
     connect(&app, seller, &token).await.unwrap();
     // Store a token CardTrader does not know, sealed like a real one, as if it had been revoked.
-    let keyring =
-        Keyring::parse(app.config.encryption_keys.as_ref().unwrap().expose_secret()).unwrap();
+    let keyring = Keyring::parse(
+        app.config
+            .auth
+            .encryption_keys
+            .as_ref()
+            .unwrap()
+            .expose_secret(),
+    )
+    .unwrap();
     let revoked = keyring.seal(
         b"revoked-token",
         format!("accounts/{seller}/token").as_bytes(),
     );
-    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap();
     sqlx::query("UPDATE accounts SET token_ciphertext = $1 WHERE user_id = $2")
@@ -298,15 +305,15 @@ async fn a_401_on_a_later_call_marks_the_account_token_invalid() {
         .execute(&pool)
         .await
         .unwrap();
-    let storage = Storage::connect_lazy(&app.config).unwrap();
+    let storage = Storage::connect_lazy(&app.config.storage).unwrap();
     let metrics = Metrics::new().unwrap();
     let limiter = RateLimiter::new(
         storage.redis.clone(),
-        &app.config.redis_key_prefix,
-        Limits::from_config(&app.config),
+        &app.config.storage.redis_key_prefix,
+        Limits::from_config(&app.config.cardtrader),
         metrics.clone(),
     );
-    let client = MarketplaceClient::new(&app.config, limiter, metrics).unwrap();
+    let client = MarketplaceClient::new(&app.config.cardtrader, limiter, metrics).unwrap();
     let accounts = Accounts::new(storage.pg.clone(), Some(keyring), client.clone());
 
     let credentials = accounts.credentials(seller).await.unwrap();
@@ -339,12 +346,12 @@ async fn a_401_on_a_later_call_marks_the_account_token_invalid() {
 async fn disconnecting_cancels_the_sellers_jobs_and_purges_their_inventory_when_asked() {
     use brx_sync::jobs::{JobKind, JobState, Lane, NewJob, QueueLimit, store as jobs};
     // The app runs no bulk jobs itself, so the test's own claim gets the sync.
-    let app = crate::helpers::spawn_app_with(|config| config.bulk_concurrency = 0).await;
+    let app = crate::helpers::spawn_app_with(|config| config.jobs.bulk_concurrency = 0).await;
     let seller = new_seller();
     connect(&app, seller, &app.simulator.token(8))
         .await
         .unwrap();
-    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap();
     let new_job = || NewJob::new(seller, JobKind::SyncFull);

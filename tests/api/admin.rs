@@ -7,7 +7,7 @@ use crate::helpers::{authorized, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn get_stats_reports_every_pool_the_version_and_the_rpc_limit() {
-    let app = spawn_app_with(|config| config.rpc_concurrency_limit = 77).await;
+    let app = spawn_app_with(|config| config.server.rpc_concurrency_limit = 77).await;
 
     let stats = app
         .admin()
@@ -23,9 +23,12 @@ async fn get_stats_reports_every_pool_the_version_and_the_rpc_limit() {
     assert_eq!(names, ["postgres", "mysql", "redis"]);
     let postgres = &stats.pools[0];
     assert_eq!(postgres.state(), PoolState::Up);
-    assert_eq!(postgres.max_size, app.config.pg_max_connections);
+    assert_eq!(postgres.max_size, app.config.storage.pg_max_connections);
     assert!(postgres.size <= postgres.max_size);
-    assert_eq!(stats.pools[2].max_size, app.config.redis_max_connections);
+    assert_eq!(
+        stats.pools[2].max_size,
+        app.config.storage.redis_max_connections
+    );
     let cardtrader = stats.cardtrader.unwrap();
     assert_eq!(cardtrader.breaker(), brx_sync::pb::v1::BreakerState::Closed);
     assert!(!cardtrader.rate_limit_fallback);
@@ -44,7 +47,8 @@ async fn get_stats_reports_every_pool_the_version_and_the_rpc_limit() {
 async fn get_stats_reports_a_pool_that_cannot_connect_without_failing_start_up() {
     let app = spawn_app_with(|config| {
         // Nothing listens on port 1: the MySQL pool can never connect.
-        config.mysql_url = SecretString::from("mysql://root@127.0.0.1:1/nothing".to_owned());
+        config.storage.mysql_url =
+            SecretString::from("mysql://root@127.0.0.1:1/nothing".to_owned());
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
@@ -173,8 +177,8 @@ async fn a_poison_job_ends_dead_shows_in_get_stats_and_metrics_and_an_operator_s
     use secrecy::ExposeSecret;
     use tonic::Code;
     // The app runs no bulk work itself: the test's workers do.
-    let app = spawn_app_with(|config| config.bulk_concurrency = 0).await;
-    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+    let app = spawn_app_with(|config| config.jobs.bulk_concurrency = 0).await;
+    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap();
     let seller = brx_sync::domain::UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();

@@ -15,7 +15,7 @@ use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 /// Claims the server would accept but for what the test breaks, signed with the server's own key.
 fn signed_with_the_app_secret(app: &TestApp, claims: &impl serde::Serialize) -> String {
     let secret =
-        secrecy::ExposeSecret::expose_secret(app.config.jwt_hs256_secret.as_ref().unwrap());
+        secrecy::ExposeSecret::expose_secret(app.config.auth.jwt_hs256_secret.as_ref().unwrap());
     let key = EncodingKey::from_secret(secret.as_bytes());
     jsonwebtoken::encode(&Header::default(), claims, &key).unwrap()
 }
@@ -118,7 +118,7 @@ async fn health_needs_no_token() {
 
 #[tokio::test]
 async fn with_auth_disabled_by_setting_a_call_without_token_is_served() {
-    let app = spawn_app_with(|config| config.auth_disabled = true).await;
+    let app = spawn_app_with(|config| config.auth.auth_disabled = true).await;
 
     let response = app.get_stats(None).await;
 
@@ -127,7 +127,7 @@ async fn with_auth_disabled_by_setting_a_call_without_token_is_served() {
 
 #[tokio::test]
 async fn with_no_jwt_key_configured_every_authenticated_rpc_is_refused() {
-    let app = spawn_app_with(|config| config.jwt_hs256_secret = None).await;
+    let app = spawn_app_with(|config| config.auth.jwt_hs256_secret = None).await;
     let token = mint_token("anything", None, "service", Duration::from_secs(60)).unwrap();
 
     let status = app.get_stats(Some(&token)).await.unwrap_err();
@@ -138,8 +138,8 @@ async fn with_no_jwt_key_configured_every_authenticated_rpc_is_refused() {
 #[tokio::test]
 async fn an_rs256_token_is_verified_with_the_configured_public_key() {
     let app = spawn_app_with(|config| {
-        config.jwt_hs256_secret = None;
-        config.jwt_rs256_public_key_path = Some("tests/fixtures/jwt_rs256_public.pem".into());
+        config.auth.jwt_hs256_secret = None;
+        config.auth.jwt_rs256_public_key_path = Some("tests/fixtures/jwt_rs256_public.pem".into());
     })
     .await;
     let private = std::fs::read("tests/fixtures/jwt_rs256_private.pem").unwrap();

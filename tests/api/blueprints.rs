@@ -132,7 +132,7 @@ async fn cached_entries_carry_jittered_ttls_around_their_nominal_lifetime() {
     let mut conn = storage.redis.get().await.unwrap();
     let ttls = |range: std::ops::RangeInclusive<i64>| {
         let keys: Vec<String> = range
-            .map(|id| format!("{}bp:{id}", db.config.redis_key_prefix))
+            .map(|id| format!("{}bp:{id}", db.config.storage.redis_key_prefix))
             .collect();
         let mut pipe = deadpool_redis::redis::pipe();
         for key in &keys {
@@ -196,8 +196,8 @@ async fn with_redis_down_answers_keep_coming_from_mysql_and_redis_is_used_again_
     let db = CatalogDb::seeded(500).await;
     let proxy = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let (catalog, metrics, storage) = db.catalog(|config| {
-        config.redis_url = SecretString::from(format!("redis://{}/0", proxy.addr));
-        config.redis_timeout = Duration::from_millis(300);
+        config.storage.redis_url = SecretString::from(format!("redis://{}/0", proxy.addr));
+        config.storage.redis_timeout = Duration::from_millis(300);
     });
     catalog.resolve_many(&ids(1..=10), soon()).await;
 
@@ -220,7 +220,7 @@ async fn with_redis_down_answers_keep_coming_from_mysql_and_redis_is_used_again_
     assert_eq!(metrics.blueprint_cache_degraded.get(), 0);
     let mut conn = storage.redis.get().await.unwrap();
     let cached: Option<String> = deadpool_redis::redis::cmd("GET")
-        .arg(format!("{}bp:25", db.config.redis_key_prefix))
+        .arg(format!("{}bp:25", db.config.storage.redis_key_prefix))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -232,8 +232,9 @@ async fn with_mysql_down_cached_answers_are_served_and_the_rest_reported_unknown
     let db = CatalogDb::seeded(500).await;
     let proxy = TcpProxy::start("127.0.0.1:3306".parse().unwrap()).await;
     let route = |config: &mut Config| {
-        config.mysql_url = SecretString::from(format!("mysql://root@{}/{}", proxy.addr, db.name));
-        config.mysql_acquire_timeout = Duration::from_millis(500);
+        config.storage.mysql_url =
+            SecretString::from(format!("mysql://root@{}/{}", proxy.addr, db.name));
+        config.catalog.mysql_acquire_timeout = Duration::from_millis(500);
     };
     let (warm, _, _) = db.catalog(route);
     warm.resolve_many(&ids(1..=5), soon()).await;
@@ -265,8 +266,8 @@ async fn with_mysql_down_cached_answers_are_served_and_the_rest_reported_unknown
 async fn an_exhausted_pool_answers_unknown_at_the_timeout_instead_of_hanging() {
     let db = CatalogDb::seeded(100).await;
     let (catalog, _, storage) = db.catalog(|config| {
-        config.mysql_max_connections = 1;
-        config.mysql_acquire_timeout = Duration::from_millis(300);
+        config.storage.mysql_max_connections = 1;
+        config.catalog.mysql_acquire_timeout = Duration::from_millis(300);
     });
     let _held = storage.mysql.get_conn().await.unwrap();
 
@@ -289,8 +290,8 @@ async fn an_exhausted_pool_answers_unknown_at_the_timeout_instead_of_hanging() {
 async fn unknown_answers_are_not_cached_so_a_later_call_maps_them() {
     let db = CatalogDb::seeded(100).await;
     let (catalog, _, storage) = db.catalog(|config| {
-        config.mysql_max_connections = 1;
-        config.mysql_acquire_timeout = Duration::from_millis(200);
+        config.storage.mysql_max_connections = 1;
+        config.catalog.mysql_acquire_timeout = Duration::from_millis(200);
     });
     let held = storage.mysql.get_conn().await.unwrap();
     assert_eq!(
@@ -308,8 +309,8 @@ async fn unknown_answers_are_not_cached_so_a_later_call_maps_them() {
 }
 
 async fn rpc_app(db: &CatalogDb) -> crate::helpers::TestApp {
-    let url = db.config.mysql_url.clone();
-    spawn_app_with(|config| config.mysql_url = url).await
+    let url = db.config.storage.mysql_url.clone();
+    spawn_app_with(|config| config.storage.mysql_url = url).await
 }
 
 #[tokio::test]
@@ -466,8 +467,8 @@ async fn resolve_blueprints_during_a_catalogue_hang_answers_cached_ids_and_only_
     let db = CatalogDb::seeded(500).await;
     let app = rpc_app(&db).await;
     // Another replica cached 1..=5 in the Redis both share.
-    let prefix = app.config.redis_key_prefix.clone();
-    let (other, _, _) = db.catalog(|config| config.redis_key_prefix = prefix);
+    let prefix = app.config.storage.redis_key_prefix.clone();
+    let (other, _, _) = db.catalog(|config| config.storage.redis_key_prefix = prefix);
     other.resolve_many(&ids(1..=5), soon()).await;
     let mut client = BlueprintServiceClient::new(app.channel().await);
     let lock = CatalogueLock::take(&db).await;

@@ -17,10 +17,10 @@ use crate::helpers::{
 };
 
 async fn app(db: &CatalogDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let url = db.config.mysql_url.clone();
+    let url = db.config.storage.mysql_url.clone();
     spawn_app_with(|config| {
-        config.mysql_url = url;
-        config.job_poll_interval = Duration::from_millis(100);
+        config.storage.mysql_url = url;
+        config.jobs.poll_interval = Duration::from_millis(100);
         adjust(config);
     })
     .await
@@ -28,7 +28,7 @@ async fn app(db: &CatalogDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
 
 /// (blueprint, print id, print unknown) of the seller's rows, by blueprint.
 async fn rows(app: &TestApp, user: UserId) -> Vec<(i64, Option<i64>, bool)> {
-    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap();
     let rows = sqlx::query_as(
@@ -83,7 +83,7 @@ async fn until_mysql_is(app: &TestApp, state: PoolState) {
 
 /// How many jobs of `kind` the seller has, in any state.
 async fn jobs_of(app: &TestApp, user: UserId, kind: &str) -> i64 {
-    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap();
     let count = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE user_id = $1 AND kind = $2")
@@ -100,13 +100,13 @@ async fn jobs_of(app: &TestApp, user: UserId, kind: &str) -> i64 {
 async fn a_sync_during_a_catalogue_hang_stores_what_redis_knows_mapped_and_the_rest_unknown() {
     let db = CatalogDb::seeded(1_000).await;
     let app = app(&db, |config| {
-        config.catalog_query_timeout = Duration::from_millis(500)
+        config.catalog.query_timeout = Duration::from_millis(500)
     })
     .await;
     let (user, _, _) = seller_listing(&app, &[1, 2, 3, 4, 5, 6]).await;
     // Another replica cached the prints of blueprints 1..=3 in the Redis both share.
-    let prefix = app.config.redis_key_prefix.clone();
-    let (other, _, _) = db.catalog(|config| config.redis_key_prefix = prefix);
+    let prefix = app.config.storage.redis_key_prefix.clone();
+    let (other, _, _) = db.catalog(|config| config.storage.redis_key_prefix = prefix);
     let cached: Vec<BlueprintId> = (1..=3).map(|id| BlueprintId::new(id).unwrap()).collect();
     other
         .resolve_many(&cached, std::time::Instant::now() + Duration::from_secs(10))
@@ -140,7 +140,7 @@ async fn rows_stored_while_mysql_was_down_are_mapped_once_it_is_back_without_a_f
     let db = CatalogDb::seeded(1_000).await;
     let proxy = TcpProxy::start("127.0.0.1:3306".parse().unwrap()).await;
     let route = SecretString::from(format!("mysql://root@{}/{}", proxy.addr, db.name));
-    let app = app(&db, |config| config.mysql_url = route).await;
+    let app = app(&db, |config| config.storage.mysql_url = route).await;
     let (user, _, _) = seller_listing(&app, &[1, 2, 3, 4]).await;
     proxy.cut().await;
     until_mysql_is(&app, PoolState::Down).await;
@@ -178,10 +178,10 @@ async fn rows_stored_while_the_catalogue_hung_unseen_by_health_checks_are_mapped
  {
     let db = CatalogDb::seeded(1_000).await;
     let app = app(&db, |config| {
-        config.catalog_query_timeout = Duration::from_millis(300);
-        config.remap_unknown_interval = Duration::from_millis(300);
+        config.catalog.query_timeout = Duration::from_millis(300);
+        config.sync.remap_unknown_interval = Duration::from_millis(300);
         // One check at start-up and none after: only the periodic look can notice the end.
-        config.health_check_interval = Duration::from_secs(3_600);
+        config.storage.health_check_interval = Duration::from_secs(3_600);
     })
     .await;
     let (user, _, _) = seller_listing(&app, &[1, 2, 3]).await;

@@ -23,11 +23,11 @@ const IN_EXPANSION_7: i64 = 650;
 
 async fn app(learn: bool) -> (TestApp, CatalogDb) {
     let catalog = CatalogDb::seeded(1_000).await;
-    let url = catalog.config.mysql_url.clone();
+    let url = catalog.config.storage.mysql_url.clone();
     let app = spawn_app_with(|config| {
-        config.mysql_url = url;
-        config.job_poll_interval = Duration::from_millis(100);
-        config.expansion_learn = learn;
+        config.storage.mysql_url = url;
+        config.jobs.poll_interval = Duration::from_millis(100);
+        config.catalog.expansion_learn = learn;
     })
     .await;
     (app, catalog)

@@ -10,7 +10,7 @@ use crate::helpers::{TcpProxy, spawn_app, spawn_app_with, start_app_with};
 async fn health_is_serving_once_the_fresh_database_is_migrated() {
     let app = spawn_app().await;
 
-    let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
@@ -28,10 +28,11 @@ async fn health_is_not_serving_while_postgres_is_unreachable_and_recovers_when_i
     let proxy_addr = proxy.addr;
     let app = spawn_app_with(|config| {
         let url = config
+            .storage
             .database_url
             .expose_secret()
             .replace("127.0.0.1:5432", &proxy_addr.to_string());
-        config.database_url = SecretString::from(url);
+        config.storage.database_url = SecretString::from(url);
     })
     .await;
 
@@ -46,7 +47,7 @@ async fn health_is_not_serving_while_postgres_is_unreachable_and_recovers_when_i
 
 #[tokio::test]
 async fn health_stays_not_serving_while_migrations_are_pending_and_start_up_does_not_apply_them() {
-    let app = start_app_with(|config| config.migrate_on_start = false).await;
+    let app = start_app_with(|config| config.storage.migrate_on_start = false).await;
     // The database does not even exist: nothing may create or migrate it behind the operator's back.
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert_eq!(app.health_status().await, ServingStatus::NotServing);
@@ -68,6 +69,6 @@ async fn health_stays_not_serving_while_migrations_are_pending_and_start_up_does
         "unmigrated database must not serve"
     );
 
-    brx_sync::app::migrate(&app.config).await.unwrap();
+    brx_sync::app::migrate(&app.config.storage).await.unwrap();
     app.wait_for_health(ServingStatus::Serving).await;
 }

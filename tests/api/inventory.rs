@@ -26,7 +26,7 @@ use crate::helpers::{PurchaseRig, authorized};
 /// A seller with `products` synced products; the app's own interactive workers run the pushes.
 async fn shop(products: u64) -> PurchaseRig {
     PurchaseRig::with(4, products, |config| {
-        config.breaker_open_for = Duration::from_millis(200);
+        config.cardtrader.breaker_open_for = Duration::from_millis(200);
     })
     .await
 }
@@ -167,7 +167,7 @@ fn push_worker(shop: &PurchaseRig) -> Worker {
     let handler = PushHandler {
         accounts: shop.handler.accounts.clone(),
         call_budget: Duration::from_secs(10),
-        write_grace: shop.rig.app.config.cardtrader_request_timeout,
+        write_grace: shop.rig.app.config.cardtrader.request_timeout,
         metrics: shop.handler.metrics.clone(),
     };
     let settings = WorkerSettings {

@@ -709,20 +709,20 @@ async fn a_job_that_cannot_renew_its_lease_is_stopped_before_it_runs_out_and_cal
             .await
             .unwrap();
     let (mut config, _) = crate::helpers::test_config();
-    config.cardtrader_base_url = simulator.base_url();
-    let storage = Storage::connect_lazy(&config).unwrap();
+    config.cardtrader.base_url = simulator.base_url();
+    let storage = Storage::connect_lazy(&config.storage).unwrap();
     let metrics = brx_sync::metrics::Metrics::new().unwrap();
     let limiter = RateLimiter::new(
         storage.redis.clone(),
-        &config.redis_key_prefix,
-        Limits::from_config(&config),
+        &config.storage.redis_key_prefix,
+        Limits::from_config(&config.cardtrader),
         metrics.clone(),
     );
     let token = simulator.token(1);
     let (stopped, mut stops) = tokio::sync::mpsc::unbounded_channel();
     let calls = Arc::new(AtomicU32::new(0));
     let handler = CallsUntilStopped {
-        client: MarketplaceClient::new(&config, limiter, metrics).unwrap(),
+        client: MarketplaceClient::new(&config.cardtrader, limiter, metrics).unwrap(),
         token: secrecy::SecretString::from(token.clone()),
         calls: calls.clone(),
         stopped,

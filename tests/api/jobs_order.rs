@@ -120,19 +120,19 @@ async fn a_long_wait_outranks_a_higher_priority() {
 #[tokio::test]
 async fn an_announced_job_wakes_the_workers_of_another_replica_through_redis() {
     let (config, _) = test_config();
-    let storage = Storage::connect_lazy(&config).unwrap();
+    let storage = Storage::connect_lazy(&config.storage).unwrap();
     let woken = Arc::new(Notify::new());
     let listener = JobWakeups::new(
         storage.redis.clone(),
-        &config.redis_key_prefix,
+        &config.storage.redis_key_prefix,
         HashMap::from([(Lane::Bulk, woken.clone())]),
     );
     let stop = CancellationToken::new();
-    let listening = tokio::spawn(listener.listen(config.redis_url.clone(), stop.clone()));
+    let listening = tokio::spawn(listener.listen(config.storage.redis_url.clone(), stop.clone()));
     // Another replica: same channel, no workers of its own here.
     let announcer = JobWakeups::new(
         storage.redis.clone(),
-        &config.redis_key_prefix,
+        &config.storage.redis_key_prefix,
         HashMap::new(),
     );
 
@@ -158,7 +158,7 @@ async fn an_announced_job_wakes_the_workers_of_another_replica_through_redis() {
     {}
     let interactive_only = JobWakeups::new(
         storage.redis.clone(),
-        &config.redis_key_prefix,
+        &config.storage.redis_key_prefix,
         HashMap::new(),
     );
     interactive_only.announce(Lane::Interactive);

@@ -49,7 +49,7 @@ async fn an_in_flight_rpc_completes_after_shutdown_begins_and_new_connections_ar
 #[tokio::test]
 async fn health_says_not_serving_during_the_drain_delay_while_rpcs_are_still_answered() {
     let mut app =
-        spawn_app_with(|config| config.shutdown_drain_delay = Duration::from_secs(2)).await;
+        spawn_app_with(|config| config.server.shutdown_drain_delay = Duration::from_secs(2)).await;
     let mut health = app.health().await;
     let mut admin = app.admin().await;
 
@@ -83,7 +83,8 @@ async fn health_says_not_serving_during_the_drain_delay_while_rpcs_are_still_ans
 #[tokio::test]
 async fn the_grace_period_bounds_an_rpc_that_would_outlive_it() {
     let mut app =
-        spawn_app_with(|config| config.shutdown_grace_period = Duration::from_millis(300)).await;
+        spawn_app_with(|config| config.server.shutdown_grace_period = Duration::from_millis(300))
+            .await;
     let scenario = fail::FailScenario::setup();
     fail::cfg("admin.get_stats", "return(20000)").unwrap();
     let token = app.service_token();
@@ -131,6 +132,17 @@ fn an_out_of_range_pool_size_exits_64_naming_the_setting() {
 
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("BRX_PG_MAX_CONNECTIONS"));
+}
+
+#[test]
+fn a_malformed_encryption_keyring_exits_64_with_one_line_naming_the_setting() {
+    // Checked by App::build (the keyring is parsed there, once), not by clap.
+    let output = run_binary_with(&[("BRX_ENCRYPTION_KEYS", "k1:not-base64!")]);
+
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("BRX_ENCRYPTION_KEYS"), "{stderr}");
 }
 
 #[test]

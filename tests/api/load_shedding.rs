@@ -10,7 +10,7 @@ use crate::helpers::{authorized, spawn_app_with};
 
 #[tokio::test]
 async fn a_second_rpc_beyond_a_concurrency_limit_of_one_is_shed_with_a_retry_hint() {
-    let app = spawn_app_with(|config| config.rpc_concurrency_limit = 1).await;
+    let app = spawn_app_with(|config| config.server.rpc_concurrency_limit = 1).await;
     let scenario = fail::FailScenario::setup();
     fail::cfg("admin.get_stats", "return(800)").unwrap();
     let token = app.service_token();
@@ -57,7 +57,7 @@ async fn a_second_rpc_beyond_a_concurrency_limit_of_one_is_shed_with_a_retry_hin
 
 #[tokio::test]
 async fn an_rpc_running_past_the_servers_timeout_ends_with_deadline_exceeded() {
-    let app = spawn_app_with(|config| config.rpc_timeout = Duration::from_millis(300)).await;
+    let app = spawn_app_with(|config| config.server.rpc_timeout = Duration::from_millis(300)).await;
     let scenario = fail::FailScenario::setup();
     fail::cfg("admin.get_stats", "return(2000)").unwrap();
 
@@ -74,7 +74,7 @@ async fn an_rpc_running_past_the_servers_timeout_ends_with_deadline_exceeded() {
 
 #[tokio::test]
 async fn a_callers_shorter_grpc_timeout_wins_over_the_servers_ceiling() {
-    let app = spawn_app_with(|config| config.rpc_timeout = Duration::from_secs(30)).await;
+    let app = spawn_app_with(|config| config.server.rpc_timeout = Duration::from_secs(30)).await;
     let scenario = fail::FailScenario::setup();
     fail::cfg("admin.get_stats", "return(3000)").unwrap();
     let mut request = authorized(GetStatsRequest {}, &app.service_token());

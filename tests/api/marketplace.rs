@@ -30,23 +30,23 @@ async fn setup(adjust: impl FnOnce(&mut Config)) -> Setup {
             .await
             .unwrap();
     let (mut config, _) = test_config();
-    config.cardtrader_base_url = simulator.base_url();
+    config.cardtrader.base_url = simulator.base_url();
     adjust(&mut config);
     Setup { simulator, config }
 }
 
 impl Setup {
     fn client(&self) -> (MarketplaceClient, Metrics) {
-        let storage = Storage::connect_lazy(&self.config).unwrap();
+        let storage = Storage::connect_lazy(&self.config.storage).unwrap();
         let metrics = Metrics::new().unwrap();
         let limiter = RateLimiter::new(
             storage.redis,
-            &self.config.redis_key_prefix,
-            Limits::from_config(&self.config),
+            &self.config.storage.redis_key_prefix,
+            Limits::from_config(&self.config.cardtrader),
             metrics.clone(),
         );
         (
-            MarketplaceClient::new(&self.config, limiter, metrics.clone()).unwrap(),
+            MarketplaceClient::new(&self.config.cardtrader, limiter, metrics.clone()).unwrap(),
             metrics,
         )
     }
@@ -171,7 +171,7 @@ async fn a_bad_token_is_unauthorized() {
 
 #[tokio::test]
 async fn an_html_error_page_is_unavailable_with_its_message() {
-    let setup = setup(|config| config.cardtrader_attempts = 1).await;
+    let setup = setup(|config| config.cardtrader.attempts = 1).await;
     setup.simulator.set_faults(Faults {
         html_error_rate: 1.0,
         ..Faults::default()
@@ -240,9 +240,9 @@ async fn a_429_penalizes_the_seller_and_a_short_deadline_gets_rate_limited_witho
 #[tokio::test]
 async fn five_xx_answers_open_the_breaker_which_fails_fast_and_recovers_through_a_probe() {
     let setup = setup(|config| {
-        config.breaker_failures = 3;
-        config.cardtrader_attempts = 1;
-        config.breaker_open_for = Duration::from_millis(300);
+        config.cardtrader.breaker_failures = 3;
+        config.cardtrader.attempts = 1;
+        config.cardtrader.breaker_open_for = Duration::from_millis(300);
     })
     .await;
     setup.simulator.set_faults(Faults {
@@ -280,7 +280,7 @@ async fn five_xx_answers_open_the_breaker_which_fails_fast_and_recovers_through_
 
 #[tokio::test]
 async fn a_4xx_does_not_open_the_breaker() {
-    let setup = setup(|config| config.breaker_failures = 2).await;
+    let setup = setup(|config| config.cardtrader.breaker_failures = 2).await;
     let (client, _) = setup.client();
     let token = SecretString::from("nope".to_owned());
 
@@ -303,7 +303,7 @@ async fn a_4xx_does_not_open_the_breaker() {
 #[tokio::test]
 async fn a_timed_out_create_is_not_retried_because_its_outcome_is_unknown() {
     let setup =
-        setup(|config| config.cardtrader_request_timeout = Duration::from_millis(500)).await;
+        setup(|config| config.cardtrader.request_timeout = Duration::from_millis(500)).await;
     setup.simulator.set_faults(Faults {
         timeout_rate: 1.0,
         ..Faults::default()
@@ -344,7 +344,7 @@ async fn a_timed_out_create_is_not_retried_because_its_outcome_is_unknown() {
 #[tokio::test]
 async fn a_timed_out_read_is_retried() {
     let setup =
-        setup(|config| config.cardtrader_request_timeout = Duration::from_millis(300)).await;
+        setup(|config| config.cardtrader.request_timeout = Duration::from_millis(300)).await;
     setup.simulator.set_faults(Faults {
         timeout_rate: 1.0,
         ..Faults::default()
@@ -481,7 +481,7 @@ async fn a_large_export_streams_every_product_exactly_once() {
 
 #[tokio::test]
 async fn an_export_answered_with_an_html_page_is_unavailable() {
-    let setup = setup(|config| config.cardtrader_attempts = 1).await;
+    let setup = setup(|config| config.cardtrader.attempts = 1).await;
     setup.simulator.set_faults(Faults {
         html_error_rate: 1.0,
         ..Faults::default()

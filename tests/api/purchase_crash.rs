@@ -21,8 +21,8 @@ const LEASE: Duration = Duration::from_secs(1);
 /// CardTrader answers at once here: a second's timeout and budget keep a lost answer's wait (until
 /// it can no longer land) short.
 fn settle_fast(config: &mut brx_sync::config::Config) {
-    config.cardtrader_request_timeout = Duration::from_secs(1);
-    config.cardtrader_call_budget = Duration::from_secs(1);
+    config.cardtrader.request_timeout = Duration::from_secs(1);
+    config.cardtrader.call_budget = Duration::from_secs(1);
 }
 
 /// Buys `lines` with the driver killed at the `nth` evaluation of crash point `point`, and returns
@@ -295,8 +295,8 @@ async fn an_operator_retries_and_resolves_on_a_pool_of_one_connection() {
     // while its transaction holds the first would wait out the acquire timeout.
     let shop = PurchaseRig::with(0, 60, |config| {
         settle_fast(config);
-        config.pg_max_connections = 1;
-        config.pg_acquire_timeout = Duration::from_secs(2);
+        config.storage.pg_max_connections = 1;
+        config.storage.pg_acquire_timeout = Duration::from_secs(2);
     })
     .await;
     let workers = Workers::start(&shop, LEASE);

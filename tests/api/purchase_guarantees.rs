@@ -19,8 +19,8 @@ const LEASE: Duration = Duration::from_secs(1);
 /// `budget`: a lost answer has settled the budget plus a request timeout after it was sent.
 async fn rig(products: u64, budget: Duration) -> PurchaseRig {
     PurchaseRig::with(0, products, |config| {
-        config.cardtrader_request_timeout = Duration::from_millis(500);
-        config.cardtrader_call_budget = budget;
+        config.cardtrader.request_timeout = Duration::from_millis(500);
+        config.cardtrader.call_budget = budget;
     })
     .await
 }

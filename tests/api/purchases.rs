@@ -219,7 +219,7 @@ async fn a_product_taken_to_zero_is_deleted_and_recreated_by_a_later_compensatio
 #[tokio::test]
 async fn a_decrement_applied_but_unanswered_is_decided_as_applied_and_not_sent_twice() {
     let shop = PurchaseRig::with(4, 10, |config| {
-        config.cardtrader_request_timeout = Duration::from_millis(800);
+        config.cardtrader.request_timeout = Duration::from_millis(800);
     })
     .await;
     let item = shop.stocked(3, 1).await[0];
@@ -408,7 +408,7 @@ async fn list_one(shop: &PurchaseRig) -> uuid::Uuid {
 #[tokio::test]
 async fn a_purchase_past_its_deadline_gives_back_what_it_took() {
     let shop = PurchaseRig::with(4, 10, |config| {
-        config.purchase_deadline = Duration::from_millis(600);
+        config.jobs.purchase_deadline = Duration::from_millis(600);
     })
     .await;
     let items = shop.stocked(2, 2).await;

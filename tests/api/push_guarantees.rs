@@ -25,8 +25,8 @@ use crate::helpers::{PurchaseRig, authorized};
 fn push_worker(shop: &PurchaseRig, owner: &str, lease: Duration) -> Worker {
     let handler = PushHandler {
         accounts: shop.handler.accounts.clone(),
-        call_budget: shop.rig.app.config.cardtrader_call_budget,
-        write_grace: shop.rig.app.config.cardtrader_request_timeout,
+        call_budget: shop.rig.app.config.cardtrader.call_budget,
+        write_grace: shop.rig.app.config.cardtrader.request_timeout,
         metrics: shop.handler.metrics.clone(),
     };
     let settings = WorkerSettings {
@@ -97,8 +97,8 @@ async fn until_outbox(
 async fn a_create_still_in_flight_when_its_worker_lost_the_lease_is_listed_once() {
     // A create settles 7 s after it is sent (a 4 s budget, a 3 s request timeout).
     let shop = PurchaseRig::with(0, 10, |config| {
-        config.cardtrader_request_timeout = Duration::from_secs(3);
-        config.cardtrader_call_budget = Duration::from_secs(4);
+        config.cardtrader.request_timeout = Duration::from_secs(3);
+        config.cardtrader.call_budget = Duration::from_secs(4);
     })
     .await;
     let held: Vec<i64> =
@@ -292,10 +292,10 @@ async fn edits_whose_push_job_gave_up_are_queued_again_with_a_backoff_and_land()
     let requeue = PushRequeue::new(
         shop.rig.pool.clone(),
         brx_sync::jobs::wake::JobWakeups::new(
-            brx_sync::storage::Storage::connect_lazy(&shop.rig.app.config)
+            brx_sync::storage::Storage::connect_lazy(&shop.rig.app.config.storage)
                 .unwrap()
                 .redis,
-            &shop.rig.app.config.redis_key_prefix,
+            &shop.rig.app.config.storage.redis_key_prefix,
             Default::default(),
         ),
         Duration::from_secs(3_600),

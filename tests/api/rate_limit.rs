@@ -15,12 +15,12 @@ use crate::helpers::{TcpProxy, test_config};
 fn limiter_with(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> (RateLimiter, Metrics) {
     let (mut config, _) = test_config();
     adjust(&mut config);
-    let storage = Storage::connect_lazy(&config).unwrap();
+    let storage = Storage::connect_lazy(&config.storage).unwrap();
     let metrics = Metrics::new().unwrap();
     let limiter = RateLimiter::new(
         storage.redis,
-        &config.redis_key_prefix,
-        Limits::from_config(&config),
+        &config.storage.redis_key_prefix,
+        Limits::from_config(&config.cardtrader),
         metrics.clone(),
     );
     (limiter, metrics)
@@ -42,7 +42,7 @@ async fn drain(limiter: &RateLimiter, seller: &str, scope: Scope, priority: Prio
 /// counts are checked as `expected..=expected + refilled` instead of assuming an instant drain.
 fn refilled_since(started: Instant, share: f64) -> u32 {
     let (config, _) = test_config();
-    let refill = Limits::from_config(&config)
+    let refill = Limits::from_config(&config.cardtrader)
         .params(Scope::General)
         .refill_per_ms;
     (started.elapsed().as_millis() as f64 * refill * share).ceil() as u32
@@ -110,11 +110,11 @@ async fn two_sellers_have_independent_buckets() {
 async fn two_limiter_instances_share_one_bucket_through_redis() {
     let (config, _) = test_config();
     let make = || {
-        let storage = Storage::connect_lazy(&config).unwrap();
+        let storage = Storage::connect_lazy(&config.storage).unwrap();
         RateLimiter::new(
             storage.redis,
-            &config.redis_key_prefix,
-            Limits::from_config(&config),
+            &config.storage.redis_key_prefix,
+            Limits::from_config(&config.cardtrader),
             Metrics::new().unwrap(),
         )
     };
@@ -222,9 +222,9 @@ async fn redis_connection() -> deadpool_redis::Connection {
 async fn with_redis_unreachable_the_limiter_falls_back_in_process_and_returns_to_redis_after() {
     let proxy = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let (limiter, metrics) = limiter_with(|config| {
-        config.redis_url = SecretString::from(format!("redis://{}/0", proxy.addr));
-        config.redis_timeout = Duration::from_millis(300);
-        config.expected_replicas = 2;
+        config.storage.redis_url = SecretString::from(format!("redis://{}/0", proxy.addr));
+        config.storage.redis_timeout = Duration::from_millis(300);
+        config.cardtrader.expected_replicas = 2;
     });
     let seller = seller();
     assert!(

@@ -378,10 +378,10 @@ async fn a_retention_longer_than_the_calendar_keeps_everything() {
 #[tokio::test]
 async fn a_served_replica_runs_retention_and_exports_table_sizes() {
     let app = spawn_app_with(|config| {
-        config.retention_interval = Duration::from_millis(200);
+        config.retention.interval = Duration::from_millis(200);
     })
     .await;
-    let pool = PgPool::connect(app.config.database_url.expose_secret())
+    let pool = PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap();
     let old = job(&pool, Uuid::new_v4(), "purchase", "succeeded", 40.0).await;

@@ -14,10 +14,10 @@ use crate::helpers::{drop_database, test_config};
 #[tokio::test]
 async fn readiness_stays_up_while_every_connection_of_the_main_pool_is_checked_out() {
     let (mut config, database) = test_config();
-    config.pg_max_connections = 2;
-    config.pg_acquire_timeout = Duration::from_millis(300);
-    ensure_database(&config.database_url).await.unwrap();
-    let storage = Storage::connect_lazy(&config).unwrap();
+    config.storage.pg_max_connections = 2;
+    config.storage.pg_acquire_timeout = Duration::from_millis(300);
+    ensure_database(&config.storage.database_url).await.unwrap();
+    let storage = Storage::connect_lazy(&config.storage).unwrap();
     let held = [
         storage.pg.acquire().await.unwrap(),
         storage.pg.acquire().await.unwrap(),
@@ -30,7 +30,7 @@ async fn readiness_stays_up_while_every_connection_of_the_main_pool_is_checked_o
         Duration::from_millis(100),
         Duration::from_millis(300),
         true,
-        config.database_url.clone(),
+        config.storage.database_url.clone(),
     );
     let stop = CancellationToken::new();
     let task = tokio::spawn(supervisor.run(stop.clone()));

@@ -33,7 +33,7 @@ const BOUND: Duration = Duration::from_secs(20);
 /// open and idle for as long as the test wants.
 async fn idle_app(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> TestApp {
     spawn_app_with(|config| {
-        config.bulk_concurrency = 0;
+        config.jobs.bulk_concurrency = 0;
         adjust(config);
     })
     .await
@@ -156,8 +156,9 @@ fn rereads(method: &str, cause: &str) -> String {
 
 /// Another replica's change hub on the same Redis key prefix, relaying until the token is cancelled.
 fn other_replica(app: &TestApp) -> (Changes, CancellationToken) {
-    let (hub, relay): (Changes, ChangeRelay) = Changes::relayed(&app.config.redis_key_prefix);
-    let storage = brx_sync::storage::Storage::connect_lazy(&app.config).unwrap();
+    let (hub, relay): (Changes, ChangeRelay) =
+        Changes::relayed(&app.config.storage.redis_key_prefix);
+    let storage = brx_sync::storage::Storage::connect_lazy(&app.config.storage).unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(relay.run(storage.redis, stop.clone()));
     (hub, stop)
@@ -165,8 +166,8 @@ fn other_replica(app: &TestApp) -> (Changes, CancellationToken) {
 
 /// Waits until `app` listens for change notices on Redis (it subscribes in the background).
 async fn until_listening(app: &TestApp) {
-    let storage = brx_sync::storage::Storage::connect_lazy(&app.config).unwrap();
-    let channel = format!("{}changes", app.config.redis_key_prefix);
+    let storage = brx_sync::storage::Storage::connect_lazy(&app.config.storage).unwrap();
+    let channel = format!("{}changes", app.config.storage.redis_key_prefix);
     let deadline = tokio::time::Instant::now() + BOUND;
     loop {
         let mut conn = storage.redis.get().await.unwrap();
@@ -190,8 +191,8 @@ async fn until_listening(app: &TestApp) {
 #[tokio::test]
 async fn watches_beyond_a_callers_bound_are_refused_with_a_retry_hint_until_one_closes() {
     let app = idle_app(|config| {
-        config.max_streams_per_caller = 2;
-        config.max_streams = 10;
+        config.server.max_streams_per_caller = 2;
+        config.server.max_streams = 10;
     })
     .await;
     let user = connected_seller(&app, 10).await;
@@ -214,8 +215,8 @@ async fn watches_beyond_a_callers_bound_are_refused_with_a_retry_hint_until_one_
 #[tokio::test]
 async fn watches_beyond_the_replicas_bound_are_refused_whoever_asks_until_one_closes() {
     let app = idle_app(|config| {
-        config.max_streams = 2;
-        config.max_streams_per_caller = 10;
+        config.server.max_streams = 2;
+        config.server.max_streams_per_caller = 10;
     })
     .await;
     let (one, two) = (
@@ -240,7 +241,7 @@ async fn watches_beyond_the_replicas_bound_are_refused_whoever_asks_until_one_cl
 
 #[tokio::test]
 async fn a_watch_past_its_maximum_lifetime_ends_unavailable_telling_the_caller_to_watch_again() {
-    let app = idle_app(|config| config.stream_max_lifetime = Duration::from_secs(1)).await;
+    let app = idle_app(|config| config.server.stream_max_lifetime = Duration::from_secs(1)).await;
     let user = connected_seller(&app, 10).await;
     let job_id = start_sync(&app, user).await;
     let mut stream = open_watch(&app, &job_id, &app.seller_token(user)).await;
@@ -267,8 +268,8 @@ async fn a_watch_past_its_maximum_lifetime_ends_unavailable_telling_the_caller_t
 async fn an_idle_watch_reads_postgres_only_when_another_replica_says_its_job_changed() {
     // The lifetime ends the test's watch; the backstop (default 5 s) is longer, so any re-read in
     // between was caused by a notice.
-    let app = idle_app(|config| config.stream_max_lifetime = Duration::from_secs(4)).await;
-    assert!(app.config.stream_recheck_interval > app.config.stream_max_lifetime);
+    let app = idle_app(|config| config.server.stream_max_lifetime = Duration::from_secs(4)).await;
+    assert!(app.config.server.stream_recheck_interval > app.config.server.stream_max_lifetime);
     let user = connected_seller(&app, 10).await;
     let job_id = start_sync(&app, user).await;
     let mut stream = open_watch(&app, &job_id, &app.seller_token(user)).await;
@@ -303,9 +304,9 @@ async fn a_watch_on_one_replica_follows_a_sync_that_another_replica_runs() {
     // Replica A serves the watch and runs no jobs; its backstop is an hour, so only notices from
     // replica B, which runs the sync, can move the watch along.
     let api_only = idle_app(|config| {
-        config.mysql_url = catalog.config.mysql_url.clone();
-        config.interactive_concurrency = 0;
-        config.stream_recheck_interval = Duration::from_secs(3_600);
+        config.storage.mysql_url = catalog.config.storage.mysql_url.clone();
+        config.jobs.interactive_concurrency = 0;
+        config.server.stream_recheck_interval = Duration::from_secs(3_600);
     })
     .await;
     until_listening(&api_only).await;
@@ -316,11 +317,11 @@ async fn a_watch_on_one_replica_follows_a_sync_that_another_replica_runs() {
     let shared = api_only.config.clone();
     let simulator = api_only.simulator.base_url();
     let runner = start_app_with(|config| {
-        config.database_url = shared.database_url.clone();
-        config.redis_key_prefix = shared.redis_key_prefix.clone();
-        config.mysql_url = shared.mysql_url.clone();
-        config.cardtrader_base_url = simulator;
-        config.job_poll_interval = Duration::from_millis(100);
+        config.storage.database_url = shared.storage.database_url.clone();
+        config.storage.redis_key_prefix = shared.storage.redis_key_prefix.clone();
+        config.storage.mysql_url = shared.storage.mysql_url.clone();
+        config.cardtrader.base_url = simulator;
+        config.jobs.poll_interval = Duration::from_millis(100);
     })
     .await;
 
@@ -343,7 +344,8 @@ async fn a_watch_on_one_replica_follows_a_sync_that_another_replica_runs() {
 #[tokio::test]
 async fn shutdown_ends_an_open_watch_sync_at_once_with_unavailable_and_does_not_wait_out_the_grace_period()
  {
-    let mut app = idle_app(|config| config.shutdown_grace_period = Duration::from_secs(120)).await;
+    let mut app =
+        idle_app(|config| config.server.shutdown_grace_period = Duration::from_secs(120)).await;
     let user = connected_seller(&app, 10).await;
     let job_id = start_sync(&app, user).await;
     let mut stream = open_watch(&app, &job_id, &app.seller_token(user)).await;
@@ -365,7 +367,7 @@ async fn shutdown_ends_an_open_watch_sync_at_once_with_unavailable_and_does_not_
 async fn shutdown_ends_an_open_watch_purchase_at_once_with_unavailable() {
     // No interactive worker: the purchase stays in TAKING, so its watch stays open.
     let shop = PurchaseRig::with(0, 10, |config| {
-        config.shutdown_grace_period = Duration::from_secs(120);
+        config.server.shutdown_grace_period = Duration::from_secs(120);
     })
     .await;
     let purchase_id = pending_purchase(&shop).await;
@@ -390,7 +392,7 @@ async fn shutdown_ends_an_open_watch_purchase_at_once_with_unavailable() {
 #[tokio::test]
 async fn a_watch_purchase_follows_the_steps_another_replica_records() {
     let mut shop = PurchaseRig::with(0, 10, |config| {
-        config.stream_recheck_interval = Duration::from_secs(3_600);
+        config.server.stream_recheck_interval = Duration::from_secs(3_600);
     })
     .await;
     until_listening(&shop.rig.app).await;
@@ -460,7 +462,7 @@ async fn watch_purchase(
 }
 
 async fn pool(app: &TestApp) -> sqlx::PgPool {
-    sqlx::PgPool::connect(app.config.database_url.expose_secret())
+    sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap()
 }

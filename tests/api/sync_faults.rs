@@ -165,7 +165,7 @@ async fn a_running_sync_cancelled_stops_after_its_chunk_and_sweeps_nothing() {
 #[tokio::test]
 async fn a_429_storm_delays_the_sync_without_spending_attempts_or_breaking_the_limit() {
     // One attempt per call: every 429 reaches the job, which must reschedule rather than retry.
-    let rig = SyncRig::with(|config| config.cardtrader_attempts = 1).await;
+    let rig = SyncRig::with(|config| config.cardtrader.attempts = 1).await;
     let seller = rig.app.simulator.add_seller(3_000);
     let user = rig.connect(&seller.token).await;
     rig.app.simulator.set_faults(Faults {
@@ -204,6 +204,7 @@ async fn a_revoked_token_fails_the_sync_at_once_and_marks_the_account() {
     let keyring = Keyring::parse(
         rig.app
             .config
+            .auth
             .encryption_keys
             .as_ref()
             .unwrap()

@@ -138,8 +138,8 @@ async fn a_served_replica_finds_a_job_queued_behind_its_back_by_polling() {
     // Queued straight into the table, nobody announces the job: the replica's own bulk worker must
     // find it by polling, the backstop of lost wake-ups.
     let rig = SyncRig::with(|config| {
-        config.bulk_concurrency = 2;
-        config.job_poll_interval = Duration::from_millis(100);
+        config.jobs.bulk_concurrency = 2;
+        config.jobs.poll_interval = Duration::from_millis(100);
     })
     .await;
     let seller = rig.app.simulator.add_seller(2_500);

@@ -20,10 +20,10 @@ use crate::helpers::{CatalogDb, TestApp, authorized, spawn_app_with};
 
 async fn app_with(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> (TestApp, CatalogDb) {
     let catalog = CatalogDb::seeded(1_000).await;
-    let url = catalog.config.mysql_url.clone();
+    let url = catalog.config.storage.mysql_url.clone();
     let app = spawn_app_with(|config| {
-        config.mysql_url = url;
-        config.job_poll_interval = Duration::from_millis(100);
+        config.storage.mysql_url = url;
+        config.jobs.poll_interval = Duration::from_millis(100);
         adjust(config);
     })
     .await;
@@ -124,7 +124,7 @@ async fn a_started_sync_can_be_watched_to_its_end_and_shows_in_the_status() {
 #[tokio::test]
 async fn fifty_concurrent_start_syncs_for_one_seller_coalesce_into_one_job() {
     // No bulk workers on this replica: every request finds the first one still queued.
-    let (app, _catalog) = app_with(|config| config.bulk_concurrency = 0).await;
+    let (app, _catalog) = app_with(|config| config.jobs.bulk_concurrency = 0).await;
     let user = connected_seller(&app, 10).await;
     let token = app.seller_token(user);
     let channel = app.channel().await;
@@ -148,8 +148,8 @@ async fn fifty_concurrent_start_syncs_for_one_seller_coalesce_into_one_job() {
 #[tokio::test]
 async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
     let (app, _catalog) = app_with(|config| {
-        config.bulk_concurrency = 0;
-        config.max_queue_depth = 1;
+        config.jobs.bulk_concurrency = 0;
+        config.jobs.max_queue_depth = 1;
     })
     .await;
     let (first, second) = (
@@ -179,7 +179,7 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
 
 #[tokio::test]
 async fn a_queued_sync_is_cancelled_at_once() {
-    let (app, _catalog) = app_with(|config| config.bulk_concurrency = 0).await;
+    let (app, _catalog) = app_with(|config| config.jobs.bulk_concurrency = 0).await;
     let user = connected_seller(&app, 10).await;
     let mut sync = client(&app).await;
     let token = app.seller_token(user);
@@ -200,7 +200,7 @@ async fn a_queued_sync_is_cancelled_at_once() {
 
 #[tokio::test]
 async fn bad_input_unknown_jobs_and_other_sellers_get_clear_statuses() {
-    let (app, _catalog) = app_with(|config| config.bulk_concurrency = 0).await;
+    let (app, _catalog) = app_with(|config| config.jobs.bulk_concurrency = 0).await;
     let (owner, stranger) = (
         connected_seller(&app, 10).await,
         connected_seller(&app, 10).await,
@@ -308,7 +308,7 @@ async fn run_to_end(app: &TestApp, request: StartSyncRequest) -> SyncJob {
 }
 
 async fn pool(app: &TestApp) -> sqlx::PgPool {
-    sqlx::PgPool::connect(app.config.database_url.expose_secret())
+    sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
         .await
         .unwrap()
 }
@@ -316,7 +316,7 @@ async fn pool(app: &TestApp) -> sqlx::PgPool {
 #[tokio::test]
 async fn a_started_sync_runs_at_once_although_workers_poll_only_hourly() {
     let (app, _catalog) =
-        app_with(|config| config.job_poll_interval = Duration::from_secs(3_600)).await;
+        app_with(|config| config.jobs.poll_interval = Duration::from_secs(3_600)).await;
     let user = connected_seller(&app, 200).await;
 
     let last = run_to_end(&app, start(user)).await;
@@ -403,9 +403,13 @@ async fn unmapped_rows_are_remapped_once_their_blueprints_are_invalidated() {
     );
 
     // The catalogue gains every print; the operator invalidates the blueprints concerned.
-    brx_sync::blueprints::fixture::seed(&catalog.config, cardtrader_sim::CATALOGUE_BLUEPRINTS)
-        .await
-        .unwrap();
+    brx_sync::blueprints::fixture::seed(
+        &catalog.config.storage.mysql_url,
+        &catalog.config.catalog,
+        cardtrader_sim::CATALOGUE_BLUEPRINTS,
+    )
+    .await
+    .unwrap();
     let mut blueprints = BlueprintServiceClient::new(app.channel().await);
     let answer = blueprints
         .invalidate_blueprints(authorized(
@@ -432,7 +436,7 @@ async fn unmapped_rows_are_remapped_once_their_blueprints_are_invalidated() {
 
 #[tokio::test]
 async fn a_targeted_request_joining_a_queued_one_widens_it_instead_of_being_dropped() {
-    let (app, _catalog) = app_with(|config| config.interactive_concurrency = 0).await;
+    let (app, _catalog) = app_with(|config| config.jobs.interactive_concurrency = 0).await;
     let user = connected_seller(&app, 10).await;
     let mut sync = client(&app).await;
     let targeted = |blueprints: Vec<i64>, expansions: Vec<i64>| {

@@ -34,8 +34,12 @@ async fn account(db: &TestDatabase, status: &str, hours_ago: Option<f64>) -> Use
 
 fn scheduler(db: &TestDatabase, max_queue_depth: i64) -> SyncScheduler {
     let (config, _) = test_config();
-    let storage = Storage::connect_lazy(&config).unwrap();
-    let wakeups = JobWakeups::new(storage.redis, &config.redis_key_prefix, HashMap::new());
+    let storage = Storage::connect_lazy(&config.storage).unwrap();
+    let wakeups = JobWakeups::new(
+        storage.redis,
+        &config.storage.redis_key_prefix,
+        HashMap::new(),
+    );
     SyncScheduler::new(
         db.pool.clone(),
         wakeups,

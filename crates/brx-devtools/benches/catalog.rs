@@ -23,21 +23,22 @@ const ROUNDS: u32 = 50;
 
 fn config(prefix: &str, l1: bool) -> Config {
     let mut config = Config::defaults();
-    config.mysql_url =
+    config.storage.mysql_url =
         SecretString::from("mysql://root@127.0.0.1:3306/brx_bench_catalog".to_owned());
-    config.redis_key_prefix = format!("brx-bench-{prefix}-{}:", uuid::Uuid::new_v4().simple());
-    config.catalog_l1_capacity = if l1 { 1_000_000 } else { 0 };
+    config.storage.redis_key_prefix =
+        format!("brx-bench-{prefix}-{}:", uuid::Uuid::new_v4().simple());
+    config.catalog.l1_capacity = if l1 { 1_000_000 } else { 0 };
     config
 }
 
 fn catalog(config: &Config) -> anyhow::Result<(BlueprintCatalog, Storage, Metrics)> {
-    let storage = Storage::connect_lazy(config)?;
+    let storage = Storage::connect_lazy(&config.storage)?;
     let metrics = Metrics::new()?;
     let catalog = BlueprintCatalog::new(
-        config,
+        &config.catalog,
         storage.mysql.clone(),
         storage.redis.clone(),
-        &config.redis_key_prefix,
+        &config.storage.redis_key_prefix,
         metrics.clone(),
     );
     Ok((catalog, storage, metrics))
@@ -70,7 +71,7 @@ where
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let seed_config = config("seed", false);
-    fixture::seed(&seed_config, PRINTS).await?;
+    fixture::seed(&seed_config.storage.mysql_url, &seed_config.catalog, PRINTS).await?;
     println!(
         "catalogue bench: {PRINTS} prints, batches of {BATCH} ids, {ROUNDS} rounds per figure\n"
     );
@@ -84,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     let keys: Vec<String> = (1..=BATCH)
-        .map(|id| format!("{}bp:{id}", warm_config.redis_key_prefix))
+        .map(|id| format!("{}bp:{id}", warm_config.storage.redis_key_prefix))
         .collect();
     let mut conn = storage.redis.get().await?;
     let raw_mget = {
@@ -199,8 +200,8 @@ async fn main() -> anyhow::Result<()> {
 
     // 5. A pool of 4 under 16 concurrent cold callers, each bounded by a 500 ms checkout timeout.
     let mut tight = config("pool", false);
-    tight.mysql_max_connections = 4;
-    tight.mysql_acquire_timeout = Duration::from_millis(500);
+    tight.storage.mysql_max_connections = 4;
+    tight.catalog.mysql_acquire_timeout = Duration::from_millis(500);
     let (pool_catalog, _, _) = catalog(&tight)?;
     let callers: Vec<_> = (0..16)
         .map(|caller| {

@@ -154,7 +154,13 @@ impl Run {
             simulator: Simulator::start().await?,
             admin: PgPool::connect(&format!("{PG}/postgres")).await?,
         };
-        fixture::seed(&run.config("none", "seed"), CATALOGUE_BLUEPRINTS).await?;
+        let seed_config = run.config("none", "seed");
+        fixture::seed(
+            &seed_config.storage.mysql_url,
+            &seed_config.catalog,
+            CATALOGUE_BLUEPRINTS,
+        )
+        .await?;
         Ok(run)
     }
 
@@ -165,13 +171,15 @@ impl Run {
     /// Production defaults, pointed at this run's databases; `prefix` keeps caches apart.
     fn config(&self, database: &str, prefix: &str) -> Config {
         let mut config = Config::defaults();
-        config.database_url = SecretString::from(format!("{PG}/{}", self.database(database)));
-        config.mysql_url = SecretString::from(format!("{MYSQL}/{}", self.database("catalog")));
-        config.redis_key_prefix = format!("brx-bench-{}-{prefix}:", self.id);
-        config.cardtrader_base_url = format!("http://{}/api/v2", self.simulator.addr);
-        config.encryption_keys = Some(SecretString::from(ENCRYPTION_KEYS.to_owned()));
+        config.storage.database_url =
+            SecretString::from(format!("{PG}/{}", self.database(database)));
+        config.storage.mysql_url =
+            SecretString::from(format!("{MYSQL}/{}", self.database("catalog")));
+        config.storage.redis_key_prefix = format!("brx-bench-{}-{prefix}:", self.id);
+        config.cardtrader.base_url = format!("http://{}/api/v2", self.simulator.addr);
+        config.auth.encryption_keys = Some(SecretString::from(ENCRYPTION_KEYS.to_owned()));
         // A million-product export read at database speed may outlast the default 180 s.
-        config.cardtrader_export_timeout = Duration::from_secs(600);
+        config.cardtrader.export_timeout = Duration::from_secs(600);
         config
     }
 
@@ -225,7 +233,7 @@ impl Run {
 
     /// Deletes this run's cache entries and buckets, which would otherwise live for a day.
     async fn forget_redis_keys(&self) -> anyhow::Result<()> {
-        let storage = Storage::connect_lazy(&self.config("none", "none"))?;
+        let storage = Storage::connect_lazy(&self.config("none", "none").storage)?;
         let prefix = format!("brx-bench-{}-", self.id);
         brx_sync::storage::delete_keys_with_prefix(&storage.redis, &prefix).await?;
         Ok(())
@@ -248,12 +256,16 @@ struct Synced {
 
 impl Stack {
     fn build(config: &Config) -> anyhow::Result<Self> {
-        let storage = Storage::connect_lazy(config)?;
+        let storage = Storage::connect_lazy(&config.storage)?;
         let metrics = Metrics::new()?;
-        let (limits, prefix) = (Limits::from_config(config), &config.redis_key_prefix);
+        let (limits, prefix) = (
+            Limits::from_config(&config.cardtrader),
+            &config.storage.redis_key_prefix,
+        );
         let limiter = RateLimiter::new(storage.redis.clone(), prefix, limits, metrics.clone());
-        let marketplace = MarketplaceClient::new(config, limiter, metrics.clone())?;
+        let marketplace = MarketplaceClient::new(&config.cardtrader, limiter, metrics.clone())?;
         let keys = config
+            .auth
             .encryption_keys
             .as_ref()
             .context("no encryption keys")?;
@@ -262,10 +274,10 @@ impl Stack {
         let handler = SyncHandler {
             kind: brx_sync::jobs::KindName::SyncFull,
             accounts: Accounts::new(storage.pg.clone(), Some(keyring), marketplace),
-            catalog: BlueprintCatalog::new(config, mysql, redis, prefix, metrics.clone()),
+            catalog: BlueprintCatalog::new(&config.catalog, mysql, redis, prefix, metrics.clone()),
             metrics,
-            writers: Arc::new(Semaphore::new(config.sync_db_writers as usize)),
-            settings: SyncSettings::from_config(config),
+            writers: Arc::new(Semaphore::new(config.sync.db_writers as usize)),
+            settings: SyncSettings::from_config(&config.sync, &config.cardtrader),
         };
         Ok(Self { storage, handler })
     }

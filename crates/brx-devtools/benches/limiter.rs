@@ -33,13 +33,13 @@ async fn main() -> anyhow::Result<()> {
     let concurrency: usize = env_or("BENCH_CONCURRENCY", 50);
     let sellers: usize = 1_000;
     let mut config = Config::defaults();
-    config.redis_key_prefix = format!("brx-bench-{}:", uuid::Uuid::new_v4().simple());
-    config.redis_max_connections = concurrency as u32;
-    let storage = Storage::connect_lazy(&config)?;
+    config.storage.redis_key_prefix = format!("brx-bench-{}:", uuid::Uuid::new_v4().simple());
+    config.storage.redis_max_connections = concurrency as u32;
+    let storage = Storage::connect_lazy(&config.storage)?;
     let limiter = RateLimiter::new(
         storage.redis.clone(),
-        &config.redis_key_prefix,
-        Limits::from_config(&config),
+        &config.storage.redis_key_prefix,
+        Limits::from_config(&config.cardtrader),
         Metrics::new()?,
     );
     // Warm the pool and load the script.
@@ -88,10 +88,10 @@ fn redis_benchmark_evalsha(config: &Config, clients: usize, requests: u64) -> an
         .args(["SCRIPT", "LOAD", script])
         .output()?;
     let sha = String::from_utf8(load.stdout)?.trim().to_owned();
-    let params = *Limits::from_config(config).params(Scope::General);
+    let params = *Limits::from_config(&config.cardtrader).params(Scope::General);
     let key = format!(
         "{}rl:{{seller-__rand_int__}}:general",
-        config.redis_key_prefix
+        config.storage.redis_key_prefix
     );
     let output = Command::new("redis-benchmark")
         .args([

@@ -241,12 +241,12 @@ async fn start_app() -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender
         .await?;
     admin.close().await;
     let mut config = Config::defaults();
-    config.grpc_addr = "127.0.0.1:0".parse()?;
-    config.http_addr = "127.0.0.1:0".parse()?;
-    config.database_url =
+    config.server.grpc_addr = "127.0.0.1:0".parse()?;
+    config.server.http_addr = "127.0.0.1:0".parse()?;
+    config.storage.database_url =
         SecretString::from("postgres://postgres@127.0.0.1:5432/brx_bench".to_owned());
-    config.jwt_hs256_secret = Some(SecretString::from(SECRET.to_owned()));
-    config.log_filter = "error".into();
+    config.auth.jwt_hs256_secret = Some(SecretString::from(SECRET.to_owned()));
+    config.telemetry.log_filter = "error".into();
     let app = App::build(config).await?;
     let addr = app.grpc_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

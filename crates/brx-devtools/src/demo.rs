@@ -31,33 +31,37 @@ use cardtrader_sim::{SimulatorConfig, SimulatorHandle};
 /// Runs the demo against the configured databases.
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let secret = uuid::Uuid::new_v4().to_string();
-    config.grpc_addr = "127.0.0.1:0".parse()?;
-    config.http_addr = "127.0.0.1:0".parse()?;
-    config.jwt_hs256_secret = Some(SecretString::from(secret.clone()));
-    config.jwt_rs256_public_key_path = None;
-    config.auth_disabled = false;
-    config.migrate_on_start = true;
+    config.server.grpc_addr = "127.0.0.1:0".parse()?;
+    config.server.http_addr = "127.0.0.1:0".parse()?;
+    config.auth.jwt_hs256_secret = Some(SecretString::from(secret.clone()));
+    config.auth.jwt_rs256_public_key_path = None;
+    config.auth.auth_disabled = false;
+    config.storage.migrate_on_start = true;
     // The simulator scatters the demo seller's 50,000 products over all its 3,100 expansions: with
     // an empty expansion index the sync would spend minutes learning them (tests cover learning).
-    config.expansion_learn = false;
+    config.catalog.expansion_learn = false;
     // The demo's own marketplace and a throwaway key: nothing here touches real tokens.
     let sim_config = SimulatorConfig {
         products_per_seller: DEMO_PRODUCTS,
         ..SimulatorConfig::default()
     };
     let simulator = SimulatorHandle::start(sim_config, "127.0.0.1:0".parse()?).await?;
-    config.cardtrader_base_url = simulator.base_url();
+    config.cardtrader.base_url = simulator.base_url();
     let demo_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
-    config.encryption_keys = Some(SecretString::from(format!("demo:{demo_key}")));
+    config.auth.encryption_keys = Some(SecretString::from(format!("demo:{demo_key}")));
 
     println!("brx-sync demo: one replica against the local PostgreSQL, MariaDB and Redis\n");
     let started = std::time::Instant::now();
-    brx_sync::blueprints::fixture::seed(&config, CATALOGUE_PRINTS)
-        .await
-        .context("seeding the MySQL catalogue (is MariaDB running at BRX_MYSQL_URL?)")?;
+    brx_sync::blueprints::fixture::seed(
+        &config.storage.mysql_url,
+        &config.catalog,
+        CATALOGUE_PRINTS,
+    )
+    .await
+    .context("seeding the MySQL catalogue (is MariaDB running at BRX_MYSQL_URL?)")?;
     println!(
         "[1/10] catalogue fixture: {CATALOGUE_PRINTS} prints in {} ({:.1} s)",
-        config.catalog_tables.join(", "),
+        config.catalog.tables.join(", "),
         started.elapsed().as_secs_f64()
     );
     let app = App::build(config).await?;

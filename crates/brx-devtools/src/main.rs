@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use brx_devtools::{demo, loadtest};
 use brx_sync::{
     blueprints::fixture,
-    config::{Config, EXIT_CONFIG},
+    config::{Config, ConfigError, EXIT_CONFIG},
     telemetry,
 };
 use clap::{Parser, Subcommand};
@@ -49,15 +49,13 @@ async fn main() -> ExitCode {
     // reqwest and TLS share rustls; pick its crypto provider once, first.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut cli = Cli::parse();
-    if let Err(err) = cli.config.validate() {
-        eprintln!("{err}");
-        return ExitCode::from(EXIT_CONFIG as u8);
-    }
-    if cli.config.log_filter == "info" && matches!(cli.tool, Tool::Demo | Tool::Loadtest(_)) {
+    if cli.config.telemetry.log_filter == "info"
+        && matches!(cli.tool, Tool::Demo | Tool::Loadtest(_))
+    {
         // The demo's and load test's own lines are the output; the service's logs stay to warnings.
-        cli.config.log_filter = "warn".into();
+        cli.config.telemetry.log_filter = "warn".into();
     }
-    let telemetry = match telemetry::init(&cli.config) {
+    let telemetry = match telemetry::init(&cli.config.telemetry) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("invalid configuration: BRX_LOG / OTEL_EXPORTER_OTLP_ENDPOINT: {err:#}");
@@ -68,6 +66,10 @@ async fn main() -> ExitCode {
     telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<ConfigError>() => {
+            eprintln!("{err}");
+            ExitCode::from(EXIT_CONFIG as u8)
+        }
         Err(err) => {
             eprintln!("brx-devtools: {err:#}");
             ExitCode::FAILURE
@@ -80,10 +82,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Tool::Demo => demo::run(cli.config).await,
         Tool::Loadtest(args) => loadtest::run(cli.config, args).await,
         Tool::Catalog(CatalogCommand::Seed { prints }) => {
-            fixture::seed(&cli.config, prints).await?;
+            fixture::seed(&cli.config.storage.mysql_url, &cli.config.catalog, prints).await?;
             println!(
                 "catalogue seeded: {prints} prints across {}",
-                cli.config.catalog_tables.join(", ")
+                cli.config.catalog.tables.join(", ")
             );
             Ok(())
         }

@@ -20,8 +20,11 @@ impl CatalogDb {
     pub(crate) async fn seeded(prints: i64) -> Self {
         let (mut config, _) = test_config();
         let name = format!("brx_test_catalog_{}", uuid::Uuid::new_v4().simple());
-        config.mysql_url = SecretString::from(format!("mysql://root@127.0.0.1:3306/{name}"));
-        fixture::seed(&config, prints).await.unwrap();
+        config.storage.mysql_url =
+            SecretString::from(format!("mysql://root@127.0.0.1:3306/{name}"));
+        fixture::seed(&config.storage.mysql_url, &config.catalog, prints)
+            .await
+            .unwrap();
         Self { config, name }
     }
 
@@ -32,13 +35,13 @@ impl CatalogDb {
     ) -> (BlueprintCatalog, Metrics, Storage) {
         let mut config = self.config.clone();
         adjust(&mut config);
-        let storage = Storage::connect_lazy(&config).unwrap();
+        let storage = Storage::connect_lazy(&config.storage).unwrap();
         let metrics = Metrics::new().unwrap();
         let catalog = BlueprintCatalog::new(
-            &config,
+            &config.catalog,
             storage.mysql.clone(),
             storage.redis.clone(),
-            &config.redis_key_prefix,
+            &config.storage.redis_key_prefix,
             metrics.clone(),
         );
         (catalog, metrics, storage)
@@ -75,9 +78,9 @@ pub(crate) struct CatalogueLock(mysql_async::Conn);
 impl CatalogueLock {
     pub(crate) async fn take(db: &CatalogDb) -> Self {
         use mysql_async::prelude::Queryable;
-        let url = secrecy::ExposeSecret::expose_secret(&db.config.mysql_url).to_owned();
+        let url = secrecy::ExposeSecret::expose_secret(&db.config.storage.mysql_url).to_owned();
         let mut conn = mysql_async::Conn::from_url(url).await.unwrap();
-        let table = &db.config.catalog_tables[0];
+        let table = &db.config.catalog.tables[0];
         conn.query_drop(format!("LOCK TABLES `{table}` WRITE"))
             .await
             .unwrap();

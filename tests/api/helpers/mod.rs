@@ -57,31 +57,31 @@ pub(crate) fn test_config() -> (Config, String) {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let database_name = format!("brx_test_{suffix}");
     let mut config = Config::defaults();
-    config.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    config.http_addr = "127.0.0.1:0".parse().unwrap();
-    config.database_url = SecretString::from(format!(
+    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.storage.database_url = SecretString::from(format!(
         "postgres://postgres@127.0.0.1:5432/{database_name}"
     ));
-    config.mysql_url = SecretString::from(MYSQL_ADMIN_URL.to_owned());
-    config.redis_key_prefix = format!("brx-test-{suffix}:");
-    config.jwt_hs256_secret = Some(SecretString::from(format!("test-secret-{suffix}")));
-    config.health_check_interval = Duration::from_millis(200);
-    config.reconnect_max_delay = Duration::from_millis(500);
-    config.shutdown_grace_period = Duration::from_secs(10);
-    config.log_filter = "warn".into();
-    config.encryption_keys = Some(SecretString::from(format!(
+    config.storage.mysql_url = SecretString::from(MYSQL_ADMIN_URL.to_owned());
+    config.storage.redis_key_prefix = format!("brx-test-{suffix}:");
+    config.auth.jwt_hs256_secret = Some(SecretString::from(format!("test-secret-{suffix}")));
+    config.storage.health_check_interval = Duration::from_millis(200);
+    config.storage.reconnect_max_delay = Duration::from_millis(500);
+    config.server.shutdown_grace_period = Duration::from_secs(10);
+    config.telemetry.log_filter = "warn".into();
+    config.auth.encryption_keys = Some(SecretString::from(format!(
         "test-key:{TEST_ENCRYPTION_KEY}"
     )));
     // Tests must not wait out 10 s breaker pauses or minutes-long exports.
-    config.breaker_open_for = Duration::from_millis(500);
-    config.cardtrader_request_timeout = Duration::from_secs(5);
+    config.cardtrader.breaker_open_for = Duration::from_millis(500);
+    config.cardtrader.request_timeout = Duration::from_secs(5);
     // A write whose answer was lost is judged only after it can no longer land: keep that short.
-    config.cardtrader_call_budget = Duration::from_secs(5);
+    config.cardtrader.call_budget = Duration::from_secs(5);
     // Scheduler rounds are run by the tests that are about them, not behind every test's back.
-    config.scheduler_interval = Duration::from_secs(3_600);
+    config.sync.scheduler_interval = Duration::from_secs(3_600);
     // Likewise learning expansions: the simulator scatters a seller's products over all its 3,100
     // expansions, so with each test's empty index every full sync would read hundreds of them.
-    config.expansion_learn = false;
+    config.catalog.expansion_learn = false;
     (config, database_name)
 }
 
@@ -105,9 +105,10 @@ pub(crate) async fn start_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp 
             .await
             .expect("simulator starts");
     let (mut config, database_name) = test_config();
-    config.cardtrader_base_url = simulator.base_url();
+    config.cardtrader.base_url = simulator.base_url();
     adjust(&mut config);
     let jwt_secret = config
+        .auth
         .jwt_hs256_secret
         .as_ref()
         .map(|secret| secrecy::ExposeSecret::expose_secret(secret).to_owned())
@@ -293,10 +294,10 @@ pub(crate) struct TestDatabase {
 impl TestDatabase {
     pub(crate) async fn new() -> Self {
         let (config, name) = test_config();
-        brx_sync::storage::ensure_database(&config.database_url)
+        brx_sync::storage::ensure_database(&config.storage.database_url)
             .await
             .unwrap();
-        let url = secrecy::ExposeSecret::expose_secret(&config.database_url).to_owned();
+        let url = secrecy::ExposeSecret::expose_secret(&config.storage.database_url).to_owned();
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(20)
             .connect(&url)

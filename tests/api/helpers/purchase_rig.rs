@@ -64,8 +64,8 @@ impl PurchaseRig {
         adjust: impl FnOnce(&mut brx_sync::config::Config),
     ) -> Self {
         let rig = SyncRig::with(|config| {
-            config.interactive_concurrency = interactive;
-            config.job_poll_interval = Duration::from_millis(50);
+            config.jobs.interactive_concurrency = interactive;
+            config.jobs.poll_interval = Duration::from_millis(50);
             adjust(config);
         })
         .await;
@@ -77,8 +77,8 @@ impl PurchaseRig {
             accounts: rig.handler.accounts.clone(),
             metrics: rig.handler.metrics.clone(),
             events: PurchaseEvents::default(),
-            call_budget: rig.app.config.cardtrader_call_budget,
-            write_grace: rig.app.config.cardtrader_request_timeout,
+            call_budget: rig.app.config.cardtrader.call_budget,
+            write_grace: rig.app.config.cardtrader.request_timeout,
         };
         Self {
             rig,

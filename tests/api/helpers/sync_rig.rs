@@ -40,28 +40,37 @@ impl SyncRig {
 
     pub(crate) async fn with(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> Self {
         let catalog_db = CatalogDb::seeded(cardtrader_sim::CATALOGUE_BLUEPRINTS).await;
-        let mysql_url = catalog_db.config.mysql_url.clone();
+        let mysql_url = catalog_db.config.storage.mysql_url.clone();
         let app = spawn_app_with(|config| {
-            config.mysql_url = mysql_url;
-            config.bulk_concurrency = 0;
+            config.storage.mysql_url = mysql_url;
+            config.jobs.bulk_concurrency = 0;
             adjust(config);
         })
         .await;
-        let pool = sqlx::PgPool::connect(app.config.database_url.expose_secret())
+        let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
             .await
             .unwrap();
-        let (catalog, _, storage) = catalog_db
-            .catalog(|config| config.redis_key_prefix = app.config.redis_key_prefix.clone());
+        let (catalog, _, storage) = catalog_db.catalog(|config| {
+            config.storage.redis_key_prefix = app.config.storage.redis_key_prefix.clone()
+        });
         let metrics = Metrics::new().unwrap();
         let limiter = RateLimiter::new(
             storage.redis.clone(),
-            &app.config.redis_key_prefix,
-            Limits::from_config(&app.config),
+            &app.config.storage.redis_key_prefix,
+            Limits::from_config(&app.config.cardtrader),
             metrics.clone(),
         );
-        let marketplace = MarketplaceClient::new(&app.config, limiter, metrics.clone()).unwrap();
-        let keyring =
-            Keyring::parse(app.config.encryption_keys.as_ref().unwrap().expose_secret()).unwrap();
+        let marketplace =
+            MarketplaceClient::new(&app.config.cardtrader, limiter, metrics.clone()).unwrap();
+        let keyring = Keyring::parse(
+            app.config
+                .auth
+                .encryption_keys
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
+        )
+        .unwrap();
         let accounts = Accounts::new(pool.clone(), Some(keyring), marketplace);
         let settings = SyncSettings {
             chunk_size: 1_000,

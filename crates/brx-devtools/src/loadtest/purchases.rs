@@ -50,7 +50,7 @@ fn faults() -> Faults {
 /// The replica's settings for this scenario: the command line's, with the short CardTrader request
 /// timeout the faults phase needs.
 pub(super) fn replica_config(mut config: Config) -> Config {
-    config.cardtrader_request_timeout = REQUEST_TIMEOUT;
+    config.cardtrader.request_timeout = REQUEST_TIMEOUT;
     config
 }
 
@@ -151,11 +151,11 @@ fn print_settings(config: &Config) {
     println!(
         "  replica: interactive concurrency {}, PostgreSQL pool {}, CardTrader request timeout {:?} \
          (set for this scenario), purchase deadline {:?}, RPC timeout {:?}",
-        config.interactive_concurrency,
-        config.pg_max_connections,
-        config.cardtrader_request_timeout,
-        config.purchase_deadline,
-        config.rpc_timeout,
+        config.jobs.interactive_concurrency,
+        config.storage.pg_max_connections,
+        config.cardtrader.request_timeout,
+        config.jobs.purchase_deadline,
+        config.server.rpc_timeout,
     );
 }
 

@@ -89,16 +89,17 @@ impl Rig {
     pub(super) async fn start(config: Config, sellers: u32, products: u64) -> anyhow::Result<Self> {
         let simulator = start_simulator(sellers, products).await?;
         let (config, database, secret) = prepare(config, simulator.base_url())?;
-        let database_options = PgConnectOptions::from_str(config.database_url.expose_secret())?;
-        brx_sync::storage::ensure_database(&config.database_url).await?;
+        let database_options =
+            PgConnectOptions::from_str(config.storage.database_url.expose_secret())?;
+        brx_sync::storage::ensure_database(&config.storage.database_url).await?;
         println!(
             "  setup: PostgreSQL database {database}, Redis prefix {}",
-            config.redis_key_prefix
+            config.storage.redis_key_prefix
         );
         let (stop, server, grpc_addr, http_addr) = match start_replica(&config).await {
             Ok(replica) => replica,
             Err(err) => {
-                drop_database(&config.database_url).await;
+                drop_database(&config.storage.database_url).await;
                 return Err(err);
             }
         };
@@ -109,7 +110,7 @@ impl Rig {
             token: mint_token(
                 &secret,
                 None,
-                &config.jwt_service_role,
+                &config.auth.jwt_service_role,
                 Duration::from_secs(4 * 3600),
             )?,
             config,
@@ -171,7 +172,7 @@ impl Rig {
         let stopped = self.server.await.context("replica task");
         self.monitor.close().await;
         self.simulator.stop().await;
-        drop_database(&self.config.database_url).await;
+        drop_database(&self.config.storage.database_url).await;
         if let Err(err) = forget_redis_keys(&self.config).await {
             tracing::warn!(
                 error = format!("{err:#}"),
@@ -217,25 +218,24 @@ impl Rig {
 fn prepare(mut config: Config, simulator: String) -> anyhow::Result<(Config, String, String)> {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let database = format!("brx_loadtest_{suffix}");
-    let mut url = reqwest::Url::parse(config.database_url.expose_secret())
+    let mut url = reqwest::Url::parse(config.storage.database_url.expose_secret())
         .context("BRX_DATABASE_URL is not a URL")?;
     url.set_path(&format!("/{database}"));
-    config.database_url = SecretString::from(url.to_string());
-    config.redis_key_prefix = format!("brx-loadtest-{suffix}:");
-    config.grpc_addr = "127.0.0.1:0".parse()?;
-    config.http_addr = "127.0.0.1:0".parse()?;
-    config.cardtrader_base_url = simulator;
-    config.migrate_on_start = true;
+    config.storage.database_url = SecretString::from(url.to_string());
+    config.storage.redis_key_prefix = format!("brx-loadtest-{suffix}:");
+    config.server.grpc_addr = "127.0.0.1:0".parse()?;
+    config.server.http_addr = "127.0.0.1:0".parse()?;
+    config.cardtrader.base_url = simulator;
+    config.storage.migrate_on_start = true;
     // Every simulated seller's products span all 3,100 simulated expansions: learning them into a
     // fresh prefix's index would be measured as sync time (learning is covered by tests).
-    config.expansion_learn = false;
-    config.auth_disabled = false;
+    config.catalog.expansion_learn = false;
+    config.auth.auth_disabled = false;
     let secret = uuid::Uuid::new_v4().to_string();
-    config.jwt_hs256_secret = Some(SecretString::from(secret.clone()));
-    config.jwt_rs256_public_key_path = None;
+    config.auth.jwt_hs256_secret = Some(SecretString::from(secret.clone()));
+    config.auth.jwt_rs256_public_key_path = None;
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
-    config.encryption_keys = Some(SecretString::from(format!("k1:{key}")));
-    config.validate()?;
+    config.auth.encryption_keys = Some(SecretString::from(format!("k1:{key}")));
     Ok((config, database, secret))
 }
 
@@ -262,7 +262,7 @@ type Replica = (
 async fn start_replica(config: &Config) -> anyhow::Result<Replica> {
     let started = Instant::now();
     let prints = cardtrader_sim::CATALOGUE_BLUEPRINTS;
-    brx_sync::blueprints::fixture::seed(config, prints)
+    brx_sync::blueprints::fixture::seed(&config.storage.mysql_url, &config.catalog, prints)
         .await
         .context("seeding the MySQL catalogue (is MariaDB running at BRX_MYSQL_URL?)")?;
     println!(
@@ -288,8 +288,8 @@ async fn drop_database(url: &SecretString) {
 
 /// Deletes the run's Redis keys (about 300,000 cache entries otherwise outlive it by a day).
 async fn forget_redis_keys(config: &Config) -> anyhow::Result<()> {
-    let pool = deadpool_redis::Config::from_url(config.redis_url.expose_secret())
+    let pool = deadpool_redis::Config::from_url(config.storage.redis_url.expose_secret())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-    brx_sync::storage::delete_keys_with_prefix(&pool, &config.redis_key_prefix).await?;
+    brx_sync::storage::delete_keys_with_prefix(&pool, &config.storage.redis_key_prefix).await?;
     Ok(())
 }

@@ -91,15 +91,16 @@ fn print_settings(config: &Config) {
     println!(
         "  replica: bulk concurrency {}, interactive concurrency {}, chunk size {}, chunks in flight {}, \
          PostgreSQL pool {}, sync DB writers {}, job poll {:?}, MySQL pool {}, Redis pool {}",
-        config.bulk_concurrency,
-        config.interactive_concurrency,
-        config.sync_chunk_size,
-        brx_sync::sync::handler::SyncSettings::from_config(config).chunks_in_flight,
-        config.pg_max_connections,
-        config.sync_db_writers,
-        config.job_poll_interval,
-        config.mysql_max_connections,
-        config.redis_max_connections,
+        config.jobs.bulk_concurrency,
+        config.jobs.interactive_concurrency,
+        config.sync.chunk_size,
+        brx_sync::sync::handler::SyncSettings::from_config(&config.sync, &config.cardtrader)
+            .chunks_in_flight,
+        config.storage.pg_max_connections,
+        config.sync.db_writers,
+        config.jobs.poll_interval,
+        config.storage.mysql_max_connections,
+        config.storage.redis_max_connections,
     );
 }
 
@@ -310,7 +311,7 @@ impl Report {
     }
 
     fn print_resources(&self, config: &Config) {
-        let (running, bulk) = (self.peak_running, config.bulk_concurrency);
+        let (running, bulk) = (self.peak_running, config.jobs.bulk_concurrency);
         row(
             "jobs running at once (peak)",
             format!("{running} (BRX_BULK_CONCURRENCY {bulk})"),
@@ -327,7 +328,7 @@ impl Report {
             format!("{child} (not counted above)"),
         );
         let ConnectionPeak { open, busy } = self.connections;
-        let pool = config.pg_max_connections;
+        let pool = config.storage.pg_max_connections;
         row(
             "PostgreSQL connections (peak)",
             format!("{open} open, {busy} busy; pool max {pool} (+1 health-probe connection)"),

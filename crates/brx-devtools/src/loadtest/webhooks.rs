@@ -118,7 +118,9 @@ fn print_settings(config: &Config) {
     println!(
         "  replica: PostgreSQL pool {}, interactive concurrency {} (the apply jobs' lane), job poll \
          interval {:?}",
-        config.pg_max_connections, config.interactive_concurrency, config.job_poll_interval,
+        config.storage.pg_max_connections,
+        config.jobs.interactive_concurrency,
+        config.jobs.poll_interval,
     );
 }
 

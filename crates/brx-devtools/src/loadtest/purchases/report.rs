@@ -65,7 +65,10 @@ impl Report<'_> {
                 ceiling.failed
             ),
         );
-        let (limit, bucket) = (self.config.rate_general_per_10s, self.bucket_per_10s());
+        let (limit, bucket) = (
+            self.config.cardtrader.rate_general_per_10s,
+            self.bucket_per_10s(),
+        );
         let sellers = self.sellers.len() as f64;
         row(
             "CardTrader's limit",
@@ -122,7 +125,7 @@ impl Report<'_> {
                      CardTrader beforehand; one purchase in five of 2-3 lines",
                     faults.error_5xx_rate * 100.0,
                     faults.timeout_after_apply_rate * 100.0,
-                    self.config.cardtrader_request_timeout,
+                    self.config.cardtrader.request_timeout,
                     self.lowered
                 );
             }
@@ -194,7 +197,7 @@ impl Report<'_> {
             format!(
                 "{:.1} of {} (BRX_INTERACTIVE_CONCURRENCY) while {:.1} purchases waited for one",
                 jobs_per_second * mean(&run.jobs.running),
-                self.config.interactive_concurrency,
+                self.config.jobs.interactive_concurrency,
                 jobs_per_second * mean(&run.jobs.queued)
             ),
         );
@@ -202,7 +205,8 @@ impl Report<'_> {
 
     /// CardTrader's general limit less the client's safety margin, per 10 s.
     fn bucket_per_10s(&self) -> f64 {
-        f64::from(self.config.rate_general_per_10s) * (1.0 - self.config.rate_safety_margin)
+        f64::from(self.config.cardtrader.rate_general_per_10s)
+            * (1.0 - self.config.cardtrader.rate_safety_margin)
     }
 
     /// Single-line purchases per second the client's buckets allow over every seller.

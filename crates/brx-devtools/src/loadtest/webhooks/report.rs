@@ -129,7 +129,7 @@ impl Report<'_> {
             format!(
                 "{} open, {} busy, of BRX_PG_MAX_CONNECTIONS {} (shared by the intake and the apply \
                  jobs)",
-                run.connections.open, run.connections.busy, self.config.pg_max_connections
+                run.connections.open, run.connections.busy, self.config.storage.pg_max_connections
             ),
         );
     }
