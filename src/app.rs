@@ -16,8 +16,9 @@ use crate::{
     blueprints::BlueprintCatalog,
     config::{Config, ConfigError, StorageConfig},
     http::{self, HttpState},
+    inventory::Inventory,
     jobs::{
-        KindName, Lane,
+        Jobs, KindName, Lane,
         wake::{Changes, JobWakeups},
         worker::{JobHandler, Worker, WorkerSettings},
     },
@@ -280,7 +281,9 @@ impl App {
                 wakeups.clone(),
                 config.jobs.max_queue_depth,
             ),
-            wakeups: wakeups.clone(),
+            changes: wakeups.changes().clone(),
+            inventory: Inventory::new(storage.pg.clone(), accounts.clone(), wakeups.clone()),
+            jobs: Jobs::new(storage.pg.clone(), wakeups.clone()),
             purchases: Purchases::new(
                 storage.pg.clone(),
                 accounts.clone(),

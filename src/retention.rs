@@ -228,7 +228,7 @@ impl Retention {
         for _ in 0..MAX_BATCHES_PER_ROUND {
             let mut conn = self.pool.acquire().await?;
             let pruned =
-                purchase::store::prune_ended_before(&mut conn, cutoff, self.settings.batch).await?;
+                purchase::prune_ended_before(&mut conn, cutoff, self.settings.batch).await?;
             purchases += pruned.purchases;
             steps += pruned.steps;
             self.metrics

@@ -4,7 +4,12 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::{auth, fields, pb::v1 as pb, status};
+use super::{
+    auth,
+    pages::{PageRequest, RECORD_PAGES},
+    pb::v1 as pb,
+    status,
+};
 use crate::{
     jobs::Jobs,
     marketplace::{BreakerState, MarketplaceClient},
@@ -80,16 +85,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::ListDeadJobsResponse>, Status> {
         auth::require_service(&request)?;
         let request = request.into_inner();
-        let limit = fields::page_size(request.page_size)?;
-        let before = fields::page_token(&request.page_token)?;
-        let dead = self.jobs.dead(before, limit).await?;
-        let next_page_token = match dead.last() {
-            Some(last) if dead.len() as i64 == limit => last
-                .finished_at
-                .map(|at| fields::encode_page_token(at, last.id))
-                .unwrap_or_default(),
-            _ => String::new(),
-        };
+        let page = PageRequest::parse(request.page_size, &request.page_token, RECORD_PAGES)?;
+        let dead = self.jobs.dead(page.after, page.size).await?;
+        // Dead jobs are listed by when they ended; every dead job has ended.
+        let next_page_token = page.next_token(&dead, |last| Some((last.finished_at?, last.id)));
         let jobs = dead
             .into_iter()
             .map(|job| pb::DeadJob {
@@ -172,7 +171,7 @@ impl AdminApi {
     }
 
     /// The `brx_jobs` gauges follow what GetStats read (the scheduler refreshes them too).
-    fn refresh_job_gauges(&self, counts: &crate::jobs::store::LaneCounts) {
+    fn refresh_job_gauges(&self, counts: &crate::jobs::LaneCounts) {
         let lane = counts.lane.as_str();
         for (state, value) in [
             ("queued", counts.queued),

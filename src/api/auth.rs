@@ -47,33 +47,57 @@ impl Caller {
     }
 }
 
-/// The caller of `request`, or `UNAUTHENTICATED` when the auth layer did not run (a wiring bug).
-pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+/// Why a caller was refused; `api::status` makes it `UNAUTHENTICATED` or `PERMISSION_DENIED`.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The auth layer did not run for this request (a wiring bug).
+    #[error("missing caller identity")]
+    NoIdentity,
+    /// Neither an HS256 secret nor an RS256 key is configured.
+    #[error("no token can be verified: the server has no JWT key configured")]
+    NoKeyConfigured,
+    /// No `authorization: Bearer …` header.
+    #[error("missing bearer token: send `authorization: Bearer <JWT>`")]
+    MissingBearer,
+    /// The token did not verify; the cause is logged, never told to the caller.
+    #[error("invalid token: malformed, expired, or not signed by a trusted key")]
+    InvalidToken(#[source] jsonwebtoken::errors::Error),
+    /// A seller token whose subject is not a user id.
+    #[error("token subject is not a user id")]
+    SubjectNotAUser,
+    /// A seller acting for another seller.
+    #[error("the caller may not act for this user")]
+    NotThisUser,
+    /// A seller calling a service-only RPC.
+    #[error("this RPC needs the service role")]
+    NeedsServiceRole,
+}
+
+/// The caller of `request`, or [`AuthError::NoIdentity`] when the auth layer did not run.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, AuthError> {
     request
         .extensions()
         .get::<Caller>()
-        .ok_or_else(|| Status::unauthenticated("missing caller identity"))
+        .ok_or(AuthError::NoIdentity)
 }
 
-/// Checks that the caller may act for `user`: `PERMISSION_DENIED` otherwise.
-pub fn require_user<T>(request: &tonic::Request<T>, user: UserId) -> Result<Caller, Status> {
+/// Checks that the caller may act for `user`.
+pub fn require_user<T>(request: &tonic::Request<T>, user: UserId) -> Result<Caller, AuthError> {
     let caller = caller(request)?;
     if caller.may_act_for(user) {
         Ok(caller.clone())
     } else {
-        Err(Status::permission_denied(
-            "the caller may not act for this user",
-        ))
+        Err(AuthError::NotThisUser)
     }
 }
 
-/// Checks that the caller holds the service role: `PERMISSION_DENIED` otherwise.
-pub fn require_service<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+/// Checks that the caller holds the service role.
+pub fn require_service<T>(request: &tonic::Request<T>) -> Result<Caller, AuthError> {
     let caller = caller(request)?;
     if caller.is_service() {
         Ok(caller.clone())
     } else {
-        Err(Status::permission_denied("this RPC needs the service role"))
+        Err(AuthError::NeedsServiceRole)
     }
 }
 
@@ -144,23 +168,19 @@ impl Authenticator {
     }
 
     /// The caller proven by the request's `authorization` header.
-    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, Status> {
+    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, AuthError> {
         let (key, validation) = match &self.mode {
             Mode::Disabled => return Ok(Caller::Unauthenticated),
-            Mode::NoKey => {
-                return Err(Status::unauthenticated(
-                    "no token can be verified: the server has no JWT key configured",
-                ));
-            }
+            Mode::NoKey => return Err(AuthError::NoKeyConfigured),
             Mode::Verify(pair) => (&pair.0, &pair.1),
         };
         let token = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+            .ok_or(AuthError::MissingBearer)?;
         let claims = jsonwebtoken::decode::<Claims>(token.trim(), key, validation)
-            .map_err(|err| Status::unauthenticated(format!("invalid token: {err}")))?
+            .map_err(AuthError::InvalidToken)?
             .claims;
         if claims.role.as_deref() == Some(self.service_role.as_str()) {
             return Ok(Caller::Service {
@@ -169,7 +189,7 @@ impl Authenticator {
         }
         UserId::parse(&claims.sub)
             .map(Caller::Seller)
-            .map_err(|_| Status::unauthenticated("token subject is not a user id"))
+            .map_err(|_| AuthError::SubjectNotAUser)
     }
 }
 
@@ -263,7 +283,10 @@ where
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                 }
-                Err(status) => return Box::pin(async move { Err(status.into()) }),
+                Err(refused) => {
+                    let status = Status::from(refused);
+                    return Box::pin(async move { Err(status.into()) });
+                }
             }
         }
         let future = self.inner.call(request);
@@ -320,7 +343,7 @@ mod tests {
 
         assert!(require_user(&request, seller).is_ok());
         let denied = require_user(&request, other).unwrap_err();
-        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert_eq!(Status::from(denied).code(), tonic::Code::PermissionDenied);
     }
 
     #[test]
@@ -346,7 +369,10 @@ mod tests {
             .unwrap()
             .authenticate(&headers_with(&token));
 
-        assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            Status::from(refused.unwrap_err()).code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]
@@ -354,7 +380,7 @@ mod tests {
         let request = tonic::Request::new(());
 
         assert_eq!(
-            require_user(&request, user()).unwrap_err().code(),
+            Status::from(require_user(&request, user()).unwrap_err()).code(),
             tonic::Code::Unauthenticated
         );
     }
@@ -369,6 +395,22 @@ mod tests {
 
         let refused = authenticator("s").authenticate(&headers).unwrap_err();
 
-        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert_eq!(Status::from(refused).code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_token_that_does_not_verify_is_refused_without_saying_why() {
+        // The decoder's reason (here a base64 error) is for the log, not for the caller.
+        let refused = authenticator("s")
+            .authenticate(&headers_with("not.a.jwt"))
+            .unwrap_err();
+
+        assert!(matches!(refused, AuthError::InvalidToken(_)), "{refused:?}");
+        let status = Status::from(refused);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            status.message(),
+            "invalid token: malformed, expired, or not signed by a trusted key"
+        );
     }
 }

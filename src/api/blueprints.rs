@@ -8,7 +8,7 @@ use super::{auth, layers::RpcDeadline, pb::v1 as pb, status};
 use crate::{
     blueprints::{BlueprintCatalog, Resolution},
     domain::BlueprintId,
-    sync::service::Syncs,
+    sync::Syncs,
 };
 
 /// Most ids one ResolveBlueprints or InvalidateBlueprints call may carry.
@@ -18,6 +18,8 @@ pub(crate) const MAX_IDS: usize = 5_000;
 const DEFAULT_BUDGET: Duration = Duration::from_secs(10);
 /// Kept from the caller's deadline to encode and send what was resolved by then.
 const ANSWER_MARGIN: Duration = Duration::from_millis(50);
+/// How long a caller of InvalidateBlueprints should wait before retrying while Redis is unreachable.
+const CACHE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Handler state of `BlueprintService`.
 #[derive(Debug, Clone)]
@@ -56,7 +58,7 @@ impl pb::blueprint_service_server::BlueprintService for BlueprintApi {
         let ids = blueprint_ids(&request.get_ref().blueprint_ids)?;
         let invalidated = self.catalog.invalidate(&ids).await.map_err(|error| {
             tracing::warn!(%error, "blueprint invalidation could not reach Redis");
-            Status::unavailable("the shared cache is unreachable; retry")
+            status::unavailable("the shared cache is unreachable", CACHE_RETRY_AFTER)
         })?;
         let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
         let remaps_queued = self.syncs.remap_blueprints(&raw).await?;

@@ -1,29 +1,27 @@
-//! `InventoryService`: checked input in, one call into [`crate::inventory::store`], items out.
+//! `InventoryService`: checked input in, one call into [`Inventory`], items out.
 
 use std::time::Duration;
 
-use base64::Engine;
 use serde_json::{Map, Value};
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use super::{
-    accounts::timestamp, auth, fields::user_id, layers::RpcDeadline, pb::v1 as pb, status,
+    accounts::timestamp,
+    auth,
+    fields::user_id,
+    layers::RpcDeadline,
+    pages::{ITEM_PAGES, PageRequest},
+    pb::v1 as pb,
+    status,
 };
 use crate::{
-    accounts::{AccountError, AccountStatus, Accounts},
     domain::UserId,
     inventory::{
-        CreateStatus, InventoryError, Item, ItemEdit, ListFilter, NewItem, Offer, OfferKey,
-        OfferQuery, PushStatus, store,
+        CreateStatus, Inventory, Item, ItemEdit, ListFilter, NewItem, Offer, OfferKey, OfferQuery,
+        PushStatus,
     },
-    jobs::{Lane, wake::JobWakeups},
 };
 
-/// Largest page of ListInventory and ListOffers.
-const MAX_PAGE: i64 = 500;
-/// Page size when the caller gives none.
-const DEFAULT_PAGE: i64 = 100;
 /// Longest description or user_data_field accepted.
 const MAX_TEXT_LEN: usize = 2_000;
 /// How often CreateItem looks whether its create has landed.
@@ -34,10 +32,7 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(50);
 /// Handler state of `InventoryService`.
 #[derive(Debug, Clone)]
 pub(crate) struct InventoryApi {
-    pub(crate) pool: PgPool,
-    pub(crate) accounts: Accounts,
-    /// Workers would find a push at their next poll; this starts it at once.
-    pub(crate) wakeups: JobWakeups,
+    pub(crate) inventory: Inventory,
 }
 
 #[tonic::async_trait]
@@ -49,23 +44,16 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let body = request.into_inner();
-        let limit = page_size(body.page_size)?;
-        let after = decode_token(&body.page_token)?
-            .map(|parts| single(&parts))
-            .transpose()?;
+        let page = PageRequest::parse(body.page_size, &body.page_token, ITEM_PAGES)?;
         let filter = list_filter(body.filter.unwrap_or_default())?;
-        let items = store::list(&self.pool, user_id, &filter, after, limit)
+        let items = self
+            .inventory
+            .list(user_id, &filter, page.after, page.size)
             .await
             .map_err(Status::from)?;
-        let next_page_token = match items.last() {
-            Some(last) if items.len() as i64 == limit => {
-                encode_token(&[last.product_id.to_string()])
-            }
-            _ => String::new(),
-        };
         Ok(Response::new(pb::ListInventoryResponse {
+            next_page_token: page.next_token(&items, |last| Some(last.product_id)),
             items: items.iter().map(encode_item).collect(),
-            next_page_token,
         }))
     }
 
@@ -78,7 +66,9 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             &request.get_ref().user_id,
             request.get_ref().product_id,
         )?;
-        let item = store::get(&self.pool, user_id, product_id)
+        let item = self
+            .inventory
+            .get(user_id, product_id)
             .await
             .map_err(Status::from)?;
         Ok(Response::new(encode_item(&item)))
@@ -94,11 +84,11 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             request.get_ref().product_id,
         )?;
         let edit = item_edit(request.into_inner())?;
-        self.require_connected(user_id).await?;
-        let item = store::update(&self.pool, user_id, product_id, &edit)
+        let item = self
+            .inventory
+            .update(user_id, product_id, &edit)
             .await
             .map_err(Status::from)?;
-        self.wakeups.announce(Lane::Interactive);
         Ok(Response::new(encode_item(&item)))
     }
 
@@ -111,11 +101,10 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             &request.get_ref().user_id,
             request.get_ref().product_id,
         )?;
-        self.require_connected(user_id).await?;
-        store::delete(&self.pool, user_id, product_id)
+        self.inventory
+            .delete(user_id, product_id)
             .await
             .map_err(Status::from)?;
-        self.wakeups.announce(Lane::Interactive);
         Ok(Response::new(pb::DeleteItemResponse {
             push_state: pb::PushState::Pending.into(),
         }))
@@ -129,14 +118,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         auth::require_user(&request, user_id)?;
         let answer_by = RpcDeadline::answer_by(&request, ANSWER_MARGIN);
         let new = new_item(user_id, request.into_inner())?;
-        self.require_connected(user_id).await?;
-        let tag = store::create(&self.pool, &new)
-            .await
-            .map_err(Status::from)?;
-        self.wakeups.announce(Lane::Interactive);
+        let tag = self.inventory.create(&new).await.map_err(Status::from)?;
         // The create is durable now; wait for the push job to land it, as long as the caller waits.
         loop {
-            let status = store::create_status(&self.pool, user_id, &tag)
+            let status = self
+                .inventory
+                .create_status(user_id, &tag)
                 .await
                 .map_err(Status::from)?;
             if status.push != PushStatus::Pending || tokio::time::Instant::now() >= answer_by {
@@ -186,44 +173,21 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
                 "must not be negative",
             ));
         }
-        let limit = page_size(body.page_size)?;
-        let after = match decode_token(&body.page_token)? {
-            None => None,
-            Some(parts) => Some(offer_position(&parts)?),
-        };
+        let page = PageRequest::parse(body.page_size, &body.page_token, ITEM_PAGES)?;
         let query = OfferQuery {
             key,
             min_available: body.min_quantity.max(1),
             max_price_cents: (body.max_price_cents > 0).then_some(body.max_price_cents),
-            after,
-            limit,
+            after: page.after,
+            limit: page.size,
         };
-        let offers = store::offers(&self.pool, &query)
-            .await
-            .map_err(Status::from)?;
-        let next_page_token = match offers.last() {
-            Some(last) if offers.len() as i64 == limit => encode_token(&[
-                last.price_cents.to_string(),
-                last.user_id.to_string(),
-                last.product_id.to_string(),
-            ]),
-            _ => String::new(),
-        };
+        let offers = self.inventory.offers(&query).await.map_err(Status::from)?;
         Ok(Response::new(pb::ListOffersResponse {
+            next_page_token: page.next_token(&offers, |last| {
+                Some((last.price_cents, last.user_id.as_uuid(), last.product_id))
+            }),
             offers: offers.iter().map(encode_offer).collect(),
-            next_page_token,
         }))
-    }
-}
-
-impl InventoryApi {
-    /// Edits are refused for a seller who is not connected: nothing could push them.
-    async fn require_connected(&self, user_id: UserId) -> Result<(), Status> {
-        match self.accounts.get(user_id).await {
-            Ok(account) if account.status == AccountStatus::Connected => Ok(()),
-            Ok(_) | Err(AccountError::NotFound) => Err(InventoryError::NotConnected.into()),
-            Err(other) => Err(other.into()),
-        }
     }
 }
 
@@ -239,17 +203,6 @@ fn item_key<T>(
         return Err(status::invalid_argument("product_id", "must be positive"));
     }
     Ok((user_id, product_id))
-}
-
-fn page_size(raw: i32) -> Result<i64, Status> {
-    match i64::from(raw) {
-        0 => Ok(DEFAULT_PAGE),
-        size @ 1..=MAX_PAGE => Ok(size),
-        _ => Err(status::invalid_argument(
-            "page_size",
-            format!("must be between 1 and {MAX_PAGE}"),
-        )),
-    }
 }
 
 fn list_filter(filter: pb::InventoryFilter) -> Result<ListFilter, Status> {
@@ -462,44 +415,6 @@ fn encode_offer(offer: &Offer) -> pb::Offer {
     }
 }
 
-/// A page token: the last row's sort key, `/`-joined, base64.
-fn encode_token(parts: &[String]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(parts.join("/"))
-}
-
-fn decode_token(raw: &str) -> Result<Option<Vec<String>>, Status> {
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(raw)
-        .map_err(|_| bad_token())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad_token())?;
-    Ok(Some(text.split('/').map(str::to_owned).collect()))
-}
-
-fn single(parts: &[String]) -> Result<i64, Status> {
-    match parts {
-        [id] => id.parse().map_err(|_| bad_token()),
-        _ => Err(bad_token()),
-    }
-}
-
-fn offer_position(parts: &[String]) -> Result<(i64, uuid::Uuid, i64), Status> {
-    match parts {
-        [price, user, product] => Ok((
-            price.parse().map_err(|_| bad_token())?,
-            uuid::Uuid::try_parse(user).map_err(|_| bad_token())?,
-            product.parse().map_err(|_| bad_token())?,
-        )),
-        _ => Err(bad_token()),
-    }
-}
-
-fn bad_token() -> Status {
-    status::invalid_argument("page_token", "not a token from a previous page")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,15 +426,6 @@ mod tests {
         properties.insert("mtg_foil".into(), Value::Bool(true));
         let back = struct_to_json(json_to_struct(&properties), "properties").unwrap();
         assert_eq!(back, properties);
-    }
-
-    #[test]
-    fn page_tokens_round_trip_and_garbage_is_refused() {
-        let token = encode_token(&["12".into(), "x".into()]);
-        assert_eq!(decode_token(&token).unwrap().unwrap(), vec!["12", "x"]);
-        assert_eq!(single(&["42".into()]).unwrap(), 42);
-        let err = decode_token("%%%").unwrap_err();
-        assert!(err.message().starts_with("page_token"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::{
 };
 
 use http_body::{Body, Frame};
-use tonic::{Code, Status};
+use tonic::Code;
 use tower::{BoxError, Layer, Service};
 
 use super::status::{code_of_layer_error, resource_exhausted};
@@ -115,7 +115,7 @@ where
         Box::pin(async move {
             match tokio::time::timeout(budget, future).await {
                 Ok(result) => result.map_err(Into::into),
-                Err(_) => Err(Status::deadline_exceeded("deadline exceeded").into()),
+                Err(_) => Err(super::status::deadline_exceeded().into()),
             }
         })
     }

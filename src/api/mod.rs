@@ -12,6 +12,7 @@ mod fields;
 mod health;
 mod inventory;
 mod layers;
+mod pages;
 mod purchases;
 mod streams;
 mod sync;
@@ -57,12 +58,16 @@ pub struct GrpcParts {
     pub accounts: crate::accounts::Accounts,
     /// Blueprint → print mappings.
     pub catalog: crate::blueprints::BlueprintCatalog,
+    /// Sellers' items and the storefront's offers.
+    pub inventory: crate::inventory::Inventory,
+    /// Dead jobs and lane counts, for operators.
+    pub jobs: crate::jobs::Jobs,
     /// Bulk syncs.
-    pub syncs: crate::sync::service::Syncs,
+    pub syncs: crate::sync::Syncs,
     /// Purchases (PurchaseService).
-    pub purchases: crate::purchase::service::Purchases,
-    /// Wakes workers when an edit queues its push; its change hub wakes WatchSync/WatchPurchase.
-    pub wakeups: crate::jobs::wake::JobWakeups,
+    pub purchases: crate::purchase::Purchases,
+    /// Job and purchase changes, which wake WatchSync/WatchPurchase streams.
+    pub changes: crate::jobs::wake::Changes,
 }
 
 /// Builds the health bridge and the server future. When `shutdown` is cancelled the server stops
@@ -80,12 +85,10 @@ pub fn grpc_server(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let streams = streams::Streams::new(
         streams::StreamSettings::from_config(config),
-        parts.wakeups.changes().clone(),
+        parts.changes,
         shutdown.clone(),
         parts.metrics.clone(),
     );
-    let inventory_pool = parts.storage.pg.clone();
-    let jobs = crate::jobs::Jobs::new(parts.storage.pg.clone(), parts.wakeups.clone());
     let admin = AdminServiceServer::new(AdminApi {
         storage: parts.storage,
         readiness: parts.readiness.clone(),
@@ -94,7 +97,7 @@ pub fn grpc_server(
         concurrency_limit: config.rpc_concurrency_limit,
         marketplace: parts.accounts.marketplace().clone(),
         lanes: Default::default(),
-        jobs,
+        jobs: parts.jobs,
     });
     let blueprint_service = BlueprintServiceServer::new(BlueprintApi {
         catalog: parts.catalog,
@@ -109,9 +112,7 @@ pub fn grpc_server(
         streams,
     });
     let inventory_service = InventoryServiceServer::new(InventoryApi {
-        pool: inventory_pool,
-        accounts: parts.accounts.clone(),
-        wakeups: parts.wakeups,
+        inventory: parts.inventory,
     });
     let accounts = AccountServiceServer::new(AccountApi {
         accounts: parts.accounts,

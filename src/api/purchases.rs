@@ -8,8 +8,9 @@ use uuid::Uuid;
 use super::{
     accounts::timestamp,
     auth,
-    fields::{encode_page_token, page_size, page_token, user_id},
+    fields::user_id,
     layers::RpcDeadline,
+    pages::{PageRequest, RECORD_PAGES},
     pb::v1 as pb,
     status,
     streams::{BoxedStream, Source, Streams},
@@ -18,10 +19,8 @@ use crate::{
     domain::UserId,
     jobs::wake::Subject,
     purchase::{
-        NewPurchase, PurchaseLine,
+        NewPurchase, PurchaseLine, Purchases, StoredPurchase,
         saga::{LineStatus, Phase, PurchaseState},
-        service::Purchases,
-        store::StoredPurchase,
     },
 };
 
@@ -65,10 +64,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         let mut answer = encode(&outcome.purchase);
         answer.replayed = outcome.replayed;
         if let Phase::Failed { reason } = &outcome.purchase.saga.phase {
-            return Err(Status::aborted(format!(
-                "purchase {} failed and was undone: {reason}",
-                outcome.purchase.id
-            )));
+            return Err(status::purchase_undone(outcome.purchase.id, reason));
         }
         Ok(Response::new(answer))
     }
@@ -88,26 +84,19 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let body = request.into_inner();
-        let page_size = page_size(body.page_size)?;
+        let page = PageRequest::parse(body.page_size, &body.page_token, RECORD_PAGES)?;
         let state = match pb::PurchaseState::try_from(body.state) {
             Ok(pb::PurchaseState::Unspecified) => None,
             Ok(state) => Some(state_column(state)),
             Err(_) => return Err(status::invalid_argument("state", "unknown state")),
         };
-        let before = page_token(&body.page_token)?;
         let purchases = self
             .purchases
-            .list(user_id, state, before, page_size)
+            .list(user_id, state, page.after, page.size)
             .await?;
-        let next_page_token = match purchases.last() {
-            Some(last) if purchases.len() as i64 == page_size => {
-                encode_page_token(last.created_at, last.id)
-            }
-            _ => String::new(),
-        };
         Ok(Response::new(pb::ListPurchasesResponse {
+            next_page_token: page.next_token(&purchases, |last| Some((last.created_at, last.id))),
             purchases: purchases.iter().map(encode).collect(),
-            next_page_token,
         }))
     }
 

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use tonic::{Code, Status, metadata::MetadataValue};
 
+use super::auth::AuthError;
 use crate::{
     accounts::AccountError, inventory::InventoryError, jobs::JobError, purchase::PurchaseError,
-    sync::service::SyncError,
+    sync::SyncError,
 };
 
 /// Metadata key telling a shed or throttled caller how long to wait before retrying.
@@ -47,6 +48,35 @@ pub fn internal(context: &str, err: &(dyn std::error::Error + 'static)) -> Statu
     }
     tracing::error!(error = %chain, "{context}");
     Status::internal("internal error")
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::NotThisUser | AuthError::NeedsServiceRole => {
+                Status::permission_denied(err.to_string())
+            }
+            AuthError::InvalidToken(ref cause) => {
+                // The caller learns only that the token was refused; why is for the operator.
+                tracing::info!(error = %cause, "refused a caller token");
+                Status::unauthenticated(err.to_string())
+            }
+            AuthError::NoIdentity
+            | AuthError::NoKeyConfigured
+            | AuthError::MissingBearer
+            | AuthError::SubjectNotAUser => Status::unauthenticated(err.to_string()),
+        }
+    }
+}
+
+/// A purchase that ran and was undone: `ABORTED`, the caller may try again with a new key.
+pub fn purchase_undone(id: uuid::Uuid, reason: &str) -> Status {
+    Status::aborted(format!("purchase {id} failed and was undone: {reason}"))
+}
+
+/// The RPC ran past its deadline.
+pub fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("deadline exceeded")
 }
 
 impl From<AccountError> for Status {
@@ -141,6 +171,7 @@ impl From<InventoryError> for Status {
             InventoryError::BelowReserved { .. }
             | InventoryError::Reserved { .. }
             | InventoryError::NotConnected => Status::failed_precondition(err.to_string()),
+            InventoryError::Accounts(err) => err.into(),
             other => internal("inventory operation failed", &other),
         }
     }

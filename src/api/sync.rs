@@ -6,7 +6,8 @@ use uuid::Uuid;
 use super::{
     accounts::timestamp,
     auth,
-    fields::{encode_page_token, page_size, page_token, user_id},
+    fields::user_id,
+    pages::{PageRequest, RECORD_PAGES},
     pb::v1 as pb,
     status,
     streams::{BoxedStream, Source, Streams},
@@ -14,8 +15,8 @@ use super::{
 use crate::{
     jobs::{Enqueued, Job, JobState, wake::Subject},
     sync::{
+        Syncs,
         scope::{MAX_TARGETED_IDS, SyncProgress, SyncScope},
-        service::Syncs,
     },
 };
 
@@ -64,16 +65,11 @@ impl pb::sync_service_server::SyncService for SyncApi {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let body = request.into_inner();
-        let page_size = page_size(body.page_size)?;
-        let before = page_token(&body.page_token)?;
-        let jobs = self.syncs.list(user_id, before, page_size).await?;
-        let next_page_token = match jobs.last() {
-            Some(last) if jobs.len() as i64 == page_size => encode_token(last),
-            _ => String::new(),
-        };
+        let page = PageRequest::parse(body.page_size, &body.page_token, RECORD_PAGES)?;
+        let jobs = self.syncs.list(user_id, page.after, page.size).await?;
         Ok(Response::new(pb::ListSyncsResponse {
+            next_page_token: page.next_token(&jobs, |job| Some((job.created_at, job.id))),
             syncs: jobs.iter().map(encode).collect(),
-            next_page_token,
         }))
     }
 
@@ -167,10 +163,6 @@ fn positive_ids(field: &str, ids: &[i64]) -> Result<Vec<i64>, Status> {
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
-}
-
-fn encode_token(job: &Job) -> String {
-    encode_page_token(job.created_at, job.id)
 }
 
 fn encode(job: &Job) -> pb::SyncJob {

@@ -8,9 +8,11 @@ mod decide;
 mod outbox;
 pub mod push;
 pub mod requeue;
-pub mod store;
+mod service;
+mod store;
 
 pub use decide::RETRY_ROUNDS;
+pub use service::Inventory;
 
 /// Of the seller's `product_ids`, those with a local edit still on its way to CardTrader, in the
 /// caller's transaction. A sync leaves them alone: its export predates the edit, and writing it
@@ -214,6 +216,9 @@ pub enum InventoryError {
     /// The seller's account is not connected.
     #[error("the seller's CardTrader account is not connected")]
     NotConnected,
+    /// Reading the seller's account failed.
+    #[error(transparent)]
+    Accounts(crate::accounts::AccountError),
     /// A database error.
     #[error(transparent)]
     Database(#[from] sqlx::Error),

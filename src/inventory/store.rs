@@ -88,7 +88,11 @@ fn object(value: Value) -> Map<String, Value> {
 }
 
 /// The seller's item `product_id`.
-pub async fn get(pool: &PgPool, user_id: UserId, product_id: i64) -> Result<Item, InventoryError> {
+pub(super) async fn get(
+    pool: &PgPool,
+    user_id: UserId,
+    product_id: i64,
+) -> Result<Item, InventoryError> {
     let sql = concat!(
         "SELECT ",
         item_columns!(),
@@ -104,7 +108,7 @@ pub async fn get(pool: &PgPool, user_id: UserId, product_id: i64) -> Result<Item
 
 /// A page of the seller's items matching `filter`, in product id order after `after`. Keyset
 /// paging on the primary key: rows a sync inserts or deletes meanwhile never shift a page.
-pub async fn list(
+pub(super) async fn list(
     pool: &PgPool,
     user_id: UserId,
     filter: &ListFilter,
@@ -151,12 +155,12 @@ fn escape_like(text: &str) -> String {
 }
 
 /// The push job of a seller: one queued at a time, later edits join it.
-pub fn push_job(user_id: UserId) -> NewJob {
+pub(super) fn push_job(user_id: UserId) -> NewJob {
     NewJob::new(user_id, JobKind::InventoryPush)
 }
 
 /// Applies `edit` to the item locally and records its push, in one transaction; returns the item.
-pub async fn update(
+pub(super) async fn update(
     pool: &PgPool,
     user_id: UserId,
     product_id: i64,
@@ -211,7 +215,11 @@ pub async fn update(
 }
 
 /// Deletes the item locally and records its deletion on CardTrader, in one transaction.
-pub async fn delete(pool: &PgPool, user_id: UserId, product_id: i64) -> Result<(), InventoryError> {
+pub(super) async fn delete(
+    pool: &PgPool,
+    user_id: UserId,
+    product_id: i64,
+) -> Result<(), InventoryError> {
     let mut tx = pool.begin().await?;
     let (_, reserved) = lock_item(&mut tx, user_id, product_id).await?;
     if reserved > 0 {
@@ -278,7 +286,7 @@ async fn record_push(
 }
 
 /// Records a create for the push job; returns its tag.
-pub async fn create(pool: &PgPool, new: &NewItem) -> Result<String, InventoryError> {
+pub(super) async fn create(pool: &PgPool, new: &NewItem) -> Result<String, InventoryError> {
     let tag = format!("brx-create:{}", Uuid::new_v4());
     let fields = json!({
         "blueprint_id": new.blueprint_id,
@@ -307,7 +315,7 @@ pub async fn create(pool: &PgPool, new: &NewItem) -> Result<String, InventoryErr
 }
 
 /// Where the seller's create `tag` stands.
-pub async fn create_status(
+pub(super) async fn create_status(
     pool: &PgPool,
     user_id: UserId,
     tag: &str,
@@ -361,7 +369,10 @@ macro_rules! offers_sql {
 
 /// A page of every connected seller's available stock of a print or blueprint, cheapest first,
 /// from the partial offer indexes (only rows with stock left over the reservations are in them).
-pub async fn offers(pool: &PgPool, query: &OfferQuery) -> Result<Vec<Offer>, InventoryError> {
+pub(super) async fn offers(
+    pool: &PgPool,
+    query: &OfferQuery,
+) -> Result<Vec<Offer>, InventoryError> {
     // Two statements rather than one with `print_id = $1 OR blueprint_id = $1`, so each is planned
     // on its own index.
     let (column, key) = match query.key {

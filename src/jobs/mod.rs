@@ -24,6 +24,7 @@ use uuid::Uuid;
 pub use context::{Fenced, JobContext, ReadOnly};
 pub use kind::{JobKind, KindName, TargetedScope};
 pub use service::Jobs;
+pub use store::LaneCounts;
 
 use crate::domain::UserId;
 

@@ -1,5 +1,5 @@
 //! Purchases as compensating sagas (DESIGN.md §6). The saga is a pure state machine ([`saga`]);
-//! [`store`] holds its SQL (the reservation, the fenced step log, the local sale or release);
+//! a private `store` holds its SQL (the reservation, the fenced step log, the local sale or release);
 //! [`driver`] runs it on the durable job worker, calling CardTrader outside any transaction; and
 //! [`service`] is what the RPCs call.
 
@@ -7,8 +7,15 @@ pub mod driver;
 mod evidence;
 pub mod saga;
 pub mod service;
-pub mod store;
+mod store;
 pub mod verdict;
+
+pub use service::{Outcome, PurchasePolicy, Purchases};
+pub use store::{StoredLine, StoredPurchase, prune_ended_before};
+/// The saga's record-level operations (the reservation, the fenced step log), for the tests that
+/// prove the reservation and crash guarantees against the database directly; everything else
+/// goes through [`service::Purchases`] or the driver.
+pub use store::{append, load, reserve, reserve_with, step_log};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

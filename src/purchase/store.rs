@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// SHA-256 of what makes two requests the same: their lines, in order, and the buyer.
-pub fn request_hash(purchase: &NewPurchase) -> Vec<u8> {
+pub(super) fn request_hash(purchase: &NewPurchase) -> Vec<u8> {
     let lines: Vec<(i64, i32)> = purchase
         .lines
         .iter()
@@ -44,7 +44,7 @@ pub async fn reserve(
 }
 
 /// Who claims a purchase's job as it is created: `(owner, lease)` of the local worker.
-pub type LocalClaim<'a> = Option<(&'a str, std::time::Duration)>;
+pub(super) type LocalClaim<'a> = Option<(&'a str, std::time::Duration)>;
 
 /// [`reserve`], with the driver's job created already claimed by `claim` when given (the lease
 /// is returned), so the local worker starts it at once.
@@ -128,7 +128,7 @@ async fn try_lock_new(
 
 /// The job that drives purchase `id` (`locked`: the reservation took its product locks):
 /// interactive, never coalesced with another purchase's.
-pub fn driver_job(user_id: UserId, id: Uuid, locked: bool) -> NewJob {
+pub(super) fn driver_job(user_id: UserId, id: Uuid, locked: bool) -> NewJob {
     NewJob::new(
         user_id,
         JobKind::Purchase {
@@ -347,7 +347,7 @@ pub async fn load(
 }
 
 /// A page of the seller's purchases, newest first, optionally in one state, after `before`.
-pub async fn list(
+pub(super) async fn list(
     pool: &PgPool,
     user_id: UserId,
     state: Option<PurchaseState>,
@@ -467,7 +467,7 @@ pub async fn append(
 /// caller must then roll back, so nothing is taken). Locks
 /// this purchase already holds (from before a crash) count as taken. The lines are read under a
 /// share lock, so a give-back re-pointing them to a re-created product waits until this commits.
-pub async fn lock_products(
+pub(super) async fn lock_products(
     conn: &mut PgConnection,
     user_id: UserId,
     id: Uuid,
@@ -523,7 +523,10 @@ async fn insert_locks(
 }
 
 /// Drops every CardTrader lock purchase `id` holds; part of the step that ends it.
-pub async fn unlock_products(conn: &mut PgConnection, id: Uuid) -> Result<(), PurchaseError> {
+pub(super) async fn unlock_products(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<(), PurchaseError> {
     sqlx::query("DELETE FROM purchase_product_locks WHERE purchase_id = $1")
         .bind(id)
         .execute(conn)
@@ -532,7 +535,7 @@ pub async fn unlock_products(conn: &mut PgConnection, id: Uuid) -> Result<(), Pu
 }
 
 /// Stores what was learnt about a line on CardTrader.
-pub async fn save_memo(
+pub(super) async fn save_memo(
     conn: &mut PgConnection,
     id: Uuid,
     line: usize,
@@ -554,7 +557,7 @@ pub async fn save_memo(
 /// purchase holds its lock), now point to the new product. When the seller already has a local row
 /// for `new_id` (CardTrader merged the create into an identical product) nothing is re-pointed and
 /// the next sync reconciles the two.
-pub async fn repoint(
+pub(super) async fn repoint(
     conn: &mut PgConnection,
     user_id: UserId,
     id: Uuid,
@@ -599,7 +602,7 @@ pub async fn repoint(
 }
 
 /// The sale stands locally: each line's item loses its quantity and its reservation.
-pub async fn commit_sale(
+pub(super) async fn commit_sale(
     conn: &mut PgConnection,
     user_id: UserId,
     lines: &[StoredLine],
@@ -622,7 +625,7 @@ pub async fn commit_sale(
 /// The purchase is undone locally: reservations released, and an item CardTrader was seen to have
 /// less of than the shop thought is lowered to CardTrader's quantity, when no other purchase holds
 /// a reservation on it (else the next sync corrects it).
-pub async fn release(
+pub(super) async fn release(
     conn: &mut PgConnection,
     user_id: UserId,
     lines: &[StoredLine],
@@ -666,7 +669,7 @@ fn amounts_by_item(lines: &[StoredLine]) -> (Vec<i64>, Vec<i32>) {
 }
 
 /// Holds purchase `id` for an operator's action: its row locked, its state returned.
-pub async fn lock_for_operator(
+pub(super) async fn lock_for_operator(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<PurchaseState>, PurchaseError> {
@@ -684,7 +687,7 @@ pub async fn lock_for_operator(
 }
 
 /// Records an operator's resolution of purchase `id`.
-pub async fn record_resolution(
+pub(super) async fn record_resolution(
     conn: &mut PgConnection,
     id: Uuid,
     resolution: &str,
@@ -700,7 +703,9 @@ pub async fn record_resolution(
 }
 
 /// Purchases waiting for a person, for the gauge.
-pub async fn attention_count(executor: impl sqlx::PgExecutor<'_>) -> Result<i64, PurchaseError> {
+pub(super) async fn attention_count(
+    executor: impl sqlx::PgExecutor<'_>,
+) -> Result<i64, PurchaseError> {
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM purchases WHERE state = 'requires_attention'")
             .fetch_one(executor)

@@ -81,7 +81,7 @@ pub async fn item_count(pool: &PgPool, user_id: UserId) -> Result<u64, sqlx::Err
 }
 
 /// The seller's rows in `scope`.
-pub async fn count_in_scope(
+pub(super) async fn count_in_scope(
     conn: &mut PgConnection,
     user_id: UserId,
     scope: SweepScope<'_>,
@@ -101,7 +101,7 @@ pub async fn count_in_scope(
 }
 
 /// The mappings already stored for these products, to keep them when the catalogue cannot be asked.
-pub async fn stored_prints(
+pub(super) async fn stored_prints(
     conn: &mut PgConnection,
     user_id: UserId,
     product_ids: &[i64],

@@ -33,7 +33,7 @@ async fn buy_killed_at(
     nth: usize,
     key: &str,
     lines: &[(i64, i32)],
-) -> brx_sync::purchase::store::StoredPurchase {
+) -> brx_sync::purchase::StoredPurchase {
     let actions = if nth == 0 {
         "1*return".to_owned()
     } else {

@@ -43,7 +43,7 @@ async fn until_logged(
     wanted: impl Fn(&Event) -> bool,
 ) -> Vec<Event> {
     for _ in 0..200 {
-        let log = brx_sync::purchase::store::step_log(&shop.rig.pool, id)
+        let log = brx_sync::purchase::step_log(&shop.rig.pool, id)
             .await
             .unwrap();
         if log.iter().any(&wanted) {
@@ -81,7 +81,7 @@ async fn a_decrement_still_in_flight_when_its_worker_died_is_not_sent_again_by_t
     assert_eq!(shop.upstream(item), Some(1), "taken once on CardTrader");
     assert_eq!(shop.local(item).await, Some((1, 0)));
     assert_eq!(shop.leftovers().await, (0, 0));
-    let log = brx_sync::purchase::store::step_log(&shop.rig.pool, id)
+    let log = brx_sync::purchase::step_log(&shop.rig.pool, id)
         .await
         .unwrap();
     let sent = log
@@ -126,7 +126,7 @@ async fn a_cardtrader_sale_of_the_same_amount_meanwhile_is_not_mistaken_for_the_
         "5, less the CardTrader sale, less this purchase"
     );
     assert_eq!(shop.local(item).await, Some((3, 0)));
-    let log = brx_sync::purchase::store::step_log(&shop.rig.pool, id)
+    let log = brx_sync::purchase::step_log(&shop.rig.pool, id)
         .await
         .unwrap();
     assert!(

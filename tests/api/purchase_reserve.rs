@@ -4,7 +4,7 @@
 
 use brx_sync::{
     domain::UserId,
-    purchase::{NewPurchase, PurchaseError, PurchaseLine, Reserved, store},
+    purchase::{self, NewPurchase, PurchaseError, PurchaseLine, Reserved},
 };
 
 use crate::helpers::TestDatabase;
@@ -65,8 +65,8 @@ async fn a_purchase_reserves_its_lines_once_and_a_replay_touches_nothing() {
     let user = seller_with_items(&db, &[(1, 5), (2, 5)]).await;
     let request = purchase(user, "k-1", &[(2, 1), (1, 2), (2, 1)]);
 
-    let first = store::reserve(&db.pool, &request, 1_000).await.unwrap();
-    let replay = store::reserve(&db.pool, &request, 1_000).await.unwrap();
+    let first = purchase::reserve(&db.pool, &request, 1_000).await.unwrap();
+    let replay = purchase::reserve(&db.pool, &request, 1_000).await.unwrap();
 
     let Reserved::Created(id) = first else {
         panic!("{first:?}")
@@ -87,11 +87,11 @@ async fn a_purchase_reserves_its_lines_once_and_a_replay_touches_nothing() {
 async fn the_same_key_with_another_request_is_a_conflict() {
     let db = TestDatabase::new().await;
     let user = seller_with_items(&db, &[(1, 5)]).await;
-    store::reserve(&db.pool, &purchase(user, "k-1", &[(1, 1)]), 1_000)
+    purchase::reserve(&db.pool, &purchase(user, "k-1", &[(1, 1)]), 1_000)
         .await
         .unwrap();
 
-    let other = store::reserve(&db.pool, &purchase(user, "k-1", &[(1, 2)]), 1_000).await;
+    let other = purchase::reserve(&db.pool, &purchase(user, "k-1", &[(1, 2)]), 1_000).await;
 
     assert!(
         matches!(other, Err(PurchaseError::KeyConflict)),
@@ -105,8 +105,9 @@ async fn a_short_or_unknown_item_reserves_nothing_and_records_nothing() {
     let db = TestDatabase::new().await;
     let user = seller_with_items(&db, &[(1, 5), (2, 1)]).await;
 
-    let short = store::reserve(&db.pool, &purchase(user, "k-1", &[(1, 2), (2, 2)]), 1_000).await;
-    let unknown = store::reserve(&db.pool, &purchase(user, "k-2", &[(1, 1), (9, 1)]), 1_000).await;
+    let short = purchase::reserve(&db.pool, &purchase(user, "k-1", &[(1, 2), (2, 2)]), 1_000).await;
+    let unknown =
+        purchase::reserve(&db.pool, &purchase(user, "k-2", &[(1, 1), (9, 1)]), 1_000).await;
 
     assert!(
         matches!(
@@ -138,7 +139,7 @@ async fn two_hundred_buyers_racing_for_ten_units_reserve_exactly_ten() {
                 db.pool.clone(),
                 purchase(user, &format!("k-{n}"), &[(1, 1)]),
             );
-            tokio::spawn(async move { store::reserve(&pool, &request, 1_000).await })
+            tokio::spawn(async move { purchase::reserve(&pool, &request, 1_000).await })
         })
         .collect();
     let (mut won, mut short) = (0, 0);
@@ -160,7 +161,7 @@ async fn a_step_from_a_worker_whose_lease_was_taken_over_is_not_appended() {
     use brx_sync::purchase::saga::{Event, Saga};
     let db = TestDatabase::new().await;
     let user = seller_with_items(&db, &[(1, 5)]).await;
-    let (reserved, lease) = store::reserve_with(
+    let (reserved, lease) = purchase::reserve_with(
         &db.pool,
         &purchase(user, "k-1", &[(1, 1)]),
         1_000,
@@ -185,13 +186,13 @@ async fn a_step_from_a_worker_whose_lease_was_taken_over_is_not_appended() {
 
     let stale = brx_sync::jobs::JobContext::detached(stale, db.pool.clone());
     let mut unit = stale.begin().await.unwrap();
-    store::append(&mut unit, id, 0, &events, &saga)
+    purchase::append(&mut unit, id, 0, &events, &saga)
         .await
         .unwrap();
     let refused = unit.commit().await;
     let current = brx_sync::jobs::JobContext::detached(lease, db.pool.clone());
     let mut unit = current.begin().await.unwrap();
-    store::append(&mut unit, id, 0, &events, &saga)
+    purchase::append(&mut unit, id, 0, &events, &saga)
         .await
         .unwrap();
     unit.commit().await.unwrap();
@@ -201,13 +202,13 @@ async fn a_step_from_a_worker_whose_lease_was_taken_over_is_not_appended() {
         "{refused:?}"
     );
     assert_eq!(
-        store::step_log(&db.pool, id).await.unwrap(),
+        purchase::step_log(&db.pool, id).await.unwrap(),
         vec![Event::DecrementSent {
             line: 0,
             settled_by: None,
         }]
     );
-    let stored = store::load(&db.pool, id).await.unwrap().unwrap();
+    let stored = purchase::load(&db.pool, id).await.unwrap().unwrap();
     assert_eq!(stored.saga, saga);
     let locks: i64 =
         sqlx::query_scalar("SELECT count(*) FROM purchase_product_locks WHERE purchase_id = $1")

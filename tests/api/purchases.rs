@@ -165,7 +165,7 @@ async fn a_third_line_failing_gives_the_first_two_back_on_cardtrader_in_reverse_
     assert_eq!(shop.local(items[1]).await, Some((4, 0)));
     assert_eq!(shop.local(items[2]).await, Some((0, 0)), "corrected: gone");
     let purchase = list_one(&shop).await;
-    let log = brx_sync::purchase::store::step_log(&shop.rig.pool, purchase)
+    let log = brx_sync::purchase::step_log(&shop.rig.pool, purchase)
         .await
         .unwrap();
     let given_back: Vec<String> = log
@@ -198,7 +198,7 @@ async fn a_product_taken_to_zero_is_deleted_and_recreated_by_a_later_compensatio
 
     assert_eq!(failed.code(), Code::Aborted, "{failed:?}");
     assert_eq!(shop.upstream(items[0]), None, "the decrement deleted it");
-    let purchase = brx_sync::purchase::store::load(&shop.rig.pool, list_one(&shop).await)
+    let purchase = brx_sync::purchase::load(&shop.rig.pool, list_one(&shop).await)
         .await
         .unwrap()
         .unwrap();
@@ -240,7 +240,7 @@ async fn a_decrement_applied_but_unanswered_is_decided_as_applied_and_not_sent_t
     assert_eq!(shop.upstream(item), Some(upstream - 2), "applied once");
     assert_eq!(shop.local(item).await, Some((local.0 - 2, 0)));
     let id = uuid::Uuid::try_parse(&purchase.purchase_id).unwrap();
-    let log = brx_sync::purchase::store::step_log(&shop.rig.pool, id)
+    let log = brx_sync::purchase::step_log(&shop.rig.pool, id)
         .await
         .unwrap();
     use brx_sync::purchase::saga::Event;

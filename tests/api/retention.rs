@@ -8,8 +8,8 @@ use brx_sync::{
     jobs,
     metrics::Metrics,
     purchase::{
+        self as purchases,
         saga::{Phase, Saga},
-        store as purchases,
     },
     retention::{ROUND_LOCK, Retention, RetentionSettings, Swept},
     webhooks,

@@ -8,8 +8,9 @@ use brx_sync::{
     jobs::{JobContext, JobKind, Lane, NewJob, QueueLimit, Ranking, store as jobs},
     metrics::Metrics,
     sync::{
+        SweepScope, SweepSettings, SyncRow,
         chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
-        store::{SweepScope, SweepSettings, SyncRow, sweep},
+        sweep,
     },
 };
 use tokio::sync::Semaphore;
@@ -80,7 +81,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The seen-set of a sync whose export listed these product ids.
 fn seen(ids: std::ops::RangeInclusive<i64>) -> roaring::RoaringTreemap {
-    ids.map(brx_sync::sync::store::seen_key).collect()
+    ids.map(brx_sync::sync::seen_key).collect()
 }
 
 async fn write(
@@ -317,9 +318,7 @@ async fn a_worker_whose_lease_was_taken_over_sweeps_nothing() {
 
     assert!(matches!(result, Err(ChunkError::LeaseLost)), "{result:?}");
     assert_eq!(
-        brx_sync::sync::store::item_count(&db.pool, user)
-            .await
-            .unwrap(),
+        brx_sync::sync::item_count(&db.pool, user).await.unwrap(),
         10
     );
 }
@@ -419,11 +418,7 @@ async fn the_item_counter_follows_inserts_updates_sweeps_and_purges() {
     let metrics = Metrics::new().unwrap();
     let counter = |user: UserId| {
         let pool = db.pool.clone();
-        async move {
-            brx_sync::sync::store::item_count(&pool, user)
-                .await
-                .unwrap()
-        }
+        async move { brx_sync::sync::item_count(&pool, user).await.unwrap() }
     };
     let old = lease_for(&db, user).await;
     write(

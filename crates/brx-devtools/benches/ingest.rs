@@ -28,10 +28,10 @@ use brx_sync::{
     rate_limit::{Limits, RateLimiter},
     storage::{MIGRATOR, Storage, ensure_database},
     sync::{
+        SyncRow,
         chunk::{ChunkError, ChunkTarget, write_chunk},
         handler::{SyncHandler, SyncSettings},
         scope::SyncProgress,
-        store::SyncRow,
     },
 };
 use cardtrader_sim::{CATALOGUE_BLUEPRINTS, SimSeller};

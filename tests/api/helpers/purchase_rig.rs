@@ -12,8 +12,8 @@ use brx_sync::{
     },
     pb::v1::{PurchaseLine, PurchaseRequest, purchase_service_client::PurchaseServiceClient},
     purchase::{
+        StoredPurchase,
         driver::{PurchaseEvents, PurchaseHandler},
-        store::{self, StoredPurchase},
     },
 };
 use tonic::transport::Channel;
@@ -211,7 +211,10 @@ impl PurchaseRig {
     pub(crate) async fn until_done(&self, id: &str) -> StoredPurchase {
         let id = uuid::Uuid::try_parse(id).unwrap();
         for _ in 0..600 {
-            let purchase = store::load(&self.rig.pool, id).await.unwrap().unwrap();
+            let purchase = brx_sync::purchase::load(&self.rig.pool, id)
+                .await
+                .unwrap()
+                .unwrap();
             if purchase.saga.phase.is_terminal() {
                 return purchase;
             }
@@ -250,7 +253,10 @@ impl PurchaseRig {
 
     /// When the driver read CardTrader's quantity for line 0 of purchase `id`.
     pub(crate) async fn line_seen_at(&self, id: uuid::Uuid) -> chrono::DateTime<chrono::Utc> {
-        let purchase = store::load(&self.rig.pool, id).await.unwrap().unwrap();
+        let purchase = brx_sync::purchase::load(&self.rig.pool, id)
+            .await
+            .unwrap()
+            .unwrap();
         purchase.lines[0]
             .memo
             .as_ref()
