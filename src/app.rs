@@ -2,10 +2,14 @@
 //! `run_until_stopped` serves until the shutdown future resolves, then drains in the order STYLE.md
 //! describes.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use futures::future::BoxFuture;
+use tokio::{
+    net::TcpListener,
+    task::{JoinHandle, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
 
 use secrecy::ExposeSecret;
@@ -20,7 +24,7 @@ use crate::{
     jobs::{
         Jobs, KindName, Lane,
         wake::{Changes, JobWakeups},
-        worker::{JobHandler, Worker, WorkerSettings},
+        worker::{JobHandler, LocalStart, Worker, WorkerSettings},
     },
     marketplace::MarketplaceClient,
     metrics::Metrics,
@@ -130,6 +134,17 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        let mut running = self.start()?;
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, version = crate::VERSION, "brx-sync serving");
+        let early_exit = running.until_stopped_or_failed(shutdown).await;
+        running.drain(early_exit.is_none()).await;
+        tracing::info!("brx-sync stopped");
+        early_exit.map_or(Ok(()), Err)
+    }
+
+    /// Starts every part: the storage supervisor, the background work (job workers, scheduler,
+    /// retention, the remap watch, the push requeue, wake-ups and changes), gRPC and HTTP.
+    fn start(self) -> anyhow::Result<Running> {
         let Self {
             config,
             grpc_listener,
@@ -141,10 +156,7 @@ impl App {
             accounts,
             catalog,
         } = self;
-        let workers = CancellationToken::new();
-        let stop_grpc = CancellationToken::new();
-        let stop_http = CancellationToken::new();
-
+        let stop_background = CancellationToken::new();
         let supervisor = StorageSupervisor::new(
             storage.clone(),
             readiness.clone(),
@@ -154,29 +166,187 @@ impl App {
             config.storage.migrate_on_start,
             config.storage.database_url.clone(),
         );
-        let mut supervisor_task = tokio::spawn(supervisor.run(workers.clone()));
-        // Watchers on any replica hear of every job and purchase that moves.
-        let (changes, change_relay) = Changes::relayed(&config.storage.redis_key_prefix);
-        let purchase_events = PurchaseEvents::announcing(changes.clone());
-        let job_workers = job_workers(
+        let supervisor = tokio::spawn(supervisor.run(stop_background.clone()));
+        let background = Background::start(
             &config,
             &storage,
+            &readiness,
             &accounts,
             &catalog,
             &metrics,
+            &stop_background,
+        );
+        let wakeups = background.wakeups;
+        let parts = GrpcParts {
+            storage: storage.clone(),
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            authenticator,
+            syncs: Syncs::new(
+                storage.pg.clone(),
+                accounts.clone(),
+                wakeups.clone(),
+                config.jobs.max_queue_depth,
+            ),
+            changes: wakeups.changes().clone(),
+            inventory: Inventory::new(storage.pg.clone(), accounts.clone(), wakeups.clone()),
+            jobs: Jobs::new(storage.pg.clone(), wakeups.clone()),
+            purchases: Purchases::new(
+                storage.pg.clone(),
+                accounts.clone(),
+                wakeups.clone(),
+                background.purchase_events,
+                metrics.clone(),
+                PurchasePolicy::from_config(&config.jobs),
+                background.interactive_start,
+            ),
+            accounts: accounts.clone(),
+            catalog,
+        };
+        let stop_grpc = CancellationToken::new();
+        let (health, grpc) =
+            api::grpc_server(grpc_listener, &config.server, parts, stop_grpc.clone())?;
+        let health_task = tokio::spawn(health.clone().run());
+        let grpc = tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) });
+
+        let webhook_intake =
+            crate::webhooks::WebhookIntake::new(storage.pg.clone(), accounts, wakeups);
+        let router = http::router(HttpState {
+            metrics,
+            readiness: readiness.clone(),
+            storage: storage.clone(),
+        })
+        .merge(crate::webhooks::routes(webhook_intake));
+        let stop_http = CancellationToken::new();
+        let http = axum::serve(http_listener, router)
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned());
+        let http = tokio::spawn(async move { http.await.map_err(anyhow::Error::from) });
+
+        Ok(Running {
+            supervisor,
+            background: background.tasks,
+            grpc,
+            http,
+            health,
+            health_task,
+            stop_background,
+            stop_grpc,
+            stop_http,
+            readiness,
+            storage,
+            drain_delay: config.server.shutdown_drain_delay,
+            grace_period: config.server.shutdown_grace_period,
+        })
+    }
+}
+
+/// A replica's running parts, and the tokens that stop them.
+struct Running {
+    supervisor: JoinHandle<anyhow::Result<()>>,
+    background: JoinSet<anyhow::Result<()>>,
+    grpc: JoinHandle<anyhow::Result<()>>,
+    http: JoinHandle<anyhow::Result<()>>,
+    health: api::HealthBridge,
+    health_task: JoinHandle<anyhow::Result<()>>,
+    stop_background: CancellationToken,
+    stop_grpc: CancellationToken,
+    stop_http: CancellationToken,
+    readiness: Readiness,
+    storage: Storage,
+    drain_delay: Duration,
+    grace_period: Duration,
+}
+
+impl Running {
+    /// Waits for `shutdown`, or for a part to stop on its own (always an error, returned).
+    async fn until_stopped_or_failed(
+        &mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Option<anyhow::Error> {
+        tokio::select! {
+            () = shutdown => None,
+            result = &mut self.grpc => Some(report_exit("gRPC server", result)),
+            result = &mut self.http => Some(report_exit("HTTP server", result)),
+            result = &mut self.supervisor => Some(report_exit("storage supervisor", result)),
+            // Workers, the scheduler, the remap watch, the wake-up listener and the change relay
+            // only return at shutdown.
+            Some(result) = self.background.join_next() => Some(report_exit("background work", result)),
+        }
+    }
+
+    /// NOT_SERVING; after a clean shutdown, the drain delay for load balancers to notice; then stop
+    /// claiming work and drain RPCs and running jobs within the grace period; close the pools.
+    async fn drain(mut self, clean: bool) {
+        self.readiness.start_draining();
+        self.health.sync().await;
+        if clean && !self.drain_delay.is_zero() {
+            tracing::info!(delay = ?self.drain_delay, "NOT_SERVING; waiting for load balancers to notice");
+            tokio::time::sleep(self.drain_delay).await;
+        }
+        self.stop_background.cancel();
+        self.stop_grpc.cancel();
+        let drained = tokio::time::timeout(self.grace_period, async {
+            let _ = (&mut self.grpc).await;
+            let _ = (&mut self.supervisor).await;
+            // Workers hand their running jobs back to the queue as they stop.
+            while self.background.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?self.grace_period, "grace period over: cutting in-flight RPCs");
+            self.grpc.abort();
+            self.supervisor.abort();
+            self.background.abort_all();
+        }
+        self.stop_http.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.http).await;
+        self.health_task.abort();
+        self.storage.close().await;
+    }
+}
+
+/// Everything a replica runs besides serving: job workers per lane, the sync scheduler, retention,
+/// the remap watch, the push requeue, the wake-up listener and the change relay.
+struct Background {
+    tasks: JoinSet<anyhow::Result<()>>,
+    wakeups: JobWakeups,
+    purchase_events: PurchaseEvents,
+    /// Starts a new purchase on this replica's interactive worker at once, when it has one.
+    interactive_start: Option<LocalStart>,
+}
+
+impl Background {
+    fn start(
+        config: &Config,
+        storage: &Storage,
+        readiness: &Readiness,
+        accounts: &Accounts,
+        catalog: &BlueprintCatalog,
+        metrics: &Metrics,
+        stop: &CancellationToken,
+    ) -> Self {
+        // Watchers on any replica hear of every job and purchase that moves.
+        let (changes, change_relay) = Changes::relayed(&config.storage.redis_key_prefix);
+        let purchase_events = PurchaseEvents::announcing(changes.clone());
+        let workers = job_workers(
+            config,
+            storage,
+            accounts,
+            catalog,
+            metrics,
             &purchase_events,
         )
         .into_iter()
         .map(|worker| worker.announcing(changes.clone()))
         .collect::<Vec<_>>();
-        let interactive_start = job_workers
+        let interactive_start = workers
             .iter()
             .find(|worker| worker.lane() == Lane::Interactive)
             .map(Worker::local_start);
         let wakeups = JobWakeups::new(
             storage.redis.clone(),
             &config.storage.redis_key_prefix,
-            job_workers
+            workers
                 .iter()
                 .map(|worker| (worker.lane(), worker.waker()))
                 .collect(),
@@ -204,151 +374,44 @@ impl App {
             wakeups.clone(),
             config.jobs.push_requeue_interval,
         );
-        let mut worker_tasks = tokio::task::JoinSet::new();
-        // Claiming and scheduling need the jobs table: wait until the database is reachable and
-        // migrated. The wake-up listener needs only Redis.
-        let after_migrations = |stop: CancellationToken| {
-            let mut ready = readiness.subscribe();
-            async move {
-                tokio::select! {
-                    () = stop.cancelled() => false,
-                    _ = ready.wait_for(|state| state.database_ready) => true,
-                }
-            }
-        };
-        for worker in job_workers {
-            let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
-            worker_tasks.spawn(async move {
-                if ready.await {
-                    worker.run(stop).await?;
-                }
-                Ok(())
-            });
-        }
-        let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
-        worker_tasks.spawn(async move {
-            if ready.await {
-                scheduler.run(stop).await?;
-            }
-            Ok(())
-        });
         let retention = crate::retention::Retention::new(
             storage.pg.clone(),
             metrics.clone(),
             crate::retention::RetentionSettings::from_config(&config.retention),
         );
-        let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
-        worker_tasks.spawn(async move {
-            if ready.await {
-                retention.run(stop).await?;
-            }
-            Ok(())
-        });
-        let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
-        worker_tasks.spawn(async move {
-            if ready.await {
-                unknown_prints.run(stop).await?;
-            }
-            Ok(())
-        });
-        let (stop, ready) = (workers.clone(), after_migrations(workers.clone()));
-        worker_tasks.spawn(async move {
-            if ready.await {
-                push_requeue.run(stop).await?;
-            }
-            Ok(())
-        });
-        worker_tasks.spawn(
+
+        let mut tasks = JoinSet::new();
+        // Claiming, scheduling and pruning need the jobs table: each waits until the database is
+        // reachable and migrated. The wake-up listener and the change relay need only Redis.
+        let mut once_migrated = |run: BoxFuture<'static, anyhow::Result<()>>| {
+            let (stop, mut ready) = (stop.clone(), readiness.subscribe());
+            tasks.spawn(async move {
+                let migrated = tokio::select! {
+                    () = stop.cancelled() => false,
+                    _ = ready.wait_for(|state| state.database_ready) => true,
+                };
+                if migrated { run.await } else { Ok(()) }
+            });
+        };
+        for worker in workers {
+            once_migrated(Box::pin(worker.run(stop.clone())));
+        }
+        once_migrated(Box::pin(scheduler.run(stop.clone())));
+        once_migrated(Box::pin(retention.run(stop.clone())));
+        once_migrated(Box::pin(unknown_prints.run(stop.clone())));
+        once_migrated(Box::pin(push_requeue.run(stop.clone())));
+        tasks.spawn(
             wakeups
                 .clone()
-                .listen(config.storage.redis_url.clone(), workers.clone()),
+                .listen(config.storage.redis_url.clone(), stop.clone()),
         );
-        worker_tasks.spawn(change_relay.run(storage.redis.clone(), workers.clone()));
-
-        let webhook_intake = crate::webhooks::WebhookIntake::new(
-            storage.pg.clone(),
-            accounts.clone(),
-            wakeups.clone(),
-        );
-        let parts = GrpcParts {
-            storage: storage.clone(),
-            readiness: readiness.clone(),
-            metrics: metrics.clone(),
-            authenticator,
-            syncs: Syncs::new(
-                storage.pg.clone(),
-                accounts.clone(),
-                wakeups.clone(),
-                config.jobs.max_queue_depth,
-            ),
-            changes: wakeups.changes().clone(),
-            inventory: Inventory::new(storage.pg.clone(), accounts.clone(), wakeups.clone()),
-            jobs: Jobs::new(storage.pg.clone(), wakeups.clone()),
-            purchases: Purchases::new(
-                storage.pg.clone(),
-                accounts.clone(),
-                wakeups,
-                purchase_events,
-                metrics.clone(),
-                PurchasePolicy::from_config(&config.jobs),
-                interactive_start,
-            ),
-            accounts,
-            catalog,
-        };
-        let (health, grpc) =
-            api::grpc_server(grpc_listener, &config.server, parts, stop_grpc.clone())?;
-        let health_task = tokio::spawn(health.clone().run());
-        let mut grpc_task = tokio::spawn(async move { grpc.await.map_err(anyhow::Error::from) });
-
-        let router = http::router(HttpState {
-            metrics,
-            readiness: readiness.clone(),
-            storage: storage.clone(),
-        })
-        .merge(crate::webhooks::routes(webhook_intake));
-        let http = axum::serve(http_listener, router)
-            .with_graceful_shutdown(stop_http.clone().cancelled_owned());
-        let mut http_task = tokio::spawn(async move { http.await.map_err(anyhow::Error::from) });
-
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, version = crate::VERSION, "brx-sync serving");
-        let early_exit = tokio::select! {
-            () = shutdown => None,
-            result = &mut grpc_task => Some(report_exit("gRPC server", result)),
-            result = &mut http_task => Some(report_exit("HTTP server", result)),
-            result = &mut supervisor_task => Some(report_exit("storage supervisor", result)),
-            // Workers, the scheduler, the remap watch, the wake-up listener and the change relay
-            // only return at shutdown.
-            Some(result) = worker_tasks.join_next() => Some(report_exit("background work", result)),
-        };
-
-        readiness.start_draining();
-        health.sync().await;
-        if early_exit.is_none() && !config.server.shutdown_drain_delay.is_zero() {
-            tracing::info!(delay = ?config.server.shutdown_drain_delay, "NOT_SERVING; waiting for load balancers to notice");
-            tokio::time::sleep(config.server.shutdown_drain_delay).await;
+        tasks.spawn(change_relay.run(storage.redis.clone(), stop.clone()));
+        Self {
+            tasks,
+            wakeups,
+            purchase_events,
+            interactive_start,
         }
-        workers.cancel();
-        stop_grpc.cancel();
-        let drained = tokio::time::timeout(config.server.shutdown_grace_period, async {
-            let _ = (&mut grpc_task).await;
-            let _ = (&mut supervisor_task).await;
-            // Workers hand their running jobs back to the queue as they stop.
-            while worker_tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(grace = ?config.server.shutdown_grace_period, "grace period over: cutting in-flight RPCs");
-            grpc_task.abort();
-            supervisor_task.abort();
-            worker_tasks.abort_all();
-        }
-        stop_http.cancel();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut http_task).await;
-        health_task.abort();
-        storage.close().await;
-        tracing::info!("brx-sync stopped");
-        early_exit.map_or(Ok(()), Err)
     }
 }
 
