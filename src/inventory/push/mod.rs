@@ -12,32 +12,33 @@
 //! Nothing is stranded: a seller who disconnected (or whose token CardTrader rejects) has their
 //! pending pushes end failed with the reason, and a job that gives up leaves them to the re-queuer
 //! ([`super::requeue`]) with a backoff. Every write goes through the job's fenced unit of work.
+//!
+//! Here: the job and single updates and deletions; `bulk` the batches, `create` the creates;
+//! the pure decisions are `inventory::decide`, the recorded writes `inventory::outbox`.
 
 use std::{
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use chrono::Utc;
 use serde_json::Value;
 
 use super::{
-    decide::{self, CreateOutcome, RETRY_ROUNDS},
+    decide::{self, RETRY_ROUNDS},
     outbox::{self, Op, Pending},
 };
 use crate::{
     accounts::{AccountError, Accounts, Credentials},
     jobs::{
-        JobContext, KindName, NewJob,
+        JobContext, KindName,
         worker::{JobFailure, JobHandler},
     },
-    jobs::{JobKind, TargetedScope},
-    marketplace::{
-        CallOptions, ExportFilter, MarketplaceError,
-        types::{BulkJob, BulkUpdateItem, NewProduct, Product},
-    },
+    marketplace::{CallOptions, MarketplaceError},
     metrics::Metrics,
 };
+
+mod bulk;
+mod create;
 
 /// From this many pending updates (or deletions) on, they go as bulk batches: the CardTrader docs
 /// ask for batches to touch "more than a few" products, and a batch costs two calls plus polls.
@@ -302,211 +303,6 @@ impl Run<'_> {
             }
             Err(err) => self.refused_or_retry(row, err).await,
         }
-    }
-
-    async fn bulk_update(&self, rows: &[Pending]) -> Result<(), JobFailure> {
-        let mut items = Vec::new();
-        let mut sent = Vec::new();
-        for row in rows {
-            match (row.product_id, self.wanted(row).await?) {
-                (Some(id), Some(update)) => {
-                    items.push(BulkUpdateItem { id, update });
-                    sent.push(row);
-                }
-                _ => self.settled(row).await?,
-            }
-        }
-        if items.is_empty() {
-            return Ok(());
-        }
-        let uuid = self
-            .marketplace()
-            .bulk_update(self.credentials.seller(), self.options(), &items)
-            .await
-            .map_err(|err| self.call_failure(err))?;
-        let job = self.await_bulk_job(&uuid).await?;
-        self.record_results(&sent, &job).await
-    }
-
-    async fn bulk_destroy(&self, rows: &[Pending]) -> Result<(), JobFailure> {
-        let ids: Vec<i64> = rows.iter().filter_map(|row| row.product_id).collect();
-        let uuid = self
-            .marketplace()
-            .bulk_destroy(self.credentials.seller(), self.options(), &ids)
-            .await
-            .map_err(|err| self.call_failure(err))?;
-        let job = self.await_bulk_job(&uuid).await?;
-        let sent: Vec<&Pending> = rows.iter().collect();
-        self.record_results(&sent, &job).await
-    }
-
-    /// Polls the bulk job once a second until CardTrader has finished it.
-    async fn await_bulk_job(&self, uuid: &str) -> Result<BulkJob, JobFailure> {
-        let give_up = Instant::now() + BULK_JOB_PATIENCE;
-        loop {
-            tokio::time::sleep(POLL_EVERY).await;
-            let job = self
-                .marketplace()
-                .bulk_job(self.credentials.seller(), self.options(), uuid)
-                .await;
-            match job {
-                Ok(job) if job.finished() => return Ok(job),
-                Ok(_) => {}
-                // A poll that failed is just tried again next second.
-                Err(err) if err.is_transient() => {
-                    tracing::debug!(%err, uuid, "polling a bulk job failed");
-                }
-                Err(err) => return Err(self.call_failure(err)),
-            }
-            if Instant::now() > give_up {
-                return Err(JobFailure::Transient(format!(
-                    "CardTrader's bulk job {uuid} did not finish in {BULK_JOB_PATIENCE:?}"
-                )));
-            }
-        }
-    }
-
-    /// Settles each sent row by its item's result: applied clears it, an error marks it failed.
-    async fn record_results(&self, sent: &[&Pending], job: &BulkJob) -> Result<(), JobFailure> {
-        if job.state == "unprocessable" {
-            return Err(JobFailure::Transient(format!(
-                "CardTrader could not process bulk job {}",
-                job.uuid
-            )));
-        }
-        for (index, row) in sent.iter().enumerate() {
-            match job.results.iter().find(|result| result.job_index == index) {
-                Some(result) if result.applied() => {
-                    self.count(row, "bulk", "pushed");
-                    self.settled(row).await?
-                }
-                Some(result) => {
-                    self.count(row, "bulk", "refused");
-                    self.failed(row, &result.error_text()).await?
-                }
-                None => {
-                    self.count(row, "bulk", "refused");
-                    self.failed(row, "CardTrader's bulk job reported nothing for this item")
-                        .await?
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A create. An earlier attempt's create is decided from the export (see the module doc);
-    /// otherwise the blueprint's quantities and the instant the create will have settled are
-    /// recorded (fenced: a worker whose lease was taken over sends nothing), then it is sent.
-    async fn create(&self, row: &Pending) -> Result<(), JobFailure> {
-        let Some(tag) = row.create_tag.as_deref() else {
-            return self.failed(row, "a create without a tag").await;
-        };
-        let fields = &row.fields;
-        let blueprint_id = fields["blueprint_id"].as_i64().unwrap_or_default();
-        let quantity = fields["quantity"].as_i64().unwrap_or_default();
-        let settled_by = fields
-            .get("settled_by")
-            .and_then(|at| serde_json::from_value::<chrono::DateTime<Utc>>(at.clone()).ok());
-        let mut products = self.blueprint_products(blueprint_id).await?;
-        if let Some(before) = fields.get("before").and_then(Value::as_object) {
-            loop {
-                match decide::decide_create(&products, before, tag, quantity) {
-                    CreateOutcome::Applied(product) => {
-                        return self.adopt(row, product, None).await;
-                    }
-                    // The earlier create may still land: look again once it cannot.
-                    _ if self.context.wait_until(settled_by).await? => {
-                        products = self.blueprint_products(blueprint_id).await?;
-                    }
-                    CreateOutcome::NotApplied => break,
-                    CreateOutcome::Unknown => {
-                        return self
-                            .failed(
-                                row,
-                                "the outcome of an earlier attempt of this create is unknown: the \
-                                 blueprint's products changed by other amounts; check CardTrader",
-                            )
-                            .await;
-                    }
-                }
-            }
-        }
-        let options = self.options();
-        let mut unit = self.context.begin().await?;
-        outbox::save_create_intent(
-            &mut unit,
-            row,
-            &products,
-            options.settled_by(self.handler.write_grace),
-        )
-        .await
-        .map_err(transient)?;
-        unit.commit().await?;
-        let new = NewProduct {
-            blueprint_id,
-            price: decide::cents_to_price(fields["price_cents"].as_i64().unwrap_or_default()),
-            quantity,
-            description: fields["description"].as_str().map(str::to_owned),
-            user_data_field: Some(tag.to_owned()),
-            properties: fields["properties"].as_object().cloned(),
-            graded: fields["graded"].as_bool(),
-        };
-        let created = self
-            .marketplace()
-            .create_product(self.credentials.seller(), options, &new)
-            .await;
-        crate::failpoint::crash_point("push.after_create");
-        match created {
-            Ok(resource) => {
-                let products = self.blueprint_products(blueprint_id).await?;
-                match products.iter().find(|product| product.id == resource.id) {
-                    Some(product) => self.adopt(row, product, resource.expansion_id).await,
-                    None => Err(JobFailure::Transient(
-                        "the created product is not in the export yet".into(),
-                    )),
-                }
-            }
-            // Unknown outcome or a passing failure: the next attempt decides from the export.
-            Err(err) => self.refused_or_retry(row, err).await,
-        }
-    }
-
-    async fn blueprint_products(&self, blueprint_id: i64) -> Result<Vec<Product>, JobFailure> {
-        self.marketplace()
-            .export_products(
-                self.credentials.seller(),
-                self.options(),
-                ExportFilter::Blueprint(blueprint_id),
-            )
-            .await
-            .map_err(|err| self.call_failure(err))
-    }
-
-    /// Records the created product locally and queues a targeted sync of its blueprint, which
-    /// maps it to the shop's print.
-    async fn adopt(
-        &self,
-        row: &Pending,
-        product: &Product,
-        expansion_id: Option<i64>,
-    ) -> Result<(), JobFailure> {
-        let user_id = self.context.user_id();
-        let mut unit = self.context.begin().await?;
-        let expansion_id = product.expansion_id().or(expansion_id);
-        outbox::adopt_created(&mut unit, user_id, row, product, expansion_id)
-            .await
-            .map_err(transient)?;
-        // A targeted sync of the blueprint maps the new product to the shop's print.
-        let scope = TargetedScope {
-            blueprint_ids: vec![product.blueprint_id],
-            expansion_ids: Vec::new(),
-        };
-        unit.enqueue(&NewJob::new(user_id, JobKind::SyncTargeted(scope)))
-            .await?;
-        unit.commit().await?;
-        self.count(row, "single", "pushed");
-        tracing::info!(product_id = product.id, "created on CardTrader");
-        Ok(())
     }
 
     /// A push CardTrader refused for good marks the row failed; anything passing fails the attempt
