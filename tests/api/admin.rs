@@ -3,7 +3,7 @@
 use brx_sync::pb::v1::{GetStatsRequest, PoolState};
 use secrecy::SecretString;
 
-use crate::helpers::{authorized, spawn_app, spawn_app_with};
+use crate::helpers::{authorized, spawn_app, spawn_app_with, wait_for};
 
 #[tokio::test]
 async fn get_stats_reports_every_pool_the_version_and_the_rpc_limit() {
@@ -51,15 +51,22 @@ async fn get_stats_reports_a_pool_that_cannot_connect_without_failing_start_up()
             SecretString::from("mysql://root@127.0.0.1:1/nothing".to_owned());
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let token = app.service_token();
 
-    let stats = app
-        .admin()
-        .await
-        .get_stats(authorized(GetStatsRequest {}, &app.service_token()))
-        .await
-        .unwrap()
-        .into_inner();
+    // The supervisor's first check of the pool runs in the background after start-up.
+    let stats = wait_for(
+        "a failed check of the MySQL pool to show in GetStats",
+        std::time::Duration::from_secs(20),
+        || async {
+            let stats = app.get_stats(Some(&token)).await.unwrap();
+            let checked = stats
+                .pools
+                .iter()
+                .any(|pool| pool.name == "mysql" && pool.consecutive_failures >= 1);
+            if checked { Ok(stats) } else { Err(stats.pools) }
+        },
+    )
+    .await;
 
     let mysql = stats
         .pools
@@ -75,14 +82,21 @@ async fn get_stats_reports_a_pool_that_cannot_connect_without_failing_start_up()
 #[tokio::test]
 async fn get_stats_reports_uptime_and_keeps_counting() {
     let app = spawn_app().await;
-    let mut admin = app.admin().await;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let token = app.service_token();
 
-    let stats = admin
-        .get_stats(authorized(GetStatsRequest {}, &app.service_token()))
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = wait_for(
+        "GetStats to report a full second of uptime",
+        std::time::Duration::from_secs(10),
+        || async {
+            let stats = app.get_stats(Some(&token)).await.unwrap();
+            if stats.uptime_seconds >= 1 {
+                Ok(stats)
+            } else {
+                Err(stats.uptime_seconds)
+            }
+        },
+    )
+    .await;
 
     assert!(stats.uptime_seconds >= 1);
 }

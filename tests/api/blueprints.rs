@@ -19,7 +19,7 @@ use brx_sync::{
 use secrecy::SecretString;
 use tonic::Code;
 
-use crate::helpers::{CatalogDb, CatalogueLock, TcpProxy, authorized, spawn_app_with};
+use crate::helpers::{CatalogDb, CatalogueLock, TcpProxy, authorized, spawn_app_with, wait_until};
 
 fn ids(raw: impl IntoIterator<Item = i64>) -> Vec<BlueprintId> {
     raw.into_iter()
@@ -213,7 +213,22 @@ async fn with_redis_down_answers_keep_coming_from_mysql_and_redis_is_used_again_
     assert_eq!(metrics.blueprint_cache_degraded.get(), 1);
 
     proxy.restore();
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // After a failure Redis is left alone for a while, then tried by the next lookup that misses L1:
+    // look up ids not asked for before (so not in L1) until one of them finds Redis back.
+    let mut unasked = 100..;
+    wait_until(
+        "the cache to find Redis back",
+        Duration::from_secs(10),
+        || {
+            let probe = ids(unasked.next());
+            let catalog = &catalog;
+            async move {
+                catalog.resolve_many(&probe, soon()).await;
+                !catalog.redis_degraded()
+            }
+        },
+    )
+    .await;
     catalog.resolve_many(&ids(21..=30), soon()).await;
 
     assert!(!catalog.redis_degraded());

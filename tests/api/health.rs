@@ -1,10 +1,42 @@
 //! grpc.health.v1 follows PostgreSQL reachability and migrations.
 
-use brx_sync::storage::MIGRATOR;
+use std::time::Duration;
+
+use brx_sync::{
+    pb::v1::{PoolState, PoolStats},
+    storage::MIGRATOR,
+};
 use secrecy::{ExposeSecret, SecretString};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{TcpProxy, spawn_app, spawn_app_with, start_app_with};
+use crate::helpers::{TcpProxy, TestApp, spawn_app, spawn_app_with, start_app_with, wait_for};
+
+/// Generous: the supervisor checks every 200 ms and backs off to at most 500 ms between failures.
+const CHECKS_WITHIN: Duration = Duration::from_secs(20);
+
+/// Waits until GetStats shows the PostgreSQL pool `as_wanted`; returns it with whether the replica
+/// said it was serving in the same answer.
+async fn until_postgres(
+    app: &TestApp,
+    what: &str,
+    as_wanted: impl Fn(&PoolStats) -> bool,
+) -> (PoolStats, bool) {
+    let token = app.service_token();
+    wait_for(what, CHECKS_WITHIN, || async {
+        let stats = app.get_stats(Some(&token)).await.unwrap();
+        let postgres = stats
+            .pools
+            .into_iter()
+            .find(|pool| pool.name == "postgres")
+            .unwrap();
+        if as_wanted(&postgres) {
+            Ok((postgres, stats.serving))
+        } else {
+            Err(postgres)
+        }
+    })
+    .await
+}
 
 #[tokio::test]
 async fn health_is_serving_once_the_fresh_database_is_migrated() {
@@ -49,7 +81,12 @@ async fn health_is_not_serving_while_postgres_is_unreachable_and_recovers_when_i
 async fn health_stays_not_serving_while_migrations_are_pending_and_start_up_does_not_apply_them() {
     let app = start_app_with(|config| config.storage.migrate_on_start = false).await;
     // The database does not even exist: nothing may create or migrate it behind the operator's back.
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // Every check of the supervisor decides readiness; after two failed ones it has had its chances.
+    let (_, serving) = until_postgres(&app, "two failed checks of the missing database", |pool| {
+        pool.consecutive_failures >= 2
+    })
+    .await;
+    assert!(!serving);
     assert_eq!(app.health_status().await, ServingStatus::NotServing);
 
     let admin = sqlx::PgPool::connect(crate::helpers::POSTGRES_ADMIN_URL)
@@ -62,7 +99,12 @@ async fn health_stays_not_serving_while_migrations_are_pending_and_start_up_does
     .execute(&admin)
     .await
     .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // The check that finds the database reachable also reads its migrations and decides readiness.
+    let (_, serving) = until_postgres(&app, "a check to reach the created database", |pool| {
+        pool.state() == PoolState::Up
+    })
+    .await;
+    assert!(!serving, "unmigrated database must not serve");
     assert_eq!(
         app.health_status().await,
         ServingStatus::NotServing,

@@ -21,7 +21,7 @@ use brx_sync::{
 use cardtrader_sim::Faults;
 use tonic::{Code, transport::Channel};
 
-use crate::helpers::{PurchaseRig, authorized};
+use crate::helpers::{PurchaseRig, authorized, wait_until};
 
 /// A seller with `products` synced products; the app's own interactive workers run the pushes.
 async fn shop(products: u64) -> PurchaseRig {
@@ -138,7 +138,24 @@ async fn edits_made_while_cardtrader_is_down_land_when_it_returns_the_newest_win
     let mut other = edit(&shop, ids[1]);
     other.price_cents = Some(999);
     update(&shop, other).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The edits woke a push job; once one of its attempts has failed against the outage, the
+    // pushes had their chance to get through.
+    wait_until(
+        "a push attempt to fail against the outage",
+        Duration::from_secs(20),
+        || async {
+            let failed: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE user_id = $1 AND kind = 'inventory_push' \
+                 AND last_error IS NOT NULL",
+            )
+            .bind(shop.user.as_uuid())
+            .fetch_one(&shop.rig.pool)
+            .await
+            .unwrap();
+            failed > 0
+        },
+    )
+    .await;
 
     assert_eq!(get(&shop, ids[0]).await.push_state(), PushState::Pending);
     assert_ne!(

@@ -21,7 +21,7 @@ use brx_sync::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::TestDatabase;
+use crate::helpers::{TestDatabase, wait_for};
 
 fn seller() -> UserId {
     UserId::from_uuid(uuid::Uuid::new_v4()).unwrap()
@@ -148,12 +148,19 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_can_no_longer_write()
     .await
     .unwrap()
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let fresh = store::claim(&db.pool, Lane::Bulk, "rescuer", LEASE, RANKING)
-        .await
-        .unwrap()
-        .unwrap();
+    // Refused while the lease runs, the rescuer's claim takes the job over once it has run out.
+    let fresh = wait_for(
+        "the expired lease to be taken over",
+        Duration::from_secs(10),
+        || async {
+            store::claim(&db.pool, Lane::Bulk, "rescuer", LEASE, RANKING)
+                .await
+                .unwrap()
+                .ok_or("not claimable yet")
+        },
+    )
+    .await;
 
     assert_eq!(fresh.job.id, stale.job.id);
     assert_eq!(fresh.fence, stale.fence + 1);

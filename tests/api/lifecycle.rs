@@ -8,9 +8,22 @@ use std::{
 use brx_sync::pb::v1::GetStatsRequest;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
-use crate::helpers::{ServeProcess, authorized, spawn_app, spawn_app_with};
+use crate::helpers::{ServeProcess, TestApp, authorized, spawn_app, spawn_app_with, wait_until};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_brx-sync");
+
+/// Bound on the waits for the server to react to something the test did.
+const REACTS_WITHIN: Duration = Duration::from_secs(10);
+
+/// Waits until the server is handling one RPC (the one the test started), by its in-flight gauge.
+async fn until_one_rpc_in_flight(app: &TestApp) {
+    wait_until(
+        "the RPC to be in flight on the server",
+        REACTS_WITHIN,
+        || async { app.metric("brx_rpc_in_flight").await == 1.0 },
+    )
+    .await;
+}
 
 #[tokio::test]
 async fn an_in_flight_rpc_completes_after_shutdown_begins_and_new_connections_are_refused() {
@@ -24,18 +37,24 @@ async fn an_in_flight_rpc_completes_after_shutdown_begins_and_new_connections_ar
             .get_stats(authorized(GetStatsRequest {}, &token))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_one_rpc_in_flight(&app).await;
 
     app.trigger_shutdown();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let endpoint =
+        tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr)).unwrap();
+    wait_until("the gRPC listener to close", REACTS_WITHIN, || async {
+        endpoint.connect().await.is_err()
+    })
+    .await;
 
-    let late = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
-        .unwrap()
-        .connect()
-        .await;
+    let late = endpoint.connect().await;
     assert!(
         late.is_err(),
         "a new connection after shutdown began must be refused"
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "new connections are refused while the RPC is still in flight"
     );
     let completed = in_flight.await.unwrap();
     assert!(
@@ -54,7 +73,16 @@ async fn health_says_not_serving_during_the_drain_delay_while_rpcs_are_still_ans
     let mut admin = app.admin().await;
 
     app.trigger_shutdown();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("health to say NOT_SERVING", REACTS_WITHIN, || {
+        let mut health = health.clone();
+        async move {
+            let request = HealthCheckRequest {
+                service: String::new(),
+            };
+            health.check(request).await.unwrap().into_inner().status() == ServingStatus::NotServing
+        }
+    })
+    .await;
 
     let status = health
         .check(HealthCheckRequest {
@@ -94,7 +122,7 @@ async fn the_grace_period_bounds_an_rpc_that_would_outlive_it() {
             .get_stats(authorized(GetStatsRequest {}, &token))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_one_rpc_in_flight(&app).await;
 
     app.trigger_shutdown();
     let stopped = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;

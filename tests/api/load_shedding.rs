@@ -6,7 +6,7 @@ use std::time::Duration;
 use brx_sync::{api::status::RETRY_AFTER_MS, pb::v1::GetStatsRequest};
 use tonic::Code;
 
-use crate::helpers::{authorized, spawn_app_with};
+use crate::helpers::{authorized, spawn_app_with, wait_until};
 
 #[tokio::test]
 async fn a_second_rpc_beyond_a_concurrency_limit_of_one_is_shed_with_a_retry_hint() {
@@ -25,7 +25,12 @@ async fn a_second_rpc_beyond_a_concurrency_limit_of_one_is_shed_with_a_retry_hin
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until(
+        "the slow RPC to hold the only slot",
+        Duration::from_secs(10),
+        || async { app.metric("brx_rpc_in_flight").await == 1.0 },
+    )
+    .await;
     let shed = second_client
         .get_stats(authorized(GetStatsRequest {}, &token))
         .await

@@ -10,13 +10,13 @@ use brx_sync::{
         types::NewProduct,
     },
     metrics::Metrics,
-    rate_limit::{Limits, RateLimiter},
+    rate_limit::{Limits, RateLimiter, Scope},
     storage::Storage,
 };
 use cardtrader_sim::{Faults, SimulatorConfig, SimulatorHandle};
 use secrecy::SecretString;
 
-use crate::helpers::{init_process, test_config};
+use crate::helpers::{init_process, test_config, wait_for, wait_until};
 
 struct Setup {
     simulator: SimulatorHandle,
@@ -272,10 +272,25 @@ async fn five_xx_answers_open_the_breaker_which_fails_fast_and_recovers_through_
     assert_eq!(metrics.breaker_state.get(), 2);
 
     setup.simulator.set_faults(Faults::default());
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    client.info(seller, options()).await.unwrap();
+    // Calls keep failing fast until the pause is over; the first one let through is the probe.
+    wait_for(
+        "the breaker to let a probe through",
+        Duration::from_secs(10),
+        || async {
+            match client.info(seller, options()).await {
+                Err(MarketplaceError::Unavailable { .. }) => Err("failing fast"),
+                answer => Ok(answer.unwrap()),
+            }
+        },
+    )
+    .await;
 
     assert_eq!(client.breaker_state(), BreakerState::Closed);
+    assert_eq!(
+        setup.simulator.stats(&token_text).total,
+        before + 1,
+        "the open breaker sent nothing but the probe"
+    );
 }
 
 #[tokio::test]
@@ -404,8 +419,17 @@ async fn two_replicas_hammering_one_seller_never_exceed_200_calls_in_any_10_seco
             }));
         }
     }
-    // Meanwhile another seller's calls go straight through: their bucket is their own.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Meanwhile another seller's calls go straight through: their bucket is their own. Once the
+    // hammered seller has sent more than a full bucket, its callers are waiting on its refills.
+    let full_bucket = Limits::from_config(&setup.config.cardtrader)
+        .params(Scope::General)
+        .capacity as u64;
+    wait_until(
+        "the hammered seller to spend its burst",
+        Duration::from_secs(10),
+        || async { setup.simulator.stats(&token_text).total > full_bucket },
+    )
+    .await;
     let (quiet_client, _) = setup.client();
     let quiet = SecretString::from(quiet_text.clone());
     let started = Instant::now();

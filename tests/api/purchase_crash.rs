@@ -14,7 +14,7 @@ use brx_sync::{
 use cardtrader_sim::Faults;
 use tonic::Code;
 
-use crate::helpers::{PurchaseRig, Workers, authorized};
+use crate::helpers::{PurchaseRig, Workers, authorized, wait_until};
 
 const LEASE: Duration = Duration::from_secs(1);
 
@@ -197,12 +197,12 @@ async fn give_backs_that_keep_failing_need_a_person_and_a_retry_finishes_the_und
     let (id, items) = stuck_purchase(&shop, "stuck").await;
     // The driver refreshes the gauge just after recording the purchase's end.
     let gauge = &shop.handler.metrics.purchases_requiring_attention;
-    for _ in 0..50 {
-        if gauge.get() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the gauge to count the purchase needing a person",
+        Duration::from_secs(10),
+        || async { gauge.get() == 1 },
+    )
+    .await;
     assert_eq!(gauge.get(), 1);
     let mut client = shop.client().await;
     let seller = shop.rig.app.seller_token(shop.user);

@@ -8,7 +8,7 @@ use brx_sync::pb::v1::{GetPurchaseRequest, LineState, PurchaseState};
 use cardtrader_sim::Faults;
 use tonic::Code;
 
-use crate::helpers::{PurchaseRig, authorized};
+use crate::helpers::{PurchaseRig, authorized, wait_until};
 
 #[tokio::test]
 async fn a_purchase_takes_stock_on_both_sides_and_completes() {
@@ -301,11 +301,17 @@ async fn a_full_sync_during_purchases_does_not_clobber_what_they_sold() {
     let items = shop.stocked(2, 40).await;
     let before: Vec<i64> = items.iter().map(|id| shop.upstream(*id).unwrap()).collect();
     // The sync reads the whole export, then holds its chunk while every purchase runs: the export
-    // it writes predates them all.
+    // it writes predates them all. It is one chunk, mapped only once the export has been read.
     fail::cfg("sync.before_chunk_write", "return(3000)").unwrap();
+    let lookups = shop.rig.blueprint_lookups();
     let sync = shop.rig.sync(shop.user);
     let buying = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        wait_until(
+            "the sync to have read the export and to map its chunk",
+            Duration::from_secs(20),
+            || async { shop.rig.blueprint_lookups() > lookups },
+        )
+        .await;
         futures::future::join_all(items.iter().enumerate().map(|(n, id)| {
             let shop = &shop;
             async move { shop.buy(&format!("during-{n}"), &[(*id, 1)]).await }

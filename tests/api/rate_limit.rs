@@ -10,7 +10,7 @@ use brx_sync::{
 };
 use secrecy::SecretString;
 
-use crate::helpers::{TcpProxy, test_config};
+use crate::helpers::{TcpProxy, test_config, wait_for};
 
 fn limiter_with(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> (RateLimiter, Metrics) {
     let (mut config, _) = test_config();
@@ -247,10 +247,22 @@ async fn with_redis_unreachable_the_limiter_falls_back_in_process_and_returns_to
     );
 
     proxy.restore();
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let back = limiter
-        .try_acquire(&seller, Scope::General, Priority::Interactive)
-        .await;
+    // After a failure Redis is left alone for a while, then tried again by the next check.
+    let back = wait_for(
+        "the limiter to find Redis back",
+        Duration::from_secs(10),
+        || async {
+            let decision = limiter
+                .try_acquire(&seller, Scope::General, Priority::Interactive)
+                .await;
+            if limiter.is_degraded() {
+                Err(decision)
+            } else {
+                Ok(decision)
+            }
+        },
+    )
+    .await;
 
     assert!(
         !limiter.is_degraded(),

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{TestDatabase, spawn_app_with};
+use crate::helpers::{TestDatabase, spawn_app_with, wait_for};
 
 const DAY: f64 = 86_400.0;
 
@@ -386,19 +386,19 @@ async fn a_served_replica_runs_retention_and_exports_table_sizes() {
         .unwrap();
     let old = job(&pool, Uuid::new_v4(), "purchase", "succeeded", 40.0).await;
 
-    let mut rounds = 0;
-    let body = loop {
-        let (_, body) = app.http_get("/metrics").await;
-        if body.contains("brx_retention_deleted_total{table=\"jobs\"} 1\n") {
-            break body;
-        }
-        assert!(
-            rounds < 100,
-            "no retention round deleted the old job within 20 s: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        rounds += 1;
-    };
+    let body = wait_for(
+        "a retention round to delete the old job",
+        Duration::from_secs(20),
+        || async {
+            let (_, body) = app.http_get("/metrics").await;
+            if body.contains("brx_retention_deleted_total{table=\"jobs\"} 1\n") {
+                Ok(body)
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
 
     assert!(!exists(&pool, "jobs", "id", old).await);
     for table in [

@@ -11,6 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{drop_database, test_config};
 
+/// How long readiness must stay up with the pool exhausted: five of the supervisor's 100 ms checks.
+/// Staying up is an absence of change and the supervisor counts no checks a test could wait for, so
+/// only watching over a fixed window can show it.
+const QUIET_WINDOW: Duration = Duration::from_millis(500);
+
 #[tokio::test]
 async fn readiness_stays_up_while_every_connection_of_the_main_pool_is_checked_out() {
     let (mut config, database) = test_config();
@@ -43,8 +48,11 @@ async fn readiness_stays_up_while_every_connection_of_the_main_pool_is_checked_o
     .await
     .expect("ready although the main pool is exhausted")
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let went_down = tokio::time::timeout(QUIET_WINDOW, changes.wait_for(|state| !state.serving()))
+        .await
+        .is_ok();
 
+    assert!(!went_down, "readiness dropped while the pool was exhausted");
     assert!(
         readiness.current().serving(),
         "a busy pool must not read as a database outage"

@@ -142,14 +142,6 @@ fn assert_told_to_watch_again(ended: &Status) {
     );
 }
 
-/// The value of one sample on the metrics page, 0 when the series has none.
-async fn metric(app: &TestApp, series: &str) -> f64 {
-    let (_, body) = app.http_get("/metrics").await;
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn rereads(method: &str, cause: &str) -> String {
     format!(r#"brx_stream_rereads_total{{cause="{cause}",method="{method}"}}"#)
 }
@@ -209,7 +201,7 @@ async fn watches_beyond_a_callers_bound_are_refused_with_a_retry_hint_until_one_
     assert_refused_with_retry_hint(&refused);
     let refusals =
         r#"brx_streams_refused_total{limit="caller",method="/brx.sync.v1.SyncService/WatchSync"}"#;
-    assert_eq!(metric(&app, refusals).await, 1.0);
+    assert_eq!(app.metric(refusals).await, 1.0);
 }
 
 #[tokio::test]
@@ -236,7 +228,7 @@ async fn watches_beyond_the_replicas_bound_are_refused_whoever_asks_until_one_cl
     assert_refused_with_retry_hint(&refused);
     let refusals =
         r#"brx_streams_refused_total{limit="replica",method="/brx.sync.v1.SyncService/WatchSync"}"#;
-    assert_eq!(metric(&app, refusals).await, 1.0);
+    assert_eq!(app.metric(refusals).await, 1.0);
 }
 
 #[tokio::test]
@@ -253,7 +245,7 @@ async fn a_watch_past_its_maximum_lifetime_ends_unavailable_telling_the_caller_t
     assert_told_to_watch_again(&ended.unwrap_err());
     let ends =
         r#"brx_streams_ended_total{method="/brx.sync.v1.SyncService/WatchSync",reason="lifetime"}"#;
-    assert_eq!(metric(&app, ends).await, 1.0);
+    assert_eq!(app.metric(ends).await, 1.0);
     let job = jobs::get(&pool(&app).await, job_id.parse().unwrap())
         .await
         .unwrap();
@@ -294,8 +286,8 @@ async fn an_idle_watch_reads_postgres_only_when_another_replica_says_its_job_cha
 
     assert_eq!(update.progress.unwrap().products_seen, 42);
     assert_told_to_watch_again(&ended.unwrap_err());
-    assert_eq!(metric(&app, &rereads(WATCH_SYNC, "notice")).await, 1.0);
-    assert_eq!(metric(&app, &rereads(WATCH_SYNC, "backstop")).await, 0.0);
+    assert_eq!(app.metric(&rereads(WATCH_SYNC, "notice")).await, 1.0);
+    assert_eq!(app.metric(&rereads(WATCH_SYNC, "backstop")).await, 0.0);
 }
 
 #[tokio::test]
@@ -333,11 +325,8 @@ async fn a_watch_on_one_replica_follows_a_sync_that_another_replica_runs() {
     let last = last.unwrap();
     assert_eq!(last.state(), SyncState::Succeeded, "{}", last.last_error);
     assert_eq!(last.progress.unwrap().products_seen, 1_500);
-    assert!(metric(&api_only, &rereads(WATCH_SYNC, "notice")).await >= 1.0);
-    assert_eq!(
-        metric(&api_only, &rereads(WATCH_SYNC, "backstop")).await,
-        0.0
-    );
+    assert!(api_only.metric(&rereads(WATCH_SYNC, "notice")).await >= 1.0);
+    assert_eq!(api_only.metric(&rereads(WATCH_SYNC, "backstop")).await, 0.0);
     drop(runner);
 }
 
@@ -420,11 +409,8 @@ async fn a_watch_purchase_follows_the_steps_another_replica_records() {
     let stored = shop.until_done(&purchase_id).await;
     assert!(stored.saga.phase.is_terminal());
     let method = "/brx.sync.v1.PurchaseService/WatchPurchase";
-    assert!(metric(&shop.rig.app, &rereads(method, "notice")).await >= 1.0);
-    assert_eq!(
-        metric(&shop.rig.app, &rereads(method, "backstop")).await,
-        0.0
-    );
+    assert!(shop.rig.app.metric(&rereads(method, "notice")).await >= 1.0);
+    assert_eq!(shop.rig.app.metric(&rereads(method, "backstop")).await, 0.0);
 }
 
 /// A purchase of one item that no worker drives yet; the Purchase RPC answers at its short deadline.

@@ -15,7 +15,7 @@ use brx_sync::{
 };
 use tokio::sync::Semaphore;
 
-use crate::helpers::TestDatabase;
+use crate::helpers::{TestDatabase, wait_until};
 
 fn row(product_id: i64, quantity: i32) -> SyncRow {
     SyncRow {
@@ -65,11 +65,18 @@ async fn taken_over_lease(db: &TestDatabase, user: UserId) -> JobContext {
         .await
         .unwrap()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    jobs::claim(&db.pool, Lane::Bulk, "rescuer", long, Ranking::default())
-        .await
-        .unwrap()
-        .unwrap();
+    // The rescuer's claim is refused until the stale lease has run out, then taken over.
+    wait_until(
+        "the stale lease to run out and be taken over",
+        WAIT,
+        || async {
+            jobs::claim(&db.pool, Lane::Bulk, "rescuer", long, Ranking::default())
+                .await
+                .unwrap()
+                .is_some()
+        },
+    )
+    .await;
     JobContext::detached(stale, db.pool.clone())
 }
 
@@ -78,6 +85,8 @@ fn seller() -> UserId {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the waits for the database to reach a state the test set up.
+const WAIT: Duration = Duration::from_secs(10);
 
 /// The seen-set of a sync whose export listed these product ids.
 fn seen(ids: std::ops::RangeInclusive<i64>) -> roaring::RoaringTreemap {
@@ -387,7 +396,21 @@ async fn two_transactions_locking_rows_in_opposite_order_deadlock_for_real_and_t
         let metrics = metrics.clone();
         tokio::spawn(async move { write(&lease, user, vec![row(1, 7), row(2, 7)], &metrics).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "the chunk to wait for the rival's lock on row 2",
+        WAIT,
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            waiting > 0
+        },
+    )
+    .await;
     let rival_result = sqlx::query("UPDATE inventory_items SET quantity = 9 WHERE product_id = 1")
         .execute(&mut *rival)
         .await;

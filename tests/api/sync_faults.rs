@@ -12,7 +12,7 @@ use cardtrader_sim::Faults;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{SyncRig, progress};
+use crate::helpers::{SyncRig, progress, wait_until};
 
 /// Waits until the job has committed at least `chunks` chunks.
 async fn until_chunks_done(rig: &SyncRig, id: uuid::Uuid, chunks: u64) {
@@ -99,12 +99,12 @@ async fn a_worker_paused_past_its_lease_writes_nothing_after_the_takeover() {
         .metrics
         .jobs_finished
         .with_label_values(&["sync_full", "lease_lost"]);
-    for _ in 0..100 {
-        if outcome.get() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "the zombie to wake up and be fenced out",
+        Duration::from_secs(10),
+        || async { outcome.get() > 0 },
+    )
+    .await;
     stop.cancel();
     zombie.await.unwrap().unwrap();
     rescuer.await.unwrap().unwrap();

@@ -121,7 +121,7 @@ async fn a_sync_whose_export_fails_sweeps_nothing_and_a_retry_completes() {
         .app
         .simulator
         .set_faults(cardtrader_sim::Faults::default());
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    setup.until_cardtrader_admits(user).await;
     let retried = setup.sync(user).await;
 
     assert_eq!(

@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
 
-use crate::helpers::{CatalogDb, TestApp, authorized, spawn_app_with};
+use crate::helpers::{CatalogDb, TestApp, authorized, spawn_app_with, wait_for};
 
 async fn app_with(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> (TestApp, CatalogDb) {
     let catalog = CatalogDb::seeded(1_000).await;
@@ -423,15 +423,19 @@ async fn unmapped_rows_are_remapped_once_their_blueprints_are_invalidated() {
         .into_inner();
 
     assert_eq!(answer.remaps_queued, 1);
-    let mut left = unmapped_in_catalogue().await.unwrap();
-    for _ in 0..100 {
-        if left.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        left = unmapped_in_catalogue().await.unwrap();
-    }
-    assert!(left.is_empty(), "{} rows still unmapped", left.len());
+    wait_for(
+        "the remap to map every row",
+        Duration::from_secs(20),
+        || async {
+            let left = unmapped_in_catalogue().await.unwrap();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} rows still unmapped", left.len()))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

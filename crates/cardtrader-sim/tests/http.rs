@@ -442,18 +442,44 @@ async fn update_delete_and_increment_follow_the_documented_envelopes() {
     assert_eq!(foreign, StatusCode::NOT_FOUND);
 }
 
-async fn poll_job(sim: &Sim, token: &str, uuid: &str) -> Value {
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(1_050)).await;
-        let (status, job) = sim
+/// Bound on the waits for a bulk job; the simulator's jobs finish in a fraction of it.
+const JOB_WAIT: Duration = Duration::from_secs(10);
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// `GET /jobs/{uuid}`, asked again while the one-poll-a-second limit on job polls refuses it (429):
+/// the test waits on the limit's window, not a fixed time. Panics after [`JOB_WAIT`].
+async fn get_job(sim: &Sim, token: &str, uuid: &str) -> (StatusCode, Value) {
+    let deadline = tokio::time::Instant::now() + JOB_WAIT;
+    loop {
+        let (status, body) = sim
             .json(Method::GET, token, &format!("/jobs/{uuid}"), None)
             .await;
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            return (status, body);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {JOB_WAIT:?} waiting for the job poll limit to admit a poll of {uuid}: {body}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Polls job `uuid` until it is completed or unprocessable. Panics after [`JOB_WAIT`].
+async fn poll_job(sim: &Sim, token: &str, uuid: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + JOB_WAIT;
+    loop {
+        let (status, job) = get_job(sim, token, uuid).await;
         assert_eq!(status, StatusCode::OK, "{job}");
         if job["state"] == "completed" || job["state"] == "unprocessable" {
             return job;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {JOB_WAIT:?} waiting for job {uuid} to finish: {job}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
     }
-    panic!("job {uuid} never finished");
 }
 
 #[tokio::test]
@@ -517,15 +543,7 @@ async fn bulk_create_and_destroy_apply_and_unknown_jobs_are_not_found() {
         )
         .await;
     let destroyed = poll_job(&sim, &token, destroyed["job"].as_str().unwrap()).await;
-    tokio::time::sleep(Duration::from_millis(1_050)).await;
-    let (missing, _) = sim
-        .json(
-            Method::GET,
-            &token,
-            "/jobs/00000000-0000-0000-0000-000000000000",
-            None,
-        )
-        .await;
+    let (missing, _) = get_job(&sim, &token, "00000000-0000-0000-0000-000000000000").await;
 
     assert_eq!(
         created["results"][1]["errors"]["blueprint_id"][0],

@@ -7,7 +7,7 @@ mod purchase_rig;
 mod stock;
 mod sync_rig;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt::Debug, future::Future, net::SocketAddr, time::Duration};
 
 use brx_sync::{
     App,
@@ -83,6 +83,50 @@ pub(crate) fn test_config() -> (Config, String) {
     // expansions, so with each test's empty index every full sync would read hundreds of them.
     config.catalog.expansion_learn = false;
     (config, database_name)
+}
+
+/// How often [`wait_for`] and [`wait_until`] look again.
+const POLL_EVERY: Duration = Duration::from_millis(25);
+
+/// Polls `check` until it answers `Ok`, returning that value; panics after `timeout` naming `what`
+/// it waited for and the last `Err` it saw. A check still running at the deadline is cut off there.
+pub(crate) async fn wait_for<T, E, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    E: Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(deadline, check()).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(seen)) => last = Some(seen),
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last saw {last:?}");
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+/// Polls `check` until it answers true; panics after `timeout` naming `what` it waited for.
+pub(crate) async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(true) = tokio::time::timeout_at(deadline, check()).await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }
 
 /// A server with the default test settings, already SERVING.
@@ -203,24 +247,32 @@ impl TestApp {
 
     /// Polls health until it reports `expected`; panics after 20 s.
     pub(crate) async fn wait_for_health(&self, expected: ServingStatus) {
-        let mut client = self.health().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = client
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|response| response.into_inner().status());
-            if matches!(status, Ok(s) if s == expected) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "health never became {expected:?}, last {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let client = self.health().await;
+        wait_for(
+            &format!("health to become {expected:?}"),
+            Duration::from_secs(20),
+            || {
+                let mut client = client.clone();
+                async move {
+                    let request = HealthCheckRequest {
+                        service: String::new(),
+                    };
+                    match client.check(request).await {
+                        Ok(response) if response.get_ref().status() == expected => Ok(()),
+                        other => Err(other.map(|response| response.into_inner().status())),
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The value of one sample on the metrics page, 0 when the series has none.
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics").await;
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Starts the graceful shutdown, as SIGTERM would.

@@ -12,7 +12,7 @@ use brx_sync::{
         Job, JobKind, KindName, Lane, NewJob, QueueLimit, store as jobs,
         worker::{Worker, WorkerSettings},
     },
-    marketplace::MarketplaceClient,
+    marketplace::{CallOptions, MarketplaceClient},
     metrics::Metrics,
     pb::v1::ConnectAccountRequest,
     rate_limit::{Limits, RateLimiter},
@@ -24,13 +24,15 @@ use brx_sync::{
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use super::{CatalogDb, TestApp, authorized, spawn_app_with};
+use super::{CatalogDb, TestApp, authorized, spawn_app_with, wait_for};
 
 pub(crate) struct SyncRig {
     pub(crate) app: TestApp,
     pub(crate) _catalog: CatalogDb,
     pub(crate) pool: sqlx::PgPool,
     pub(crate) handler: SyncHandler,
+    /// Where the handler's blueprint catalogue counts its lookups.
+    pub(crate) catalog_metrics: Metrics,
 }
 
 impl SyncRig {
@@ -50,7 +52,7 @@ impl SyncRig {
         let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
             .await
             .unwrap();
-        let (catalog, _, storage) = catalog_db.catalog(|config| {
+        let (catalog, catalog_metrics, storage) = catalog_db.catalog(|config| {
             config.storage.redis_key_prefix = app.config.storage.redis_key_prefix.clone()
         });
         let metrics = Metrics::new().unwrap();
@@ -92,6 +94,7 @@ impl SyncRig {
             _catalog: catalog_db,
             pool,
             handler,
+            catalog_metrics,
         }
     }
 
@@ -174,6 +177,39 @@ impl SyncRig {
         stop.cancel();
         worker.await.unwrap().unwrap();
         job
+    }
+
+    /// Waits until this rig's CardTrader client lets `user`'s calls through again: a breaker that an
+    /// outage opened fails calls fast for its pause, then closes on the first one that succeeds.
+    pub(crate) async fn until_cardtrader_admits(&self, user: UserId) {
+        let credentials = self.handler.accounts.credentials(user).await.unwrap();
+        let marketplace = self.handler.accounts.marketplace();
+        wait_for(
+            "the CardTrader client to let calls through again",
+            Duration::from_secs(10),
+            || async {
+                let options = CallOptions::interactive(Duration::from_secs(5));
+                marketplace
+                    .info(credentials.seller(), options)
+                    .await
+                    .map(drop)
+            },
+        )
+        .await;
+    }
+
+    /// Blueprint lookups the handler's catalogue answered so far, from any level: they rise when a
+    /// sync maps a chunk, that is once it has read the export up to the chunk's end.
+    pub(crate) fn blueprint_lookups(&self) -> u64 {
+        ["l1", "redis", "negative", "mysql", "unknown"]
+            .into_iter()
+            .map(|level| {
+                self.catalog_metrics
+                    .blueprint_lookups
+                    .with_label_values(&[level])
+                    .get()
+            })
+            .sum()
     }
 
     pub(crate) async fn local_rows(&self, user: UserId) -> i64 {
