@@ -108,12 +108,13 @@ where
         let budget = grpc_timeout(request.headers()).map_or(self.ceiling, |t| {
             t.saturating_sub(CALLER_DEADLINE_MARGIN).min(self.ceiling)
         });
-        request
-            .extensions_mut()
-            .insert(RpcDeadline(tokio::time::Instant::now() + budget));
+        // The deadline is fixed now, when tonic arms its timer, not at the first poll of the future
+        // below: under load that poll can come later than the margin, and tonic's CANCELLED would win.
+        let deadline = tokio::time::Instant::now() + budget;
+        request.extensions_mut().insert(RpcDeadline(deadline));
         let future = self.inner.call(request);
         Box::pin(async move {
-            match tokio::time::timeout(budget, future).await {
+            match tokio::time::timeout_at(deadline, future).await {
                 Ok(result) => result.map_err(Into::into),
                 Err(_) => Err(super::status::deadline_exceeded().into()),
             }
