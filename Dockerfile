@@ -8,6 +8,6 @@ RUN cargo build --release --locked --bin brx-sync
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/brx-sync /usr/local/bin/brx-sync
 USER 10001:10001
-EXPOSE 50051 9090
+EXPOSE 50051 9090 9091
 ENTRYPOINT ["/usr/local/bin/brx-sync"]
 CMD ["serve"]

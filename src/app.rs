@@ -50,6 +50,7 @@ pub struct App {
     config: Config,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
+    admin_listener: TcpListener,
     storage: Storage,
     readiness: Readiness,
     metrics: Metrics,
@@ -100,10 +101,14 @@ impl App {
         let http_listener = TcpListener::bind(config.server.http_addr)
             .await
             .with_context(|| format!("binding HTTP on {}", config.server.http_addr))?;
+        let admin_listener = TcpListener::bind(config.server.admin_addr)
+            .await
+            .with_context(|| format!("binding the admin HTTP on {}", config.server.admin_addr))?;
         Ok(Self {
             config,
             grpc_listener,
             http_listener,
+            admin_listener,
             storage,
             readiness: Readiness::new(),
             metrics,
@@ -120,11 +125,18 @@ impl App {
             .unwrap_or(self.config.server.grpc_addr)
     }
 
-    /// The address of the HTTP side port.
+    /// The address of the public HTTP listener (webhooks).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_listener
             .local_addr()
             .unwrap_or(self.config.server.http_addr)
+    }
+
+    /// The address of the admin HTTP listener (metrics, probes).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.server.admin_addr)
     }
 
     /// Serves until `shutdown` resolves, then: health NOT_SERVING, drain delay, stop claiming work,
@@ -133,9 +145,10 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        let (grpc_addr, http_addr, admin_addr) =
+            (self.grpc_addr(), self.http_addr(), self.admin_addr());
         let mut running = self.start()?;
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, version = crate::VERSION, "brx-sync serving");
+        tracing::info!(grpc = %grpc_addr, webhooks = %http_addr, admin = %admin_addr, version = crate::VERSION, "brx-sync serving");
         let early_exit = running.until_stopped_or_failed(shutdown).await;
         running.drain(early_exit.is_none()).await;
         tracing::info!("brx-sync stopped");
@@ -149,6 +162,7 @@ impl App {
             config,
             grpc_listener,
             http_listener,
+            admin_listener,
             storage,
             readiness,
             metrics,
@@ -211,16 +225,24 @@ impl App {
 
         let webhook_intake =
             crate::webhooks::WebhookIntake::new(storage.pg.clone(), accounts, wakeups);
-        let router = http::router(HttpState {
+        let stop_http = CancellationToken::new();
+        let webhooks = axum::serve(http_listener, crate::webhooks::routes(webhook_intake))
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned());
+        let admin = http::router(HttpState {
             metrics,
             readiness: readiness.clone(),
             storage: storage.clone(),
-        })
-        .merge(crate::webhooks::routes(webhook_intake));
-        let stop_http = CancellationToken::new();
-        let http = axum::serve(http_listener, router)
+        });
+        let admin = axum::serve(admin_listener, admin)
             .with_graceful_shutdown(stop_http.clone().cancelled_owned());
-        let http = tokio::spawn(async move { http.await.map_err(anyhow::Error::from) });
+        // One task for both listeners: either one stopping on its own is the HTTP side failing.
+        let http = tokio::spawn(async move {
+            tokio::try_join!(
+                async { webhooks.await.context("webhook listener") },
+                async { admin.await.context("admin listener") },
+            )
+            .map(|_| ())
+        });
 
         Ok(Running {
             supervisor,

@@ -11,6 +11,12 @@ use secrecy::SecretString;
 /// operators of this service expect from any bad setting).
 pub const EXIT_CONFIG: i32 = 64;
 
+/// The real CardTrader API, the default endpoint.
+pub const CARDTRADER_API: &str = "https://api.cardtrader.com/api/v2";
+
+/// The shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least as long as the hash.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
 /// Command line of the `brx-sync` binary.
 #[derive(Debug, Parser)]
 #[command(name = "brx-sync", version, about, propagate_version = true)]
@@ -26,7 +32,7 @@ pub struct Cli {
 /// The subcommands of `brx-sync`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Serve gRPC and the HTTP side port (the default).
+    /// Serve gRPC, the webhook listener and the admin listener (the default).
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
@@ -79,7 +85,7 @@ pub struct Config {
 
 /// How the replica listens, bounds its RPCs and streams, and shuts down.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Server (gRPC, HTTP, limits, shutdown)")]
+#[command(next_help_heading = "Server (gRPC, webhook and admin HTTP, limits, shutdown)")]
 pub struct ServerConfig {
     /// gRPC listen address.
     #[arg(
@@ -89,7 +95,7 @@ pub struct ServerConfig {
         global = true
     )]
     pub grpc_addr: SocketAddr,
-    /// HTTP side port: /metrics, /livez, /readyz, webhooks.
+    /// Public HTTP listener: CardTrader's webhooks (`/webhooks/cardtrader/{user_id}`) and nothing else.
     #[arg(
         long,
         env = "BRX_HTTP_ADDR",
@@ -97,6 +103,14 @@ pub struct ServerConfig {
         global = true
     )]
     pub http_addr: SocketAddr,
+    /// Admin HTTP listener, for the cluster only: /metrics, /livez, /readyz.
+    #[arg(
+        long,
+        env = "BRX_ADMIN_ADDR",
+        default_value = "127.0.0.1:9091",
+        global = true
+    )]
+    pub admin_addr: SocketAddr,
     /// Per-RPC deadline; a shorter `grpc-timeout` sent by the caller wins.
     #[arg(long, env = "BRX_RPC_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub rpc_timeout: Duration,
@@ -135,11 +149,15 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Callers and secrets")]
 pub struct AuthConfig {
-    /// Turn caller authentication off. Only for local experiments: a warning is logged at start-up.
+    /// Development mode, for local experiments only: `serve` starts without encryption keys or a JWT
+    /// key, and BRX_AUTH_DISABLED is allowed. Off, a replica refuses to start unprotected.
+    #[arg(long, env = "BRX_DEV_MODE", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub dev_mode: bool,
+    /// Turn caller authentication off. Needs BRX_DEV_MODE; a warning is logged at start-up.
     #[arg(long, env = "BRX_AUTH_DISABLED", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub auth_disabled: bool,
-    /// HS256 secret that caller JWTs are signed with.
-    #[arg(long, env = "BRX_JWT_HS256_SECRET", value_parser = secret, global = true)]
+    /// HS256 secret that caller JWTs are signed with, at least 32 bytes (`openssl rand -base64 48`).
+    #[arg(long, env = "BRX_JWT_HS256_SECRET", value_parser = secret, hide_env_values = true, global = true)]
     pub jwt_hs256_secret: Option<SecretString>,
     /// PEM file with the RS256 public key that caller JWTs are signed with (instead of HS256).
     #[arg(long, env = "BRX_JWT_RS256_PUBLIC_KEY_PATH", global = true)]
@@ -147,6 +165,9 @@ pub struct AuthConfig {
     /// Required `aud` claim, when set.
     #[arg(long, env = "BRX_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "BRX_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
     /// Value of the `role` claim that lets a caller act for every seller.
     #[arg(
         long,
@@ -157,7 +178,7 @@ pub struct AuthConfig {
     pub jwt_service_role: String,
     /// AES-256-GCM keys for CardTrader tokens at rest, as `id:base64key` separated by commas; the first
     /// encrypts, all decrypt (rotation). Generate a key with `openssl rand -base64 32`.
-    #[arg(long, env = "BRX_ENCRYPTION_KEYS", value_parser = secret, global = true)]
+    #[arg(long, env = "BRX_ENCRYPTION_KEYS", value_parser = secret, hide_env_values = true, global = true)]
     pub encryption_keys: Option<SecretString>,
 }
 
@@ -167,7 +188,7 @@ pub struct AuthConfig {
 pub struct StorageConfig {
     /// PostgreSQL, the source of truth.
     #[arg(long, env = "BRX_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/brx_sync",
-          value_parser = secret, hide_default_value = false, global = true)]
+          value_parser = secret, hide_default_value = false, hide_env_values = true, global = true)]
     pub database_url: SecretString,
     /// Largest number of open PostgreSQL connections.
     #[arg(long, env = "BRX_PG_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), global = true)]
@@ -180,13 +201,13 @@ pub struct StorageConfig {
     pub migrate_on_start: bool,
     /// MySQL/MariaDB blueprint catalogue (read-only).
     #[arg(long, env = "BRX_MYSQL_URL", default_value = "mysql://root@127.0.0.1:3306/brx_catalog",
-          value_parser = secret, global = true)]
+          value_parser = secret, hide_env_values = true, global = true)]
     pub mysql_url: SecretString,
     /// Largest number of open MySQL connections.
     #[arg(long, env = "BRX_MYSQL_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub mysql_max_connections: u32,
     /// Redis: caches, rate-limit buckets, wake-up hints. Losing it loses no data.
-    #[arg(long, env = "BRX_REDIS_URL", default_value = "redis://127.0.0.1:6379/0", value_parser = secret, global = true)]
+    #[arg(long, env = "BRX_REDIS_URL", default_value = "redis://127.0.0.1:6379/0", value_parser = secret, hide_env_values = true, global = true)]
     pub redis_url: SecretString,
     /// Largest number of open Redis connections.
     #[arg(long, env = "BRX_REDIS_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), global = true)]
@@ -214,12 +235,11 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "CardTrader client")]
 pub struct CardTraderConfig {
-    /// CardTrader API base URL. The default is the local simulator (`brx-sync simulator`); production
-    /// uses https://api.cardtrader.com/api/v2.
+    /// CardTrader API base URL. Tests, the demo and the load tests point it at the simulator.
     #[arg(
         long,
         env = "BRX_CARDTRADER_BASE_URL",
-        default_value = "http://127.0.0.1:8090/api/v2",
+        default_value = CARDTRADER_API,
         global = true
     )]
     pub base_url: String,
@@ -511,6 +531,7 @@ impl Config {
 
     /// Checks what clap cannot: combinations of settings and files they point at.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.auth.validate()?;
         if self.auth.jwt_hs256_secret.is_some() && self.auth.jwt_rs256_public_key_path.is_some() {
             return Err(ConfigError {
                 setting: "BRX_JWT_HS256_SECRET",
@@ -625,6 +646,54 @@ impl Config {
     }
 }
 
+impl AuthConfig {
+    /// A replica serves only protected unless BRX_DEV_MODE says it is a developer's.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.jwt_hs256_secret {
+            let length = secrecy::ExposeSecret::expose_secret(secret).len();
+            if length < MIN_HS256_SECRET_BYTES {
+                return Err(ConfigError {
+                    setting: "BRX_JWT_HS256_SECRET",
+                    reason: format!(
+                        "{length} bytes is too short to sign tokens safely: use at least \
+                         {MIN_HS256_SECRET_BYTES} (e.g. `openssl rand -base64 48`)"
+                    ),
+                });
+            }
+        }
+        if self.dev_mode {
+            return Ok(());
+        }
+        let dev_hint = "(BRX_DEV_MODE=true allows it for local experiments)";
+        if self.auth_disabled {
+            return Err(ConfigError {
+                setting: "BRX_AUTH_DISABLED",
+                reason: format!(
+                    "turning caller authentication off is refused in production {dev_hint}"
+                ),
+            });
+        }
+        if self.jwt_hs256_secret.is_none() && self.jwt_rs256_public_key_path.is_none() {
+            return Err(ConfigError {
+                setting: "BRX_JWT_HS256_SECRET",
+                reason: format!(
+                    "no key to verify callers' tokens: set it or BRX_JWT_RS256_PUBLIC_KEY_PATH {dev_hint}"
+                ),
+            });
+        }
+        if self.encryption_keys.is_none() {
+            return Err(ConfigError {
+                setting: "BRX_ENCRYPTION_KEYS",
+                reason: format!(
+                    "required to store sellers' CardTrader tokens encrypted: set `k1:<key>` with a \
+                     key from `openssl rand -base64 32` {dev_hint}"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The shortest retention accepted: a finished job is still watched and read right after it ends,
 /// and a redelivered webhook arrives within minutes.
 const MIN_RETENTION: Duration = Duration::from_secs(3_600);
@@ -687,11 +756,88 @@ fn env_of_flag(flag: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The defaults plus the two secrets production needs.
+    fn protected() -> Config {
+        let mut config = Config::defaults();
+        config.auth.jwt_hs256_secret = Some(SecretString::from("s".repeat(MIN_HS256_SECRET_BYTES)));
+        config.auth.encryption_keys = Some(SecretString::from("k1:key".to_owned()));
+        config
+    }
+
     #[test]
-    fn the_built_in_defaults_parse_and_validate() {
+    fn the_built_in_defaults_parse_talk_to_cardtrader_and_refuse_to_serve_unprotected() {
         let config = Config::defaults();
-        assert!(config.validate().is_ok());
-        assert!(!config.auth.auth_disabled);
+        assert_eq!(config.cardtrader.base_url, CARDTRADER_API);
+        assert!(!config.auth.auth_disabled && !config.auth.dev_mode);
+        assert_eq!(
+            config.validate().unwrap_err().setting,
+            "BRX_JWT_HS256_SECRET"
+        );
+        assert!(protected().validate().is_ok());
+    }
+
+    #[test]
+    fn without_dev_mode_each_missing_protection_is_named() {
+        let mut config = protected();
+        config.auth.encryption_keys = None;
+        assert_eq!(
+            config.validate().unwrap_err().setting,
+            "BRX_ENCRYPTION_KEYS"
+        );
+
+        let mut config = protected();
+        config.auth.auth_disabled = true;
+        assert_eq!(config.validate().unwrap_err().setting, "BRX_AUTH_DISABLED");
+
+        let mut config = Config::defaults();
+        config.auth.dev_mode = true;
+        config.auth.auth_disabled = true;
+        assert!(config.validate().is_ok(), "dev mode allows all three");
+    }
+
+    #[test]
+    fn a_short_hs256_secret_is_refused_even_in_dev_mode() {
+        let mut config = protected();
+        config.auth.dev_mode = true;
+        config.auth.jwt_hs256_secret =
+            Some(SecretString::from("s".repeat(MIN_HS256_SECRET_BYTES - 1)));
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.setting, "BRX_JWT_HS256_SECRET");
+        assert!(
+            !err.reason.contains("sss"),
+            "the reason never shows the secret"
+        );
+    }
+
+    #[test]
+    fn help_never_shows_a_secret_from_the_environment() {
+        let help = Cli::command().render_long_help().to_string();
+        for env in [
+            "BRX_JWT_HS256_SECRET",
+            "BRX_ENCRYPTION_KEYS",
+            "BRX_DATABASE_URL",
+            "BRX_MYSQL_URL",
+            "BRX_REDIS_URL",
+        ] {
+            assert!(help.contains(env), "{env} is documented");
+        }
+        let hidden: Vec<_> = Cli::command()
+            .get_arguments()
+            .filter(|arg| arg.is_hide_env_values_set())
+            .filter_map(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
+            .collect();
+        for env in [
+            "BRX_JWT_HS256_SECRET",
+            "BRX_ENCRYPTION_KEYS",
+            "BRX_DATABASE_URL",
+            "BRX_MYSQL_URL",
+            "BRX_REDIS_URL",
+        ] {
+            assert!(
+                hidden.iter().any(|name| name == env),
+                "{env} hides its value"
+            );
+        }
     }
 
     #[test]
@@ -721,7 +867,7 @@ mod tests {
 
     #[test]
     fn the_writer_budget_must_leave_a_connection_only_where_jobs_run() {
-        let mut config = Config::defaults();
+        let mut config = protected();
         config.storage.pg_max_connections = 1;
         config.sync.db_writers = 1;
         assert_eq!(
@@ -735,8 +881,7 @@ mod tests {
 
     #[test]
     fn two_jwt_keys_are_refused() {
-        let mut config = Config::defaults();
-        config.auth.jwt_hs256_secret = Some(SecretString::from("a".to_owned()));
+        let mut config = protected();
         config.auth.jwt_rs256_public_key_path = Some("/nonexistent".into());
         assert_eq!(
             config.validate().unwrap_err().setting,

@@ -1,10 +1,12 @@
-//! The HTTP side port: Prometheus `/metrics`, `/livez` and `/readyz` for probes that do not speak gRPC.
+//! The admin HTTP listener: Prometheus `/metrics`, `/livez` and `/readyz` for probes that do not
+//! speak gRPC. It is for the cluster only; the public listener serves CardTrader's webhooks alone
+//! (`webhooks::routes`), so nothing an operator reads is reachable from the Internet.
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
 use crate::{metrics::Metrics, readiness::Readiness, storage::Storage};
 
-/// What the side port's handlers read.
+/// What the admin listener's handlers read.
 #[derive(Debug, Clone)]
 pub struct HttpState {
     /// Metric handles and registry.
@@ -15,7 +17,7 @@ pub struct HttpState {
     pub storage: Storage,
 }
 
-/// The side port's routes.
+/// The admin listener's routes.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))

@@ -10,7 +10,7 @@
 //! - [`api`]: the gRPC transport: handlers, auth, tower layers, the single error → `Status` mapping.
 //! - [`jobs`]: durable jobs in PostgreSQL, typed kinds, fenced units of work, leases, dead letters.
 //! - [`marketplace`]: the CardTrader API client: rate limiter, circuit breaker, retries, tolerant types.
-//! - [`http`]: the HTTP side port: `/metrics`, `/livez`, `/readyz` (webhooks merge their route in).
+//! - [`http`]: the admin HTTP listener: `/metrics`, `/livez`, `/readyz` (webhooks have the public one).
 //! - [`sync`]: bulk sync of CardTrader inventories: streamed export, chunk transactions, sweep, scheduler.
 //! - [`purchase`]: purchases as compensating sagas: pure state machine, fenced step log, the driver job.
 //! - [`inventory`]: listing, edits committed with their push outbox row, pushes, storefront offers.

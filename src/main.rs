@@ -53,19 +53,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => brx_sync::app::migrate(&cli.config.storage).await,
         Command::Token(args) => {
-            let secret = cli.config.auth.jwt_hs256_secret.ok_or_else(|| {
+            let secret = cli.config.auth.jwt_hs256_secret.as_ref().ok_or_else(|| {
                 anyhow::anyhow!("BRX_JWT_HS256_SECRET must be set to mint a token")
             })?;
             let subject = args
                 .sub
                 .map(brx_sync::domain::UserId::from_uuid)
                 .transpose()?;
-            let token = auth::mint_token(
-                secret.expose_secret(),
-                subject,
-                &cli.config.auth.jwt_service_role,
-                args.ttl,
-            )?;
+            let auth = &cli.config.auth;
+            let mut claims = auth::claims_for(subject, &auth.jwt_service_role, args.ttl);
+            // A token the configured replica accepts: it checks these when they are set.
+            claims.iss = auth.jwt_issuer.clone();
+            claims.aud = auth.jwt_audience.clone();
+            let token = auth::sign(secret.expose_secret(), &claims)?;
             println!("{token}");
             Ok(())
         }

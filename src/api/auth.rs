@@ -102,7 +102,7 @@ pub fn require_service<T>(request: &tonic::Request<T>) -> Result<Caller, AuthErr
 }
 
 /// The claims brx-sync reads from a caller token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Claims {
     /// A seller's user UUID, or the calling service's name with the service role.
     pub sub: String,
@@ -111,6 +111,15 @@ pub struct Claims {
     /// `service` (configurable) for the service role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Issuer; checked when BRX_JWT_ISSUER is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience; checked when BRX_JWT_AUDIENCE is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Not before, seconds since the epoch; honoured when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 /// Verifies caller tokens; built once from configuration.
@@ -195,11 +204,21 @@ impl Authenticator {
 
 fn validation(algorithm: Algorithm, config: &AuthConfig) -> Validation {
     let mut validation = Validation::new(algorithm);
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    // A configured issuer or audience must be present, not only match when present.
+    let mut required = vec!["exp", "sub"];
+    required.extend(config.jwt_issuer.as_ref().map(|_| "iss"));
+    required.extend(config.jwt_audience.as_ref().map(|_| "aud"));
+    validation.set_required_spec_claims(&required);
     validation.leeway = 30;
+    // A token that is not valid yet is refused like an expired one (jsonwebtoken skips `nbf` unless
+    // asked); the same leeway covers clocks that disagree a little.
+    validation.validate_nbf = true;
     match &config.jwt_audience {
         Some(audience) => validation.set_audience(&[audience]),
         None => validation.validate_aud = false,
+    }
+    if let Some(issuer) = &config.jwt_issuer {
+        validation.set_issuer(&[issuer]);
     }
     validation
 }
@@ -211,17 +230,29 @@ pub fn mint_token(
     service_role: &str,
     ttl: Duration,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    sign(secret, &claims_for(subject, service_role, ttl))
+}
+
+/// The claims of a token for `subject` (a seller) or, without one, for the service role.
+pub fn claims_for(subject: Option<UserId>, service_role: &str, ttl: Duration) -> Claims {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let claims = Claims {
+    Claims {
         sub: subject.map_or_else(|| "brx-sync-cli".to_owned(), |user| user.to_string()),
         exp: (now + ttl).as_secs(),
         role: subject.is_none().then(|| service_role.to_owned()),
-    };
+        iss: None,
+        aud: None,
+        nbf: None,
+    }
+}
+
+/// Signs `claims` with an HS256 secret.
+pub fn sign(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
 }
@@ -299,10 +330,24 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
+
     fn authenticator(secret: &str) -> Authenticator {
+        authenticator_with(secret, |_| {})
+    }
+
+    fn authenticator_with(secret: &str, adjust: impl FnOnce(&mut AuthConfig)) -> Authenticator {
         let mut config = Config::defaults();
         config.auth.jwt_hs256_secret = Some(secrecy::SecretString::from(secret.to_owned()));
+        adjust(&mut config.auth);
         Authenticator::from_config(&config.auth).unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     fn headers_with(token: &str) -> http::HeaderMap {
@@ -411,6 +456,61 @@ mod tests {
         assert_eq!(
             status.message(),
             "invalid token: malformed, expired, or not signed by a trusted key"
+        );
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused_until_its_nbf() {
+        let auth = authenticator(SECRET);
+        let mut claims = claims_for(Some(user()), "service", Duration::from_secs(3_600));
+        claims.nbf = Some(now() + 600);
+        let early = sign(SECRET, &claims).unwrap();
+        assert!(matches!(
+            auth.authenticate(&headers_with(&early)),
+            Err(AuthError::InvalidToken(_))
+        ));
+
+        claims.nbf = Some(now() - 1);
+        let due = sign(SECRET, &claims).unwrap();
+        assert!(auth.authenticate(&headers_with(&due)).is_ok());
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let auth = authenticator_with(SECRET, |config| {
+            config.jwt_issuer = Some("https://auth.shop.example".into());
+            config.jwt_audience = Some("brx-sync".into());
+        });
+        let seller = user();
+        let mut claims = claims_for(Some(seller), "service", Duration::from_secs(3_600));
+        let bare = sign(SECRET, &claims).unwrap();
+        assert!(
+            auth.authenticate(&headers_with(&bare)).is_err(),
+            "iss and aud are required"
+        );
+
+        claims.iss = Some("https://auth.shop.example".into());
+        claims.aud = Some("another-service".into());
+        let wrong_audience = sign(SECRET, &claims).unwrap();
+        assert!(auth.authenticate(&headers_with(&wrong_audience)).is_err());
+
+        claims.aud = Some("brx-sync".into());
+        claims.iss = Some("https://evil.example".into());
+        let wrong_issuer = sign(SECRET, &claims).unwrap();
+        assert!(auth.authenticate(&headers_with(&wrong_issuer)).is_err());
+
+        claims.iss = Some("https://auth.shop.example".into());
+        let good = sign(SECRET, &claims).unwrap();
+        assert_eq!(
+            auth.authenticate(&headers_with(&good)).unwrap(),
+            Caller::Seller(seller)
+        );
+
+        // Unconfigured, neither claim matters.
+        assert!(
+            authenticator(SECRET)
+                .authenticate(&headers_with(&wrong_issuer))
+                .is_ok()
         );
     }
 }

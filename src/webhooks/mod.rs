@@ -1,4 +1,4 @@
-//! CardTrader's order webhooks: `POST /webhooks/cardtrader/{user_id}` on the HTTP side port stores a
+//! CardTrader's order webhooks: `POST /webhooks/cardtrader/{user_id}` on the public HTTP listener stores a
 //! verified event, and the `webhook_apply` job applies it to local stock once per
 //! order, following CardTrader's stock rule. Layout: `payload` (the body), `rule` (the stock rule),
 //! `intake` (the route), `apply` (the job), `store` (the SQL).
@@ -85,7 +85,7 @@ impl WebhookIntake {
     }
 }
 
-/// The webhook route, to merge into the side port's router.
+/// The webhook route: the whole of the public HTTP listener.
 pub fn routes(intake: WebhookIntake) -> Router {
     Router::new()
         .route("/webhooks/cardtrader/{user_id}", post(intake::receive))

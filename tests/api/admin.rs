@@ -215,7 +215,7 @@ async fn a_poison_job_ends_dead_shows_in_get_stats_and_metrics_and_an_operator_s
         .await
         .unwrap()
         .into_inner();
-    let (_, metrics) = app.http_get("/metrics").await;
+    let (_, metrics) = app.admin_get("/metrics").await;
     let denied = admin
         .retry_job(authorized(
             RetryJobRequest {

@@ -64,7 +64,7 @@ fn sorted(mut ids: Vec<i64>) -> Vec<i64> {
 
 /// `/blueprints/export` calls the app made, from its metrics.
 async fn blueprint_exports(app: &TestApp) -> u64 {
-    let (_, metrics) = app.http_get("/metrics").await;
+    let (_, metrics) = app.admin_get("/metrics").await;
     metrics
         .lines()
         .filter(|line| {

@@ -51,7 +51,7 @@ async fn health_is_serving_once_the_fresh_database_is_migrated() {
         .unwrap();
     assert_eq!(applied as usize, MIGRATOR.iter().count());
     assert_eq!(app.health_status().await, ServingStatus::Serving);
-    assert_eq!(app.http_get("/readyz").await.0, 200);
+    assert_eq!(app.admin_get("/readyz").await.0, 200);
 }
 
 #[tokio::test]
@@ -70,11 +70,11 @@ async fn health_is_not_serving_while_postgres_is_unreachable_and_recovers_when_i
 
     proxy.cut().await;
     app.wait_for_health(ServingStatus::NotServing).await;
-    assert_eq!(app.http_get("/readyz").await.0, 503);
+    assert_eq!(app.admin_get("/readyz").await.0, 503);
 
     proxy.restore();
     app.wait_for_health(ServingStatus::Serving).await;
-    assert_eq!(app.http_get("/readyz").await.0, 200);
+    assert_eq!(app.admin_get("/readyz").await.0, 200);
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@ use std::{
 use brx_sync::pb::v1::GetStatsRequest;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
-use crate::helpers::{ServeProcess, TestApp, authorized, spawn_app, spawn_app_with, wait_until};
+use crate::helpers::{
+    PROTECTED_ENV, ServeProcess, TestApp, authorized, spawn_app, spawn_app_with, wait_until,
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_brx-sync");
 
@@ -104,7 +106,7 @@ async fn health_says_not_serving_during_the_drain_delay_while_rpcs_are_still_ans
             .await
             .is_ok()
     );
-    assert_eq!(app.http_get("/readyz").await.0, 503);
+    assert_eq!(app.admin_get("/readyz").await.0, 503);
     app.stop().await.unwrap();
 }
 
@@ -138,6 +140,7 @@ fn run_binary_with(env: &[(&str, &str)]) -> std::process::Output {
     Command::new(BINARY)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(PROTECTED_ENV)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
@@ -175,13 +178,10 @@ fn a_malformed_encryption_keyring_exits_64_with_one_line_naming_the_setting() {
 
 #[test]
 fn two_jwt_keys_at_once_exit_64_naming_the_setting() {
-    let output = run_binary_with(&[
-        ("BRX_JWT_HS256_SECRET", "s"),
-        (
-            "BRX_JWT_RS256_PUBLIC_KEY_PATH",
-            "tests/fixtures/jwt_rs256_public.pem",
-        ),
-    ]);
+    let output = run_binary_with(&[(
+        "BRX_JWT_RS256_PUBLIC_KEY_PATH",
+        "tests/fixtures/jwt_rs256_public.pem",
+    )]);
 
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("BRX_JWT_HS256_SECRET"));

@@ -56,7 +56,7 @@ async fn a_second_rpc_beyond_a_concurrency_limit_of_one_is_shed_with_a_retry_hin
         .get_stats(authorized(GetStatsRequest {}, &token))
         .await;
     assert!(after.is_ok(), "capacity is given back: {after:?}");
-    let (_, metrics) = app.http_get("/metrics").await;
+    let (_, metrics) = app.admin_get("/metrics").await;
     assert!(metrics.contains("brx_rpc_shed_total 1"), "{metrics}");
 }
 

@@ -28,6 +28,7 @@ mod push_guarantees;
 mod rate_limit;
 mod reflection;
 mod retention;
+mod secrets;
 mod storage;
 mod streams;
 mod sync_chunks;

@@ -1,4 +1,5 @@
-//! The HTTP side port exposes per-RPC counters and latency, pool gauges and liveness.
+//! The admin listener exposes per-RPC counters and latency, pool gauges and liveness; the public
+//! listener exposes none of it.
 
 use brx_sync::pb::v1::GetStatsRequest;
 
@@ -18,7 +19,7 @@ async fn metrics_count_rpcs_by_method_and_code_and_time_them() {
         .unwrap();
     admin.get_stats(GetStatsRequest {}).await.unwrap_err();
 
-    let (status, body) = app.http_get("/metrics").await;
+    let (status, body) = app.admin_get("/metrics").await;
 
     assert_eq!(status, 200);
     assert!(
@@ -57,7 +58,7 @@ async fn unknown_methods_share_one_label_so_callers_cannot_inflate_the_series() 
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
 
-    let (_, body) = app.http_get("/metrics").await;
+    let (_, body) = app.admin_get("/metrics").await;
 
     assert!(
         body.contains(r#"brx_rpc_requests_total{code="Unimplemented",method="unknown"} 1"#),
@@ -70,5 +71,48 @@ async fn unknown_methods_share_one_label_so_callers_cannot_inflate_the_series() 
 async fn livez_answers_ok() {
     let app = spawn_app().await;
 
-    assert_eq!(app.http_get("/livez").await, (200, "ok".to_owned()));
+    assert_eq!(app.admin_get("/livez").await, (200, "ok".to_owned()));
+}
+
+#[tokio::test]
+async fn metrics_and_probes_are_on_the_admin_listener_only_and_webhooks_on_the_public_one_only() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::new();
+
+    for path in ["/metrics", "/livez", "/readyz"] {
+        let public = client
+            .get(format!("http://{}{path}", app.http_addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(public.status(), 404, "{path} is not public");
+        assert_eq!(
+            app.admin_get(path).await.0,
+            200,
+            "{path} is on the admin listener"
+        );
+    }
+    let webhook_path = format!("/webhooks/cardtrader/{}", uuid::Uuid::new_v4());
+    let on_admin = client
+        .post(format!("http://{}{webhook_path}", app.admin_addr))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        on_admin.status(),
+        404,
+        "webhooks are not on the admin listener"
+    );
+    let on_public = client
+        .post(format!("http://{}{webhook_path}", app.http_addr))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        on_public.status(),
+        404,
+        "webhooks are on the public listener"
+    );
 }

@@ -280,7 +280,7 @@ async fn an_operator_resolves_a_stuck_purchase_with_a_recorded_note() {
     assert_eq!(resolved.resolution_note, "re-listed by hand on CardTrader");
     assert_eq!(shop.local(items[0]).await, Some((2, 0)), "released");
     assert_eq!(shop.leftovers().await, (0, 0));
-    let (_, metrics) = shop.rig.app.http_get("/metrics").await;
+    let (_, metrics) = shop.rig.app.admin_get("/metrics").await;
     assert!(
         metrics.contains("brx_purchases_requiring_attention 0"),
         "{metrics}"

@@ -37,7 +37,7 @@ async fn a_purchase_takes_stock_on_both_sides_and_completes() {
         assert_eq!(shop.local(*id).await, Some((local - bought, 0)));
     }
     assert_eq!(shop.leftovers().await, (0, 0));
-    let (_, metrics) = shop.rig.app.http_get("/metrics").await;
+    let (_, metrics) = shop.rig.app.admin_get("/metrics").await;
     assert!(
         metrics.contains(r#"brx_purchases_total{outcome="completed"} 1"#),
         "{metrics}"

@@ -390,7 +390,7 @@ async fn a_served_replica_runs_retention_and_exports_table_sizes() {
         "a retention round to delete the old job",
         Duration::from_secs(20),
         || async {
-            let (_, body) = app.http_get("/metrics").await;
+            let (_, body) = app.admin_get("/metrics").await;
             if body.contains("brx_retention_deleted_total{table=\"jobs\"} 1\n") {
                 Ok(body)
             } else {

@@ -33,6 +33,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let secret = uuid::Uuid::new_v4().to_string();
     config.server.grpc_addr = "127.0.0.1:0".parse()?;
     config.server.http_addr = "127.0.0.1:0".parse()?;
+    config.server.admin_addr = "127.0.0.1:0".parse()?;
     config.auth.jwt_hs256_secret = Some(SecretString::from(secret.clone()));
     config.auth.jwt_rs256_public_key_path = None;
     config.auth.auth_disabled = false;
@@ -65,13 +66,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     let app = App::build(config).await?;
-    let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+    let (grpc_addr, http_addr, admin_addr) = (app.grpc_addr(), app.http_addr(), app.admin_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
     println!(
-        "[2/10] serving gRPC on {grpc_addr}, metrics on http://{http_addr}/metrics; CardTrader simulator at {}",
+        "[2/10] serving gRPC on {grpc_addr}, webhooks on {http_addr}, metrics on http://{admin_addr}/metrics; CardTrader simulator at {}",
         simulator.base_url()
     );
 

@@ -27,7 +27,7 @@ use tonic_health::pb::{
 };
 
 pub(crate) use catalog::{CatalogDb, CatalogueLock};
-pub(crate) use process::ServeProcess;
+pub(crate) use process::{PROTECTED_ENV, ServeProcess};
 pub(crate) use proxy::TcpProxy;
 pub(crate) use purchase_rig::{PurchaseRig, Workers};
 pub(crate) use stock::{seller_listing, sync_to_end};
@@ -45,6 +45,7 @@ pub(crate) struct TestApp {
     pub(crate) simulator: SimulatorHandle,
     pub(crate) grpc_addr: SocketAddr,
     pub(crate) http_addr: SocketAddr,
+    pub(crate) admin_addr: SocketAddr,
     pub(crate) config: Config,
     pub(crate) database_name: String,
     jwt_secret: String,
@@ -59,6 +60,7 @@ pub(crate) fn test_config() -> (Config, String) {
     let mut config = Config::defaults();
     config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
     config.server.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
     config.storage.database_url = SecretString::from(format!(
         "postgres://postgres@127.0.0.1:5432/{database_name}"
     ));
@@ -158,7 +160,7 @@ pub(crate) async fn start_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp 
         .map(|secret| secrecy::ExposeSecret::expose_secret(secret).to_owned())
         .unwrap_or_default();
     let app = App::build(config.clone()).await.expect("app builds");
-    let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+    let (grpc_addr, http_addr, admin_addr) = (app.grpc_addr(), app.http_addr(), app.admin_addr());
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -167,6 +169,7 @@ pub(crate) async fn start_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp 
         simulator,
         grpc_addr,
         http_addr,
+        admin_addr,
         config,
         database_name,
         jwt_secret,
@@ -269,7 +272,7 @@ impl TestApp {
 
     /// The value of one sample on the metrics page, 0 when the series has none.
     pub(crate) async fn metric(&self, series: &str) -> f64 {
-        let (_, body) = self.http_get("/metrics").await;
+        let (_, body) = self.admin_get("/metrics").await;
         body.lines()
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0.0)
@@ -289,9 +292,9 @@ impl TestApp {
         task.await.expect("app task did not panic")
     }
 
-    /// The body of a GET on the HTTP side port.
-    pub(crate) async fn http_get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("http://{}{path}", self.http_addr))
+    /// The body of a GET on the admin listener (metrics, probes).
+    pub(crate) async fn admin_get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.admin_addr))
             .await
             .expect("HTTP answers");
         let status = response.status().as_u16();

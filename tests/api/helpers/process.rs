@@ -9,7 +9,7 @@ use tokio::process::{Child, Command};
 pub(crate) struct ServeProcess {
     pub(crate) child: Child,
     pub(crate) grpc_addr: String,
-    pub(crate) http_addr: String,
+    pub(crate) admin_addr: String,
     database: String,
 }
 
@@ -21,23 +21,38 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// A JWT secret and an encryption key, the protections `serve` refuses to start without.
+pub(crate) const PROTECTED_ENV: [(&str, &str); 2] = [
+    (
+        "BRX_JWT_HS256_SECRET",
+        "process-test-secret-0123456789abcdefghijklmnop",
+    ),
+    (
+        "BRX_ENCRYPTION_KEYS",
+        "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    ),
+];
+
 impl ServeProcess {
-    /// Starts the binary with a clean environment plus `env`; stdout is captured, stderr dropped.
+    /// Starts the binary with a clean environment, the protections, and `env`; stdout is captured, stderr dropped.
     pub(crate) fn spawn(env: &[(&str, &str)]) -> Self {
         super::init_process();
         let grpc_addr = format!("127.0.0.1:{}", free_port());
         let http_addr = format!("127.0.0.1:{}", free_port());
+        let admin_addr = format!("127.0.0.1:{}", free_port());
         let database = format!("brx_test_{}", uuid::Uuid::new_v4().simple());
         let child = Command::new(env!("CARGO_BIN_EXE_brx-sync"))
             .arg("serve")
             .env_clear()
             .env("BRX_GRPC_ADDR", &grpc_addr)
             .env("BRX_HTTP_ADDR", &http_addr)
+            .env("BRX_ADMIN_ADDR", &admin_addr)
             .env(
                 "BRX_DATABASE_URL",
                 format!("postgres://postgres@127.0.0.1:5432/{database}"),
             )
             .env("BRX_HEALTH_CHECK_INTERVAL", "200ms")
+            .envs(PROTECTED_ENV)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -48,14 +63,14 @@ impl ServeProcess {
         Self {
             child,
             grpc_addr,
-            http_addr,
+            admin_addr,
             database,
         }
     }
 
     /// Waits up to 20 s for `/readyz` to answer 200.
     pub(crate) async fn wait_until_ready(&self) {
-        let readyz = format!("http://{}/readyz", self.http_addr);
+        let readyz = format!("http://{}/readyz", self.admin_addr);
         for _ in 0..200 {
             if let Ok(response) = reqwest::get(&readyz).await
                 && response.status() == 200

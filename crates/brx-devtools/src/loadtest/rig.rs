@@ -45,8 +45,10 @@ pub(super) struct Rig {
     pub(super) channels: Vec<Channel>,
     /// Service-role bearer token.
     pub(super) token: String,
-    /// The replica's HTTP side port, where `/metrics` is served.
+    /// The replica's public listener, where webhooks are posted.
     pub(super) http_addr: std::net::SocketAddr,
+    /// The admin listener: metrics and probes.
+    pub(super) admin_addr: std::net::SocketAddr,
     stop: oneshot::Sender<()>,
     server: JoinHandle<anyhow::Result<()>>,
 }
@@ -96,7 +98,7 @@ impl Rig {
             "  setup: PostgreSQL database {database}, Redis prefix {}",
             config.storage.redis_key_prefix
         );
-        let (stop, server, grpc_addr, http_addr) = match start_replica(&config).await {
+        let (stop, server, grpc_addr, http_addr, admin_addr) = match start_replica(&config).await {
             Ok(replica) => replica,
             Err(err) => {
                 drop_database(&config.storage.database_url).await;
@@ -120,6 +122,7 @@ impl Rig {
             simulator,
             channels: Vec::new(),
             http_addr,
+            admin_addr,
             stop,
             server,
         };
@@ -157,7 +160,7 @@ impl Rig {
 
     /// The replica's Prometheus exposition, as `GET /metrics` serves it.
     pub(super) async fn metrics(&self) -> anyhow::Result<String> {
-        let url = format!("http://{}/metrics", self.http_addr);
+        let url = format!("http://{}/metrics", self.admin_addr);
         Ok(reqwest::get(url).await?.error_for_status()?.text().await?)
     }
 
@@ -225,6 +228,7 @@ fn prepare(mut config: Config, simulator: String) -> anyhow::Result<(Config, Str
     config.storage.redis_key_prefix = format!("brx-loadtest-{suffix}:");
     config.server.grpc_addr = "127.0.0.1:0".parse()?;
     config.server.http_addr = "127.0.0.1:0".parse()?;
+    config.server.admin_addr = "127.0.0.1:0".parse()?;
     config.cardtrader.base_url = simulator;
     config.storage.migrate_on_start = true;
     // Every simulated seller's products span all 3,100 simulated expansions: learning them into a
@@ -250,10 +254,11 @@ async fn start_simulator(sellers: u32, products: u64) -> anyhow::Result<Simulato
     Ok(simulator)
 }
 
-/// The stop signal, the serving task, and the gRPC and HTTP addresses of a started replica.
+/// The stop signal, the serving task, and the gRPC, public and admin addresses of a started replica.
 type Replica = (
     oneshot::Sender<()>,
     JoinHandle<anyhow::Result<()>>,
+    std::net::SocketAddr,
     std::net::SocketAddr,
     std::net::SocketAddr,
 );
@@ -271,12 +276,12 @@ async fn start_replica(config: &Config) -> anyhow::Result<Replica> {
         started.elapsed().as_secs_f64()
     );
     let app = App::build(config.clone()).await?;
-    let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+    let addrs = (app.grpc_addr(), app.http_addr(), app.admin_addr());
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    Ok((stop, server, grpc_addr, http_addr))
+    Ok((stop, server, addrs.0, addrs.1, addrs.2))
 }
 
 /// Drops the load test database, ending any connection still open to it; failures are only logged.

@@ -41,7 +41,8 @@ pub(super) async fn measure(
     duration: Duration,
 ) -> anyhow::Result<Ceiling> {
     let client = senders::client(senders)?;
-    let url = format!("http://{}/livez", rig.http_addr);
+    // The admin listener's /livez: the same process and HTTP stack, with nothing behind it.
+    let url = format!("http://{}/livez", rig.admin_addr);
     let started = Instant::now();
     let until = started + duration;
     let mut tasks = JoinSet::new();
