@@ -2,7 +2,7 @@
 //! seller, and marked invalid when CardTrader later refuses them.
 
 use brx_sync::{
-    accounts::{AccountStatus, Accounts, Keyring},
+    accounts::{AccountStatus, Accounts},
     domain::UserId,
     marketplace::{CallOptions, MarketplaceClient},
     metrics::Metrics,
@@ -283,15 +283,7 @@ async fn a_401_on_a_later_call_marks_the_account_token_invalid() {
     let token = app.simulator.token(6);
     connect(&app, seller, &token).await.unwrap();
     // Store a token CardTrader does not know, sealed like a real one, as if it had been revoked.
-    let keyring = Keyring::parse(
-        app.config
-            .auth
-            .encryption_keys
-            .as_ref()
-            .unwrap()
-            .expose_secret(),
-    )
-    .unwrap();
+    let keyring = app.keyring();
     let revoked = keyring.seal(
         b"revoked-token",
         format!("accounts/{seller}/token").as_bytes(),

@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use brx_sync::{
-    accounts::{AccountStatus, Keyring},
+    accounts::AccountStatus,
     jobs::{JobState, store as jobs},
 };
 use cardtrader_sim::Faults;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{SyncRig, progress, wait_until};
@@ -201,16 +200,7 @@ async fn a_revoked_token_fails_the_sync_at_once_and_marks_the_account() {
     let seller = rig.app.simulator.add_seller(100);
     let user = rig.connect(&seller.token).await;
     // A token CardTrader does not know, sealed like a real one, as if the seller had revoked it.
-    let keyring = Keyring::parse(
-        rig.app
-            .config
-            .auth
-            .encryption_keys
-            .as_ref()
-            .unwrap()
-            .expose_secret(),
-    )
-    .unwrap();
+    let keyring = rig.app.keyring();
     let revoked = keyring.seal(
         b"revoked-token",
         format!("accounts/{user}/token").as_bytes(),

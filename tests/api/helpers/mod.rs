@@ -292,6 +292,12 @@ impl TestApp {
         task.await.expect("app task did not panic")
     }
 
+    /// The keyring this replica seals CardTrader tokens with, to store tokens as it would.
+    pub(crate) fn keyring(&self) -> brx_sync::accounts::Keyring {
+        let keys = self.config.auth.encryption_keys.as_ref().unwrap();
+        brx_sync::accounts::Keyring::parse(secrecy::ExposeSecret::expose_secret(keys)).unwrap()
+    }
+
     /// The body of a GET on the admin listener (metrics, probes).
     pub(crate) async fn admin_get(&self, path: &str) -> (u16, String) {
         let response = reqwest::get(format!("http://{}{path}", self.admin_addr))

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use brx_sync::{
-    accounts::{Accounts, Keyring},
+    accounts::Accounts,
     domain::UserId,
     jobs::{
         Job, JobKind, KindName, Lane, NewJob, QueueLimit, store as jobs,
@@ -64,15 +64,7 @@ impl SyncRig {
         );
         let marketplace =
             MarketplaceClient::new(&app.config.cardtrader, limiter, metrics.clone()).unwrap();
-        let keyring = Keyring::parse(
-            app.config
-                .auth
-                .encryption_keys
-                .as_ref()
-                .unwrap()
-                .expose_secret(),
-        )
-        .unwrap();
+        let keyring = app.keyring();
         let accounts = Accounts::new(pool.clone(), Some(keyring), marketplace);
         let settings = SyncSettings {
             chunk_size: 1_000,
