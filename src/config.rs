@@ -111,6 +111,19 @@ pub struct ServerConfig {
         global = true
     )]
     pub admin_addr: SocketAddr,
+    /// HTTP/2 ping interval on idle gRPC connections: finds dead clients behind NATs and proxies.
+    #[arg(long, env = "BRX_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub grpc_keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "BRX_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub grpc_keepalive_timeout: Duration,
+    /// A gRPC connection this old is asked to go away (GOAWAY), so clients reconnect and spread
+    /// onto replicas added since; 0s keeps connections for ever.
+    #[arg(long, env = "BRX_GRPC_MAX_CONNECTION_AGE", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub grpc_max_connection_age: Duration,
+    /// After the GOAWAY, how long calls still running on the old connection get to finish.
+    #[arg(long, env = "BRX_GRPC_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub grpc_max_connection_age_grace: Duration,
     /// Per-RPC deadline; a shorter `grpc-timeout` sent by the caller wins.
     #[arg(long, env = "BRX_RPC_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub rpc_timeout: Duration,

@@ -156,7 +156,15 @@ pub fn grpc_server(
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(60)));
-    let server = Server::builder()
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout));
+    if !config.grpc_max_connection_age.is_zero() {
+        builder = builder
+            .max_connection_age(config.grpc_max_connection_age)
+            .max_connection_age_grace(config.grpc_max_connection_age_grace);
+    }
+    let server = builder
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .layer(layers)
         .add_service(health_service)

@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod blueprints;
 mod catalog_outage;
+mod deploy;
 mod expansions;
 mod health;
 mod inventory;

@@ -452,3 +452,43 @@ async fn pool(app: &TestApp) -> sqlx::PgPool {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_connection_past_its_maximum_age_is_closed_after_its_grace_and_the_client_reconnects() {
+    // The stream's own lifetime is far away: only the connection's age can end it.
+    let app = idle_app(|config| {
+        config.server.grpc_max_connection_age = Duration::from_millis(500);
+        config.server.grpc_max_connection_age_grace = Duration::from_millis(300);
+    })
+    .await;
+    let user = connected_seller(&app, 10).await;
+    let job_id = start_sync(&app, user).await;
+    let channel = app.channel().await;
+    let request = GetSyncRequest {
+        job_id: job_id.clone(),
+    };
+    let mut stream = SyncServiceClient::new(channel.clone())
+        .watch_sync(authorized(request, &app.service_token()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next(&mut stream).await.unwrap().unwrap().state(),
+        SyncState::Queued
+    );
+
+    let ended = next(&mut stream).await;
+
+    assert!(
+        matches!(ended, Some(Err(_)) | None),
+        "the old connection was closed under the stream: {ended:?}"
+    );
+    // The same client goes on, on a new connection (to whichever replica DNS gives it next).
+    let request = GetSyncRequest { job_id };
+    let job = SyncServiceClient::new(channel)
+        .get_sync(authorized(request, &app.service_token()))
+        .await
+        .expect("the client reconnects")
+        .into_inner();
+    assert_eq!(job.state(), SyncState::Queued);
+}
