@@ -31,6 +31,21 @@ pub enum AccountStatus {
     Disconnected,
 }
 
+/// Why a seller cannot be synced, bought from or edited, and what to do about it; `None`: no
+/// account was ever connected.
+pub fn not_connected_reason(status: Option<AccountStatus>) -> &'static str {
+    match status {
+        None => "no CardTrader account is connected for this seller: call ConnectAccount first",
+        Some(AccountStatus::TokenInvalid) => {
+            "CardTrader rejected this seller's token: call ConnectAccount again with a new token"
+        }
+        Some(AccountStatus::Disconnected) => {
+            "the seller disconnected their CardTrader account: call ConnectAccount to connect it again"
+        }
+        Some(AccountStatus::Connected) => "the seller's CardTrader account is connected",
+    }
+}
+
 /// An account as callers see it: no secrets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Account {
@@ -78,7 +93,7 @@ pub enum AccountError {
     #[error("no account for this user")]
     NotFound,
     /// The account exists but holds no usable token.
-    #[error("the account is not connected (status {0:?})")]
+    #[error("{}", not_connected_reason(Some(*.0)))]
     NotConnected(AccountStatus),
     /// CardTrader refused the token.
     #[error("CardTrader rejected the token")]

@@ -58,7 +58,11 @@ impl pb::blueprint_service_server::BlueprintService for BlueprintApi {
         let ids = blueprint_ids(&request.get_ref().blueprint_ids)?;
         let invalidated = self.catalog.invalidate(&ids).await.map_err(|error| {
             tracing::warn!(%error, "blueprint invalidation could not reach Redis");
-            status::unavailable("the shared cache is unreachable", CACHE_RETRY_AFTER)
+            status::unavailable(
+                "CACHE_UNAVAILABLE",
+                "the shared cache is unreachable, so caches cannot be invalidated; retry shortly",
+                CACHE_RETRY_AFTER,
+            )
         })?;
         let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
         let remaps_queued = self.syncs.remap_blueprints(&raw).await?;

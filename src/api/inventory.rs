@@ -264,9 +264,18 @@ fn item_edit(body: pb::UpdateItemRequest) -> Result<ItemEdit, Status> {
         user_data_field: body.user_data_field,
     };
     if edit.is_empty() {
-        return Err(status::invalid_argument(
+        const EDITABLE: [&str; 5] = [
             "price_cents",
-            "give at least one field to change",
+            "quantity",
+            "description",
+            "properties",
+            "user_data_field",
+        ];
+        let violations = EDITABLE.map(|field| (field, "give this or another editable field"));
+        return Err(status::invalid_arguments(
+            "nothing to change: give at least one of price_cents, quantity, description, \
+             properties, user_data_field",
+            &violations,
         ));
     }
     Ok(edit)

@@ -22,7 +22,12 @@ pub(crate) fn shed_to_status(
     move |err: BoxError| {
         if err.is::<tower::load_shed::error::Overloaded>() {
             metrics.rpc_shed.inc();
-            return resource_exhausted("server is at its concurrency limit", retry_after).into();
+            return resource_exhausted(
+                "OVERLOADED",
+                "the server is at its concurrency limit; retry after the delay",
+                retry_after,
+            )
+            .into();
         }
         err
     }

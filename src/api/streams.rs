@@ -110,6 +110,7 @@ impl Streams {
         let shared = &self.shared;
         if shared.shutdown.is_cancelled() {
             return Err(status::unavailable(
+                "SHUTTING_DOWN",
                 "the server is shutting down; watch again",
                 shared.settings.retry_after,
             ));
@@ -122,7 +123,7 @@ impl Streams {
                 .streams_refused
                 .with_label_values(&[method, limit])
                 .inc();
-            status::resource_exhausted(message, shared.settings.retry_after)
+            status::resource_exhausted("STREAM_LIMIT", message, shared.settings.retry_after)
         };
         if callers.get(&caller).copied().unwrap_or(0) >= shared.settings.max_per_caller {
             return Err(refuse(
@@ -331,11 +332,16 @@ impl<T, M: Clone + PartialEq> Follower<T, M> {
         match cut {
             Cut::Shutdown => {
                 self.ended = Some("shutdown");
-                status::unavailable("the server is shutting down; watch again", retry_after)
+                status::unavailable(
+                    "SHUTTING_DOWN",
+                    "the server is shutting down; watch again",
+                    retry_after,
+                )
             }
             Cut::Lifetime => {
                 self.ended = Some("lifetime");
                 status::unavailable(
+                    "STREAM_LIFETIME",
                     "the stream reached its maximum lifetime; watch again",
                     retry_after,
                 )

@@ -214,8 +214,8 @@ pub enum InventoryError {
         reserved: i32,
     },
     /// The seller's account is not connected.
-    #[error("the seller's CardTrader account is not connected")]
-    NotConnected,
+    #[error("{}", crate::accounts::not_connected_reason(*.0))]
+    NotConnected(Option<crate::accounts::AccountStatus>),
     /// Reading the seller's account failed.
     #[error(transparent)]
     Accounts(crate::accounts::AccountError),

@@ -95,7 +95,8 @@ impl Inventory {
     async fn require_connected(&self, user_id: UserId) -> Result<(), InventoryError> {
         match self.accounts.get(user_id).await {
             Ok(account) if account.status == AccountStatus::Connected => Ok(()),
-            Ok(_) | Err(AccountError::NotFound) => Err(InventoryError::NotConnected),
+            Ok(account) => Err(InventoryError::NotConnected(Some(account.status))),
+            Err(AccountError::NotFound) => Err(InventoryError::NotConnected(None)),
             Err(other) => Err(InventoryError::Accounts(other)),
         }
     }

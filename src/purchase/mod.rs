@@ -138,8 +138,8 @@ pub enum PurchaseError {
     #[error("no such purchase")]
     NotFound,
     /// The seller's CardTrader account is not connected.
-    #[error("the seller's CardTrader account is not connected")]
-    NotConnected,
+    #[error("{}", crate::accounts::not_connected_reason(*.0))]
+    NotConnected(Option<crate::accounts::AccountStatus>),
     /// The purchase is not in a state that allows this (e.g. Retry of a completed one).
     #[error("{0}")]
     WrongState(String),

@@ -106,11 +106,11 @@ impl Purchases {
             .get(purchase.user_id)
             .await
             .map_err(|err| match err {
-                AccountError::NotFound => PurchaseError::NotConnected,
+                AccountError::NotFound => PurchaseError::NotConnected(None),
                 other => PurchaseError::Internal(other.to_string()),
             })?;
         if account.status != AccountStatus::Connected {
-            return Err(PurchaseError::NotConnected);
+            return Err(PurchaseError::NotConnected(Some(account.status)));
         }
         // Subscribed before the saga can start, so the announcement of its end cannot be missed and
         // a purchase created here needs no read until then.

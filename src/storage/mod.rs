@@ -17,7 +17,7 @@ use crate::config::StorageConfig;
 
 pub use mysql::ensure_database as ensure_catalog_database;
 pub use pool_health::{PoolKind, PoolSnapshot, PoolState};
-pub use postgres::{MIGRATOR, ensure_database, is_retryable, migrations_applied};
+pub use postgres::{MIGRATOR, ensure_database, is_outage, is_retryable, migrations_applied};
 pub use redis::delete_keys_with_prefix;
 pub use redis_outage::RedisOutage;
 pub use supervisor::StorageSupervisor;

@@ -88,3 +88,22 @@ pub fn is_retryable(err: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Whether `err` means PostgreSQL cannot be reached or is not taking work right now (pool timed out
+/// or closed, connection lost, server starting, shutting down or out of connections), as opposed to
+/// a fault in the request or in our code. Callers should retry such errors later.
+pub fn is_outage(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
+            // cannot connect now; 53300: too many connections.
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}

@@ -21,9 +21,9 @@ pub const SYNC_KINDS: [KindName; 2] = [KindName::SyncFull, KindName::SyncTargete
 /// What can go wrong starting or reading syncs.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// The seller has no connected account.
-    #[error("the seller's account is not connected")]
-    NotConnected,
+    /// The seller has no connected account (`None`: none at all).
+    #[error("{}", crate::accounts::not_connected_reason(*.0))]
+    NotConnected(Option<AccountStatus>),
     /// No such sync.
     #[error("no such sync")]
     NotFound,
@@ -84,11 +84,11 @@ impl Syncs {
     ) -> Result<Enqueued, SyncError> {
         let account = match self.accounts.get(user_id).await {
             Ok(account) => account,
-            Err(AccountError::NotFound) => return Err(SyncError::NotConnected),
+            Err(AccountError::NotFound) => return Err(SyncError::NotConnected(None)),
             Err(other) => return Err(other.into()),
         };
         if account.status != AccountStatus::Connected {
-            return Err(SyncError::NotConnected);
+            return Err(SyncError::NotConnected(Some(account.status)));
         }
         let new = NewJob::new(user_id, scope.job_kind()).with_priority(priority);
         let enqueued =

@@ -12,6 +12,7 @@ mod auth;
 mod blueprints;
 mod catalog_outage;
 mod deploy;
+mod errors;
 mod expansions;
 mod health;
 mod inventory;

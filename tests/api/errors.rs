@@ -1,0 +1,164 @@
+//! The error model seen by a caller: every non-OK status carries `google.rpc` details
+//! (`ErrorInfo` with a stable reason, `BadRequest` per bad field, `RetryInfo` when waiting helps,
+//! `PreconditionFailure` when the caller must fix something first). Asserted on the details,
+//! never on the message text.
+
+use std::time::Duration;
+
+use brx_sync::{
+    api::status::DOMAIN,
+    pb::v1::{
+        GetStatsRequest, GetSyncRequest, StartSyncRequest, UpdateItemRequest,
+        inventory_service_client::InventoryServiceClient, sync_service_client::SyncServiceClient,
+    },
+};
+use secrecy::{ExposeSecret, SecretString};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::helpers::{TcpProxy, authorized, spawn_app, spawn_app_with, wait_for};
+
+fn reason(status: &Status) -> String {
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"));
+    assert_eq!(info.domain, DOMAIN);
+    info.reason.clone()
+}
+
+#[tokio::test]
+async fn an_update_with_nothing_to_change_names_every_editable_field() {
+    let app = spawn_app().await;
+    let seller = uuid::Uuid::new_v4();
+    let request = UpdateItemRequest {
+        user_id: seller.to_string(),
+        product_id: 1,
+        ..UpdateItemRequest::default()
+    };
+
+    let status = InventoryServiceClient::new(app.channel().await)
+        .update_item(authorized(request, &app.service_token()))
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(reason(&status), "INVALID_FIELD");
+    let details = status.get_error_details();
+    let fields: Vec<_> = details
+        .bad_request()
+        .expect("BadRequest")
+        .field_violations
+        .iter()
+        .map(|violation| violation.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "price_cents",
+            "quantity",
+            "description",
+            "properties",
+            "user_data_field"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_bad_field_and_a_bad_token_carry_their_reasons() {
+    let app = spawn_app().await;
+    let mut syncs = SyncServiceClient::new(app.channel().await);
+
+    let bad_id = syncs
+        .get_sync(authorized(
+            GetSyncRequest {
+                job_id: "not-a-uuid".into(),
+            },
+            &app.service_token(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_id.code(), Code::InvalidArgument);
+    let details = bad_id.get_error_details();
+    assert_eq!(
+        details.bad_request().unwrap().field_violations[0].field,
+        "job_id"
+    );
+
+    let forged = app
+        .admin()
+        .await
+        .get_stats(authorized(GetStatsRequest {}, "not.a.jwt"))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::Unauthenticated);
+    assert_eq!(reason(&forged), "TOKEN_INVALID");
+}
+
+#[tokio::test]
+async fn a_sync_of_a_seller_never_connected_is_a_precondition_naming_the_account() {
+    let app = spawn_app().await;
+    let status = SyncServiceClient::new(app.channel().await)
+        .start_sync(authorized(
+            StartSyncRequest {
+                user_id: uuid::Uuid::new_v4().to_string(),
+                ..StartSyncRequest::default()
+            },
+            &app.service_token(),
+        ))
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&status), "ACCOUNT_NOT_CONNECTED");
+    let details = status.get_error_details();
+    let violation = &details.precondition_failure().unwrap().violations[0];
+    assert_eq!(violation.r#type, "ACCOUNT");
+    assert_eq!(violation.subject, "user_id");
+}
+
+#[tokio::test]
+async fn an_rpc_during_a_postgres_outage_is_unavailable_with_a_retry_delay_not_internal() {
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy_addr = proxy.addr;
+    let app = spawn_app_with(|config| {
+        let url = config
+            .storage
+            .database_url
+            .expose_secret()
+            .replace("127.0.0.1:5432", &proxy_addr.to_string());
+        config.storage.database_url = SecretString::from(url);
+        config.storage.pg_acquire_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let syncs = SyncServiceClient::new(app.channel().await);
+    proxy.cut().await;
+
+    // The first call may still find a pooled connection that dies under it; what matters is what
+    // callers get once the pool knows PostgreSQL is gone.
+    let status = wait_for(
+        "an RPC to fail on the outage",
+        Duration::from_secs(20),
+        || {
+            let request = authorized(
+                GetSyncRequest {
+                    job_id: uuid::Uuid::new_v4().to_string(),
+                },
+                &app.service_token(),
+            );
+            let mut syncs = syncs.clone();
+            async move {
+                match syncs.get_sync(request).await {
+                    Err(status) if status.code() != Code::NotFound => Ok(status),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "DATABASE_UNAVAILABLE");
+    assert!(status.get_error_details().retry_info().is_some());
+    proxy.restore();
+}
