@@ -226,7 +226,8 @@ impl App {
         let webhook_intake =
             crate::webhooks::WebhookIntake::new(storage.pg.clone(), accounts, wakeups);
         let stop_http = CancellationToken::new();
-        let webhooks = axum::serve(http_listener, crate::webhooks::routes(webhook_intake))
+        let webhook_routes = crate::webhooks::routes(webhook_intake, metrics.clone());
+        let webhooks = axum::serve(http_listener, webhook_routes)
             .with_graceful_shutdown(stop_http.clone().cancelled_owned());
         let admin = http::router(HttpState {
             metrics,

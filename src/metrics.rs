@@ -94,6 +94,10 @@ pub const TABLE_ROWS: &str = "brx_table_rows";
 pub const TABLE_BYTES: &str = "brx_table_bytes";
 /// Rows retention deleted (for `purchase_steps`, the step logs of ended purchases), by table.
 pub const RETENTION_DELETED_TOTAL: &str = "brx_retention_deleted_total";
+/// CardTrader webhook deliveries answered, by HTTP status (`200`, `400`, `401`, `413`, `500`).
+pub const WEBHOOK_REQUESTS_TOTAL: &str = "brx_webhook_requests_total";
+/// Time to answer a CardTrader webhook delivery (verify, store, queue).
+pub const WEBHOOK_DURATION_SECONDS: &str = "brx_webhook_duration_seconds";
 
 /// Handles to every metric; cheap to clone.
 #[derive(Clone, Debug)]
@@ -177,6 +181,10 @@ pub struct Metrics {
     pub table_bytes: IntGaugeVec,
     /// See [`RETENTION_DELETED_TOTAL`].
     pub retention_deleted: IntCounterVec,
+    /// See [`WEBHOOK_REQUESTS_TOTAL`].
+    pub webhook_requests: IntCounterVec,
+    /// See [`WEBHOOK_DURATION_SECONDS`].
+    pub webhook_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -401,6 +409,16 @@ impl Metrics {
                 RETENTION_DELETED_TOTAL,
                 "Rows deleted by retention, by table.",
                 &["table"],
+            )?,
+            webhook_requests: counter_vec(
+                WEBHOOK_REQUESTS_TOTAL,
+                "CardTrader webhook deliveries answered, by HTTP status.",
+                &["code"],
+            )?,
+            webhook_duration: histogram_vec(
+                WEBHOOK_DURATION_SECONDS,
+                "Time to answer a CardTrader webhook delivery.",
+                &["code"],
             )?,
             registry,
         };

@@ -34,7 +34,10 @@ impl Inner {
             Err(_) => {
                 tracing::warn!(
                     ids = ids.len(),
-                    "no catalogue connection before the deadline (pool exhausted?): answering unknown"
+                    acquire_timeout_ms = u64::try_from(self.settings.acquire_timeout.as_millis())
+                        .unwrap_or(u64::MAX),
+                    "no MySQL catalogue connection within BRX_MYSQL_ACQUIRE_TIMEOUT (the catalogue hangs \
+                     or every connection is busy): answering unknown; those rows are remapped once it answers"
                 );
                 self.count("unknown", ids.len());
                 return unknown();

@@ -493,7 +493,11 @@ async fn finish(
     error: Option<&str>,
 ) -> Result<(), JobError> {
     let updated = sqlx::query(
-        "UPDATE jobs SET state = $3, last_error = coalesce($4, last_error), finished_at = now(), \
+        // A job that succeeded has no error now: an earlier attempt's (a 429, a shutdown that handed
+        // it over) would read as the outcome.
+        "UPDATE jobs SET state = $3, \
+             last_error = CASE WHEN $3 = 'succeeded' THEN NULL ELSE coalesce($4, last_error) END, \
+             finished_at = now(), \
              lease_owner = NULL, lease_expires_at = NULL, updated_at = now() \
          WHERE id = $1 AND fence = $2 AND state = 'running'",
     )

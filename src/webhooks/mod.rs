@@ -60,6 +60,7 @@ use crate::{
         wake::JobWakeups,
         worker::{JobFailure, JobHandler},
     },
+    metrics::Metrics,
 };
 
 /// Largest body accepted; an order with hundreds of lines stays far below it.
@@ -85,13 +86,33 @@ impl WebhookIntake {
     }
 }
 
-/// The webhook route: the whole of the public HTTP listener.
-pub fn routes(intake: WebhookIntake) -> Router {
+/// The webhook route: the whole of the public HTTP listener. Every answer is counted and timed by
+/// status, refusals included.
+pub fn routes(intake: WebhookIntake, metrics: Metrics) -> Router {
     Router::new()
         .route("/webhooks/cardtrader/{user_id}", post(intake::receive))
         // Refused from Content-Length before reading, or as soon as a chunked body passes it.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn(move |request, next| {
+            measured(metrics.clone(), request, next)
+        }))
         .with_state(intake)
+}
+
+async fn measured(
+    metrics: Metrics,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let code = response.status().as_u16().to_string();
+    metrics.webhook_requests.with_label_values(&[&code]).inc();
+    metrics
+        .webhook_duration
+        .with_label_values(&[&code])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// The `webhook_apply` job kind.

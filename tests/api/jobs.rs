@@ -403,6 +403,10 @@ async fn a_rate_limited_run_is_rescheduled_without_spending_an_attempt() {
         "four 429s did not exhaust max_attempts = 3"
     );
     assert_eq!(done.attempts, 1);
+    assert_eq!(
+        done.last_error, None,
+        "a job that succeeded does not report an earlier attempt's 429 as its error"
+    );
     stop.cancel();
     task.await.unwrap().unwrap();
 }

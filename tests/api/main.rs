@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod blueprints;
 mod catalog_outage;
+mod dashboards;
 mod deploy;
 mod errors;
 mod expansions;

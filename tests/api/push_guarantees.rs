@@ -208,7 +208,7 @@ async fn a_disconnected_sellers_pending_edits_end_failed_and_a_later_sync_update
     .await;
     drop(pushers);
     let reason = rows[0].1.clone().unwrap_or_default();
-    assert!(reason.contains("not connected"), "{reason}");
+    assert!(reason.contains("disconnected"), "{reason}");
     let shown = inventory(&shop)
         .await
         .get_item(authorized(
@@ -222,7 +222,7 @@ async fn a_disconnected_sellers_pending_edits_end_failed_and_a_later_sync_update
         .unwrap()
         .into_inner();
     assert_eq!(shown.push_state(), PushState::Failed);
-    assert!(shown.push_error.contains("not connected"), "{shown:?}");
+    assert!(shown.push_error.contains("disconnected"), "{shown:?}");
     // Back on: the next sync is free to bring the item back to CardTrader's values.
     let connect = ConnectAccountRequest {
         user_id: shop.user.to_string(),
