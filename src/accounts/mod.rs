@@ -192,7 +192,8 @@ impl Accounts {
                     _ => err.into(),
                 },
             )?;
-        tracing::info!(cardtrader_user_id = ?info.user_id, "account connected");
+        // Typed fields: a number when CardTrader said, absent when it did not (never "Some(…)").
+        tracing::info!(cardtrader_user_id = info.user_id, "account connected");
         account(row)
     }
 

@@ -15,7 +15,7 @@ use crate::{
     marketplace::{BreakerState, MarketplaceClient},
     metrics::Metrics,
     readiness::Readiness,
-    storage::{PoolSnapshot, PoolState, Storage},
+    storage::{PoolKind, PoolSnapshot, PoolState, Storage},
 };
 
 /// Handler state of `AdminService`.
@@ -191,9 +191,16 @@ impl AdminApi {
             BreakerState::HalfOpen => pb::BreakerState::HalfOpen,
             BreakerState::Open => pb::BreakerState::Open,
         };
+        // The limiter leaves its fallback on its next call after Redis answers again; with no call
+        // since, the supervisor's Redis check is what says whether the fallback is still true now.
+        let redis_up = self
+            .storage
+            .snapshot()
+            .into_iter()
+            .any(|pool| pool.kind == PoolKind::Redis && pool.state == PoolState::Up);
         pb::CardTraderStats {
             breaker: breaker.into(),
-            rate_limit_fallback: self.marketplace.limiter().is_degraded(),
+            rate_limit_fallback: self.marketplace.limiter().is_degraded() && !redis_up,
         }
     }
 }

@@ -110,7 +110,11 @@ impl CircuitBreaker {
             ) => {
                 let failures = consecutive_failures + 1;
                 if failures >= self.failure_threshold {
-                    tracing::warn!(failures, open_for = ?self.open_for, "CardTrader circuit breaker opened");
+                    tracing::warn!(
+                        failures,
+                        open_for_ms = u64::try_from(self.open_for.as_millis()).unwrap_or(u64::MAX),
+                        "CardTrader circuit breaker opened"
+                    );
                     Inner::Open {
                         until: Instant::now() + self.open_for,
                     }

@@ -229,7 +229,15 @@ impl SyncHandler {
                 .map_err(account_failure)?;
         }
         unit.commit().await.map_err(JobFailure::from)?;
-        tracing::info!(?progress, "sync finished");
+        tracing::info!(
+            products_seen = progress.products_seen,
+            written = progress.written,
+            unchanged = progress.unchanged,
+            deleted = progress.deleted,
+            unmapped = progress.unmapped,
+            chunks = progress.chunks_done,
+            "sync finished"
+        );
         Ok(())
     }
 

@@ -294,3 +294,75 @@ async fn a_poison_job_ends_dead_shows_in_get_stats_and_metrics_and_an_operator_s
     assert_eq!(malformed.code(), Code::InvalidArgument);
     assert!(malformed.message().starts_with("job_id"));
 }
+
+#[tokio::test]
+async fn get_stats_stops_reporting_the_rate_limit_fallback_once_redis_answers_without_waiting_for_a_call()
+ {
+    let proxy = crate::helpers::TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let redis_url = format!("redis://{}/0", proxy.addr);
+    let app = spawn_app_with(|config| {
+        config.storage.redis_url = SecretString::from(redis_url);
+        config.storage.redis_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    proxy.cut().await;
+    // A CardTrader call while Redis is gone puts the limiter in its in-process fallback.
+    let seller = app.simulator.add_seller(1);
+    let request = brx_sync::pb::v1::ConnectAccountRequest {
+        user_id: uuid::Uuid::new_v4().to_string(),
+        cardtrader_token: seller.token,
+    };
+    app.accounts()
+        .await
+        .connect_account(authorized(request, &app.service_token()))
+        .await
+        .unwrap();
+    // GetStats says so once the supervisor's Redis check has seen the outage too.
+    wait_for(
+        "GetStats to report the fallback",
+        std::time::Duration::from_secs(20),
+        || {
+            let app = &app;
+            async move {
+                if rate_limit_fallback(app).await {
+                    Ok(())
+                } else {
+                    Err("not in fallback")
+                }
+            }
+        },
+    )
+    .await;
+
+    proxy.restore();
+
+    // No CardTrader call after this: the answer follows Redis's health, not the next call.
+    wait_for(
+        "GetStats to report the fallback over",
+        std::time::Duration::from_secs(20),
+        || {
+            let app = &app;
+            async move {
+                if rate_limit_fallback(app).await {
+                    Err("still in fallback")
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// What GetStats says of the rate limiter's in-process fallback.
+async fn rate_limit_fallback(app: &crate::helpers::TestApp) -> bool {
+    let request = authorized(GetStatsRequest {}, &app.service_token());
+    let stats = app
+        .admin()
+        .await
+        .get_stats(request)
+        .await
+        .unwrap()
+        .into_inner();
+    stats.cardtrader.unwrap().rate_limit_fallback
+}

@@ -350,7 +350,7 @@ impl Run<'_> {
     }
 
     async fn failed(&self, row: &Pending, reason: &str) -> Result<(), JobFailure> {
-        tracing::warn!(push_id = %row.id, product_id = ?row.product_id, reason, "CardTrader refused a push");
+        tracing::warn!(push_id = %row.id, product_id = row.product_id, reason, "CardTrader refused a push");
         let mut unit = self.context.begin().await?;
         outbox::mark_failed(&mut unit, row, reason)
             .await
