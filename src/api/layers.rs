@@ -195,6 +195,8 @@ where
         let mut recorder = RpcRecorder::start(self.metrics.clone(), request.uri().path());
         let future = self.inner.call(request);
         Box::pin(async move {
+            // tonic enters the RPC's span when it polls, not when it calls: take it here.
+            recorder.span = tracing::Span::current();
             match future.await.map_err(Into::into) {
                 Ok(response) => {
                     // A trailers-only response (every error a handler returns) has its status in the
@@ -234,6 +236,8 @@ struct RpcRecorder {
     method: String,
     started: Instant,
     code: Option<Code>,
+    /// The RPC's span, which gets the final code as `rpc.grpc.status_code`.
+    span: tracing::Span,
 }
 
 impl RpcRecorder {
@@ -244,6 +248,7 @@ impl RpcRecorder {
             method: method.to_owned(),
             started: Instant::now(),
             code: None,
+            span: tracing::Span::none(),
         }
     }
 
@@ -255,6 +260,7 @@ impl RpcRecorder {
 impl Drop for RpcRecorder {
     fn drop(&mut self) {
         let code = self.code.unwrap_or(Code::Cancelled);
+        self.span.record("rpc.grpc.status_code", code as i32);
         // Unknown paths would let any caller mint label values; they all share one.
         let method = if code == Code::Unimplemented {
             "unknown"

@@ -165,7 +165,7 @@ pub fn grpc_server(
             .max_connection_age_grace(config.grpc_max_connection_age_grace);
     }
     let server = builder
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .trace_fn(rpc_span)
         .layer(layers)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -178,4 +178,25 @@ pub fn grpc_server(
         .add_service(inventory_service)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
     Ok((bridge, server))
+}
+
+/// The server span of one RPC, named and attributed after OpenTelemetry's RPC conventions
+/// (`rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, recorded when the RPC ends),
+/// continuing the caller's trace when it sent a W3C `traceparent`.
+fn rpc_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    let full_name = path.trim_start_matches('/');
+    let (service, method) = full_name.split_once('/').unwrap_or((full_name, ""));
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %full_name,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        method = %path,
+    );
+    crate::telemetry::continue_remote_trace(&span, request.headers());
+    span
 }

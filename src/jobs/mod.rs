@@ -141,6 +141,8 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a terminal state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` of the request that queued it; its spans continue that trace.
+    pub trace_parent: Option<String>,
 }
 
 /// A request for work: the seller, the kind, and how urgent it is.
@@ -154,6 +156,8 @@ pub struct NewJob {
     pub priority: i32,
     /// Claims allowed before it ends dead.
     pub max_attempts: i32,
+    /// The trace of the request that queues it (the current span's, taken by [`NewJob::new`]).
+    pub trace_parent: Option<String>,
 }
 
 impl NewJob {
@@ -164,6 +168,7 @@ impl NewJob {
             priority: kind.default_priority(),
             max_attempts: kind.max_attempts(),
             kind,
+            trace_parent: crate::telemetry::current_traceparent(),
         }
     }
 

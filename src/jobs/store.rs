@@ -18,7 +18,7 @@ use crate::domain::UserId;
 macro_rules! columns {
     () => {
         "id, user_id, kind, lane, state, payload, attempts, max_attempts, run_at, fence, \
-         cancel_requested, last_error, progress, created_at, started_at, finished_at"
+         cancel_requested, last_error, progress, created_at, started_at, finished_at, trace_parent"
     };
 }
 
@@ -40,6 +40,7 @@ struct JobRow {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    trace_parent: Option<String>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -64,6 +65,7 @@ impl TryFrom<JobRow> for Job {
             created_at: row.created_at,
             started_at: row.started_at,
             finished_at: row.finished_at,
+            trace_parent: row.trace_parent,
         })
     }
 }
@@ -116,8 +118,9 @@ pub async fn enqueue_in(
             }
         }
         let sql = concat!(
-            "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+            "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key, \
+                 trace_parent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING RETURNING ",
             columns!()
         );
@@ -153,6 +156,7 @@ fn bind_new<'q, O>(
         .bind(new.priority)
         .bind(new.max_attempts)
         .bind(new.kind.dedupe_key())
+        .bind(new.trace_parent.as_deref())
 }
 
 /// The queued job `new` would join, held until the caller's transaction ends.
@@ -196,9 +200,9 @@ pub async fn enqueue_claimed_in(
 ) -> Result<Lease, JobError> {
     let sql = concat!(
         "INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key, \
-             state, lease_owner, lease_expires_at, fence, attempts, started_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, now() + make_interval(secs => $10), \
-             1, 1, now()) RETURNING ",
+             trace_parent, state, lease_owner, lease_expires_at, fence, attempts, started_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'running', $10, \
+             now() + make_interval(secs => $11), 1, 1, now()) RETURNING ",
         columns!()
     );
     let renewed_at = Instant::now();

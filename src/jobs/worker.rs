@@ -18,6 +18,7 @@ use futures::FutureExt;
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{JobContext, JobError, KindName, Lane, Lease, Ranking, store};
 use crate::{metrics::Metrics, retry::full_jitter};
@@ -323,10 +324,23 @@ impl Worker {
         Ok(())
     }
 
+    /// Runs the job in its span, which continues the trace of the request that queued it.
     async fn execute(&self, lease: Lease, shutdown: CancellationToken) {
         let job = &lease.job;
-        let span = tracing::info_span!("job", job_id = %job.id, kind = %job.kind.name(), user_id = %job.user_id, attempt = job.attempts);
-        let _entered = span.enter();
+        let span = tracing::info_span!(
+            "job",
+            otel.name = %format!("job {}", job.kind.name()),
+            job_id = %job.id,
+            kind = %job.kind.name(),
+            user_id = %job.user_id,
+            attempt = job.attempts
+        );
+        crate::telemetry::continue_trace(&span, job.trace_parent.as_deref());
+        self.execute_in_span(lease, shutdown).instrument(span).await;
+    }
+
+    async fn execute_in_span(&self, lease: Lease, shutdown: CancellationToken) {
+        let job = &lease.job;
         let context = self.context(lease.clone(), shutdown);
         context.announce();
         let Some(handler) = self.handlers.get(&job.kind.name()).cloned() else {

@@ -7,6 +7,7 @@ use backon::Retryable;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde::{Serialize, de::DeserializeOwned};
+use tracing::Instrument;
 
 use super::{
     CallOptions, Seller,
@@ -119,6 +120,7 @@ impl Inner {
                 .await;
         }
         let started = Instant::now();
+        let span = client_span(spec);
         let mut request = self
             .http
             .request(
@@ -130,10 +132,17 @@ impl Inner {
                 spec.timeout
                     .min(options.deadline.saturating_duration_since(started)),
             );
+        request = with_traceparent(request, &span);
         if let Some(body) = body {
             request = request.json(body);
         }
-        let result = self.exchange(request, seller, spec).await;
+        let result = self
+            .exchange(request, seller, spec)
+            .instrument(span.clone())
+            .await;
+        if let Ok((status, _)) = &result {
+            span.record("http.response.status_code", status.as_u16());
+        }
         let outcome = match &result {
             Ok((status, _)) => status.as_u16().to_string(),
             Err((_, label)) => label.clone(),
@@ -160,16 +169,22 @@ impl Inner {
                 .await;
         }
         let started = Instant::now();
-        let sent = self
+        let span = client_span(spec);
+        let request = self
             .http
             .request(
                 spec.method.clone(),
                 format!("{}{}", self.base_url, spec.path),
             )
             .bearer_auth(seller.token.expose_secret())
-            .timeout(spec.timeout)
+            .timeout(spec.timeout);
+        let sent = with_traceparent(request, &span)
             .send()
+            .instrument(span.clone())
             .await;
+        if let Ok(response) = &sent {
+            span.record("http.response.status_code", response.status().as_u16());
+        }
         let result = match sent {
             Ok(response) if response.status().is_success() && !is_html(&response) => {
                 self.record(
@@ -367,4 +382,28 @@ fn classify(
             errors: body.errors,
         },
     })
+}
+
+/// The client span of one CardTrader request, after OpenTelemetry's HTTP client conventions.
+fn client_span(spec: &CallSpec) -> tracing::Span {
+    tracing::info_span!(
+        "cardtrader",
+        otel.name = %format!("{} {}", spec.method, spec.endpoint),
+        otel.kind = "client",
+        http.request.method = %spec.method,
+        url.path = %spec.path,
+        server.address = "cardtrader",
+        http.response.status_code = tracing::field::Empty,
+    )
+}
+
+/// The request carrying `span`'s W3C `traceparent`, so CardTrader's side can join the trace.
+fn with_traceparent(
+    request: reqwest::RequestBuilder,
+    span: &tracing::Span,
+) -> reqwest::RequestBuilder {
+    match crate::telemetry::traceparent_of(span) {
+        Some(traceparent) => request.header("traceparent", traceparent),
+        None => request,
+    }
 }

@@ -11,6 +11,7 @@ use std::{
 use futures::{Stream, StreamExt, TryStreamExt, stream::TryChunksError};
 use roaring::RoaringTreemap;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use super::{
     chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
@@ -275,7 +276,9 @@ impl SyncHandler {
             statement_timeout: self.settings.statement_timeout,
             read_since,
         };
+        let span = tracing::info_span!("sync.chunk", rows = rows.len());
         let outcome = write_chunk(target, context.user_id(), rows, &self.metrics)
+            .instrument(span)
             .await
             .map_err(chunk_failure)?;
         context.announce();
