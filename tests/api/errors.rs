@@ -12,11 +12,10 @@ use brx_sync::{
         inventory_service_client::InventoryServiceClient, sync_service_client::SyncServiceClient,
     },
 };
-use secrecy::{ExposeSecret, SecretString};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::helpers::{TcpProxy, authorized, spawn_app, spawn_app_with, wait_for};
+use crate::helpers::{TcpProxy, authorized, spawn_app, spawn_app_behind, wait_for};
 
 fn reason(status: &Status) -> String {
     let details = status.get_error_details();
@@ -120,14 +119,7 @@ async fn a_sync_of_a_seller_never_connected_is_a_precondition_naming_the_account
 #[tokio::test]
 async fn an_rpc_during_a_postgres_outage_is_unavailable_with_a_retry_delay_not_internal() {
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let proxy_addr = proxy.addr;
-    let app = spawn_app_with(|config| {
-        let url = config
-            .storage
-            .database_url
-            .expose_secret()
-            .replace("127.0.0.1:5432", &proxy_addr.to_string());
-        config.storage.database_url = SecretString::from(url);
+    let app = spawn_app_behind(&proxy, |config| {
         config.storage.pg_acquire_timeout = Duration::from_millis(500);
     })
     .await;

@@ -6,10 +6,10 @@ use brx_sync::{
     pb::v1::{PoolState, PoolStats},
     storage::MIGRATOR,
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{TcpProxy, TestApp, spawn_app, spawn_app_with, start_app_with, wait_for};
+use crate::helpers::{TcpProxy, TestApp, spawn_app, spawn_app_behind, start_app_with, wait_for};
 
 /// Generous: the supervisor checks every 200 ms and backs off to at most 500 ms between failures.
 const CHECKS_WITHIN: Duration = Duration::from_secs(20);
@@ -57,16 +57,7 @@ async fn health_is_serving_once_the_fresh_database_is_migrated() {
 #[tokio::test]
 async fn health_is_not_serving_while_postgres_is_unreachable_and_recovers_when_it_returns() {
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let proxy_addr = proxy.addr;
-    let app = spawn_app_with(|config| {
-        let url = config
-            .storage
-            .database_url
-            .expose_secret()
-            .replace("127.0.0.1:5432", &proxy_addr.to_string());
-        config.storage.database_url = SecretString::from(url);
-    })
-    .await;
+    let app = spawn_app_behind(&proxy, |_| {}).await;
 
     proxy.cut().await;
     app.wait_for_health(ServingStatus::NotServing).await;

@@ -128,11 +128,7 @@ async fn a_replica_s_logs_never_show_a_secret_even_at_debug_level() {
 
     // A caller with a forged token, one with a good token, and a look at the metrics: the paths
     // that log a caller's failure, the auth layer's success, and the side port.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", process.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = process.channel().await;
     let mut admin = brx_sync::pb::v1::admin_service_client::AdminServiceClient::new(channel);
     let forged = brx_sync::api::auth::mint_token(
         "not-the-secret-but-long-enough-to-sign-with",

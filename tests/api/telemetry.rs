@@ -30,25 +30,13 @@ impl TraceService for Collector {
 
 #[tokio::test]
 async fn rpc_spans_are_exported_to_the_otlp_collector_and_flushed_at_shutdown() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_addr = listener.local_addr().unwrap();
-    let (spans_tx, mut spans_rx) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(spans_tx)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let endpoint = format!("http://{collector_addr}");
+    let (endpoint, mut spans_rx) = collector().await;
     let mut process = ServeProcess::spawn(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_SERVICE_NAME", "brx-sync-under-test"),
     ]);
     process.wait_until_ready().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", process.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = process.channel().await;
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
@@ -179,11 +167,7 @@ async fn one_start_sync_is_one_trace_from_the_rpc_through_the_jobs_chunks_to_the
         ("BRX_EXPANSION_LEARN", "false"),
     ]);
     process.wait_until_ready().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", process.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = process.channel().await;
     let secret = crate::helpers::PROTECTED_ENV[0].1;
     let token =
         brx_sync::api::auth::mint_token(secret, None, "service", Duration::from_secs(600)).unwrap();

@@ -19,7 +19,7 @@ use brx_sync::{
     },
 };
 use cardtrader_sim::{SimulatorConfig, SimulatorHandle};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_health::pb::{
@@ -131,6 +131,25 @@ where
     }
 }
 
+/// A server whose PostgreSQL is reached through `proxy` (cut it to simulate an outage), with the
+/// test settings `adjust` changed, already SERVING.
+pub(crate) async fn spawn_app_behind(
+    proxy: &TcpProxy,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
+    let proxy_addr = proxy.addr.to_string();
+    spawn_app_with(|config| {
+        let url = config
+            .storage
+            .database_url
+            .expose_secret()
+            .replace("127.0.0.1:5432", &proxy_addr);
+        config.storage.database_url = SecretString::from(url);
+        adjust(config);
+    })
+    .await
+}
+
 /// A server with the default test settings, already SERVING.
 pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
@@ -157,7 +176,7 @@ pub(crate) async fn start_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp 
         .auth
         .jwt_hs256_secret
         .as_ref()
-        .map(|secret| secrecy::ExposeSecret::expose_secret(secret).to_owned())
+        .map(|secret| secret.expose_secret().to_owned())
         .unwrap_or_default();
     let app = App::build(config.clone()).await.expect("app builds");
     let (grpc_addr, http_addr, admin_addr) = (app.grpc_addr(), app.http_addr(), app.admin_addr());

@@ -82,6 +82,15 @@ impl ServeProcess {
         panic!("the process never became ready");
     }
 
+    /// A gRPC channel to the process.
+    pub(crate) async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// Sends SIGTERM, as the kubelet does.
     pub(crate) fn sigterm(&self) {
         let pid = self.child.id().expect("still running").to_string();
