@@ -21,7 +21,7 @@ impl pb::account_service_server::AccountService for AccountApi {
     async fn connect_account(
         &self,
         request: Request<pb::ConnectAccountRequest>,
-    ) -> Result<Response<pb::Account>, Status> {
+    ) -> Result<Response<pb::ConnectAccountResponse>, Status> {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let token = request.into_inner().cardtrader_token;
@@ -37,28 +37,32 @@ impl pb::account_service_server::AccountService for AccountApi {
             .accounts
             .connect(user_id, SecretString::from(token.to_owned()))
             .await?;
-        Ok(Response::new(encode(account)))
+        Ok(Response::new(pb::ConnectAccountResponse {
+            account: Some(encode(account)),
+        }))
     }
 
     async fn get_account(
         &self,
         request: Request<pb::GetAccountRequest>,
-    ) -> Result<Response<pb::Account>, Status> {
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
-        Ok(Response::new(encode(self.accounts.get(user_id).await?)))
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(encode(self.accounts.get(user_id).await?)),
+        }))
     }
 
     async fn disconnect_account(
         &self,
         request: Request<pb::DisconnectAccountRequest>,
-    ) -> Result<Response<pb::Account>, Status> {
+    ) -> Result<Response<pb::DisconnectAccountResponse>, Status> {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let purge = request.get_ref().purge_inventory;
-        Ok(Response::new(encode(
-            self.accounts.disconnect(user_id, purge).await?,
-        )))
+        Ok(Response::new(pb::DisconnectAccountResponse {
+            account: Some(encode(self.accounts.disconnect(user_id, purge).await?)),
+        }))
     }
 }
 

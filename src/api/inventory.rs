@@ -60,7 +60,7 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     async fn get_item(
         &self,
         request: Request<pb::GetItemRequest>,
-    ) -> Result<Response<pb::Item>, Status> {
+    ) -> Result<Response<pb::GetItemResponse>, Status> {
         let (user_id, product_id) = item_key(
             &request,
             &request.get_ref().user_id,
@@ -71,13 +71,15 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             .get(user_id, product_id)
             .await
             .map_err(Status::from)?;
-        Ok(Response::new(encode_item(&item)))
+        Ok(Response::new(pb::GetItemResponse {
+            item: Some(encode_item(&item)),
+        }))
     }
 
     async fn update_item(
         &self,
         request: Request<pb::UpdateItemRequest>,
-    ) -> Result<Response<pb::Item>, Status> {
+    ) -> Result<Response<pb::UpdateItemResponse>, Status> {
         let (user_id, product_id) = item_key(
             &request,
             &request.get_ref().user_id,
@@ -89,12 +91,14 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
             .update(user_id, product_id, &edit)
             .await
             .map_err(Status::from)?;
-        Ok(Response::new(encode_item(&item)))
+        Ok(Response::new(pb::UpdateItemResponse {
+            item: Some(encode_item(&item)),
+        }))
     }
 
     async fn delete_item(
         &self,
-        request: Request<pb::GetItemRequest>,
+        request: Request<pb::DeleteItemRequest>,
     ) -> Result<Response<pb::DeleteItemResponse>, Status> {
         let (user_id, product_id) = item_key(
             &request,
@@ -212,7 +216,7 @@ fn list_filter(filter: pb::InventoryFilter) -> Result<ListFilter, Status> {
         _ => Err(status::invalid_argument(field, "must be positive")),
     };
     let mapped = match pb::MappingFilter::try_from(filter.mapping) {
-        Ok(pb::MappingFilter::Any) => None,
+        Ok(pb::MappingFilter::Unspecified) => None,
         Ok(pb::MappingFilter::Mapped) => Some(true),
         Ok(pb::MappingFilter::Unmapped) => Some(false),
         Err(_) => {

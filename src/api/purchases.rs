@@ -44,14 +44,14 @@ pub(crate) struct PurchaseApi {
     pub(crate) streams: Streams,
 }
 
-type WatchStream = BoxedStream<pb::Purchase>;
+type WatchStream = BoxedStream<pb::WatchPurchaseResponse>;
 
 #[tonic::async_trait]
 impl pb::purchase_service_server::PurchaseService for PurchaseApi {
     async fn purchase(
         &self,
         request: Request<pb::PurchaseRequest>,
-    ) -> Result<Response<pb::Purchase>, Status> {
+    ) -> Result<Response<pb::PurchaseResponse>, Status> {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let answer_by = RpcDeadline::answer_by(&request, ANSWER_MARGIN);
@@ -66,15 +66,19 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         if let Phase::Failed { reason } = &outcome.purchase.saga.phase {
             return Err(status::purchase_undone(outcome.purchase.id, reason));
         }
-        Ok(Response::new(answer))
+        Ok(Response::new(pb::PurchaseResponse {
+            purchase: Some(answer),
+        }))
     }
 
     async fn get_purchase(
         &self,
         request: Request<pb::GetPurchaseRequest>,
-    ) -> Result<Response<pb::Purchase>, Status> {
-        let purchase = self.owned(&request).await?;
-        Ok(Response::new(encode(&purchase)))
+    ) -> Result<Response<pb::GetPurchaseResponse>, Status> {
+        let purchase = self.owned(&request, &request.get_ref().purchase_id).await?;
+        Ok(Response::new(pb::GetPurchaseResponse {
+            purchase: Some(encode(&purchase)),
+        }))
     }
 
     async fn list_purchases(
@@ -104,19 +108,21 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
 
     async fn watch_purchase(
         &self,
-        request: Request<pb::GetPurchaseRequest>,
+        request: Request<pb::WatchPurchaseRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let id = purchase_id(&request.get_ref().purchase_id)?;
         let admitted = self.streams.admit(&request, WATCH_PURCHASE)?;
         let subscription = admitted.subscribe(Subject::Purchase(id));
-        let first = self.owned(&request).await?;
+        let first = self.owned(&request, &request.get_ref().purchase_id).await?;
         let purchases = self.purchases.clone();
         let source = Source {
             read: Box::new(move || {
                 let purchases = purchases.clone();
                 Box::pin(async move { purchases.get(id).await.map_err(Status::from) })
             }),
-            encode,
+            encode: |purchase: &StoredPurchase| pb::WatchPurchaseResponse {
+                purchase: Some(encode(purchase)),
+            },
             is_terminal: |purchase: &StoredPurchase| purchase.saga.phase.is_terminal(),
         };
         Ok(Response::new(admitted.follow(subscription, first, source)))
@@ -124,17 +130,19 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
 
     async fn retry_purchase(
         &self,
-        request: Request<pb::GetPurchaseRequest>,
-    ) -> Result<Response<pb::Purchase>, Status> {
+        request: Request<pb::RetryPurchaseRequest>,
+    ) -> Result<Response<pb::RetryPurchaseResponse>, Status> {
         auth::require_service(&request)?;
         let id = purchase_id(&request.get_ref().purchase_id)?;
-        Ok(Response::new(encode(&self.purchases.retry(id).await?)))
+        Ok(Response::new(pb::RetryPurchaseResponse {
+            purchase: Some(encode(&self.purchases.retry(id).await?)),
+        }))
     }
 
     async fn resolve_purchase(
         &self,
         request: Request<pb::ResolvePurchaseRequest>,
-    ) -> Result<Response<pb::Purchase>, Status> {
+    ) -> Result<Response<pb::ResolvePurchaseResponse>, Status> {
         auth::require_service(&request)?;
         let body = request.into_inner();
         let id = purchase_id(&body.purchase_id)?;
@@ -155,19 +163,16 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
                 format!("required, at most {MAX_NOTE_LEN} characters"),
             ));
         }
-        Ok(Response::new(encode(
-            &self.purchases.resolve(id, sold, note).await?,
-        )))
+        Ok(Response::new(pb::ResolvePurchaseResponse {
+            purchase: Some(encode(&self.purchases.resolve(id, sold, note).await?)),
+        }))
     }
 }
 
 impl PurchaseApi {
-    /// The purchase named in the request, if the caller may see it.
-    async fn owned(
-        &self,
-        request: &Request<pb::GetPurchaseRequest>,
-    ) -> Result<StoredPurchase, Status> {
-        let id = purchase_id(&request.get_ref().purchase_id)?;
+    /// The purchase `raw_id` of the request, if the caller may see it.
+    async fn owned<T>(&self, request: &Request<T>, raw_id: &str) -> Result<StoredPurchase, Status> {
+        let id = purchase_id(raw_id)?;
         let purchase = self.purchases.get(id).await?;
         auth::require_user(request, purchase.user_id)?;
         Ok(purchase)
@@ -273,6 +278,15 @@ fn encode_line(status: LineStatus) -> pb::LineState {
     }
 }
 
+/// The `purchases.resolution` column ("sold" or "undone", as `Purchases::resolve` records it).
+fn encode_resolution(column: &str) -> pb::Resolution {
+    match column {
+        "sold" => pb::Resolution::Sold,
+        "undone" => pb::Resolution::Undone,
+        _ => pb::Resolution::Unspecified,
+    }
+}
+
 pub(crate) fn encode(purchase: &StoredPurchase) -> pb::Purchase {
     let failure_reason = match &purchase.saga.phase {
         Phase::Failed { reason }
@@ -280,7 +294,10 @@ pub(crate) fn encode(purchase: &StoredPurchase) -> pb::Purchase {
         | Phase::Compensating { reason } => reason.clone(),
         _ => String::new(),
     };
-    let (resolution, resolution_note) = purchase.resolution.clone().unwrap_or_default();
+    let (resolution, resolution_note) = match &purchase.resolution {
+        Some((resolution, note)) => (encode_resolution(resolution), note.clone()),
+        None => (pb::Resolution::Unspecified, String::new()),
+    };
     pb::Purchase {
         purchase_id: purchase.id.to_string(),
         user_id: purchase.user_id.to_string(),
@@ -306,7 +323,7 @@ pub(crate) fn encode(purchase: &StoredPurchase) -> pb::Purchase {
             })
             .collect(),
         failure_reason,
-        resolution,
+        resolution: resolution.into(),
         resolution_note,
         steps: u32::try_from(purchase.steps).unwrap_or(0),
         replayed: false,

@@ -31,14 +31,14 @@ pub(crate) struct SyncApi {
     pub(crate) streams: Streams,
 }
 
-type WatchStream = BoxedStream<pb::SyncJob>;
+type WatchStream = BoxedStream<pb::WatchSyncResponse>;
 
 #[tonic::async_trait]
 impl pb::sync_service_server::SyncService for SyncApi {
     async fn start_sync(
         &self,
         request: Request<pb::StartSyncRequest>,
-    ) -> Result<Response<pb::SyncJob>, Status> {
+    ) -> Result<Response<pb::StartSyncResponse>, Status> {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let body = request.into_inner();
@@ -47,15 +47,17 @@ impl pb::sync_service_server::SyncService for SyncApi {
         let coalesced = matches!(enqueued, Enqueued::Coalesced(_));
         let mut job = encode(enqueued.job());
         job.coalesced = coalesced;
-        Ok(Response::new(job))
+        Ok(Response::new(pb::StartSyncResponse { job: Some(job) }))
     }
 
     async fn get_sync(
         &self,
         request: Request<pb::GetSyncRequest>,
-    ) -> Result<Response<pb::SyncJob>, Status> {
-        let job = self.owned_job(&request).await?;
-        Ok(Response::new(encode(&job)))
+    ) -> Result<Response<pb::GetSyncResponse>, Status> {
+        let job = self.owned_job(&request, &request.get_ref().job_id).await?;
+        Ok(Response::new(pb::GetSyncResponse {
+            job: Some(encode(&job)),
+        }))
     }
 
     async fn list_syncs(
@@ -77,19 +79,21 @@ impl pb::sync_service_server::SyncService for SyncApi {
 
     async fn watch_sync(
         &self,
-        request: Request<pb::GetSyncRequest>,
+        request: Request<pb::WatchSyncRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let job_id = job_id(&request)?;
+        let job_id = job_id(&request.get_ref().job_id)?;
         let admitted = self.streams.admit(&request, WATCH_SYNC)?;
         let subscription = admitted.subscribe(Subject::Job(job_id));
-        let first = self.owned_job(&request).await?;
+        let first = self.owned_job(&request, &request.get_ref().job_id).await?;
         let syncs = self.syncs.clone();
         let source = Source {
             read: Box::new(move || {
                 let syncs = syncs.clone();
                 Box::pin(async move { syncs.get(job_id).await.map_err(Status::from) })
             }),
-            encode,
+            encode: |job: &Job| pb::WatchSyncResponse {
+                job: Some(encode(job)),
+            },
             is_terminal: |job: &Job| job.state.is_terminal(),
         };
         Ok(Response::new(admitted.follow(subscription, first, source)))
@@ -97,41 +101,45 @@ impl pb::sync_service_server::SyncService for SyncApi {
 
     async fn cancel_sync(
         &self,
-        request: Request<pb::GetSyncRequest>,
-    ) -> Result<Response<pb::SyncJob>, Status> {
-        let job = self.owned_job(&request).await?;
-        Ok(Response::new(encode(&self.syncs.cancel(job.id).await?)))
+        request: Request<pb::CancelSyncRequest>,
+    ) -> Result<Response<pb::CancelSyncResponse>, Status> {
+        let job = self.owned_job(&request, &request.get_ref().job_id).await?;
+        Ok(Response::new(pb::CancelSyncResponse {
+            job: Some(encode(&self.syncs.cancel(job.id).await?)),
+        }))
     }
 
     async fn get_sync_status(
         &self,
         request: Request<pb::GetSyncStatusRequest>,
-    ) -> Result<Response<pb::SyncStatus>, Status> {
+    ) -> Result<Response<pb::GetSyncStatusResponse>, Status> {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let status = self.syncs.status(user_id).await?;
-        Ok(Response::new(pb::SyncStatus {
-            user_id: user_id.to_string(),
-            last_finished: status.last_finished.as_ref().map(encode),
-            current: status.current.as_ref().map(encode),
-            item_count: status.item_count,
+        Ok(Response::new(pb::GetSyncStatusResponse {
+            status: Some(pb::SyncStatus {
+                user_id: user_id.to_string(),
+                last_finished: status.last_finished.as_ref().map(encode),
+                current: status.current.as_ref().map(encode),
+                item_count: status.item_count,
+            }),
         }))
     }
 }
 
 impl SyncApi {
-    /// The job named in the request, if the caller may see it (NOT_FOUND before PERMISSION_DENIED
-    /// would leak which ids exist, so another seller's job is PERMISSION_DENIED only once found).
-    async fn owned_job(&self, request: &Request<pb::GetSyncRequest>) -> Result<Job, Status> {
-        let job = self.syncs.get(job_id(request)?).await?;
+    /// The job `raw_job_id` of the request, if the caller may see it (NOT_FOUND before
+    /// PERMISSION_DENIED would leak which ids exist, so another seller's job is PERMISSION_DENIED only
+    /// once found).
+    async fn owned_job<T>(&self, request: &Request<T>, raw_job_id: &str) -> Result<Job, Status> {
+        let job = self.syncs.get(job_id(raw_job_id)?).await?;
         auth::require_user(request, job.user_id)?;
         Ok(job)
     }
 }
 
-fn job_id(request: &Request<pb::GetSyncRequest>) -> Result<Uuid, Status> {
-    Uuid::try_parse(request.get_ref().job_id.trim())
-        .map_err(|_| status::invalid_argument("job_id", "must be a UUID"))
+fn job_id(raw: &str) -> Result<Uuid, Status> {
+    Uuid::try_parse(raw.trim()).map_err(|_| status::invalid_argument("job_id", "must be a UUID"))
 }
 
 fn scope(request: &pb::StartSyncRequest) -> Result<SyncScope, Status> {
@@ -174,13 +182,19 @@ fn encode(job: &Job) -> pb::SyncJob {
         // Out of attempts: failed, as far as a caller of the sync API can tell.
         JobState::Failed | JobState::Dead => pb::SyncState::Failed,
     };
-    let scope = SyncScope::of_job(&job.kind)
-        .map_or_else(|| "not a sync".to_owned(), |scope| scope.describe());
+    let (scope, blueprint_ids, expansion_ids) = match SyncScope::of_job(&job.kind) {
+        Some(SyncScope::Full) => (pb::SyncScope::Full, Vec::new(), Vec::new()),
+        Some(SyncScope::Targeted {
+            blueprint_ids,
+            expansion_ids,
+        }) => (pb::SyncScope::Targeted, blueprint_ids, expansion_ids),
+        None => (pb::SyncScope::Unspecified, Vec::new(), Vec::new()),
+    };
     let progress = SyncProgress::from_json(&job.progress);
     pb::SyncJob {
         job_id: job.id.to_string(),
         user_id: job.user_id.to_string(),
-        scope,
+        scope: scope.into(),
         state: state.into(),
         progress: Some(pb::SyncProgress {
             chunks_total: progress.chunks_total,
@@ -198,5 +212,7 @@ fn encode(job: &Job) -> pb::SyncJob {
         finished_at: job.finished_at.map(timestamp),
         coalesced: false,
         cancel_requested: job.cancel_requested,
+        blueprint_ids,
+        expansion_ids,
     }
 }

@@ -71,7 +71,8 @@ impl SyncScope {
         }
     }
 
-    /// How callers see it: `full`, or e.g. `blueprints:1,2 expansions:7`.
+    /// A short human-readable form: `full`, or e.g. `blueprints:1,2 expansions:7` (the API itself
+    /// answers with the `SyncScope` enum and the id lists).
     pub fn describe(&self) -> String {
         match self {
             SyncScope::Full => "full".to_owned(),

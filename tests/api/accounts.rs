@@ -36,7 +36,7 @@ async fn connect(
         .await
         .connect_account(authorized(request, &app.seller_token(seller)))
         .await
-        .map(tonic::Response::into_inner)
+        .map(|answer| answer.into_inner().account.unwrap())
 }
 
 #[tokio::test]
@@ -84,7 +84,7 @@ async fn get_account_never_returns_the_token() {
     let token = app.simulator.token(2);
     connect(&app, seller, &token).await.unwrap();
 
-    let account = app
+    let answer = app
         .accounts()
         .await
         .get_account(authorized(
@@ -96,9 +96,10 @@ async fn get_account_never_returns_the_token() {
         .await
         .unwrap()
         .into_inner();
+    let account = answer.account.clone().unwrap();
 
     assert_eq!(account.status(), PbStatus::Connected);
-    assert!(!format!("{account:?}").contains(&token));
+    assert!(!format!("{answer:?}").contains(&token));
 }
 
 #[tokio::test]
@@ -171,12 +172,16 @@ async fn the_service_role_may_connect_for_any_seller_and_connecting_twice_is_ide
         .connect_account(authorized(request(), &app.service_token()))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .account
+        .unwrap();
     let second = client
         .connect_account(authorized(request(), &app.service_token()))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .account
+        .unwrap();
 
     assert_eq!(first.cardtrader_user_id, second.cardtrader_user_id);
     assert_eq!(first.connected_at, second.connected_at);
@@ -260,7 +265,9 @@ async fn disconnecting_forgets_the_secrets() {
         .disconnect_account(authorized(request, &app.seller_token(seller)))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .account
+        .unwrap();
 
     assert_eq!(account.status(), PbStatus::Disconnected);
     let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())

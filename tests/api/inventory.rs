@@ -13,8 +13,8 @@ use brx_sync::{
         worker::{Worker, WorkerSettings},
     },
     pb::v1::{
-        CreateItemRequest, GetItemRequest, InventoryFilter, ListInventoryRequest,
-        ListOffersRequest, PushState, UpdateItemRequest,
+        CreateItemRequest, DeleteItemRequest, GetItemRequest, InventoryFilter,
+        ListInventoryRequest, ListOffersRequest, PushState, UpdateItemRequest,
         inventory_service_client::InventoryServiceClient,
     },
 };
@@ -55,7 +55,7 @@ async fn update(
         .await
         .update_item(as_seller(shop, request))
         .await
-        .map(tonic::Response::into_inner)
+        .map(|answer| answer.into_inner().item.unwrap())
 }
 
 async fn get(shop: &PurchaseRig, product_id: i64) -> brx_sync::pb::v1::Item {
@@ -69,6 +69,8 @@ async fn get(shop: &PurchaseRig, product_id: i64) -> brx_sync::pb::v1::Item {
         .await
         .unwrap()
         .into_inner()
+        .item
+        .unwrap()
 }
 
 /// Waits (at most 40 s) until no push of the seller is pending.
@@ -350,10 +352,14 @@ async fn a_deleted_item_is_gone_locally_at_once_and_on_cardtrader_after_the_push
         user_id: shop.user.to_string(),
         product_id: id,
     };
+    let deletion = DeleteItemRequest {
+        user_id: shop.user.to_string(),
+        product_id: id,
+    };
 
     client(&shop)
         .await
-        .delete_item(as_seller(&shop, request.clone()))
+        .delete_item(as_seller(&shop, deletion))
         .await
         .unwrap();
 
@@ -710,7 +716,7 @@ async fn a_sync_neither_undoes_a_pending_edit_nor_brings_back_a_pending_deletion
     let mut request = edit(&shop, ids[0]);
     request.price_cents = Some(5_555);
     update(&shop, request).await.unwrap();
-    let deletion = GetItemRequest {
+    let deletion = DeleteItemRequest {
         user_id: shop.user.to_string(),
         product_id: ids[1],
     };
@@ -739,7 +745,7 @@ async fn many_pending_deletions_go_as_one_bulk_destroy() {
     let shop = PurchaseRig::new(0, 30).await;
     let ids = shop.stocked(1, 12).await;
     for id in &ids {
-        let request = GetItemRequest {
+        let request = DeleteItemRequest {
             user_id: shop.user.to_string(),
             product_id: *id,
         };

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use brx_sync::{
-    pb::v1::{GetPurchaseRequest, PurchaseState, Resolution, ResolvePurchaseRequest},
+    pb::v1::{PurchaseState, Resolution, ResolvePurchaseRequest, RetryPurchaseRequest},
     purchase::saga::Phase,
 };
 use cardtrader_sim::Faults;
@@ -206,7 +206,7 @@ async fn give_backs_that_keep_failing_need_a_person_and_a_retry_finishes_the_und
     assert_eq!(gauge.get(), 1);
     let mut client = shop.client().await;
     let seller = shop.rig.app.seller_token(shop.user);
-    let request = || GetPurchaseRequest {
+    let request = || RetryPurchaseRequest {
         purchase_id: id.to_string(),
     };
 
@@ -218,7 +218,9 @@ async fn give_backs_that_keep_failing_need_a_person_and_a_retry_finishes_the_und
         .retry_purchase(authorized(request(), &shop.rig.app.service_token()))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .purchase
+        .unwrap();
     let ended = shop.until_done(&id.to_string()).await;
 
     assert_eq!(denied.code(), Code::PermissionDenied);
@@ -268,7 +270,9 @@ async fn an_operator_resolves_a_stuck_purchase_with_a_recorded_note() {
         ))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .purchase
+        .unwrap();
 
     assert!(no_note.message().starts_with("note"), "{no_note:?}");
     assert!(
@@ -276,7 +280,7 @@ async fn an_operator_resolves_a_stuck_purchase_with_a_recorded_note() {
         "{no_resolution:?}"
     );
     assert_eq!(resolved.state(), PurchaseState::Failed);
-    assert_eq!(resolved.resolution, "undone");
+    assert_eq!(resolved.resolution(), Resolution::Undone);
     assert_eq!(resolved.resolution_note, "re-listed by hand on CardTrader");
     assert_eq!(shop.local(items[0]).await, Some((2, 0)), "released");
     assert_eq!(shop.leftovers().await, (0, 0));
@@ -306,13 +310,13 @@ async fn an_operator_retries_and_resolves_on_a_pool_of_one_connection() {
 
     let retried = client
         .retry_purchase(authorized(
-            GetPurchaseRequest {
+            RetryPurchaseRequest {
                 purchase_id: retry_case.to_string(),
             },
             &service,
         ))
         .await
-        .map(tonic::Response::into_inner)
+        .map(|answer| answer.into_inner().purchase.unwrap())
         .map_err(|status| status.code());
 
     assert_eq!(
@@ -337,7 +341,7 @@ async fn an_operator_retries_and_resolves_on_a_pool_of_one_connection() {
             &service,
         ))
         .await
-        .map(tonic::Response::into_inner)
+        .map(|answer| answer.into_inner().purchase.unwrap())
         .map_err(|status| status.code());
 
     assert_eq!(

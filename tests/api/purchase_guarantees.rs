@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use brx_sync::{
-    pb::v1::{DisconnectAccountRequest, GetPurchaseRequest},
+    pb::v1::{DisconnectAccountRequest, RetryPurchaseRequest},
     purchase::saga::{Event, Phase},
 };
 use cardtrader_sim::Faults;
@@ -236,7 +236,7 @@ async fn a_purchase_whose_job_runs_out_of_attempts_with_stock_taken_waits_for_a_
     assert_eq!(job, "dead");
     // An operator retries it once CardTrader is reachable: it completes.
     fail::remove("purchase.after_record");
-    let request = GetPurchaseRequest {
+    let request = RetryPurchaseRequest {
         purchase_id: id.to_string(),
     };
     shop.client()

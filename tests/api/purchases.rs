@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use brx_sync::pb::v1::{GetPurchaseRequest, LineState, PurchaseState};
+use brx_sync::pb::v1::{GetPurchaseRequest, LineState, PurchaseState, WatchPurchaseRequest};
 use cardtrader_sim::Faults;
 use tonic::Code;
 
@@ -354,7 +354,9 @@ async fn a_purchase_can_be_read_listed_and_watched_only_by_its_seller() {
         ))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .purchase
+        .unwrap();
     let listed = client
         .list_purchases(authorized(
             brx_sync::pb::v1::ListPurchasesRequest {
@@ -370,7 +372,7 @@ async fn a_purchase_can_be_read_listed_and_watched_only_by_its_seller() {
         .into_inner();
     let mut watched = client
         .watch_purchase(authorized(
-            GetPurchaseRequest {
+            WatchPurchaseRequest {
                 purchase_id: purchase.purchase_id.clone(),
             },
             &token,
@@ -393,7 +395,7 @@ async fn a_purchase_can_be_read_listed_and_watched_only_by_its_seller() {
     assert_eq!(got.state(), PurchaseState::Completed);
     assert_eq!(listed.purchases.len(), 1);
     assert_eq!(listed.purchases[0].purchase_id, purchase.purchase_id);
-    let last = watched.message().await.unwrap().unwrap();
+    let last = watched.message().await.unwrap().unwrap().purchase.unwrap();
     assert_eq!(last.state(), PurchaseState::Completed);
     assert!(
         watched.message().await.unwrap().is_none(),
@@ -458,7 +460,9 @@ async fn a_caller_whose_deadline_comes_first_gets_the_current_state_and_the_saga
         .purchase(request)
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .purchase
+        .unwrap();
 
     assert_eq!(answer.state(), PurchaseState::Taking, "{answer:?}");
     let ended = shop.until_done(&answer.purchase_id).await;

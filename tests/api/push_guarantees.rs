@@ -220,7 +220,9 @@ async fn a_disconnected_sellers_pending_edits_end_failed_and_a_later_sync_update
         ))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .item
+        .unwrap();
     assert_eq!(shown.push_state(), PushState::Failed);
     assert!(shown.push_error.contains("disconnected"), "{shown:?}");
     // Back on: the next sync is free to bring the item back to CardTrader's values.

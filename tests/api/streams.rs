@@ -12,8 +12,9 @@ use brx_sync::{
         wake::{ChangeRelay, Changes, Subject},
     },
     pb::v1::{
-        ConnectAccountRequest, GetPurchaseRequest, GetSyncRequest, PurchaseState, StartSyncRequest,
-        SyncJob, SyncState, sync_service_client::SyncServiceClient,
+        ConnectAccountRequest, GetSyncRequest, PurchaseState, StartSyncRequest, SyncState,
+        WatchPurchaseRequest, WatchPurchaseResponse, WatchSyncRequest, WatchSyncResponse,
+        sync_service_client::SyncServiceClient,
     },
     purchase::driver::PurchaseEvents,
     sync::scope::SyncProgress,
@@ -73,12 +74,18 @@ async fn start_sync(app: &TestApp, user: UserId) -> String {
         .await
         .unwrap()
         .into_inner()
+        .job
+        .unwrap()
         .job_id
 }
 
 /// Opens WatchSync on `job_id` as the holder of `token`.
-async fn watch(app: &TestApp, job_id: &str, token: &str) -> Result<Streaming<SyncJob>, Status> {
-    let request = GetSyncRequest {
+async fn watch(
+    app: &TestApp,
+    job_id: &str,
+    token: &str,
+) -> Result<Streaming<WatchSyncResponse>, Status> {
+    let request = WatchSyncRequest {
         job_id: job_id.to_owned(),
     };
     client(app)
@@ -89,9 +96,9 @@ async fn watch(app: &TestApp, job_id: &str, token: &str) -> Result<Streaming<Syn
 }
 
 /// Opens WatchSync and waits for its first message, so the stream is surely open on the server.
-async fn open_watch(app: &TestApp, job_id: &str, token: &str) -> Streaming<SyncJob> {
+async fn open_watch(app: &TestApp, job_id: &str, token: &str) -> Streaming<WatchSyncResponse> {
     let mut stream = watch(app, job_id, token).await.unwrap();
-    let first = next(&mut stream).await.unwrap().unwrap();
+    let first = next(&mut stream).await.unwrap().unwrap().job.unwrap();
     assert_eq!(first.state(), SyncState::Queued);
     stream
 }
@@ -105,7 +112,11 @@ async fn next<T>(stream: &mut Streaming<T>) -> Option<Result<T, Status>> {
 }
 
 /// Retries WatchSync until it is admitted, failing the test after [`BOUND`].
-async fn watch_until_admitted(app: &TestApp, job_id: &str, token: &str) -> Streaming<SyncJob> {
+async fn watch_until_admitted(
+    app: &TestApp,
+    job_id: &str,
+    token: &str,
+) -> Streaming<WatchSyncResponse> {
     let deadline = tokio::time::Instant::now() + BOUND;
     loop {
         match watch(app, job_id, token).await {
@@ -279,7 +290,7 @@ async fn an_idle_watch_reads_postgres_only_when_another_replica_says_its_job_cha
         .await
         .unwrap();
     replica.publish(Subject::Job(job_id.parse().unwrap()));
-    let update = next(&mut stream).await.unwrap().unwrap();
+    let update = next(&mut stream).await.unwrap().unwrap().job.unwrap();
     let ended = next(&mut stream)
         .await
         .expect("the lifetime ends the stream");
@@ -319,7 +330,7 @@ async fn a_watch_on_one_replica_follows_a_sync_that_another_replica_runs() {
 
     let mut last = None;
     while let Some(update) = next(&mut stream).await {
-        last = Some(update.unwrap());
+        last = Some(update.unwrap().job.unwrap());
     }
 
     let last = last.unwrap();
@@ -361,7 +372,7 @@ async fn shutdown_ends_an_open_watch_purchase_at_once_with_unavailable() {
     .await;
     let purchase_id = pending_purchase(&shop).await;
     let mut stream = watch_purchase(&shop, &purchase_id).await;
-    let first = next(&mut stream).await.unwrap().unwrap();
+    let first = next(&mut stream).await.unwrap().unwrap().purchase.unwrap();
     let mut app = shop.rig.app;
 
     app.trigger_shutdown();
@@ -387,7 +398,7 @@ async fn a_watch_purchase_follows_the_steps_another_replica_records() {
     until_listening(&shop.rig.app).await;
     let purchase_id = pending_purchase(&shop).await;
     let mut stream = watch_purchase(&shop, &purchase_id).await;
-    let first = next(&mut stream).await.unwrap().unwrap();
+    let first = next(&mut stream).await.unwrap().unwrap().purchase.unwrap();
     // The test's worker is the other replica: its steps reach the app only as notices on Redis.
     let (replica, _relaying) = other_replica(&shop.rig.app);
     shop.handler.events = PurchaseEvents::announcing(replica.clone());
@@ -399,7 +410,7 @@ async fn a_watch_purchase_follows_the_steps_another_replica_records() {
 
     let mut last = first.clone();
     while let Some(update) = next(&mut stream).await {
-        last = update.unwrap();
+        last = update.unwrap().purchase.unwrap();
     }
     stop.cancel();
     running.await.unwrap().unwrap();
@@ -427,16 +438,15 @@ async fn pending_purchase(shop: &PurchaseRig) -> String {
         .purchase(request)
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .purchase
+        .unwrap();
     assert_eq!(answer.state(), PurchaseState::Taking);
     answer.purchase_id
 }
 
-async fn watch_purchase(
-    shop: &PurchaseRig,
-    purchase_id: &str,
-) -> Streaming<brx_sync::pb::v1::Purchase> {
-    let request = GetPurchaseRequest {
+async fn watch_purchase(shop: &PurchaseRig, purchase_id: &str) -> Streaming<WatchPurchaseResponse> {
+    let request = WatchPurchaseRequest {
         purchase_id: purchase_id.to_owned(),
     };
     shop.client()
@@ -464,7 +474,7 @@ async fn a_connection_past_its_maximum_age_is_closed_after_its_grace_and_the_cli
     let user = connected_seller(&app, 10).await;
     let job_id = start_sync(&app, user).await;
     let channel = app.channel().await;
-    let request = GetSyncRequest {
+    let request = WatchSyncRequest {
         job_id: job_id.clone(),
     };
     let mut stream = SyncServiceClient::new(channel.clone())
@@ -473,7 +483,13 @@ async fn a_connection_past_its_maximum_age_is_closed_after_its_grace_and_the_cli
         .unwrap()
         .into_inner();
     assert_eq!(
-        next(&mut stream).await.unwrap().unwrap().state(),
+        next(&mut stream)
+            .await
+            .unwrap()
+            .unwrap()
+            .job
+            .unwrap()
+            .state(),
         SyncState::Queued
     );
 
@@ -489,6 +505,8 @@ async fn a_connection_past_its_maximum_age_is_closed_after_its_grace_and_the_cli
         .get_sync(authorized(request, &app.service_token()))
         .await
         .expect("the client reconnects")
-        .into_inner();
+        .into_inner()
+        .job
+        .unwrap();
     assert_eq!(job.state(), SyncState::Queued);
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 use brx_sync::{
     domain::UserId,
     pb::v1::{
-        ConnectAccountRequest, GetSyncRequest, GetSyncStatusRequest, InvalidateBlueprintsRequest,
-        ListSyncsRequest, StartSyncRequest, SyncJob, SyncState,
-        blueprint_service_client::BlueprintServiceClient, sync_service_client::SyncServiceClient,
+        CancelSyncRequest, ConnectAccountRequest, GetSyncRequest, GetSyncStatusRequest,
+        InvalidateBlueprintsRequest, ListSyncsRequest, StartSyncRequest, SyncJob, SyncScope,
+        SyncState, WatchSyncRequest, blueprint_service_client::BlueprintServiceClient,
+        sync_service_client::SyncServiceClient,
     },
 };
 use secrecy::ExposeSecret;
@@ -74,10 +75,12 @@ async fn a_started_sync_can_be_watched_to_its_end_and_shows_in_the_status() {
         .start_sync(authorized(start(user), &token))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .job
+        .unwrap();
     let mut updates = sync
         .watch_sync(authorized(
-            GetSyncRequest {
+            WatchSyncRequest {
                 job_id: job.job_id.clone(),
             },
             &token,
@@ -87,7 +90,7 @@ async fn a_started_sync_can_be_watched_to_its_end_and_shows_in_the_status() {
         .into_inner();
     let mut last = None;
     while let Some(update) = updates.next().await {
-        last = Some(update.unwrap());
+        last = Some(update.unwrap().job.unwrap());
     }
 
     let last = last.unwrap();
@@ -102,7 +105,9 @@ async fn a_started_sync_can_be_watched_to_its_end_and_shows_in_the_status() {
         ))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .status
+        .unwrap();
     assert_eq!(status.item_count, 1_500);
     assert_eq!(status.last_finished.unwrap().job_id, job.job_id);
     assert!(status.current.is_none());
@@ -133,7 +138,14 @@ async fn fifty_concurrent_start_syncs_for_one_seller_coalesce_into_one_job() {
         .map(|_| {
             let mut sync = SyncServiceClient::new(channel.clone());
             let request = authorized(start(user), &token);
-            tokio::spawn(async move { sync.start_sync(request).await.unwrap().into_inner() })
+            tokio::spawn(async move {
+                sync.start_sync(request)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .job
+                    .unwrap()
+            })
         })
         .collect();
     let mut jobs = Vec::new();
@@ -187,13 +199,17 @@ async fn a_queued_sync_is_cancelled_at_once() {
         .start_sync(authorized(start(user), &token))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .job
+        .unwrap();
 
     let cancelled = sync
-        .cancel_sync(authorized(GetSyncRequest { job_id: job.job_id }, &token))
+        .cancel_sync(authorized(CancelSyncRequest { job_id: job.job_id }, &token))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .job
+        .unwrap();
 
     assert_eq!(cancelled.state(), SyncState::Cancelled);
 }
@@ -210,7 +226,9 @@ async fn bad_input_unknown_jobs_and_other_sellers_get_clear_statuses() {
         .start_sync(authorized(start(owner), &app.seller_token(owner)))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .job
+        .unwrap();
 
     let not_connected = UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
     let status = sync
@@ -273,7 +291,7 @@ async fn bad_input_unknown_jobs_and_other_sellers_get_clear_statuses() {
         Code::NotFound
     );
 
-    let theirs = GetSyncRequest { job_id: job.job_id };
+    let theirs = CancelSyncRequest { job_id: job.job_id };
     let denied = sync
         .cancel_sync(authorized(theirs, &app.seller_token(stranger)))
         .await
@@ -289,16 +307,18 @@ async fn run_to_end(app: &TestApp, request: StartSyncRequest) -> SyncJob {
         .start_sync(authorized(request, &token))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .job
+        .unwrap();
     let watch = async {
         let mut updates = sync
-            .watch_sync(authorized(GetSyncRequest { job_id: job.job_id }, &token))
+            .watch_sync(authorized(WatchSyncRequest { job_id: job.job_id }, &token))
             .await
             .unwrap()
             .into_inner();
         let mut last = None;
         while let Some(update) = updates.next().await {
-            last = Some(update.unwrap());
+            last = Some(update.unwrap().job.unwrap());
         }
         last.unwrap()
     };
@@ -362,9 +382,10 @@ async fn a_targeted_sync_reconciles_only_its_blueprints_and_expansions() {
     let last = run_to_end(&app, targeted).await;
 
     assert_eq!(last.state(), SyncState::Succeeded, "{}", last.last_error);
+    assert_eq!(last.scope(), SyncScope::Targeted);
     assert_eq!(
-        last.scope,
-        format!("blueprints:{blueprint} expansions:{expansion}")
+        (last.blueprint_ids.clone(), last.expansion_ids.clone()),
+        (vec![blueprint], vec![expansion])
     );
     let left: Vec<i64> = sqlx::query_scalar(
         "SELECT product_id FROM inventory_items WHERE user_id = $1 AND product_id = ANY($2)",
@@ -454,14 +475,22 @@ async fn a_targeted_request_joining_a_queued_one_widens_it_instead_of_being_drop
         .start_sync(targeted(vec![7, 3], vec![]))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .job
+        .unwrap();
     let joined = sync
         .start_sync(targeted(vec![3, 11], vec![40]))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .job
+        .unwrap();
 
     assert!(joined.coalesced);
     assert_eq!(joined.job_id, first.job_id);
-    assert_eq!(joined.scope, "blueprints:3,7,11 expansions:40");
+    assert_eq!(joined.scope(), SyncScope::Targeted);
+    assert_eq!(
+        (joined.blueprint_ids, joined.expansion_ids),
+        (vec![3, 7, 11], vec![40])
+    );
 }

@@ -200,7 +200,14 @@ async fn one_start_sync_is_one_trace_from_the_rpc_through_the_jobs_chunks_to_the
             .unwrap(),
     );
     let mut syncs = SyncServiceClient::new(channel);
-    let job_id = syncs.start_sync(request).await.unwrap().into_inner().job_id;
+    let job_id = syncs
+        .start_sync(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .job_id;
     crate::helpers::wait_until("the sync to succeed", Duration::from_secs(60), || {
         let mut syncs = syncs.clone();
         let request = crate::helpers::authorized(
@@ -210,7 +217,8 @@ async fn one_start_sync_is_one_trace_from_the_rpc_through_the_jobs_chunks_to_the
             &token,
         );
         async move {
-            syncs.get_sync(request).await.unwrap().into_inner().state() == SyncState::Succeeded
+            let job = syncs.get_sync(request).await.unwrap().into_inner().job;
+            job.unwrap().state() == SyncState::Succeeded
         }
     })
     .await;

@@ -19,9 +19,9 @@ use brx_sync::api::auth::mint_token;
 use brx_sync::config::Config;
 use brx_sync::domain::UserId;
 use brx_sync::pb::v1::{
-    ConnectAccountRequest, GetItemRequest, GetStatsRequest, GetSyncRequest, MappingState,
-    PoolState, PurchaseLine, PurchaseRequest, PushState, ResolveBlueprintsRequest,
-    StartSyncRequest, UpdateItemRequest, account_service_client::AccountServiceClient,
+    ConnectAccountRequest, GetItemRequest, GetStatsRequest, MappingState, PoolState, PurchaseLine,
+    PurchaseRequest, PushState, ResolveBlueprintsRequest, StartSyncRequest, UpdateItemRequest,
+    WatchSyncRequest, account_service_client::AccountServiceClient,
     admin_service_client::AdminServiceClient, blueprint_service_client::BlueprintServiceClient,
     inventory_service_client::InventoryServiceClient,
     purchase_service_client::PurchaseServiceClient, sync_service_client::SyncServiceClient,
@@ -184,14 +184,16 @@ async fn sync_the_seller(channel: Channel, token: &str, expected: u64) -> anyhow
     let job = client
         .start_sync(with_bearer(start, token)?)
         .await?
-        .into_inner();
+        .into_inner()
+        .job
+        .context("StartSync answered without a job")?;
     let bar = ProgressBar::new(expected).with_style(ProgressStyle::with_template(
         "      sync [{bar:30}] {pos}/{len} products, {msg} ({elapsed})",
     )?);
     bar.enable_steady_tick(Duration::from_millis(100));
     let mut updates = client
         .watch_sync(with_bearer(
-            GetSyncRequest {
+            WatchSyncRequest {
                 job_id: job.job_id.clone(),
             },
             token,
@@ -200,6 +202,9 @@ async fn sync_the_seller(channel: Channel, token: &str, expected: u64) -> anyhow
         .into_inner();
     let mut last = job;
     while let Some(update) = updates.message().await? {
+        let update = update
+            .job
+            .context("WatchSync sent an update without a job")?;
         let progress = update.progress.unwrap_or_default();
         bar.set_position(progress.products_seen);
         bar.set_message(format!(
@@ -263,7 +268,9 @@ async fn buy_from_the_seller(
     let completed = client
         .purchase(with_bearer(purchase("1", &[(sold, 1)]), token)?)
         .await?
-        .into_inner();
+        .into_inner()
+        .purchase
+        .context("Purchase answered without a purchase")?;
     println!(
         "[8/10] PurchaseService.Purchase: {:?} in {:.0} ms, {} step-log entries; item {sold} on CardTrader {} -> {}",
         completed.state(),
@@ -284,7 +291,10 @@ async fn buy_from_the_seller(
         .await;
     let message = match undone {
         Err(status) => format!("{:?}: {}", status.code(), status.message()),
-        Ok(purchase) => format!("{:?}", purchase.into_inner().state()),
+        Ok(answer) => format!(
+            "{:?}",
+            answer.into_inner().purchase.unwrap_or_default().state()
+        ),
     };
     println!(
         "      a purchase whose second item CardTrader no longer has: {message}\n      \
@@ -338,6 +348,8 @@ async fn edit_and_hear_back(
             .get_item(with_bearer(get(edited), token)?)
             .await?
             .into_inner()
+            .item
+            .context("GetItem answered without an item")?
             .push_state();
     }
     println!(
@@ -351,6 +363,8 @@ async fn edit_and_hear_back(
         .get_item(with_bearer(get(sold), token)?)
         .await?
         .into_inner()
+        .item
+        .context("GetItem answered without an item")?
         .quantity;
     let seller = simulator
         .seller(&cardtrader)
@@ -385,6 +399,8 @@ async fn edit_and_hear_back(
             .get_item(with_bearer(get(sold), token)?)
             .await?
             .into_inner()
+            .item
+            .context("GetItem answered without an item")?
             .quantity;
     }
     println!(
@@ -431,7 +447,9 @@ async fn connect_a_seller(
     let account = AccountServiceClient::new(channel)
         .connect_account(request)
         .await?
-        .into_inner();
+        .into_inner()
+        .account
+        .context("ConnectAccount answered without an account")?;
     println!(
         "[5/10] AccountService.ConnectAccount: seller {seller} is {:?} as CardTrader user {}; token checked with /info, stored encrypted",
         account.status(),

@@ -118,7 +118,7 @@ impl PurchaseRig {
             .await
             .purchase(request)
             .await
-            .map(tonic::Response::into_inner)
+            .map(|answer| answer.into_inner().purchase.unwrap())
     }
 
     /// A worker of the interactive lane driving purchases, owned by `owner`, with `lease` and

@@ -6,7 +6,7 @@ use std::time::Duration;
 use brx_sync::{
     domain::UserId,
     pb::v1::{
-        ConnectAccountRequest, GetSyncRequest, StartSyncRequest, SyncJob,
+        ConnectAccountRequest, StartSyncRequest, SyncJob, WatchSyncRequest,
         sync_service_client::SyncServiceClient,
     },
 };
@@ -71,16 +71,18 @@ pub(crate) async fn sync_to_end(
         .start_sync(authorized(request, &token))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .job
+        .unwrap();
     let watch = async {
         let mut updates = sync
-            .watch_sync(authorized(GetSyncRequest { job_id: job.job_id }, &token))
+            .watch_sync(authorized(WatchSyncRequest { job_id: job.job_id }, &token))
             .await
             .unwrap()
             .into_inner();
         let mut last = None;
         while let Some(update) = updates.next().await {
-            last = Some(update.unwrap());
+            last = Some(update.unwrap().job.unwrap());
         }
         last.unwrap()
     };

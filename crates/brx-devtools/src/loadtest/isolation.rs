@@ -13,6 +13,7 @@ use super::{
     rig::Rig,
 };
 use crate::demo::with_bearer;
+use anyhow::Context;
 use brx_sync::domain::UserId;
 use brx_sync::pb::v1::{
     GetSyncStatusRequest, StartSyncRequest, sync_service_client::SyncServiceClient,
@@ -210,7 +211,9 @@ async fn start_sync(rig: &Rig, user: UserId) -> anyhow::Result<uuid::Uuid> {
     let job = SyncServiceClient::new(rig.channel(0))
         .start_sync(with_bearer(request, &rig.token)?)
         .await?
-        .into_inner();
+        .into_inner()
+        .job
+        .context("StartSync answered without a job")?;
     Ok(job.job_id.parse()?)
 }
 

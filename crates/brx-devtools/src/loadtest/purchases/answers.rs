@@ -9,7 +9,7 @@ use std::{
 use hdrhistogram::Histogram;
 
 use crate::loadtest::measure;
-use brx_sync::pb::v1::{Purchase, PurchaseState};
+use brx_sync::pb::v1::{PurchaseResponse, PurchaseState};
 
 /// How each Purchase call was answered.
 #[derive(Debug, Default)]
@@ -150,7 +150,7 @@ impl Answers {
     /// Records a paced call sent in `slot`, answered now.
     pub(super) fn record_paced(
         &mut self,
-        answer: Result<tonic::Response<Purchase>, tonic::Status>,
+        answer: Result<tonic::Response<PurchaseResponse>, tonic::Status>,
         slot: &Slot,
     ) {
         if let Some(pacing) = &mut self.pacing {
@@ -168,13 +168,16 @@ impl Answers {
 
     pub(super) fn record(
         &mut self,
-        answer: Result<tonic::Response<Purchase>, tonic::Status>,
+        answer: Result<tonic::Response<PurchaseResponse>, tonic::Status>,
         took: Duration,
     ) {
         let micros = micros(took);
         self.latency.saturating_record(micros);
         let tally = &mut self.tally;
-        match answer.map(|response| response.into_inner().state()) {
+        // An answer without a purchase (never sent) would count as unfinished.
+        let state =
+            answer.map(|response| response.into_inner().purchase.unwrap_or_default().state());
+        match state {
             Ok(PurchaseState::Completed) => {
                 tally.completed += 1;
                 self.completed_latency.saturating_record(micros);
