@@ -48,10 +48,10 @@ type WatchStream = BoxedStream<pb::WatchPurchaseResponse>;
 
 #[tonic::async_trait]
 impl pb::purchase_service_server::PurchaseService for PurchaseApi {
-    async fn purchase(
+    async fn create_purchase(
         &self,
-        request: Request<pb::PurchaseRequest>,
-    ) -> Result<Response<pb::PurchaseResponse>, Status> {
+        request: Request<pb::CreatePurchaseRequest>,
+    ) -> Result<Response<pb::CreatePurchaseResponse>, Status> {
         let user_id = user_id(&request.get_ref().user_id)?;
         auth::require_user(&request, user_id)?;
         let answer_by = RpcDeadline::answer_by(&request, ANSWER_MARGIN);
@@ -66,7 +66,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         if let Phase::Failed { reason } = &outcome.purchase.saga.phase {
             return Err(status::purchase_undone(outcome.purchase.id, reason));
         }
-        Ok(Response::new(pb::PurchaseResponse {
+        Ok(Response::new(pb::CreatePurchaseResponse {
             purchase: Some(answer),
         }))
     }
@@ -187,7 +187,7 @@ fn purchase_id(raw: &str) -> Result<Uuid, Status> {
 /// The request checked field by field; the first bad field is named.
 fn new_purchase(
     user_id: UserId,
-    body: pb::PurchaseRequest,
+    body: pb::CreatePurchaseRequest,
     deadline: chrono::DateTime<chrono::Utc>,
 ) -> Result<NewPurchase, Status> {
     let key = body.idempotency_key.trim();

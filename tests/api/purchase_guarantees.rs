@@ -32,7 +32,7 @@ async fn start(shop: &PurchaseRig, key: &str, lines: &[(i64, i32)]) -> uuid::Uui
         &shop.rig.app.seller_token(shop.user),
     );
     let mut client = shop.client().await;
-    tokio::spawn(async move { client.purchase(request).await });
+    tokio::spawn(async move { client.create_purchase(request).await });
     shop.purchase_id(key).await
 }
 

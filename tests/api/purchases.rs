@@ -83,7 +83,7 @@ async fn bad_requests_name_the_field() {
         let status = shop
             .client()
             .await
-            .purchase(authorized(request, &shop.rig.app.seller_token(shop.user)))
+            .create_purchase(authorized(request, &shop.rig.app.seller_token(shop.user)))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -93,7 +93,7 @@ async fn bad_requests_name_the_field() {
     let status = shop
         .client()
         .await
-        .purchase(authorized(
+        .create_purchase(authorized(
             shop.request("k", &[(item, 1)]),
             &shop.rig.app.seller_token(other_seller),
         ))
@@ -457,7 +457,7 @@ async fn a_caller_whose_deadline_comes_first_gets_the_current_state_and_the_saga
     let answer = shop
         .client()
         .await
-        .purchase(request)
+        .create_purchase(request)
         .await
         .unwrap()
         .into_inner()

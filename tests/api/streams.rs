@@ -435,7 +435,7 @@ async fn pending_purchase(shop: &PurchaseRig) -> String {
     let answer = shop
         .client()
         .await
-        .purchase(request)
+        .create_purchase(request)
         .await
         .unwrap()
         .into_inner()

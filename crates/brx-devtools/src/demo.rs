@@ -19,9 +19,9 @@ use brx_sync::api::auth::mint_token;
 use brx_sync::config::Config;
 use brx_sync::domain::UserId;
 use brx_sync::pb::v1::{
-    ConnectAccountRequest, GetItemRequest, GetStatsRequest, MappingState, PoolState, PurchaseLine,
-    PurchaseRequest, PushState, ResolveBlueprintsRequest, StartSyncRequest, UpdateItemRequest,
-    WatchSyncRequest, account_service_client::AccountServiceClient,
+    ConnectAccountRequest, CreatePurchaseRequest, GetItemRequest, GetStatsRequest, MappingState,
+    PoolState, PurchaseLine, PushState, ResolveBlueprintsRequest, StartSyncRequest,
+    UpdateItemRequest, WatchSyncRequest, account_service_client::AccountServiceClient,
     admin_service_client::AdminServiceClient, blueprint_service_client::BlueprintServiceClient,
     inventory_service_client::InventoryServiceClient,
     purchase_service_client::PurchaseServiceClient, sync_service_client::SyncServiceClient,
@@ -253,7 +253,7 @@ async fn buy_from_the_seller(
     };
     let mut client = PurchaseServiceClient::new(channel);
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let purchase = |key: &str, lines: &[(i64, i32)]| PurchaseRequest {
+    let purchase = |key: &str, lines: &[(i64, i32)]| CreatePurchaseRequest {
         user_id: DEMO_SELLER.into(),
         idempotency_key: format!("demo-{run}-{key}"),
         lines: lines
@@ -266,13 +266,13 @@ async fn buy_from_the_seller(
     let before = upstream(sold);
     let started = std::time::Instant::now();
     let completed = client
-        .purchase(with_bearer(purchase("1", &[(sold, 1)]), token)?)
+        .create_purchase(with_bearer(purchase("1", &[(sold, 1)]), token)?)
         .await?
         .into_inner()
         .purchase
         .context("Purchase answered without a purchase")?;
     println!(
-        "[8/10] PurchaseService.Purchase: {:?} in {:.0} ms, {} step-log entries; item {sold} on CardTrader {} -> {}",
+        "[8/10] PurchaseService.CreatePurchase: {:?} in {:.0} ms, {} step-log entries; item {sold} on CardTrader {} -> {}",
         completed.state(),
         started.elapsed().as_secs_f64() * 1000.0,
         completed.steps,
@@ -284,7 +284,7 @@ async fn buy_from_the_seller(
     simulator.set_quantity(&cardtrader, gone, 0);
     let before = upstream(given_back);
     let undone = client
-        .purchase(with_bearer(
+        .create_purchase(with_bearer(
             purchase("2", &[(given_back, 1), (gone, 1)]),
             token,
         )?)

@@ -10,7 +10,7 @@ use brx_sync::{
         JobState, Lane,
         worker::{Worker, WorkerSettings},
     },
-    pb::v1::{PurchaseLine, PurchaseRequest, purchase_service_client::PurchaseServiceClient},
+    pb::v1::{CreatePurchaseRequest, PurchaseLine, purchase_service_client::PurchaseServiceClient},
     purchase::{
         StoredPurchase,
         driver::{PurchaseEvents, PurchaseHandler},
@@ -92,8 +92,8 @@ impl PurchaseRig {
         PurchaseServiceClient::new(self.rig.app.channel().await)
     }
 
-    pub(crate) fn request(&self, key: &str, lines: &[(i64, i32)]) -> PurchaseRequest {
-        PurchaseRequest {
+    pub(crate) fn request(&self, key: &str, lines: &[(i64, i32)]) -> CreatePurchaseRequest {
+        CreatePurchaseRequest {
             user_id: self.user.to_string(),
             idempotency_key: key.into(),
             lines: lines
@@ -116,7 +116,7 @@ impl PurchaseRig {
         );
         self.client()
             .await
-            .purchase(request)
+            .create_purchase(request)
             .await
             .map(|answer| answer.into_inner().purchase.unwrap())
     }

@@ -9,7 +9,7 @@ use std::{
 use hdrhistogram::Histogram;
 
 use crate::loadtest::measure;
-use brx_sync::pb::v1::{PurchaseResponse, PurchaseState};
+use brx_sync::pb::v1::{CreatePurchaseResponse, PurchaseState};
 
 /// How each Purchase call was answered.
 #[derive(Debug, Default)]
@@ -150,7 +150,7 @@ impl Answers {
     /// Records a paced call sent in `slot`, answered now.
     pub(super) fn record_paced(
         &mut self,
-        answer: Result<tonic::Response<PurchaseResponse>, tonic::Status>,
+        answer: Result<tonic::Response<CreatePurchaseResponse>, tonic::Status>,
         slot: &Slot,
     ) {
         if let Some(pacing) = &mut self.pacing {
@@ -168,7 +168,7 @@ impl Answers {
 
     pub(super) fn record(
         &mut self,
-        answer: Result<tonic::Response<PurchaseResponse>, tonic::Status>,
+        answer: Result<tonic::Response<CreatePurchaseResponse>, tonic::Status>,
         took: Duration,
     ) {
         let micros = micros(took);

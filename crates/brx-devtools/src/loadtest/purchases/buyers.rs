@@ -21,7 +21,7 @@ use super::{
 use crate::demo::with_bearer;
 use crate::loadtest::{LoadtestArgs, rig::Rig};
 use brx_sync::pb::v1::{
-    PurchaseLine, PurchaseRequest, purchase_service_client::PurchaseServiceClient,
+    CreatePurchaseRequest, PurchaseLine, purchase_service_client::PurchaseServiceClient,
 };
 
 /// Share of the faults phase's purchases that have two or three lines.
@@ -142,7 +142,7 @@ impl Buyer {
             let request = self.request(call, &mut answers)?;
             call += 1;
             let sent = Instant::now();
-            let answer = self.client.purchase(request).await;
+            let answer = self.client.create_purchase(request).await;
             answers.record(answer, sent.elapsed());
         }
         Ok(answers)
@@ -165,7 +165,7 @@ impl Buyer {
             let lag = Instant::now().saturating_duration_since(scheduled);
             tokio::time::sleep_until(scheduled.into()).await;
             let sent = Instant::now();
-            let answer = self.client.purchase(request).await;
+            let answer = self.client.create_purchase(request).await;
             let slot = Slot {
                 due,
                 scheduled,
@@ -182,7 +182,7 @@ impl Buyer {
         &self,
         call: u64,
         answers: &mut Answers,
-    ) -> anyhow::Result<tonic::Request<PurchaseRequest>> {
+    ) -> anyhow::Result<tonic::Request<CreatePurchaseRequest>> {
         let request = purchase(&self.sellers, self.phase, self.number, call);
         answers.lines += request.lines.len() as u64;
         with_bearer(request, &self.token)
@@ -191,7 +191,7 @@ impl Buyer {
 
 /// A purchase of a random seller's items under a fresh idempotency key: one item, or in the faults
 /// phase two or three distinct items one time in five; one unit each.
-fn purchase(sellers: &[Seller], phase: Phase, buyer: u32, call: u64) -> PurchaseRequest {
+fn purchase(sellers: &[Seller], phase: Phase, buyer: u32, call: u64) -> CreatePurchaseRequest {
     let seller = &sellers[rand::random_range(0..sellers.len())];
     let items = &seller.items;
     let wanted = if phase == Phase::Faults && rand::random_bool(MULTI_LINE_SHARE) {
@@ -206,7 +206,7 @@ fn purchase(sellers: &[Seller], phase: Phase, buyer: u32, call: u64) -> Purchase
             quantity: 1,
         })
         .collect();
-    PurchaseRequest {
+    CreatePurchaseRequest {
         user_id: seller.user.to_string(),
         idempotency_key: format!("{}-{buyer}-{call}", phase.key_prefix()),
         lines,
