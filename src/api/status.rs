@@ -107,19 +107,18 @@ fn plain(code: Code, reason: &str, message: impl Into<String>) -> Status {
 /// with a retry delay; everything else is logged with its whole cause chain and answered with a
 /// generic `INTERNAL`.
 pub fn internal(context: &str, err: &(dyn std::error::Error + 'static)) -> Status {
-    let mut chain = err.to_string();
-    let mut source = Some(err);
-    let mut outage = false;
-    while let Some(cause) = source {
-        if let Some(sql) = cause.downcast_ref::<sqlx::Error>() {
-            outage |= crate::storage::is_outage(sql);
-        }
-        if !std::ptr::eq(cause, err) {
-            chain.push_str(": ");
-            chain.push_str(&cause.to_string());
-        }
-        source = cause.source();
-    }
+    let causes: Vec<&(dyn std::error::Error + 'static)> =
+        std::iter::successors(Some(err), |cause| cause.source()).collect();
+    let outage = causes.iter().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(crate::storage::is_outage)
+    });
+    let chain = causes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
     if outage {
         tracing::warn!(error = %chain, "{context}: database unavailable");
         return unavailable(

@@ -307,16 +307,7 @@ async fn get_stats_stops_reporting_the_rate_limit_fallback_once_redis_answers_wi
     .await;
     proxy.cut().await;
     // A CardTrader call while Redis is gone puts the limiter in its in-process fallback.
-    let seller = app.simulator.add_seller(1);
-    let request = brx_sync::pb::v1::ConnectAccountRequest {
-        user_id: uuid::Uuid::new_v4().to_string(),
-        cardtrader_token: seller.token,
-    };
-    app.accounts()
-        .await
-        .connect_account(authorized(request, &app.service_token()))
-        .await
-        .unwrap();
+    app.connected_seller(1).await;
     // GetStats says so once the supervisor's Redis check has seen the outage too.
     wait_for(
         "GetStats to report the fallback",

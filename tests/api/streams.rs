@@ -12,8 +12,8 @@ use brx_sync::{
         wake::{ChangeRelay, Changes, Subject},
     },
     pb::v1::{
-        ConnectAccountRequest, GetSyncRequest, PurchaseState, StartSyncRequest, SyncState,
-        WatchPurchaseRequest, WatchPurchaseResponse, WatchSyncRequest, WatchSyncResponse,
+        GetSyncRequest, PurchaseState, StartSyncRequest, SyncState, WatchPurchaseRequest,
+        WatchPurchaseResponse, WatchSyncRequest, WatchSyncResponse,
         sync_service_client::SyncServiceClient,
     },
     purchase::driver::PurchaseEvents,
@@ -38,22 +38,6 @@ async fn idle_app(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> TestApp
         adjust(config);
     })
     .await
-}
-
-/// A shop seller connected to a new simulator account with `products` products.
-async fn connected_seller(app: &TestApp, products: u64) -> UserId {
-    let seller = app.simulator.add_seller(products);
-    let user = UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
-    let request = ConnectAccountRequest {
-        user_id: user.to_string(),
-        cardtrader_token: seller.token,
-    };
-    app.accounts()
-        .await
-        .connect_account(authorized(request, &app.service_token()))
-        .await
-        .unwrap();
-    user
 }
 
 async fn client(app: &TestApp) -> SyncServiceClient<Channel> {
@@ -198,7 +182,7 @@ async fn watches_beyond_a_callers_bound_are_refused_with_a_retry_hint_until_one_
         config.server.max_streams = 10;
     })
     .await;
-    let user = connected_seller(&app, 10).await;
+    let user = app.connected_seller(10).await;
     let job_id = start_sync(&app, user).await;
     let seller = app.seller_token(user);
     let first = open_watch(&app, &job_id, &seller).await;
@@ -223,8 +207,8 @@ async fn watches_beyond_the_replicas_bound_are_refused_whoever_asks_until_one_cl
     })
     .await;
     let (one, two) = (
-        connected_seller(&app, 10).await,
-        connected_seller(&app, 10).await,
+        app.connected_seller(10).await,
+        app.connected_seller(10).await,
     );
     let (job_one, job_two) = (start_sync(&app, one).await, start_sync(&app, two).await);
     let first = open_watch(&app, &job_one, &app.seller_token(one)).await;
@@ -245,7 +229,7 @@ async fn watches_beyond_the_replicas_bound_are_refused_whoever_asks_until_one_cl
 #[tokio::test]
 async fn a_watch_past_its_maximum_lifetime_ends_unavailable_telling_the_caller_to_watch_again() {
     let app = idle_app(|config| config.server.stream_max_lifetime = Duration::from_secs(1)).await;
-    let user = connected_seller(&app, 10).await;
+    let user = app.connected_seller(10).await;
     let job_id = start_sync(&app, user).await;
     let mut stream = open_watch(&app, &job_id, &app.seller_token(user)).await;
 
@@ -273,7 +257,7 @@ async fn an_idle_watch_reads_postgres_only_when_another_replica_says_its_job_cha
     // between was caused by a notice.
     let app = idle_app(|config| config.server.stream_max_lifetime = Duration::from_secs(4)).await;
     assert!(app.config.server.stream_recheck_interval > app.config.server.stream_max_lifetime);
-    let user = connected_seller(&app, 10).await;
+    let user = app.connected_seller(10).await;
     let job_id = start_sync(&app, user).await;
     let mut stream = open_watch(&app, &job_id, &app.seller_token(user)).await;
     until_listening(&app).await;
@@ -313,7 +297,7 @@ async fn a_watch_on_one_replica_follows_a_sync_that_another_replica_runs() {
     })
     .await;
     until_listening(&api_only).await;
-    let user = connected_seller(&api_only, 1_500).await;
+    let user = api_only.connected_seller(1_500).await;
     let job_id = start_sync(&api_only, user).await;
     let mut stream = open_watch(&api_only, &job_id, &api_only.seller_token(user)).await;
     // Started only now, so the whole sync happens while the watch is open.
@@ -346,7 +330,7 @@ async fn shutdown_ends_an_open_watch_sync_at_once_with_unavailable_and_does_not_
  {
     let mut app =
         idle_app(|config| config.server.shutdown_grace_period = Duration::from_secs(120)).await;
-    let user = connected_seller(&app, 10).await;
+    let user = app.connected_seller(10).await;
     let job_id = start_sync(&app, user).await;
     let mut stream = open_watch(&app, &job_id, &app.seller_token(user)).await;
 
@@ -471,7 +455,7 @@ async fn a_connection_past_its_maximum_age_is_closed_after_its_grace_and_the_cli
         config.server.grpc_max_connection_age_grace = Duration::from_millis(300);
     })
     .await;
-    let user = connected_seller(&app, 10).await;
+    let user = app.connected_seller(10).await;
     let job_id = start_sync(&app, user).await;
     let channel = app.channel().await;
     let request = WatchSyncRequest {

@@ -7,10 +7,9 @@ use std::time::Duration;
 use brx_sync::{
     domain::UserId,
     pb::v1::{
-        CancelSyncRequest, ConnectAccountRequest, GetSyncRequest, GetSyncStatusRequest,
-        InvalidateBlueprintsRequest, ListSyncsRequest, StartSyncRequest, SyncJob, SyncScope,
-        SyncState, WatchSyncRequest, blueprint_service_client::BlueprintServiceClient,
-        sync_service_client::SyncServiceClient,
+        CancelSyncRequest, GetSyncRequest, GetSyncStatusRequest, InvalidateBlueprintsRequest,
+        ListSyncsRequest, StartSyncRequest, SyncJob, SyncScope, SyncState, WatchSyncRequest,
+        blueprint_service_client::BlueprintServiceClient, sync_service_client::SyncServiceClient,
     },
 };
 use secrecy::ExposeSecret;
@@ -31,26 +30,6 @@ async fn app_with(adjust: impl FnOnce(&mut brx_sync::config::Config)) -> (TestAp
     (app, catalog)
 }
 
-async fn connected_seller(app: &TestApp, products: u64) -> UserId {
-    connected_seller_and_token(app, products).await.0
-}
-
-/// A shop seller connected to a new simulator account; returns them and the CardTrader token.
-async fn connected_seller_and_token(app: &TestApp, products: u64) -> (UserId, String) {
-    let seller = app.simulator.add_seller(products);
-    let user = UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
-    let request = ConnectAccountRequest {
-        user_id: user.to_string(),
-        cardtrader_token: seller.token.clone(),
-    };
-    app.accounts()
-        .await
-        .connect_account(authorized(request, &app.service_token()))
-        .await
-        .unwrap();
-    (user, seller.token)
-}
-
 async fn client(app: &TestApp) -> SyncServiceClient<Channel> {
     SyncServiceClient::new(app.channel().await)
 }
@@ -67,7 +46,7 @@ fn start(user: UserId) -> StartSyncRequest {
 #[tokio::test]
 async fn a_started_sync_can_be_watched_to_its_end_and_shows_in_the_status() {
     let (app, _catalog) = app_with(|_| {}).await;
-    let user = connected_seller(&app, 1_500).await;
+    let user = app.connected_seller(1_500).await;
     let mut sync = client(&app).await;
     let token = app.seller_token(user);
 
@@ -130,7 +109,7 @@ async fn a_started_sync_can_be_watched_to_its_end_and_shows_in_the_status() {
 async fn fifty_concurrent_start_syncs_for_one_seller_coalesce_into_one_job() {
     // No bulk workers on this replica: every request finds the first one still queued.
     let (app, _catalog) = app_with(|config| config.jobs.bulk_concurrency = 0).await;
-    let user = connected_seller(&app, 10).await;
+    let user = app.connected_seller(10).await;
     let token = app.seller_token(user);
     let channel = app.channel().await;
 
@@ -165,8 +144,8 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
     })
     .await;
     let (first, second) = (
-        connected_seller(&app, 10).await,
-        connected_seller(&app, 10).await,
+        app.connected_seller(10).await,
+        app.connected_seller(10).await,
     );
     let mut sync = client(&app).await;
     sync.start_sync(authorized(start(first), &app.service_token()))
@@ -192,7 +171,7 @@ async fn a_full_queue_answers_resource_exhausted_with_a_retry_hint() {
 #[tokio::test]
 async fn a_queued_sync_is_cancelled_at_once() {
     let (app, _catalog) = app_with(|config| config.jobs.bulk_concurrency = 0).await;
-    let user = connected_seller(&app, 10).await;
+    let user = app.connected_seller(10).await;
     let mut sync = client(&app).await;
     let token = app.seller_token(user);
     let job = sync
@@ -218,8 +197,8 @@ async fn a_queued_sync_is_cancelled_at_once() {
 async fn bad_input_unknown_jobs_and_other_sellers_get_clear_statuses() {
     let (app, _catalog) = app_with(|config| config.jobs.bulk_concurrency = 0).await;
     let (owner, stranger) = (
-        connected_seller(&app, 10).await,
-        connected_seller(&app, 10).await,
+        app.connected_seller(10).await,
+        app.connected_seller(10).await,
     );
     let mut sync = client(&app).await;
     let job = sync
@@ -337,7 +316,7 @@ async fn pool(app: &TestApp) -> sqlx::PgPool {
 async fn a_started_sync_runs_at_once_although_workers_poll_only_hourly() {
     let (app, _catalog) =
         app_with(|config| config.jobs.poll_interval = Duration::from_secs(3_600)).await;
-    let user = connected_seller(&app, 200).await;
+    let user = app.connected_seller(200).await;
 
     let last = run_to_end(&app, start(user)).await;
 
@@ -349,7 +328,7 @@ async fn a_targeted_sync_reconciles_only_its_blueprints_and_expansions() {
     let (app, _catalog) = app_with(|_| {}).await;
     // About scopes, not about learning expansions (tests/api/expansions.rs): the export says them.
     app.simulator.set_export_expansion(true);
-    let (user, token) = connected_seller_and_token(&app, 3_000).await;
+    let (user, token) = app.connected_seller_and_token(3_000).await;
     assert_eq!(
         run_to_end(&app, start(user)).await.state(),
         SyncState::Succeeded
@@ -402,7 +381,7 @@ async fn a_targeted_sync_reconciles_only_its_blueprints_and_expansions() {
 #[tokio::test]
 async fn unmapped_rows_are_remapped_once_their_blueprints_are_invalidated() {
     let (app, catalog) = app_with(|_| {}).await;
-    let user = connected_seller(&app, 500).await;
+    let user = app.connected_seller(500).await;
     assert_eq!(
         run_to_end(&app, start(user)).await.state(),
         SyncState::Succeeded
@@ -462,7 +441,7 @@ async fn unmapped_rows_are_remapped_once_their_blueprints_are_invalidated() {
 #[tokio::test]
 async fn a_targeted_request_joining_a_queued_one_widens_it_instead_of_being_dropped() {
     let (app, _catalog) = app_with(|config| config.jobs.interactive_concurrency = 0).await;
-    let user = connected_seller(&app, 10).await;
+    let user = app.connected_seller(10).await;
     let mut sync = client(&app).await;
     let targeted = |blueprints: Vec<i64>, expansions: Vec<i64>| {
         let mut request = start(user);

@@ -311,6 +311,31 @@ impl TestApp {
         task.await.expect("app task did not panic")
     }
 
+    /// A shop seller connected (as the service role) to a new simulator account with `products`
+    /// products; returns the seller and the account's CardTrader token.
+    pub(crate) async fn connected_seller_and_token(
+        &self,
+        products: u64,
+    ) -> (brx_sync::domain::UserId, String) {
+        let seller = self.simulator.add_seller(products);
+        let user = brx_sync::domain::UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
+        let request = brx_sync::pb::v1::ConnectAccountRequest {
+            user_id: user.to_string(),
+            cardtrader_token: seller.token.clone(),
+        };
+        self.accounts()
+            .await
+            .connect_account(authorized(request, &self.service_token()))
+            .await
+            .unwrap();
+        (user, seller.token)
+    }
+
+    /// A shop seller connected to a new simulator account with `products` products.
+    pub(crate) async fn connected_seller(&self, products: u64) -> brx_sync::domain::UserId {
+        self.connected_seller_and_token(products).await.0
+    }
+
     /// The keyring this replica seals CardTrader tokens with, to store tokens as it would.
     pub(crate) fn keyring(&self) -> brx_sync::accounts::Keyring {
         let keys = self.config.auth.encryption_keys.as_ref().unwrap();
