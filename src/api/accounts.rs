@@ -4,7 +4,11 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use tonic::{Request, Response, Status};
 
-use super::{auth, fields::user_id, pb::v1 as pb, status};
+use super::{
+    auth,
+    fields::{FieldCheck, user_id},
+    pb::v1 as pb,
+};
 use crate::accounts::{Account, AccountStatus, Accounts};
 
 /// Handler state of `AccountService`.
@@ -22,17 +26,18 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         request: Request<pb::ConnectAccountRequest>,
     ) -> Result<Response<pb::ConnectAccountResponse>, Status> {
-        let user_id = user_id(&request.get_ref().user_id)?;
-        auth::require_user(&request, user_id)?;
+        let mut check = FieldCheck::default();
+        let seller = check.seller(&request, &request.get_ref().user_id)?;
         let token = request.into_inner().cardtrader_token;
         let token = token.trim();
-        if token.is_empty() || token.len() > MAX_TOKEN_LEN || token.chars().any(char::is_whitespace)
-        {
-            return Err(status::invalid_argument(
-                "cardtrader_token",
-                "must be a non-empty token without spaces",
-            ));
-        }
+        check.require(
+            !token.is_empty()
+                && token.len() <= MAX_TOKEN_LEN
+                && !token.chars().any(char::is_whitespace),
+            "cardtrader_token",
+            "must be a non-empty token without spaces",
+        );
+        let user_id = check.finish_with(seller)?;
         let account = self
             .accounts
             .connect(user_id, SecretString::from(token.to_owned()))

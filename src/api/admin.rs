@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     auth,
+    fields::{self, FieldCheck},
     pages::{PageRequest, RECORD_PAGES},
     pb::v1 as pb,
     status,
@@ -85,7 +86,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::ListDeadJobsResponse>, Status> {
         auth::require_service(&request)?;
         let request = request.into_inner();
-        let page = PageRequest::parse(request.page_size, &request.page_token, RECORD_PAGES)?;
+        let mut check = FieldCheck::default();
+        let page = PageRequest::parse(
+            &mut check,
+            request.page_size,
+            &request.page_token,
+            RECORD_PAGES,
+        );
+        check.finish()?;
         let dead = self.jobs.dead(page.after, page.size).await?;
         // Dead jobs are listed by when they ended; every dead job has ended.
         let next_page_token = page.next_token(&dead, |last| Some((last.finished_at?, last.id)));
@@ -112,8 +120,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
         auth::require_service(&request)?;
         let raw = &request.get_ref().job_id;
-        let id = uuid::Uuid::try_parse(raw)
-            .map_err(|_| status::invalid_argument("job_id", "not a UUID"))?;
+        let id = fields::uuid(raw).map_err(|reason| status::invalid_argument("job_id", reason))?;
         let job = self.jobs.revive(id).await?;
         Ok(Response::new(pb::RetryJobResponse {
             job_id: job.id.to_string(),

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 
-use super::{auth, layers::RpcDeadline, pb::v1 as pb, status};
+use super::{auth, fields::FieldCheck, layers::RpcDeadline, pb::v1 as pb, status};
 use crate::{
     blueprints::{BlueprintCatalog, Resolution},
     domain::BlueprintId,
@@ -73,30 +73,32 @@ impl pb::blueprint_service_server::BlueprintService for BlueprintApi {
     }
 }
 
-/// Distinct, positive ids in request order, at most [`MAX_IDS`].
+/// Distinct, positive ids in request order, at most [`MAX_IDS`]; every id that is not positive is
+/// named by its index.
 fn blueprint_ids(raw: &[i64]) -> Result<Vec<BlueprintId>, Status> {
-    if raw.is_empty() {
-        return Err(status::invalid_argument(
-            "blueprint_ids",
-            "at least one id is required",
-        ));
-    }
-    if raw.len() > MAX_IDS {
-        return Err(status::invalid_argument(
-            "blueprint_ids",
-            format!("at most {MAX_IDS} ids per call, got {}", raw.len()),
-        ));
+    let mut check = FieldCheck::default();
+    check.require(
+        !raw.is_empty(),
+        "blueprint_ids",
+        "at least one id is required",
+    );
+    if !check.require(
+        raw.len() <= MAX_IDS,
+        "blueprint_ids",
+        format!("at most {MAX_IDS} ids per call, got {}", raw.len()),
+    ) {
+        return check.finish_with(None);
     }
     let mut seen = std::collections::HashSet::with_capacity(raw.len());
     let mut ids = Vec::with_capacity(raw.len());
     for (index, &value) in raw.iter().enumerate() {
-        let id = BlueprintId::new(value)
-            .map_err(|err| status::invalid_argument(&format!("blueprint_ids[{index}]"), err))?;
-        if seen.insert(id) {
+        if let Some(id) = check.take(&format!("blueprint_ids[{index}]"), BlueprintId::new(value))
+            && seen.insert(id)
+        {
             ids.push(id);
         }
     }
-    Ok(ids)
+    check.finish_with(Some(ids))
 }
 
 fn encode(id: BlueprintId, resolution: &Resolution) -> pb::BlueprintMapping {

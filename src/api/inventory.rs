@@ -8,11 +8,10 @@ use tonic::{Request, Response, Status};
 use super::{
     accounts::timestamp,
     auth,
-    fields::user_id,
+    fields::FieldCheck,
     layers::RpcDeadline,
     pages::{ITEM_PAGES, PageRequest},
     pb::v1 as pb,
-    status,
 };
 use crate::{
     domain::UserId,
@@ -41,11 +40,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::ListInventoryRequest>,
     ) -> Result<Response<pb::ListInventoryResponse>, Status> {
-        let user_id = user_id(&request.get_ref().user_id)?;
-        auth::require_user(&request, user_id)?;
+        let mut check = FieldCheck::default();
+        let seller = check.seller(&request, &request.get_ref().user_id)?;
         let body = request.into_inner();
-        let page = PageRequest::parse(body.page_size, &body.page_token, ITEM_PAGES)?;
-        let filter = list_filter(body.filter.unwrap_or_default())?;
+        let page = PageRequest::parse(&mut check, body.page_size, &body.page_token, ITEM_PAGES);
+        let filter = list_filter(&mut check, body.filter.unwrap_or_default());
+        let user_id = check.finish_with(seller)?;
         let items = self
             .inventory
             .list(user_id, &filter, page.after, page.size)
@@ -61,11 +61,10 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::GetItemRequest>,
     ) -> Result<Response<pb::GetItemResponse>, Status> {
-        let (user_id, product_id) = item_key(
-            &request,
-            &request.get_ref().user_id,
-            request.get_ref().product_id,
-        )?;
+        let mut check = FieldCheck::default();
+        let product_id = request.get_ref().product_id;
+        let seller = item_key(&mut check, &request, &request.get_ref().user_id, product_id)?;
+        let user_id = check.finish_with(seller)?;
         let item = self
             .inventory
             .get(user_id, product_id)
@@ -80,12 +79,11 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::UpdateItemRequest>,
     ) -> Result<Response<pb::UpdateItemResponse>, Status> {
-        let (user_id, product_id) = item_key(
-            &request,
-            &request.get_ref().user_id,
-            request.get_ref().product_id,
-        )?;
-        let edit = item_edit(request.into_inner())?;
+        let mut check = FieldCheck::default();
+        let product_id = request.get_ref().product_id;
+        let seller = item_key(&mut check, &request, &request.get_ref().user_id, product_id)?;
+        let edit = item_edit(&mut check, request.into_inner());
+        let user_id = check.finish_with(seller)?;
         let item = self
             .inventory
             .update(user_id, product_id, &edit)
@@ -100,11 +98,10 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::DeleteItemRequest>,
     ) -> Result<Response<pb::DeleteItemResponse>, Status> {
-        let (user_id, product_id) = item_key(
-            &request,
-            &request.get_ref().user_id,
-            request.get_ref().product_id,
-        )?;
+        let mut check = FieldCheck::default();
+        let product_id = request.get_ref().product_id;
+        let seller = item_key(&mut check, &request, &request.get_ref().user_id, product_id)?;
+        let user_id = check.finish_with(seller)?;
         self.inventory
             .delete(user_id, product_id)
             .await
@@ -118,10 +115,12 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
         &self,
         request: Request<pb::CreateItemRequest>,
     ) -> Result<Response<pb::CreateItemResponse>, Status> {
-        let user_id = user_id(&request.get_ref().user_id)?;
-        auth::require_user(&request, user_id)?;
+        let mut check = FieldCheck::default();
+        let seller = check.seller(&request, &request.get_ref().user_id)?;
         let answer_by = RpcDeadline::answer_by(&request, ANSWER_MARGIN);
-        let new = new_item(user_id, request.into_inner())?;
+        let new = new_item(&mut check, seller, request.into_inner());
+        let new = check.finish_with(new)?;
+        let user_id = new.user_id;
         let tag = self.inventory.create(&new).await.map_err(Status::from)?;
         // The create is durable now; wait for the push job to land it, as long as the caller waits.
         loop {
@@ -143,41 +142,20 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     ) -> Result<Response<pb::ListOffersResponse>, Status> {
         auth::require_service(&request)?;
         let body = request.into_inner();
-        let key = match (body.print_id, body.blueprint_id) {
-            (print, 0) if print > 0 => OfferKey::Print(print),
-            (0, blueprint) if blueprint > 0 => OfferKey::Blueprint(blueprint),
-            (0, 0) => {
-                return Err(status::invalid_argument(
-                    "print_id",
-                    "give print_id or blueprint_id",
-                ));
-            }
-            _ if body.print_id < 0 => {
-                return Err(status::invalid_argument("print_id", "must be positive"));
-            }
-            _ if body.blueprint_id < 0 => {
-                return Err(status::invalid_argument("blueprint_id", "must be positive"));
-            }
-            _ => {
-                return Err(status::invalid_argument(
-                    "blueprint_id",
-                    "give only one of print_id and blueprint_id",
-                ));
-            }
-        };
-        if body.min_quantity < 0 {
-            return Err(status::invalid_argument(
-                "min_quantity",
-                "must not be negative",
-            ));
-        }
-        if body.max_price_cents < 0 {
-            return Err(status::invalid_argument(
-                "max_price_cents",
-                "must not be negative",
-            ));
-        }
-        let page = PageRequest::parse(body.page_size, &body.page_token, ITEM_PAGES)?;
+        let mut check = FieldCheck::default();
+        let key = offer_key(&mut check, body.print_id, body.blueprint_id);
+        check.require(
+            body.min_quantity >= 0,
+            "min_quantity",
+            "must not be negative",
+        );
+        check.require(
+            body.max_price_cents >= 0,
+            "max_price_cents",
+            "must not be negative",
+        );
+        let page = PageRequest::parse(&mut check, body.page_size, &body.page_token, ITEM_PAGES);
+        let key = check.finish_with(key)?;
         let query = OfferQuery {
             key,
             min_available: body.min_quantity.max(1),
@@ -195,117 +173,128 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
     }
 }
 
-/// The `(user_id, product_id)` of a request, checked, with the caller allowed to act for the seller.
+/// The seller of an item request, checked with its `product_id`; once the seller parses, the caller
+/// must be allowed to act for it.
 fn item_key<T>(
+    check: &mut FieldCheck,
     request: &Request<T>,
     raw_user: &str,
     product_id: i64,
-) -> Result<(UserId, i64), Status> {
-    let user_id = user_id(raw_user)?;
-    auth::require_user(request, user_id)?;
-    if product_id <= 0 {
-        return Err(status::invalid_argument("product_id", "must be positive"));
-    }
-    Ok((user_id, product_id))
+) -> Result<Option<UserId>, Status> {
+    let seller = check.seller(request, raw_user)?;
+    check.require(product_id > 0, "product_id", "must be positive");
+    Ok(seller)
 }
 
-fn list_filter(filter: pb::InventoryFilter) -> Result<ListFilter, Status> {
-    let positive = |value: i64, field: &str| match value {
-        0 => Ok(None),
-        id if id > 0 => Ok(Some(id)),
-        _ => Err(status::invalid_argument(field, "must be positive")),
+/// ListOffers looks up one print or one blueprint: exactly one of the two ids, positive.
+fn offer_key(check: &mut FieldCheck, print_id: i64, blueprint_id: i64) -> Option<OfferKey> {
+    let print_ok = check.require(print_id >= 0, "print_id", "must be positive");
+    let blueprint_ok = check.require(blueprint_id >= 0, "blueprint_id", "must be positive");
+    match (print_id, blueprint_id) {
+        (print, 0) if print > 0 => Some(OfferKey::Print(print)),
+        (0, blueprint) if blueprint > 0 => Some(OfferKey::Blueprint(blueprint)),
+        (0, 0) => {
+            check.reject("print_id", "give print_id or blueprint_id");
+            None
+        }
+        _ if print_ok && blueprint_ok => {
+            check.reject("blueprint_id", "give only one of print_id and blueprint_id");
+            None
+        }
+        _ => None,
+    }
+}
+
+fn list_filter(check: &mut FieldCheck, filter: pb::InventoryFilter) -> ListFilter {
+    let mut positive = |value: i64, field: &str| match value {
+        0 => None,
+        id if id > 0 => Some(id),
+        _ => {
+            check.reject(field, "must be positive");
+            None
+        }
     };
+    let blueprint_id = positive(filter.blueprint_id, "filter.blueprint_id");
+    let expansion_id = positive(filter.expansion_id, "filter.expansion_id");
     let mapped = match pb::MappingFilter::try_from(filter.mapping) {
         Ok(pb::MappingFilter::Unspecified) => None,
         Ok(pb::MappingFilter::Mapped) => Some(true),
         Ok(pb::MappingFilter::Unmapped) => Some(false),
         Err(_) => {
-            return Err(status::invalid_argument(
-                "filter.mapping",
-                "unknown mapping filter",
-            ));
+            check.reject("filter.mapping", "unknown mapping filter");
+            None
         }
     };
-    if filter.name_prefix.len() > 200 {
-        return Err(status::invalid_argument(
-            "filter.name_prefix",
-            "at most 200 characters",
-        ));
-    }
-    Ok(ListFilter {
-        blueprint_id: positive(filter.blueprint_id, "filter.blueprint_id")?,
-        expansion_id: positive(filter.expansion_id, "filter.expansion_id")?,
+    check.require(
+        filter.name_prefix.len() <= 200,
+        "filter.name_prefix",
+        "at most 200 characters",
+    );
+    ListFilter {
+        blueprint_id,
+        expansion_id,
         name_prefix: (!filter.name_prefix.is_empty()).then_some(filter.name_prefix),
         mapped,
-    })
+    }
 }
 
-fn item_edit(body: pb::UpdateItemRequest) -> Result<ItemEdit, Status> {
-    if let Some(price) = body.price_cents
-        && price < 0
-    {
-        return Err(status::invalid_argument(
-            "price_cents",
-            "must not be negative",
-        ));
+fn item_edit(check: &mut FieldCheck, body: pb::UpdateItemRequest) -> ItemEdit {
+    // Judged on what was sent, so a field sent but refused below does not also read as "nothing".
+    let nothing_given = body.price_cents.is_none()
+        && body.quantity.is_none()
+        && body.description.is_none()
+        && body.properties.is_none()
+        && body.user_data_field.is_none();
+    if nothing_given {
+        check.reject_together(
+            &EDITABLE_FIELDS,
+            "nothing to change: give at least one of these",
+        );
     }
-    if let Some(quantity) = body.quantity
-        && quantity < 0
-    {
-        return Err(status::invalid_argument("quantity", "must not be negative"));
+    if let Some(price) = body.price_cents {
+        check.require(price >= 0, "price_cents", "must not be negative");
     }
-    check_text("description", body.description.as_deref())?;
-    check_text("user_data_field", body.user_data_field.as_deref())?;
-    let properties = body
-        .properties
-        .map(|properties| struct_to_json(properties, "properties"))
-        .transpose()?;
-    let edit = ItemEdit {
+    if let Some(quantity) = body.quantity {
+        check.require(quantity >= 0, "quantity", "must not be negative");
+    }
+    check_text(check, "description", body.description.as_deref());
+    check_text(check, "user_data_field", body.user_data_field.as_deref());
+    ItemEdit {
         price_cents: body.price_cents,
         quantity: body.quantity,
         description: body.description,
-        properties,
+        properties: body
+            .properties
+            .map(|properties| struct_to_json(check, properties, "properties")),
         user_data_field: body.user_data_field,
-    };
-    if edit.is_empty() {
-        const EDITABLE: [&str; 5] = [
-            "price_cents",
-            "quantity",
-            "description",
-            "properties",
-            "user_data_field",
-        ];
-        let violations = EDITABLE.map(|field| (field, "give this or another editable field"));
-        return Err(status::invalid_arguments(
-            "nothing to change: give at least one of price_cents, quantity, description, \
-             properties, user_data_field",
-            &violations,
-        ));
     }
-    Ok(edit)
 }
 
-fn new_item(user_id: UserId, body: pb::CreateItemRequest) -> Result<NewItem, Status> {
-    if body.blueprint_id <= 0 {
-        return Err(status::invalid_argument("blueprint_id", "must be positive"));
-    }
-    if body.price_cents < 1 {
-        return Err(status::invalid_argument(
-            "price_cents",
-            "must be at least 1",
-        ));
-    }
-    if body.quantity < 1 {
-        return Err(status::invalid_argument("quantity", "must be at least 1"));
-    }
-    check_text("description", Some(&body.description))?;
+/// The fields UpdateItem can change.
+const EDITABLE_FIELDS: [&str; 5] = [
+    "price_cents",
+    "quantity",
+    "description",
+    "properties",
+    "user_data_field",
+];
+
+/// The item to create, once `seller` parsed; every bad field is recorded in `check`.
+fn new_item(
+    check: &mut FieldCheck,
+    seller: Option<UserId>,
+    body: pb::CreateItemRequest,
+) -> Option<NewItem> {
+    check.require(body.blueprint_id > 0, "blueprint_id", "must be positive");
+    check.require(body.price_cents >= 1, "price_cents", "must be at least 1");
+    check.require(body.quantity >= 1, "quantity", "must be at least 1");
+    check_text(check, "description", Some(&body.description));
     let properties = body
         .properties
-        .map(|properties| struct_to_json(properties, "properties"))
-        .transpose()?
+        .map(|properties| struct_to_json(check, properties, "properties"))
         .unwrap_or_default();
-    Ok(NewItem {
-        user_id,
+    Some(NewItem {
+        user_id: seller?,
         blueprint_id: body.blueprint_id,
         price_cents: body.price_cents,
         quantity: body.quantity,
@@ -315,44 +304,49 @@ fn new_item(user_id: UserId, body: pb::CreateItemRequest) -> Result<NewItem, Sta
     })
 }
 
-fn check_text(field: &str, text: Option<&str>) -> Result<(), Status> {
-    match text {
-        Some(text) if text.chars().count() > MAX_TEXT_LEN => Err(status::invalid_argument(
+fn check_text(check: &mut FieldCheck, field: &str, text: Option<&str>) {
+    if let Some(text) = text {
+        check.require(
+            text.chars().count() <= MAX_TEXT_LEN,
             field,
             format!("at most {MAX_TEXT_LEN} characters"),
-        )),
-        _ => Ok(()),
+        );
     }
 }
 
-/// Properties as CardTrader takes them: names to strings, numbers or booleans.
+/// Properties as CardTrader takes them: names to strings, numbers or booleans. Each property of
+/// another kind is recorded in `check` as `<field>.<name>`.
 fn struct_to_json(
+    check: &mut FieldCheck,
     properties: prost_types::Struct,
     field: &str,
-) -> Result<Map<String, Value>, Status> {
+) -> Map<String, Value> {
     use prost_types::value::Kind;
-    properties
-        .fields
-        .into_iter()
-        .map(|(name, value)| {
-            let value = match value.kind {
-                Some(Kind::StringValue(text)) => Value::String(text),
-                Some(Kind::BoolValue(flag)) => Value::Bool(flag),
-                Some(Kind::NumberValue(number)) => serde_json::Number::from_f64(number)
-                    .map(Value::Number)
-                    .ok_or_else(|| {
-                        status::invalid_argument(&format!("{field}.{name}"), "not a finite number")
-                    })?,
-                _ => {
-                    return Err(status::invalid_argument(
-                        &format!("{field}.{name}"),
-                        "must be a string, number or boolean",
-                    ));
+    let mut json = Map::new();
+    for (name, value) in properties.fields {
+        let value = match value.kind {
+            Some(Kind::StringValue(text)) => Some(Value::String(text)),
+            Some(Kind::BoolValue(flag)) => Some(Value::Bool(flag)),
+            Some(Kind::NumberValue(number)) => {
+                let finite = serde_json::Number::from_f64(number).map(Value::Number);
+                if finite.is_none() {
+                    check.reject(format!("{field}.{name}"), "not a finite number");
                 }
-            };
-            Ok((name, value))
-        })
-        .collect()
+                finite
+            }
+            _ => {
+                check.reject(
+                    format!("{field}.{name}"),
+                    "must be a string, number or boolean",
+                );
+                None
+            }
+        };
+        if let Some(value) = value {
+            json.insert(name, value);
+        }
+    }
+    json
 }
 
 fn json_to_struct(properties: &Map<String, Value>) -> prost_types::Struct {
@@ -437,13 +431,17 @@ mod tests {
         let mut properties = Map::new();
         properties.insert("condition".into(), Value::String("Near Mint".into()));
         properties.insert("mtg_foil".into(), Value::Bool(true));
-        let back = struct_to_json(json_to_struct(&properties), "properties").unwrap();
+        let mut check = FieldCheck::default();
+        let back = struct_to_json(&mut check, json_to_struct(&properties), "properties");
         assert_eq!(back, properties);
+        check.finish().unwrap();
     }
 
     #[test]
     fn an_empty_edit_is_refused() {
-        let err = item_edit(pb::UpdateItemRequest::default()).unwrap_err();
+        let mut check = FieldCheck::default();
+        let _ = item_edit(&mut check, pb::UpdateItemRequest::default());
+        let err = check.finish().unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 }

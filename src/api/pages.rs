@@ -4,10 +4,9 @@
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use tonic::Status;
 use uuid::Uuid;
 
-use super::status;
+use super::fields::FieldCheck;
 
 /// The page sizes an RPC accepts, and what 0 (not given) means.
 #[derive(Debug, Clone, Copy)]
@@ -97,26 +96,27 @@ pub(crate) struct PageRequest<K> {
 }
 
 impl<K: PageKey> PageRequest<K> {
-    /// From the request's `page_size` and `page_token`, naming the field that is wrong.
+    /// From the request's `page_size` and `page_token`; a bad one is recorded in `check` against its
+    /// field (and the default stands in for it, so the other fields are still checked).
     pub(crate) fn parse(
+        check: &mut FieldCheck,
         page_size: impl Into<i64>,
         page_token: &str,
         bounds: PageBounds,
-    ) -> Result<Self, Status> {
+    ) -> Self {
         let size = match page_size.into() {
             0 => bounds.default,
             size if (1..=bounds.max).contains(&size) => size,
             _ => {
-                return Err(status::invalid_argument(
-                    "page_size",
-                    format!("must be between 1 and {}", bounds.max),
-                ));
+                check.reject("page_size", format!("must be between 1 and {}", bounds.max));
+                bounds.default
             }
         };
-        Ok(Self {
-            size,
-            after: decode(page_token)?,
-        })
+        let after = decode(page_token).unwrap_or_else(|| {
+            check.reject("page_token", "not a token from a previous page");
+            None
+        });
+        Self { size, after }
     }
 
     /// The token of the page after `rows`: empty when `rows` is the last page (shorter than asked).
@@ -135,43 +135,53 @@ fn encode<K: PageKey>(key: K) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.to_parts().join("/"))
 }
 
-fn decode<K: PageKey>(raw: &str) -> Result<Option<K>, Status> {
+/// The key in `raw`: `Some(None)` for no token (the first page), `None` for one that is not ours.
+fn decode<K: PageKey>(raw: &str) -> Option<Option<K>> {
     if raw.is_empty() {
-        return Ok(None);
+        return Some(None);
     }
-    let invalid = || status::invalid_argument("page_token", "not a token from a previous page");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(raw)
-        .map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
     let parts: Vec<&str> = text.split('/').collect();
-    K::from_parts(&parts).map(Some).ok_or_else(invalid)
+    K::from_parts(&parts).map(Some)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A page request parsed on its own, as a handler's checked fields would end.
+    fn parse<K: PageKey>(
+        page_size: i64,
+        page_token: &str,
+        bounds: PageBounds,
+    ) -> Result<PageRequest<K>, tonic::Status> {
+        let mut check = FieldCheck::default();
+        let page = PageRequest::parse(&mut check, page_size, page_token, bounds);
+        check.finish_with(Some(page))
+    }
+
     #[test]
     fn every_key_shape_round_trips_through_its_token() {
         let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
         let id = Uuid::new_v4();
         let record: PageRequest<(DateTime<Utc>, Uuid)> =
-            PageRequest::parse(0, &encode((at, id)), RECORD_PAGES).unwrap();
+            parse(0, &encode((at, id)), RECORD_PAGES).unwrap();
         assert_eq!(record.after, Some((at, id)));
         assert_eq!(record.size, 20);
         let offer: PageRequest<(i64, Uuid, i64)> =
-            PageRequest::parse(7u32, &encode((250, id, 9)), ITEM_PAGES).unwrap();
+            parse(7, &encode((250, id, 9)), ITEM_PAGES).unwrap();
         assert_eq!(offer.after, Some((250, id, 9)));
-        let item: PageRequest<i64> = PageRequest::parse(500, &encode(42), ITEM_PAGES).unwrap();
+        let item: PageRequest<i64> = parse(500, &encode(42), ITEM_PAGES).unwrap();
         assert_eq!(item.after, Some(42));
     }
 
     #[test]
     fn a_token_of_another_shape_or_garbage_is_refused_naming_the_field() {
         for token in ["%%%", &encode(42), &encode((1, Uuid::nil(), 2))] {
-            let err =
-                PageRequest::<(DateTime<Utc>, Uuid)>::parse(0, token, RECORD_PAGES).unwrap_err();
+            let err = parse::<(DateTime<Utc>, Uuid)>(0, token, RECORD_PAGES).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
             assert!(err.message().starts_with("page_token"), "{}", err.message());
         }
@@ -180,9 +190,19 @@ mod tests {
     #[test]
     fn a_page_size_out_of_bounds_is_refused_naming_the_field() {
         for size in [-1, 101] {
-            let err = PageRequest::<i64>::parse(size, "", RECORD_PAGES).unwrap_err();
+            let err = parse::<i64>(size, "", RECORD_PAGES).unwrap_err();
             assert!(err.message().starts_with("page_size"), "{}", err.message());
         }
+    }
+
+    #[test]
+    fn a_bad_size_and_a_bad_token_are_both_named() {
+        let err = parse::<i64>(-1, "%%%", RECORD_PAGES).unwrap_err();
+        assert!(
+            err.message().starts_with("2 problems: page_size:"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]
@@ -193,6 +213,6 @@ mod tests {
         };
         assert_eq!(request.next_token(&[1_i64], |row| Some(*row)), "");
         let token = request.next_token(&[1_i64, 2], |row| Some(*row));
-        assert_eq!(decode::<i64>(&token).unwrap(), Some(2));
+        assert_eq!(decode::<i64>(&token), Some(Some(2)));
     }
 }

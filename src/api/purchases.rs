@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{
     accounts::timestamp,
     auth,
-    fields::user_id,
+    fields::{self, FieldCheck},
     layers::RpcDeadline,
     pages::{PageRequest, RECORD_PAGES},
     pb::v1 as pb,
@@ -52,14 +52,16 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::CreatePurchaseRequest>,
     ) -> Result<Response<pb::CreatePurchaseResponse>, Status> {
-        let user_id = user_id(&request.get_ref().user_id)?;
-        auth::require_user(&request, user_id)?;
+        let mut check = FieldCheck::default();
+        let seller = check.seller(&request, &request.get_ref().user_id)?;
         let answer_by = RpcDeadline::answer_by(&request, ANSWER_MARGIN);
         let new = new_purchase(
-            user_id,
+            &mut check,
+            seller,
             request.into_inner(),
             self.purchases.deadline_from_now(),
-        )?;
+        );
+        let new = check.finish_with(new)?;
         let outcome = self.purchases.purchase(&new, answer_by).await?;
         let mut answer = encode(&outcome.purchase);
         answer.replayed = outcome.replayed;
@@ -85,15 +87,19 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
         &self,
         request: Request<pb::ListPurchasesRequest>,
     ) -> Result<Response<pb::ListPurchasesResponse>, Status> {
-        let user_id = user_id(&request.get_ref().user_id)?;
-        auth::require_user(&request, user_id)?;
+        let mut check = FieldCheck::default();
+        let seller = check.seller(&request, &request.get_ref().user_id)?;
         let body = request.into_inner();
-        let page = PageRequest::parse(body.page_size, &body.page_token, RECORD_PAGES)?;
+        let page = PageRequest::parse(&mut check, body.page_size, &body.page_token, RECORD_PAGES);
         let state = match pb::PurchaseState::try_from(body.state) {
             Ok(pb::PurchaseState::Unspecified) => None,
             Ok(state) => Some(state_column(state)),
-            Err(_) => return Err(status::invalid_argument("state", "unknown state")),
+            Err(_) => {
+                check.reject("state", "unknown state");
+                None
+            }
         };
+        let user_id = check.finish_with(seller)?;
         let purchases = self
             .purchases
             .list(user_id, state, page.after, page.size)
@@ -145,24 +151,23 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
     ) -> Result<Response<pb::ResolvePurchaseResponse>, Status> {
         auth::require_service(&request)?;
         let body = request.into_inner();
-        let id = purchase_id(&body.purchase_id)?;
+        let mut check = FieldCheck::default();
+        let id = check.take("purchase_id", fields::uuid(&body.purchase_id));
         let sold = match pb::Resolution::try_from(body.resolution) {
-            Ok(pb::Resolution::Sold) => true,
-            Ok(pb::Resolution::Undone) => false,
+            Ok(pb::Resolution::Sold) => Some(true),
+            Ok(pb::Resolution::Undone) => Some(false),
             _ => {
-                return Err(status::invalid_argument(
-                    "resolution",
-                    "must be RESOLUTION_SOLD or RESOLUTION_UNDONE",
-                ));
+                check.reject("resolution", "must be RESOLUTION_SOLD or RESOLUTION_UNDONE");
+                None
             }
         };
         let note = body.note.trim();
-        if note.is_empty() || note.chars().count() > MAX_NOTE_LEN {
-            return Err(status::invalid_argument(
-                "note",
-                format!("required, at most {MAX_NOTE_LEN} characters"),
-            ));
-        }
+        check.require(
+            !note.is_empty() && note.chars().count() <= MAX_NOTE_LEN,
+            "note",
+            format!("required, at most {MAX_NOTE_LEN} characters"),
+        );
+        let (id, sold) = check.finish_with(id.zip(sold))?;
         Ok(Response::new(pb::ResolvePurchaseResponse {
             purchase: Some(encode(&self.purchases.resolve(id, sold, note).await?)),
         }))
@@ -180,64 +185,58 @@ impl PurchaseApi {
 }
 
 fn purchase_id(raw: &str) -> Result<Uuid, Status> {
-    Uuid::try_parse(raw.trim())
-        .map_err(|_| status::invalid_argument("purchase_id", "must be a UUID"))
+    fields::uuid(raw).map_err(|reason| status::invalid_argument("purchase_id", reason))
 }
 
-/// The request checked field by field; the first bad field is named.
+/// The purchase asked for, once `seller` parsed; every bad field is recorded in `check`.
 fn new_purchase(
-    user_id: UserId,
+    check: &mut FieldCheck,
+    seller: Option<UserId>,
     body: pb::CreatePurchaseRequest,
     deadline: chrono::DateTime<chrono::Utc>,
-) -> Result<NewPurchase, Status> {
+) -> Option<NewPurchase> {
     let key = body.idempotency_key.trim();
-    if key.is_empty() || key.chars().count() > MAX_REFERENCE_LEN {
-        return Err(status::invalid_argument(
-            "idempotency_key",
-            format!("required, at most {MAX_REFERENCE_LEN} characters"),
-        ));
-    }
-    if body.buyer_ref.chars().count() > MAX_REFERENCE_LEN {
-        return Err(status::invalid_argument(
-            "buyer_ref",
-            format!("at most {MAX_REFERENCE_LEN} characters"),
-        ));
-    }
-    if body.lines.is_empty() || body.lines.len() > MAX_PURCHASE_LINES {
-        return Err(status::invalid_argument(
-            "lines",
-            format!("1 to {MAX_PURCHASE_LINES} lines"),
-        ));
-    }
+    check.require(
+        !key.is_empty() && key.chars().count() <= MAX_REFERENCE_LEN,
+        "idempotency_key",
+        format!("required, at most {MAX_REFERENCE_LEN} characters"),
+    );
+    check.require(
+        body.buyer_ref.chars().count() <= MAX_REFERENCE_LEN,
+        "buyer_ref",
+        format!("at most {MAX_REFERENCE_LEN} characters"),
+    );
+    let line_count_ok = check.require(
+        !body.lines.is_empty() && body.lines.len() <= MAX_PURCHASE_LINES,
+        "lines",
+        format!("1 to {MAX_PURCHASE_LINES} lines"),
+    );
     let mut seen = HashSet::new();
     let mut lines = Vec::with_capacity(body.lines.len());
-    for (index, line) in body.lines.iter().enumerate() {
-        if line.item_id <= 0 {
-            return Err(status::invalid_argument(
-                &format!("lines[{index}].item_id"),
-                "must be positive",
-            ));
-        }
-        if line.quantity < 1 {
-            return Err(status::invalid_argument(
-                &format!("lines[{index}].quantity"),
-                "must be at least 1",
-            ));
-        }
-        // One line per item: CardTrader's stock of an item is taken in one call.
-        if !seen.insert(line.item_id) {
-            return Err(status::invalid_argument(
-                &format!("lines[{index}].item_id"),
+    // Past the limit the lines are not judged one by one: the count alone is the problem.
+    let judged = if line_count_ok { &body.lines[..] } else { &[] };
+    for (index, line) in judged.iter().enumerate() {
+        let item_id = format!("lines[{index}].item_id");
+        if check.require(line.item_id > 0, &item_id, "must be positive") {
+            // One line per item: CardTrader's stock of an item is taken in one call.
+            check.require(
+                seen.insert(line.item_id),
+                &item_id,
                 "each item may appear in one line only",
-            ));
+            );
         }
+        check.require(
+            line.quantity >= 1,
+            &format!("lines[{index}].quantity"),
+            "must be at least 1",
+        );
         lines.push(PurchaseLine {
             product_id: line.item_id,
             quantity: line.quantity,
         });
     }
-    Ok(NewPurchase {
-        user_id,
+    Some(NewPurchase {
+        user_id: seller?,
         idempotency_key: key.to_owned(),
         lines,
         buyer_ref: body.buyer_ref,

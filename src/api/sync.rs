@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::{
     accounts::timestamp,
     auth,
-    fields::user_id,
+    fields::{self, FieldCheck, user_id},
     pages::{PageRequest, RECORD_PAGES},
     pb::v1 as pb,
     status,
@@ -39,10 +39,11 @@ impl pb::sync_service_server::SyncService for SyncApi {
         &self,
         request: Request<pb::StartSyncRequest>,
     ) -> Result<Response<pb::StartSyncResponse>, Status> {
-        let user_id = user_id(&request.get_ref().user_id)?;
-        auth::require_user(&request, user_id)?;
+        let mut check = FieldCheck::default();
+        let seller = check.seller(&request, &request.get_ref().user_id)?;
         let body = request.into_inner();
-        let scope = scope(&body)?;
+        let scope = scope(&mut check, &body);
+        let (user_id, scope) = check.finish_with(seller.zip(scope))?;
         let enqueued = self.syncs.start(user_id, scope, body.priority).await?;
         let coalesced = matches!(enqueued, Enqueued::Coalesced(_));
         let mut job = encode(enqueued.job());
@@ -64,10 +65,11 @@ impl pb::sync_service_server::SyncService for SyncApi {
         &self,
         request: Request<pb::ListSyncsRequest>,
     ) -> Result<Response<pb::ListSyncsResponse>, Status> {
-        let user_id = user_id(&request.get_ref().user_id)?;
-        auth::require_user(&request, user_id)?;
+        let mut check = FieldCheck::default();
+        let seller = check.seller(&request, &request.get_ref().user_id)?;
         let body = request.into_inner();
-        let page = PageRequest::parse(body.page_size, &body.page_token, RECORD_PAGES)?;
+        let page = PageRequest::parse(&mut check, body.page_size, &body.page_token, RECORD_PAGES);
+        let user_id = check.finish_with(seller)?;
         let jobs = self.syncs.list(user_id, page.after, page.size).await?;
         Ok(Response::new(pb::ListSyncsResponse {
             next_page_token: page.next_token(&jobs, |job| Some((job.created_at, job.id))),
@@ -139,38 +141,42 @@ impl SyncApi {
 }
 
 fn job_id(raw: &str) -> Result<Uuid, Status> {
-    Uuid::try_parse(raw.trim()).map_err(|_| status::invalid_argument("job_id", "must be a UUID"))
+    fields::uuid(raw).map_err(|reason| status::invalid_argument("job_id", reason))
 }
 
-fn scope(request: &pb::StartSyncRequest) -> Result<SyncScope, Status> {
+/// The sync asked for: no ids for a full sync, blueprint and/or expansion ids for a targeted one.
+fn scope(check: &mut FieldCheck, request: &pb::StartSyncRequest) -> Option<SyncScope> {
     let (blueprint_ids, expansion_ids) = (&request.blueprint_ids, &request.expansion_ids);
     if blueprint_ids.is_empty() && expansion_ids.is_empty() {
-        return Ok(SyncScope::Full);
+        return Some(SyncScope::Full);
     }
     if blueprint_ids.len() + expansion_ids.len() > MAX_TARGETED_IDS {
-        return Err(status::invalid_argument(
-            "blueprint_ids",
+        check.reject_together(
+            &["blueprint_ids", "expansion_ids"],
             format!("at most {MAX_TARGETED_IDS} blueprint and expansion ids per targeted sync"),
-        ));
+        );
+        return None;
     }
-    Ok(SyncScope::Targeted {
-        blueprint_ids: positive_ids("blueprint_ids", blueprint_ids)?,
-        expansion_ids: positive_ids("expansion_ids", expansion_ids)?,
+    Some(SyncScope::Targeted {
+        blueprint_ids: positive_ids(check, "blueprint_ids", blueprint_ids),
+        expansion_ids: positive_ids(check, "expansion_ids", expansion_ids),
     })
 }
 
-/// The ids, sorted and without repeats; the first one that is not positive is named in the error.
-fn positive_ids(field: &str, ids: &[i64]) -> Result<Vec<i64>, Status> {
-    if let Some(index) = ids.iter().position(|id| *id <= 0) {
-        return Err(status::invalid_argument(
+/// The ids, sorted and without repeats; each one that is not positive is recorded in `check` by
+/// its index.
+fn positive_ids(check: &mut FieldCheck, field: &str, ids: &[i64]) -> Vec<i64> {
+    for (index, id) in ids.iter().enumerate() {
+        check.require(
+            *id > 0,
             &format!("{field}[{index}]"),
             "ids must be positive",
-        ));
+        );
     }
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids.dedup();
-    Ok(ids)
+    ids
 }
 
 fn encode(job: &Job) -> pb::SyncJob {

@@ -8,8 +8,10 @@ use std::time::Duration;
 use brx_sync::{
     api::status::DOMAIN,
     pb::v1::{
-        GetStatsRequest, GetSyncRequest, StartSyncRequest, UpdateItemRequest,
-        inventory_service_client::InventoryServiceClient, sync_service_client::SyncServiceClient,
+        CreateItemRequest, CreatePurchaseRequest, GetStatsRequest, GetSyncRequest,
+        ListInventoryRequest, PurchaseLine, StartSyncRequest, UpdateItemRequest,
+        inventory_service_client::InventoryServiceClient,
+        purchase_service_client::PurchaseServiceClient, sync_service_client::SyncServiceClient,
     },
 };
 use tonic::{Code, Status};
@@ -61,6 +63,96 @@ async fn an_update_with_nothing_to_change_names_every_editable_field() {
             "user_data_field"
         ]
     );
+}
+
+/// The field paths of a status's `BadRequest`, in order.
+fn violated_fields(status: &Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(reason(status), "INVALID_FIELD");
+    status
+        .get_error_details()
+        .bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest on {status:?}"))
+        .field_violations
+        .iter()
+        .map(|violation| violation.field.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_request_with_several_bad_fields_names_every_one_in_one_answer() {
+    let app = spawn_app().await;
+    let token = app.service_token();
+    let line = |item_id, quantity| PurchaseLine { item_id, quantity };
+
+    let purchase = PurchaseServiceClient::new(app.channel().await)
+        .create_purchase(authorized(
+            CreatePurchaseRequest {
+                user_id: "not-a-seller".into(),
+                idempotency_key: " ".into(),
+                lines: vec![line(7, 0), line(-1, 1), line(7, 1)],
+                buyer_ref: "b".repeat(201),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&purchase),
+        [
+            "user_id",
+            "idempotency_key",
+            "buyer_ref",
+            "lines[0].quantity",
+            "lines[1].item_id",
+            "lines[2].item_id",
+        ]
+    );
+
+    let mut inventory = InventoryServiceClient::new(app.channel().await);
+    let properties = prost_types::Struct {
+        fields: [(
+            "condition".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::ListValue(
+                    prost_types::ListValue::default(),
+                )),
+            },
+        )]
+        .into(),
+    };
+    let create = inventory
+        .create_item(authorized(
+            CreateItemRequest {
+                user_id: uuid::Uuid::new_v4().to_string(),
+                blueprint_id: 0,
+                price_cents: 0,
+                quantity: 1,
+                properties: Some(properties),
+                ..CreateItemRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&create),
+        ["blueprint_id", "price_cents", "properties.condition"]
+    );
+
+    let list = inventory
+        .list_inventory(authorized(
+            ListInventoryRequest {
+                user_id: uuid::Uuid::new_v4().to_string(),
+                page_size: 10_000,
+                page_token: "%%%".into(),
+                ..ListInventoryRequest::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&list), ["page_size", "page_token"]);
 }
 
 #[tokio::test]
