@@ -178,7 +178,12 @@ impl App {
             config.storage.health_check_interval,
             config.storage.reconnect_max_delay,
             config.storage.migrate_on_start,
-            config.storage.database_url.clone(),
+            // Validated in `App::build` when migrations run on start; otherwise only read.
+            config
+                .storage
+                .migration_url()
+                .unwrap_or(&config.storage.database_url)
+                .clone(),
         );
         let supervisor = tokio::spawn(supervisor.run(stop_background.clone()));
         let background = Background::start(
@@ -540,10 +545,11 @@ fn report_exit(
 /// Applies pending migrations (creating the database if needed), retrying while PostgreSQL is not up.
 pub async fn migrate(config: &StorageConfig) -> anyhow::Result<()> {
     use backon::Retryable;
+    let migration_url = config.migration_url()?;
     let storage = Storage::connect_lazy(config)?;
     let attempt = || async {
-        crate::storage::ensure_database(&config.database_url).await?;
-        crate::storage::MIGRATOR.run(&storage.pg).await?;
+        crate::storage::ensure_database(migration_url).await?;
+        storage.run_migrations().await?;
         anyhow::Ok(())
     };
     attempt

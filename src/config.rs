@@ -60,6 +60,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// What sits between the service and PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum PgPooler {
+    /// Nothing, or a pooler in session mode: a connection is one server session.
+    #[default]
+    None,
+    /// A transaction-mode pooler (PgBouncer `pool_mode = transaction`): each transaction may run on
+    /// another server connection, so nothing may rely on session state.
+    Transaction,
+}
+
 /// Every setting, in sections, each handed to the code that needs it.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -203,6 +214,14 @@ pub struct StorageConfig {
     #[arg(long, env = "BRX_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/brx_sync",
           value_parser = secret, hide_default_value = false, hide_env_values = true, global = true)]
     pub database_url: SecretString,
+    /// PostgreSQL itself when BRX_DATABASE_URL goes through a pooler: migrations and creating the
+    /// database use it (sqlx's migrations hold a session advisory lock). Defaults to BRX_DATABASE_URL.
+    #[arg(long, env = "BRX_DATABASE_DIRECT_URL", value_parser = secret, hide_env_values = true, global = true)]
+    pub database_direct_url: Option<SecretString>,
+    /// `transaction` when BRX_DATABASE_URL is a transaction-mode pooler such as PgBouncer: every
+    /// statement then stays on one server connection (see README, "Connection budget and PgBouncer").
+    #[arg(long, env = "BRX_PG_POOLER", value_enum, default_value_t = PgPooler::None, global = true)]
+    pub pg_pooler: PgPooler,
     /// Largest number of open PostgreSQL connections.
     #[arg(long, env = "BRX_PG_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub pg_max_connections: u32,
@@ -545,6 +564,9 @@ impl Config {
     /// Checks what clap cannot: combinations of settings and files they point at.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.auth.validate()?;
+        if self.storage.migrate_on_start {
+            self.storage.migration_url()?;
+        }
         if self.auth.jwt_hs256_secret.is_some() && self.auth.jwt_rs256_public_key_path.is_some() {
             return Err(ConfigError {
                 setting: "BRX_JWT_HS256_SECRET",
@@ -659,6 +681,25 @@ impl Config {
     }
 }
 
+impl StorageConfig {
+    /// The URL migrations and database creation use: straight to PostgreSQL. Through a transaction
+    /// pooler sqlx's migration lock (a session advisory lock) would be taken on one server
+    /// connection and released on another, so a direct URL is required there.
+    pub fn migration_url(&self) -> Result<&SecretString, ConfigError> {
+        match (&self.database_direct_url, self.pg_pooler) {
+            (Some(direct), _) => Ok(direct),
+            (None, PgPooler::None) => Ok(&self.database_url),
+            (None, PgPooler::Transaction) => Err(ConfigError {
+                setting: "BRX_DATABASE_DIRECT_URL",
+                reason: "required with BRX_PG_POOLER=transaction to run migrations: sqlx's \
+                         migration lock is a session advisory lock, which a transaction pooler \
+                         cannot keep (or set BRX_MIGRATE_ON_START=false and migrate elsewhere)"
+                    .into(),
+            }),
+        }
+    }
+}
+
 impl AuthConfig {
     /// A replica serves only protected unless BRX_DEV_MODE says it is a developer's.
     fn validate(&self) -> Result<(), ConfigError> {
@@ -768,6 +809,7 @@ fn env_of_flag(flag: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     /// The defaults plus the two secrets production needs.
     fn protected() -> Config {
@@ -787,6 +829,33 @@ mod tests {
             "BRX_JWT_HS256_SECRET"
         );
         assert!(protected().validate().is_ok());
+    }
+
+    #[test]
+    fn behind_a_transaction_pooler_migrations_need_a_direct_url() {
+        let mut config = protected();
+        config.storage.pg_pooler = PgPooler::Transaction;
+        assert_eq!(
+            config.validate().unwrap_err().setting,
+            "BRX_DATABASE_DIRECT_URL"
+        );
+
+        config.storage.migrate_on_start = false;
+        assert!(config.validate().is_ok(), "migrated elsewhere");
+
+        config.storage.migrate_on_start = true;
+        let direct = SecretString::from("postgres://postgres@db:5432/brx_sync".to_owned());
+        config.storage.database_direct_url = Some(direct);
+        assert!(config.validate().is_ok());
+        assert_eq!(
+            config.storage.migration_url().unwrap().expose_secret(),
+            "postgres://postgres@db:5432/brx_sync"
+        );
+        assert_eq!(
+            protected().storage.migration_url().unwrap().expose_secret(),
+            protected().storage.database_url.expose_secret(),
+            "without a pooler, migrations use BRX_DATABASE_URL"
+        );
     }
 
     #[test]

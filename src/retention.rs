@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use crate::storage::Pg;
 use chrono::{DateTime, TimeDelta, Utc};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -86,14 +86,14 @@ pub enum RetentionError {
 /// Deletes what is past retention, a round every interval, and keeps the table-size gauges fresh.
 #[derive(Debug, Clone)]
 pub struct Retention {
-    pool: PgPool,
+    pool: Pg,
     metrics: Metrics,
     settings: RetentionSettings,
 }
 
 impl Retention {
     /// Retention over `pool`.
-    pub fn new(pool: PgPool, metrics: Metrics, settings: RetentionSettings) -> Self {
+    pub fn new(pool: Pg, metrics: Metrics, settings: RetentionSettings) -> Self {
         Self {
             pool,
             metrics,
@@ -226,9 +226,9 @@ impl Retention {
     ) -> Result<(u64, u64), RetentionError> {
         let (mut purchases, mut steps) = (0, 0);
         for _ in 0..MAX_BATCHES_PER_ROUND {
-            let mut conn = self.pool.acquire().await?;
-            let pruned =
-                purchase::prune_ended_before(&mut conn, cutoff, self.settings.batch).await?;
+            let mut tx = self.pool.begin().await?;
+            let pruned = purchase::prune_ended_before(&mut tx, cutoff, self.settings.batch).await?;
+            tx.commit().await?;
             purchases += pruned.purchases;
             steps += pruned.steps;
             self.metrics

@@ -128,14 +128,18 @@ impl From<sqlx::Error> for AccountError {
 /// The accounts capability.
 #[derive(Debug, Clone)]
 pub struct Accounts {
-    pg: sqlx::PgPool,
+    pg: crate::storage::Pg,
     keyring: Option<Arc<Keyring>>,
     marketplace: MarketplaceClient,
 }
 
 impl Accounts {
     /// Accounts stored in `pg`, secrets sealed with `keyring` when configured.
-    pub fn new(pg: sqlx::PgPool, keyring: Option<Keyring>, marketplace: MarketplaceClient) -> Self {
+    pub fn new(
+        pg: crate::storage::Pg,
+        keyring: Option<Keyring>,
+        marketplace: MarketplaceClient,
+    ) -> Self {
         Self {
             pg,
             keyring: keyring.map(Arc::new),

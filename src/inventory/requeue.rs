@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::storage::Pg;
 use tokio_util::sync::CancellationToken;
 
 use super::{outbox, store::push_job};
@@ -23,14 +23,14 @@ const ORPHANED_AFTER: Duration = Duration::from_secs(600);
 /// Queues push jobs for pending pushes that wait for one.
 #[derive(Debug, Clone)]
 pub struct PushRequeue {
-    pool: PgPool,
+    pool: Pg,
     wakeups: JobWakeups,
     interval: Duration,
 }
 
 impl PushRequeue {
     /// A re-queuer over `pool` running a round every `interval`.
-    pub fn new(pool: PgPool, wakeups: JobWakeups, interval: Duration) -> Self {
+    pub fn new(pool: Pg, wakeups: JobWakeups, interval: Duration) -> Self {
         Self {
             pool,
             wakeups,

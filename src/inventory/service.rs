@@ -2,7 +2,7 @@
 //! refused for a seller who is not connected (nothing could push it); an accepted one commits with
 //! its outbox row and wakes a worker to push it.
 
-use sqlx::PgPool;
+use crate::storage::Pg;
 
 use super::{
     CreateStatus, InventoryError, Item, ItemEdit, ListFilter, NewItem, Offer, OfferQuery, store,
@@ -16,7 +16,7 @@ use crate::{
 /// Sellers' items and the storefront's offers; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Inventory {
-    pool: PgPool,
+    pool: Pg,
     accounts: Accounts,
     /// Workers would find a push at their next poll; this starts it at once.
     wakeups: JobWakeups,
@@ -24,7 +24,7 @@ pub struct Inventory {
 
 impl Inventory {
     /// The inventory stored in `pool`; edits are allowed for sellers `accounts` has connected.
-    pub fn new(pool: PgPool, accounts: Accounts, wakeups: JobWakeups) -> Self {
+    pub fn new(pool: Pg, accounts: Accounts, wakeups: JobWakeups) -> Self {
         Self {
             pool,
             accounts,

@@ -2,9 +2,10 @@
 //! their outbox row and push job, creates, and the storefront's offers. Item rows are locked by
 //! primary key one at a time here, which keeps to the product id lock order every writer shares.
 
+use crate::storage::Pg;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{
@@ -89,7 +90,7 @@ fn object(value: Value) -> Map<String, Value> {
 
 /// The seller's item `product_id`.
 pub(super) async fn get(
-    pool: &PgPool,
+    pool: &Pg,
     user_id: UserId,
     product_id: i64,
 ) -> Result<Item, InventoryError> {
@@ -109,7 +110,7 @@ pub(super) async fn get(
 /// A page of the seller's items matching `filter`, in product id order after `after`. Keyset
 /// paging on the primary key: rows a sync inserts or deletes meanwhile never shift a page.
 pub(super) async fn list(
-    pool: &PgPool,
+    pool: &Pg,
     user_id: UserId,
     filter: &ListFilter,
     after: Option<i64>,
@@ -161,7 +162,7 @@ pub(super) fn push_job(user_id: UserId) -> NewJob {
 
 /// Applies `edit` to the item locally and records its push, in one transaction; returns the item.
 pub(super) async fn update(
-    pool: &PgPool,
+    pool: &Pg,
     user_id: UserId,
     product_id: i64,
     edit: &ItemEdit,
@@ -216,7 +217,7 @@ pub(super) async fn update(
 
 /// Deletes the item locally and records its deletion on CardTrader, in one transaction.
 pub(super) async fn delete(
-    pool: &PgPool,
+    pool: &Pg,
     user_id: UserId,
     product_id: i64,
 ) -> Result<(), InventoryError> {
@@ -286,7 +287,7 @@ async fn record_push(
 }
 
 /// Records a create for the push job; returns its tag.
-pub(super) async fn create(pool: &PgPool, new: &NewItem) -> Result<String, InventoryError> {
+pub(super) async fn create(pool: &Pg, new: &NewItem) -> Result<String, InventoryError> {
     let tag = format!("brx-create:{}", Uuid::new_v4());
     let fields = json!({
         "blueprint_id": new.blueprint_id,
@@ -316,7 +317,7 @@ pub(super) async fn create(pool: &PgPool, new: &NewItem) -> Result<String, Inven
 
 /// Where the seller's create `tag` stands.
 pub(super) async fn create_status(
-    pool: &PgPool,
+    pool: &Pg,
     user_id: UserId,
     tag: &str,
 ) -> Result<CreateStatus, InventoryError> {
@@ -369,10 +370,7 @@ macro_rules! offers_sql {
 
 /// A page of every connected seller's available stock of a print or blueprint, cheapest first,
 /// from the partial offer indexes (only rows with stock left over the reservations are in them).
-pub(super) async fn offers(
-    pool: &PgPool,
-    query: &OfferQuery,
-) -> Result<Vec<Offer>, InventoryError> {
+pub(super) async fn offers(pool: &Pg, query: &OfferQuery) -> Result<Vec<Offer>, InventoryError> {
     // Two statements rather than one with `print_id = $1 OR blueprint_id = $1`, so each is planned
     // on its own index.
     let (column, key) = match query.key {

@@ -13,7 +13,8 @@ use std::{
     },
 };
 
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use crate::storage::Pg;
+use sqlx::{PgConnection, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -28,7 +29,7 @@ use crate::domain::UserId;
 #[derive(Debug, Clone)]
 pub struct JobContext {
     lease: Lease,
-    pool: PgPool,
+    pool: Pg,
     signals: Arc<Signals>,
     shutdown: CancellationToken,
     lease_token: CancellationToken,
@@ -46,7 +47,7 @@ impl JobContext {
     /// The context of `lease`; `shutdown` is the worker's.
     pub(super) fn new(
         lease: Lease,
-        pool: PgPool,
+        pool: Pg,
         shutdown: CancellationToken,
         changes: Changes,
     ) -> Self {
@@ -67,7 +68,7 @@ impl JobContext {
 
     /// The context of a lease claimed outside a worker (benchmarks, tests driving a handler's parts
     /// by hand). No heartbeat renews it; its writes are fenced like any job's.
-    pub fn detached(lease: Lease, pool: PgPool) -> Self {
+    pub fn detached(lease: Lease, pool: Pg) -> Self {
         Self::new(lease, pool, CancellationToken::new(), Changes::default())
     }
 

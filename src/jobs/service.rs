@@ -1,8 +1,8 @@
 //! What operators and the admin API see of the jobs: queue depth per lane, the dead letters, and
 //! sending a dead job back to the queue.
 
+use crate::storage::Pg;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Job, JobError, store, wake::JobWakeups};
@@ -10,13 +10,13 @@ use super::{Job, JobError, store, wake::JobWakeups};
 /// The jobs, as operators use them.
 #[derive(Debug, Clone)]
 pub struct Jobs {
-    pool: PgPool,
+    pool: Pg,
     wakeups: JobWakeups,
 }
 
 impl Jobs {
     /// Jobs stored in `pool`; a revived job wakes workers through `wakeups`.
-    pub fn new(pool: PgPool, wakeups: JobWakeups) -> Self {
+    pub fn new(pool: Pg, wakeups: JobWakeups) -> Self {
         Self { pool, wakeups }
     }
 

@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::storage::Pg;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use super::{
@@ -136,7 +137,7 @@ pub async fn enqueue_in(
 }
 
 /// [`enqueue_in`] in a transaction of its own.
-pub async fn enqueue(pool: &PgPool, new: &NewJob, limit: QueueLimit) -> Result<Enqueued, JobError> {
+pub async fn enqueue(pool: &Pg, new: &NewJob, limit: QueueLimit) -> Result<Enqueued, JobError> {
     let mut tx = pool.begin().await?;
     let enqueued = enqueue_in(&mut tx, new, limit).await?;
     tx.commit().await?;
@@ -285,7 +286,7 @@ pub async fn queued_in_lane(executor: impl PgExecutor<'_>, lane: Lane) -> Result
 /// Claims the next job of `lane` that no other worker holds, and bumps its fence (see
 /// [`claim_many`] for the order).
 pub async fn claim(
-    pool: &PgPool,
+    pool: &Pg,
     lane: Lane,
     owner: &str,
     lease: Duration,
@@ -303,7 +304,7 @@ pub async fn claim(
 /// order: a job's turns are the jobs its seller already runs in the lane plus its due jobs ahead of
 /// it, so a batch spreads over sellers as single claims would.
 pub async fn claim_many(
-    pool: &PgPool,
+    pool: &Pg,
     lane: Lane,
     owner: &str,
     lease: Duration,
@@ -388,7 +389,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 
 /// Extends the lease; returns whether a cancellation was requested. [`JobError::LeaseLost`] when the
 /// job was taken over.
-pub async fn heartbeat(pool: &PgPool, lease: &Lease, duration: Duration) -> Result<bool, JobError> {
+pub async fn heartbeat(pool: &Pg, lease: &Lease, duration: Duration) -> Result<bool, JobError> {
     let cancel: Option<bool> = sqlx::query_scalar(
         "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
          WHERE id = $1 AND fence = $2 AND state = 'running' RETURNING cancel_requested",
@@ -471,27 +472,27 @@ fn fenced(rows: u64) -> Result<(), JobError> {
 }
 
 /// The job finished its work.
-pub async fn succeed(pool: &PgPool, lease: &Lease) -> Result<(), JobError> {
+pub async fn succeed(pool: &Pg, lease: &Lease) -> Result<(), JobError> {
     finish(pool, lease, JobState::Succeeded, None).await
 }
 
 /// The job stopped at a cancellation.
-pub async fn cancelled(pool: &PgPool, lease: &Lease) -> Result<(), JobError> {
+pub async fn cancelled(pool: &Pg, lease: &Lease) -> Result<(), JobError> {
     finish(pool, lease, JobState::Cancelled, None).await
 }
 
 /// The job failed for good, keeping `error`.
-pub async fn fail(pool: &PgPool, lease: &Lease, error: &str) -> Result<(), JobError> {
+pub async fn fail(pool: &Pg, lease: &Lease, error: &str) -> Result<(), JobError> {
     finish(pool, lease, JobState::Failed, Some(error)).await
 }
 
 /// The job used every attempt: a dead letter, keeping `error`.
-pub async fn bury(pool: &PgPool, lease: &Lease, error: &str) -> Result<(), JobError> {
+pub async fn bury(pool: &Pg, lease: &Lease, error: &str) -> Result<(), JobError> {
     finish(pool, lease, JobState::Dead, Some(error)).await
 }
 
 async fn finish(
-    pool: &PgPool,
+    pool: &Pg,
     lease: &Lease,
     state: JobState,
     error: Option<&str>,
@@ -518,7 +519,7 @@ async fn finish(
 /// attempt back (a 429 is CardTrader's pacing, not a failure of ours). If the seller already has a
 /// queued job of this kind, that one will redo the work: this one fails as superseded.
 pub async fn retry_later(
-    pool: &PgPool,
+    pool: &Pg,
     lease: &Lease,
     delay: Duration,
     error: &str,
@@ -552,7 +553,7 @@ pub async fn retry_later(
 }
 
 /// Cancels a queued job at once; asks a running one to stop at its next checkpoint.
-pub async fn cancel(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+pub async fn cancel(pool: &Pg, id: Uuid) -> Result<Job, JobError> {
     let sql = concat!(
         "UPDATE jobs SET \
              state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END, \
@@ -603,7 +604,7 @@ pub async fn get(executor: impl PgExecutor<'_>, id: Uuid) -> Result<Job, JobErro
 
 /// A seller's jobs of the given kinds, newest first, strictly older than `before` (keyset paging).
 pub async fn list_for_user(
-    pool: &PgPool,
+    pool: &Pg,
     user_id: UserId,
     kinds: &[KindName],
     before: Option<(DateTime<Utc>, Uuid)>,
@@ -633,7 +634,7 @@ fn kind_names(kinds: &[KindName]) -> Vec<&'static str> {
 
 /// The seller's most recent job of these kinds in one of `states`.
 pub async fn latest_in_states(
-    pool: &PgPool,
+    pool: &Pg,
     user_id: UserId,
     kinds: &[KindName],
     states: &[JobState],
@@ -668,7 +669,7 @@ pub struct LaneCounts {
 }
 
 /// [`LaneCounts`] of both lanes.
-pub async fn lane_counts(pool: &PgPool) -> Result<Vec<LaneCounts>, JobError> {
+pub async fn lane_counts(pool: &Pg) -> Result<Vec<LaneCounts>, JobError> {
     let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT lane, count(*) FILTER (WHERE state = 'queued'), \
                 count(*) FILTER (WHERE state = 'running'), count(*) FILTER (WHERE state = 'dead') \
@@ -692,7 +693,7 @@ pub async fn lane_counts(pool: &PgPool) -> Result<Vec<LaneCounts>, JobError> {
 
 /// Dead jobs, most recently buried first, strictly before `before` (keyset paging).
 pub async fn dead_jobs(
-    pool: &PgPool,
+    pool: &Pg,
     before: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<Job>, JobError> {
@@ -715,7 +716,7 @@ pub async fn dead_jobs(
 /// Sends a dead job back to the queue with a fresh allowance of attempts (an operator fixed what
 /// killed it). Refused when it is not dead, or when its seller already has such a job queued (that
 /// one will do the work).
-pub async fn revive(pool: &PgPool, id: Uuid) -> Result<Job, JobError> {
+pub async fn revive(pool: &Pg, id: Uuid) -> Result<Job, JobError> {
     let sql = concat!(
         "UPDATE jobs SET state = 'queued', attempts = 0, run_at = now(), finished_at = NULL, \
              cancel_requested = false, updated_at = now() \

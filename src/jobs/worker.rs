@@ -14,8 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::storage::Pg;
 use futures::FutureExt;
-use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -109,7 +109,7 @@ pub struct WorkerSettings {
 
 /// Runs the jobs of one lane.
 pub struct Worker {
-    pool: PgPool,
+    pool: Pg,
     handlers: HashMap<KindName, Arc<dyn JobHandler>>,
     settings: WorkerSettings,
     wake: Arc<tokio::sync::Notify>,
@@ -188,7 +188,7 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A worker for `settings.lane` running `handlers`.
     pub fn new(
-        pool: PgPool,
+        pool: Pg,
         handlers: Vec<Arc<dyn JobHandler>>,
         settings: WorkerSettings,
         metrics: Metrics,
@@ -498,7 +498,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Extends the lease every third of its length and passes on cancellation requests. Returns once
 /// the lease is lost: taken over, or not renewed in time for a CardTrader call started now to end
 /// before the lease does (`call_budget` before it runs out), having told the job to stop.
-async fn keep_lease(pool: &PgPool, context: &JobContext, settings: &WorkerSettings) {
+async fn keep_lease(pool: &Pg, context: &JobContext, settings: &WorkerSettings) {
     let lease = settings.lease;
     // Never less than a third of the lease, so a budget as long as the lease still leaves beats.
     let margin = settings.call_budget.min(lease * 2 / 3);

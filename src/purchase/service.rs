@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::storage::Pg;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -28,7 +28,7 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Purchases, as the RPCs see them.
 #[derive(Debug, Clone)]
 pub struct Purchases {
-    pool: PgPool,
+    pool: Pg,
     accounts: Accounts,
     wakeups: JobWakeups,
     events: PurchaseEvents,
@@ -69,7 +69,7 @@ pub struct Outcome {
 impl Purchases {
     /// The service over `pool`; new purchases wake workers through `wakeups`.
     pub fn new(
-        pool: PgPool,
+        pool: Pg,
         accounts: Accounts,
         wakeups: JobWakeups,
         events: PurchaseEvents,

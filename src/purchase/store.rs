@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::storage::Pg;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{
@@ -36,7 +37,7 @@ pub(super) fn request_hash(purchase: &NewPurchase) -> Vec<u8> {
 /// Records `purchase`, reserves its stock and queues the job that drives it, or finds the purchase
 /// already recorded under its key. `max_depth` bounds the interactive lane's queue.
 pub async fn reserve(
-    pool: &PgPool,
+    pool: &Pg,
     purchase: &NewPurchase,
     max_depth: i64,
 ) -> Result<Reserved, PurchaseError> {
@@ -49,7 +50,7 @@ pub(super) type LocalClaim<'a> = Option<(&'a str, std::time::Duration)>;
 /// [`reserve`], with the driver's job created already claimed by `claim` when given (the lease
 /// is returned), so the local worker starts it at once.
 pub async fn reserve_with(
-    pool: &PgPool,
+    pool: &Pg,
     purchase: &NewPurchase,
     max_depth: i64,
     claim: LocalClaim<'_>,
@@ -348,7 +349,7 @@ pub async fn load(
 
 /// A page of the seller's purchases, newest first, optionally in one state, after `before`.
 pub(super) async fn list(
-    pool: &PgPool,
+    pool: &Pg,
     user_id: UserId,
     state: Option<PurchaseState>,
     before: Option<(DateTime<Utc>, Uuid)>,
@@ -398,7 +399,7 @@ fn decode(row: PurchaseRow) -> Result<StoredPurchase, PurchaseError> {
 }
 
 /// The step log of purchase `id`, in order.
-pub async fn step_log(pool: &PgPool, id: Uuid) -> Result<Vec<Event>, PurchaseError> {
+pub async fn step_log(pool: &Pg, id: Uuid) -> Result<Vec<Event>, PurchaseError> {
     let events: Vec<serde_json::Value> =
         sqlx::query_scalar("SELECT event FROM purchase_steps WHERE purchase_id = $1 ORDER BY seq")
             .bind(id)

@@ -17,7 +17,7 @@ use crate::config::StorageConfig;
 
 pub use mysql::ensure_database as ensure_catalog_database;
 pub use pool_health::{PoolKind, PoolSnapshot, PoolState};
-pub use postgres::{MIGRATOR, ensure_database, is_outage, is_retryable, migrations_applied};
+pub use postgres::{MIGRATOR, Pg, ensure_database, is_outage, is_retryable, migrations_applied};
 pub use redis::delete_keys_with_prefix;
 pub use redis_outage::RedisOutage;
 pub use supervisor::StorageSupervisor;
@@ -31,10 +31,12 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug)]
 pub struct Storage {
     /// PostgreSQL, the source of truth.
-    pub pg: sqlx::PgPool,
-    /// One connection of its own for health checks and migrations, so a busy main pool (every
-    /// connection checked out by sync writers) never reads as "database down" and flips readiness.
+    pub pg: Pg,
+    /// One connection of its own for health checks, so a busy main pool (every connection checked
+    /// out by sync writers) never reads as "database down" and flips readiness.
     pg_probe: sqlx::PgPool,
+    /// One connection straight to PostgreSQL (past any pooler) for migrations.
+    pg_direct: sqlx::PgPool,
     /// The read-only MySQL blueprint catalogue.
     pub mysql: mysql_async::Pool,
     /// Redis: caches, rate-limit buckets, hints.
@@ -59,8 +61,24 @@ impl Storage {
     /// Builds the pools lazily from configuration; connections open on first use.
     pub fn connect_lazy(config: &StorageConfig) -> Result<Self, StorageConfigError> {
         Ok(Self {
-            pg: postgres::lazy_pool(config, config.pg_max_connections)?,
-            pg_probe: postgres::lazy_pool(config, 1)?,
+            pg: Pg::new(
+                postgres::lazy_pool(
+                    config,
+                    &config.database_url,
+                    "BRX_DATABASE_URL",
+                    config.pg_max_connections,
+                )?,
+                config.pg_pooler,
+            ),
+            pg_probe: postgres::lazy_pool(config, &config.database_url, "BRX_DATABASE_URL", 1)?,
+            // Without a direct URL behind a transaction pooler, migrations are refused by
+            // `StorageConfig::migration_url`; this pool then only reads which ones are applied.
+            pg_direct: postgres::lazy_pool(
+                config,
+                config.migration_url().unwrap_or(&config.database_url),
+                "BRX_DATABASE_DIRECT_URL",
+                1,
+            )?,
             mysql: mysql::lazy_pool(config)?,
             redis: redis::lazy_pool(config)?,
             redis_key_prefix: config.redis_key_prefix.clone(),
@@ -75,7 +93,7 @@ impl Storage {
             .iter()
             .map(|&kind| {
                 let mut snapshot = match kind {
-                    PoolKind::Postgres => postgres::usage(&self.pg),
+                    PoolKind::Postgres => postgres::usage(self.pg.pool()),
                     PoolKind::Mysql => mysql::usage(&self.mysql, self.mysql_max_connections),
                     PoolKind::Redis => redis::usage(&self.redis),
                 };
@@ -100,10 +118,17 @@ impl Storage {
         }
     }
 
+    /// Applies pending migrations straight to PostgreSQL (past any pooler); sqlx's advisory lock
+    /// makes replicas starting together migrate once.
+    pub async fn run_migrations(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pg_direct).await
+    }
+
     /// Closes the pools, letting checked-out connections finish first.
     pub async fn close(&self) {
         self.pg.close().await;
         self.pg_probe.close().await;
+        self.pg_direct.close().await;
         if let Err(err) = self.mysql.clone().disconnect().await {
             tracing::debug!(error = %err, "mysql pool disconnect");
         }

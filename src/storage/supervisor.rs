@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use secrecy::SecretString;
 
-use super::{MIGRATOR, PoolKind, Storage, ensure_database, migrations_applied};
+use super::{PoolKind, Storage, ensure_database, migrations_applied};
 use crate::{
     metrics::Metrics,
     readiness::Readiness,
@@ -24,7 +24,7 @@ pub struct StorageSupervisor {
     check_interval: Duration,
     reconnect_max_delay: Duration,
     migrate_on_start: bool,
-    database_url: SecretString,
+    direct_url: SecretString,
 }
 
 impl StorageSupervisor {
@@ -36,7 +36,7 @@ impl StorageSupervisor {
         check_interval: Duration,
         reconnect_max_delay: Duration,
         migrate_on_start: bool,
-        database_url: SecretString,
+        direct_url: SecretString,
     ) -> Self {
         Self {
             storage,
@@ -45,7 +45,7 @@ impl StorageSupervisor {
             check_interval,
             reconnect_max_delay,
             migrate_on_start,
-            database_url,
+            direct_url,
         }
     }
 
@@ -114,20 +114,20 @@ impl StorageSupervisor {
             self.readiness.set_database_ready(false);
             if self.migrate_on_start {
                 // A fresh machine has no database yet; if that is why, the next check will pass.
-                if let Err(err) = ensure_database(&self.database_url).await {
+                if let Err(err) = ensure_database(&self.direct_url).await {
                     tracing::debug!(error = %err, "could not create the database");
                 }
             }
             return Err(error);
         }
-        let pool = &self.storage.pg_probe;
+        let pool = &self.storage.pg_direct;
         let mut applied = migrations_applied(pool)
             .await
             .map_err(|err| err.to_string())?;
         if !applied && self.migrate_on_start {
             // sqlx takes an advisory lock, so replicas starting together migrate once.
-            MIGRATOR
-                .run(pool)
+            self.storage
+                .run_migrations()
                 .await
                 .map_err(|err| format!("migrations failed: {err}"))?;
             tracing::info!("database migrations applied");

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use crate::storage::Pg;
 
 use crate::{
     blueprints::{BlueprintCatalog, Resolution},
@@ -120,7 +120,7 @@ impl RemapHandler {
 
 /// Queues a remap for every seller holding unmapped rows of these blueprints (one queued remap per
 /// seller: requests coalesce), and returns how many were queued.
-pub async fn queue_for_blueprints(pool: &PgPool, blueprints: &[i64]) -> Result<u64, JobError> {
+pub async fn queue_for_blueprints(pool: &Pg, blueprints: &[i64]) -> Result<u64, JobError> {
     let mut tx = pool.begin().await?;
     let sellers: Vec<uuid::Uuid> = sqlx::query_scalar(
         "SELECT DISTINCT user_id FROM inventory_items \

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::storage::Pg;
 use tokio_util::sync::CancellationToken;
 
 use chrono::{DateTime, Utc};
@@ -37,7 +37,7 @@ pub struct SchedulerSettings {
 /// Queues full syncs for stale accounts.
 #[derive(Debug, Clone)]
 pub struct SyncScheduler {
-    pool: PgPool,
+    pool: Pg,
     wakeups: JobWakeups,
     metrics: Metrics,
     settings: SchedulerSettings,
@@ -46,7 +46,7 @@ pub struct SyncScheduler {
 impl SyncScheduler {
     /// A scheduler over `pool`.
     pub fn new(
-        pool: PgPool,
+        pool: Pg,
         wakeups: JobWakeups,
         metrics: Metrics,
         settings: SchedulerSettings,

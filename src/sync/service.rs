@@ -1,8 +1,8 @@
 //! The sync capability as callers use it: start (coalescing, bounded queue), look up, list, cancel,
 //! status. The work itself is the job handler's.
 
+use crate::storage::Pg;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::scope::SyncScope;
@@ -52,7 +52,7 @@ pub struct SyncStatus {
 /// The sync capability.
 #[derive(Debug, Clone)]
 pub struct Syncs {
-    pool: PgPool,
+    pool: Pg,
     accounts: Accounts,
     wakeups: JobWakeups,
     max_queue_depth: i64,
@@ -61,12 +61,7 @@ pub struct Syncs {
 impl Syncs {
     /// Syncs stored in `pool`, refusing new jobs past `max_queue_depth` queued per lane, announcing
     /// new ones through `wakeups`.
-    pub fn new(
-        pool: PgPool,
-        accounts: Accounts,
-        wakeups: JobWakeups,
-        max_queue_depth: i64,
-    ) -> Self {
+    pub fn new(pool: Pg, accounts: Accounts, wakeups: JobWakeups, max_queue_depth: i64) -> Self {
         Self {
             pool,
             accounts,

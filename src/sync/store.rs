@@ -1,9 +1,10 @@
 //! SQL of the sync around the chunk upsert ([`super::upsert`]): the rows as the sync stores them,
 //! prints already stored, item counts, and the batched, fenced sweep of the rows a sync did not see.
 
+use crate::storage::Pg;
 use backon::Retryable;
 use roaring::RoaringTreemap;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::chunk::{ChunkError, retry_reason};
 use crate::{
@@ -71,7 +72,7 @@ impl<'a> SweepScope<'a> {
 }
 
 /// The seller's items, from the counter the inventory triggers keep.
-pub async fn item_count(pool: &PgPool, user_id: UserId) -> Result<u64, sqlx::Error> {
+pub async fn item_count(pool: &Pg, user_id: UserId) -> Result<u64, sqlx::Error> {
     let items: Option<i64> =
         sqlx::query_scalar("SELECT items FROM inventory_counts WHERE user_id = $1")
             .bind(user_id.as_uuid())

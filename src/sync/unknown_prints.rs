@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::storage::Pg;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -26,7 +26,7 @@ const REMAP_PRIORITY: i32 = -1;
 /// Queues the remaps owed after a catalogue outage.
 #[derive(Debug, Clone)]
 pub struct UnknownPrintWatch {
-    pool: PgPool,
+    pool: Pg,
     storage: Storage,
     wakeups: JobWakeups,
     interval: Duration,
@@ -37,7 +37,7 @@ impl UnknownPrintWatch {
     /// A watch over `pool`'s rows, looking every `interval` and whenever `storage` sees MySQL come
     /// back; it never pushes the bulk lane past `max_queue_depth`.
     pub fn new(
-        pool: PgPool,
+        pool: Pg,
         storage: Storage,
         wakeups: JobWakeups,
         interval: Duration,

@@ -33,7 +33,7 @@ pub async fn recorded_sales(
 /// Deletes up to `batch` webhook events applied before `cutoff` (never an unapplied one, nor one
 /// whose unknown products still wait for their sync); returns how many. For retention.
 pub async fn delete_events_applied_before(
-    pool: &PgPool,
+    pool: &Pg,
     cutoff: chrono::DateTime<chrono::Utc>,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
@@ -43,15 +43,15 @@ pub async fn delete_events_applied_before(
 /// Deletes up to `batch` order records no delivery touched since `cutoff` and with no event left
 /// to apply; returns how many. For retention, with a cutoff no later than the events' one.
 pub async fn delete_orders_untouched_since(
-    pool: &PgPool,
+    pool: &Pg,
     cutoff: chrono::DateTime<chrono::Utc>,
     batch: i64,
 ) -> Result<u64, sqlx::Error> {
     store::delete_orders_untouched_since(pool, cutoff, batch).await
 }
 
+use crate::storage::Pg;
 use axum::{Router, extract::DefaultBodyLimit, routing::post};
-use sqlx::PgPool;
 
 use crate::{
     accounts::Accounts,
@@ -69,7 +69,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Receives webhook deliveries.
 #[derive(Debug, Clone)]
 pub struct WebhookIntake {
-    pool: PgPool,
+    pool: Pg,
     accounts: Accounts,
     wakeups: JobWakeups,
 }
@@ -77,7 +77,7 @@ pub struct WebhookIntake {
 impl WebhookIntake {
     /// Intake storing events in `pool`, verifying them with the sellers' shared secrets, and waking
     /// a worker through `wakeups` for each new event.
-    pub fn new(pool: PgPool, accounts: Accounts, wakeups: JobWakeups) -> Self {
+    pub fn new(pool: Pg, accounts: Accounts, wakeups: JobWakeups) -> Self {
         Self {
             pool,
             accounts,

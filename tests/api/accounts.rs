@@ -14,7 +14,6 @@ use brx_sync::{
     storage::Storage,
 };
 use cardtrader_sim::Faults;
-use secrecy::ExposeSecret;
 use tonic::Code;
 
 use crate::helpers::{TestApp, authorized, spawn_app};
@@ -50,9 +49,7 @@ async fn connecting_a_valid_token_stores_it_encrypted_and_reports_the_cardtrader
 
     assert_eq!(account.status(), PbStatus::Connected);
     assert_eq!(account.cardtrader_user_id, expected_user);
-    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap();
+    let pool = crate::helpers::pg_like_the_app(&app.config);
     let (token_ct, secret_ct): (Vec<u8>, Vec<u8>) = sqlx::query_as(
         "SELECT token_ciphertext, shared_secret_ciphertext FROM accounts WHERE user_id = $1",
     )
@@ -270,9 +267,7 @@ async fn disconnecting_forgets_the_secrets() {
         .unwrap();
 
     assert_eq!(account.status(), PbStatus::Disconnected);
-    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap();
+    let pool = crate::helpers::pg_like_the_app(&app.config);
     let left: (Option<Vec<u8>>, Option<Vec<u8>>) = sqlx::query_as(
         "SELECT token_ciphertext, shared_secret_ciphertext FROM accounts WHERE user_id = $1",
     )
@@ -295,9 +290,7 @@ async fn a_401_on_a_later_call_marks_the_account_token_invalid() {
         b"revoked-token",
         format!("accounts/{seller}/token").as_bytes(),
     );
-    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap();
+    let pool = crate::helpers::pg_like_the_app(&app.config);
     sqlx::query("UPDATE accounts SET token_ciphertext = $1 WHERE user_id = $2")
         .bind(&revoked.bytes)
         .bind(seller.as_uuid())
@@ -323,7 +316,7 @@ async fn a_401_on_a_later_call_marks_the_account_token_invalid() {
         )
         .await
         .unwrap_err();
-    let mut conn = storage.pg.acquire().await.unwrap();
+    let mut conn = storage.pg.pool().acquire().await.unwrap();
     accounts
         .note_cardtrader_error(&mut conn, seller, &error)
         .await
@@ -350,9 +343,7 @@ async fn disconnecting_cancels_the_sellers_jobs_and_purges_their_inventory_when_
     connect(&app, seller, &app.simulator.token(8))
         .await
         .unwrap();
-    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap();
+    let pool = crate::helpers::pg_like_the_app(&app.config);
     let new_job = || NewJob::new(seller, JobKind::SyncFull);
     jobs::enqueue(&pool, &new_job(), QueueLimit::Depth(100))
         .await

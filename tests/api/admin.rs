@@ -137,7 +137,7 @@ impl brx_sync::jobs::worker::JobHandler for Healthy {
 
 /// A worker of the bulk lane running `handler`, until the returned token is cancelled.
 fn bulk_worker(
-    pool: &sqlx::PgPool,
+    pool: &brx_sync::storage::Pg,
     handler: impl brx_sync::jobs::worker::JobHandler,
 ) -> (
     tokio_util::sync::CancellationToken,
@@ -167,7 +167,7 @@ fn bulk_worker(
 }
 
 /// Polls job `id` until it is in `state`.
-async fn until_job_state(pool: &sqlx::PgPool, id: uuid::Uuid, state: &str) {
+async fn until_job_state(pool: &brx_sync::storage::Pg, id: uuid::Uuid, state: &str) {
     for _ in 0..200 {
         let now: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
             .bind(id)
@@ -188,13 +188,10 @@ async fn a_poison_job_ends_dead_shows_in_get_stats_and_metrics_and_an_operator_s
         jobs::{JobKind, NewJob, QueueLimit, store},
         pb::v1::{ListDeadJobsRequest, RetryJobRequest},
     };
-    use secrecy::ExposeSecret;
     use tonic::Code;
     // The app runs no bulk work itself: the test's workers do.
     let app = spawn_app_with(|config| config.jobs.bulk_concurrency = 0).await;
-    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap();
+    let pool = crate::helpers::pg_like_the_app(&app.config);
     let seller = brx_sync::domain::UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
     let new = NewJob::new(seller, JobKind::RemapUnmapped).with_max_attempts(2);
     let id = store::enqueue(&pool, &new, QueueLimit::Unbounded)

@@ -10,7 +10,7 @@ use brx_sync::{
     domain::{BlueprintId, UserId},
     pb::v1::{PoolState, SyncState},
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use crate::helpers::{
     CatalogDb, CatalogueLock, TcpProxy, TestApp, seller_listing, spawn_app_with, sync_to_end,
@@ -28,9 +28,7 @@ async fn app(db: &CatalogDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
 
 /// (blueprint, print id, print unknown) of the seller's rows, by blueprint.
 async fn rows(app: &TestApp, user: UserId) -> Vec<(i64, Option<i64>, bool)> {
-    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap();
+    let pool = crate::helpers::pg_like_the_app(&app.config);
     let rows = sqlx::query_as(
         "SELECT blueprint_id, print_id, print_unknown FROM inventory_items WHERE user_id = $1 \
          ORDER BY blueprint_id",
@@ -83,9 +81,7 @@ async fn until_mysql_is(app: &TestApp, state: PoolState) {
 
 /// How many jobs of `kind` the seller has, in any state.
 async fn jobs_of(app: &TestApp, user: UserId, kind: &str) -> i64 {
-    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap();
+    let pool = crate::helpers::pg_like_the_app(&app.config);
     let count = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE user_id = $1 AND kind = $2")
         .bind(user.as_uuid())
         .bind(kind)

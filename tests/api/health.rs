@@ -6,7 +6,6 @@ use brx_sync::{
     pb::v1::{PoolState, PoolStats},
     storage::MIGRATOR,
 };
-use secrecy::ExposeSecret;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{TcpProxy, TestApp, spawn_app, spawn_app_behind, start_app_with, wait_for};
@@ -42,9 +41,7 @@ async fn until_postgres(
 async fn health_is_serving_once_the_fresh_database_is_migrated() {
     let app = spawn_app().await;
 
-    let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap();
+    let pool = crate::helpers::pg_like_the_app(&app.config);
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&pool)
         .await

@@ -310,7 +310,7 @@ fn worker(db: &TestDatabase, handler: Scripted, lease: Duration) -> Worker {
 }
 
 fn worker_on(
-    pool: &sqlx::PgPool,
+    pool: &brx_sync::storage::Pg,
     handler: Scripted,
     lease: Duration,
     call_budget: Duration,
@@ -595,7 +595,7 @@ async fn many_racing_claims_never_hand_one_job_to_two_workers() {
 }
 
 /// Polls until job `id`'s lease has run out in the database's clock.
-async fn until_lease_expired(pool: &sqlx::PgPool, id: uuid::Uuid) {
+async fn until_lease_expired(pool: &brx_sync::storage::Pg, id: uuid::Uuid) {
     for _ in 0..200 {
         let expired: bool = sqlx::query_scalar(
             "SELECT coalesce(lease_expires_at < now(), true) FROM jobs WHERE id = $1",

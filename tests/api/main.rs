@@ -23,6 +23,7 @@ mod lifecycle;
 mod load_shedding;
 mod marketplace;
 mod metrics;
+mod pooler;
 mod purchase_crash;
 mod purchase_guarantees;
 mod purchase_reserve;

@@ -15,8 +15,6 @@ use brx_sync::{
     webhooks,
 };
 use chrono::{DateTime, TimeDelta, Utc};
-use secrecy::ExposeSecret;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -41,7 +39,7 @@ fn days_ago(days: f64) -> DateTime<Utc> {
 }
 
 /// A job of `kind` in `state` for `user`, ended (when its state is an end) `days` ago.
-async fn job(pool: &PgPool, user: Uuid, kind: &str, state: &str, days: f64) -> Uuid {
+async fn job(pool: &brx_sync::storage::Pg, user: Uuid, kind: &str, state: &str, days: f64) -> Uuid {
     let id = Uuid::new_v4();
     let lane = if kind == "sync_full" {
         "bulk"
@@ -75,7 +73,7 @@ async fn job(pool: &PgPool, user: Uuid, kind: &str, state: &str, days: f64) -> U
 }
 
 /// A purchase in `state` with two lines (with snapshots) and three steps, ended `days` ago.
-async fn purchase(pool: &PgPool, state: &str, days: f64) -> Uuid {
+async fn purchase(pool: &brx_sync::storage::Pg, state: &str, days: f64) -> Uuid {
     let id = Uuid::new_v4();
     let mut saga = Saga::new(2);
     if state == "completed" {
@@ -117,7 +115,7 @@ async fn purchase(pool: &PgPool, state: &str, days: f64) -> Uuid {
 /// A webhook event of `order`, received `days` ago and applied then (unless `applied` is false);
 /// `sync_pending`: its unknown products still wait for their sync to be queued.
 async fn event(
-    pool: &PgPool,
+    pool: &brx_sync::storage::Pg,
     user: Uuid,
     order: i64,
     days: f64,
@@ -144,7 +142,7 @@ async fn event(
 }
 
 /// The record of `order`, last touched by a delivery `days` ago.
-async fn order(pool: &PgPool, user: Uuid, order: i64, days: f64) {
+async fn order(pool: &brx_sync::storage::Pg, user: Uuid, order: i64, days: f64) {
     sqlx::query(
         "INSERT INTO webhook_orders (user_id, order_id, created_at, updated_at) VALUES ($1, $2, $3, $3)",
     )
@@ -156,7 +154,7 @@ async fn order(pool: &PgPool, user: Uuid, order: i64, days: f64) {
     .unwrap();
 }
 
-async fn exists(pool: &PgPool, table: &str, column: &str, id: Uuid) -> bool {
+async fn exists(pool: &brx_sync::storage::Pg, table: &str, column: &str, id: Uuid) -> bool {
     let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {column} = $1)");
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(id)
@@ -165,7 +163,7 @@ async fn exists(pool: &PgPool, table: &str, column: &str, id: Uuid) -> bool {
         .unwrap()
 }
 
-async fn count(pool: &PgPool, table: &str) -> i64 {
+async fn count(pool: &brx_sync::storage::Pg, table: &str) -> i64 {
     let sql = format!("SELECT count(*) FROM {table}");
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .fetch_one(pool)
@@ -198,7 +196,7 @@ async fn each_owner_deletes_at_most_a_batch_per_statement_oldest_first() {
                 .await
                 .unwrap(),
         );
-        let mut conn = pool.acquire().await.unwrap();
+        let mut conn = pool.pool().acquire().await.unwrap();
         pruned.push(
             purchases::prune_ended_before(&mut conn, cutoff, 3)
                 .await
@@ -381,9 +379,7 @@ async fn a_served_replica_runs_retention_and_exports_table_sizes() {
         config.retention.interval = Duration::from_millis(200);
     })
     .await;
-    let pool = PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap();
+    let pool = crate::helpers::pg_like_the_app(&app.config);
     let old = job(&pool, Uuid::new_v4(), "purchase", "succeeded", 40.0).await;
 
     let body = wait_for(

@@ -24,8 +24,8 @@ async fn readiness_stays_up_while_every_connection_of_the_main_pool_is_checked_o
     ensure_database(&config.storage.database_url).await.unwrap();
     let storage = Storage::connect_lazy(&config.storage).unwrap();
     let held = [
-        storage.pg.acquire().await.unwrap(),
-        storage.pg.acquire().await.unwrap(),
+        storage.pg.pool().acquire().await.unwrap(),
+        storage.pg.pool().acquire().await.unwrap(),
     ];
     let readiness = Readiness::new();
     let supervisor = StorageSupervisor::new(
@@ -58,7 +58,7 @@ async fn readiness_stays_up_while_every_connection_of_the_main_pool_is_checked_o
         "a busy pool must not read as a database outage"
     );
     assert!(
-        storage.pg.try_acquire().is_none(),
+        storage.pg.pool().try_acquire().is_none(),
         "the main pool really was exhausted"
     );
     drop(held);

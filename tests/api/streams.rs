@@ -20,7 +20,6 @@ use brx_sync::{
     sync::scope::SyncProgress,
 };
 use deadpool_redis::redis;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming, transport::Channel};
 
@@ -441,10 +440,8 @@ async fn watch_purchase(shop: &PurchaseRig, purchase_id: &str) -> Streaming<Watc
         .into_inner()
 }
 
-async fn pool(app: &TestApp) -> sqlx::PgPool {
-    sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap()
+async fn pool(app: &TestApp) -> brx_sync::storage::Pg {
+    crate::helpers::pg_like_the_app(&app.config)
 }
 
 #[tokio::test]

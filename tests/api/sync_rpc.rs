@@ -12,7 +12,6 @@ use brx_sync::{
         blueprint_service_client::BlueprintServiceClient, sync_service_client::SyncServiceClient,
     },
 };
-use secrecy::ExposeSecret;
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
 
@@ -306,10 +305,8 @@ async fn run_to_end(app: &TestApp, request: StartSyncRequest) -> SyncJob {
         .expect("the sync ends within a minute")
 }
 
-async fn pool(app: &TestApp) -> sqlx::PgPool {
-    sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-        .await
-        .unwrap()
+async fn pool(app: &TestApp) -> brx_sync::storage::Pg {
+    crate::helpers::pg_like_the_app(&app.config)
 }
 
 #[tokio::test]

@@ -38,7 +38,7 @@ impl Hooks {
         }
     }
 
-    fn pool(&self) -> &sqlx::PgPool {
+    fn pool(&self) -> &brx_sync::storage::Pg {
         &self.rig.rig.pool
     }
 

@@ -18,6 +18,7 @@ use brx_sync::{
     accounts::{Accounts, Keyring},
     blueprints::{BlueprintCatalog, fixture},
     config::Config,
+    config::PgPooler,
     domain::UserId,
     jobs::{
         JobContext, JobKind, JobState, Lane, NewJob, QueueLimit, TargetedScope, store as jobs,
@@ -26,6 +27,7 @@ use brx_sync::{
     marketplace::MarketplaceClient,
     metrics::Metrics,
     rate_limit::{Limits, RateLimiter},
+    storage::Pg,
     storage::{MIGRATOR, Storage, ensure_database},
     sync::{
         SyncRow,
@@ -341,7 +343,7 @@ fn worker_settings() -> WorkerSettings {
 }
 
 /// Polls job `id` until it ends, giving up once it has spent BENCH_SWEEP_SECONDS past its chunks.
-async fn watch(pool: &PgPool, id: Uuid, started: Instant, products: u64) -> anyhow::Result<Synced> {
+async fn watch(pool: &Pg, id: Uuid, started: Instant, products: u64) -> anyhow::Result<Synced> {
     let budget = Duration::from_secs(env_or("BENCH_SWEEP_SECONDS", 30));
     let mut chunks_in = None;
     loop {
@@ -462,6 +464,7 @@ async fn load_rows(pool: &PgPool, user: UserId) -> anyhow::Result<Vec<SyncRow>> 
 
 /// A claimed job of `kind`, whose fenced units of work `write_chunk` uses.
 async fn lease(pool: &PgPool, user: UserId, kind: JobKind) -> anyhow::Result<JobContext> {
+    let pool = &Pg::new(pool.clone(), PgPooler::None);
     let lane = kind.lane();
     jobs::enqueue(pool, &job(user, kind), QueueLimit::Unbounded).await?;
     let hour = Duration::from_secs(3600);

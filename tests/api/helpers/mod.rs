@@ -1,6 +1,7 @@
 //! `spawn_app()` and what tests need around it: a fresh database per test, typed clients, tokens.
 
 mod catalog;
+mod pgbouncer;
 mod process;
 mod proxy;
 mod purchase_rig;
@@ -27,6 +28,7 @@ use tonic_health::pb::{
 };
 
 pub(crate) use catalog::{CatalogDb, CatalogueLock};
+pub(crate) use pgbouncer::PgBouncer;
 pub(crate) use process::{PROTECTED_ENV, ServeProcess};
 pub(crate) use proxy::TcpProxy;
 pub(crate) use purchase_rig::{PurchaseRig, Workers};
@@ -38,6 +40,11 @@ pub(crate) const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/
 pub(crate) const TEST_ENCRYPTION_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
 pub(crate) const MYSQL_ADMIN_URL: &str = "mysql://root@127.0.0.1:3306/mysql";
+
+/// When set (e.g. `127.0.0.1:6432`, as `.ci/run` does for its second pass), tests reach PostgreSQL
+/// through this PgBouncer in transaction mode, with `BRX_PG_POOLER=transaction`; migrations and
+/// the tests' own bookkeeping go straight to PostgreSQL.
+pub(crate) const PGBOUNCER_ENV: &str = "BRX_TEST_PGBOUNCER";
 
 /// A running server, its own databases, and a way to stop it.
 pub(crate) struct TestApp {
@@ -64,6 +71,12 @@ pub(crate) fn test_config() -> (Config, String) {
     config.storage.database_url = SecretString::from(format!(
         "postgres://postgres@127.0.0.1:5432/{database_name}"
     ));
+    if let Ok(pgbouncer) = std::env::var(PGBOUNCER_ENV) {
+        config.storage.database_direct_url = Some(config.storage.database_url.clone());
+        config.storage.database_url =
+            SecretString::from(format!("postgres://postgres@{pgbouncer}/{database_name}"));
+        config.storage.pg_pooler = brx_sync::config::PgPooler::Transaction;
+    }
     config.storage.mysql_url = SecretString::from(MYSQL_ADMIN_URL.to_owned());
     config.storage.redis_key_prefix = format!("brx-test-{suffix}:");
     config.auth.jwt_hs256_secret = Some(SecretString::from(format!("test-secret-{suffix}")));
@@ -390,26 +403,33 @@ pub(crate) fn drop_database(name: &str) {
     let _ = dropped.join();
 }
 
+/// PostgreSQL reached as a replica with `config` reaches it (through the test PgBouncer when
+/// [`PGBOUNCER_ENV`] is set), for tests that drive capabilities or stores directly.
+pub(crate) fn pg_like_the_app(config: &Config) -> brx_sync::storage::Pg {
+    brx_sync::storage::Storage::connect_lazy(&config.storage)
+        .unwrap()
+        .pg
+}
+
 /// A fresh, migrated PostgreSQL database for tests that need storage but no server; dropped after.
 pub(crate) struct TestDatabase {
-    pub(crate) pool: sqlx::PgPool,
+    pub(crate) pool: brx_sync::storage::Pg,
     pub(crate) name: String,
 }
 
 impl TestDatabase {
     pub(crate) async fn new() -> Self {
-        let (config, name) = test_config();
-        brx_sync::storage::ensure_database(&config.storage.database_url)
+        let (mut config, name) = test_config();
+        config.storage.pg_max_connections = 20;
+        let storage = brx_sync::storage::Storage::connect_lazy(&config.storage).unwrap();
+        brx_sync::storage::ensure_database(config.storage.migration_url().unwrap())
             .await
             .unwrap();
-        let url = secrecy::ExposeSecret::expose_secret(&config.storage.database_url).to_owned();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(20)
-            .connect(&url)
-            .await
-            .unwrap();
-        brx_sync::storage::MIGRATOR.run(&pool).await.unwrap();
-        Self { pool, name }
+        storage.run_migrations().await.unwrap();
+        Self {
+            pool: storage.pg,
+            name,
+        }
     }
 }
 

@@ -21,7 +21,6 @@ use brx_sync::{
         scope::SyncProgress,
     },
 };
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use super::{CatalogDb, TestApp, authorized, spawn_app_with, wait_for};
@@ -29,7 +28,7 @@ use super::{CatalogDb, TestApp, authorized, spawn_app_with, wait_for};
 pub(crate) struct SyncRig {
     pub(crate) app: TestApp,
     pub(crate) _catalog: CatalogDb,
-    pub(crate) pool: sqlx::PgPool,
+    pub(crate) pool: brx_sync::storage::Pg,
     pub(crate) handler: SyncHandler,
     /// Where the handler's blueprint catalogue counts its lookups.
     pub(crate) catalog_metrics: Metrics,
@@ -49,9 +48,7 @@ impl SyncRig {
             adjust(config);
         })
         .await;
-        let pool = sqlx::PgPool::connect(app.config.storage.database_url.expose_secret())
-            .await
-            .unwrap();
+        let pool = super::pg_like_the_app(&app.config);
         let (catalog, catalog_metrics, storage) = catalog_db.catalog(|config| {
             config.storage.redis_key_prefix = app.config.storage.redis_key_prefix.clone()
         });

@@ -1,0 +1,194 @@
+//! Behind a transaction-mode pooler (PgBouncer `pool_mode = transaction`, the way Kubernetes
+//! deployments put many replicas in front of one PostgreSQL): with `BRX_PG_POOLER=transaction` every
+//! statement stays on one server connection, so answers are never another client's.
+//!
+//! Each test runs its own PgBouncer with a server pool of 2, so dozens of clients share each server
+//! connection and a statement split across two of them shows at once.
+
+use brx_sync::{
+    config::{Config, PgPooler},
+    jobs::JobState,
+    pb::v1::PurchaseState,
+    storage::Pg,
+};
+use futures::future::join_all;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{Row, postgres::PgConnectOptions};
+
+use crate::helpers::{PgBouncer, PurchaseRig, TestDatabase};
+
+/// Concurrent clients, each asking questions only it can answer right.
+const CLIENTS: i64 = 40;
+
+/// `adjust` for an app whose PostgreSQL is reached through `bouncer`, as a replica would be deployed.
+fn through(bouncer: &PgBouncer) -> impl FnOnce(&mut Config) + use<> {
+    let addr = bouncer.addr.to_string();
+    move |config| {
+        let direct = config.storage.database_url.expose_secret().to_owned();
+        let database = direct.rsplit('/').next().unwrap().to_owned();
+        config.storage.database_url =
+            SecretString::from(format!("postgres://postgres@{addr}/{database}"));
+        config.storage.database_direct_url = Some(SecretString::from(direct));
+        config.storage.pg_pooler = PgPooler::Transaction;
+    }
+}
+
+/// A sqlx pool to `database` through `bouncer`, sized for every client at once.
+fn raw_pool(bouncer: &PgBouncer, database: &str, statement_cache: usize) -> sqlx::PgPool {
+    let options = format!("postgres://postgres@{}/{database}", bouncer.addr)
+        .parse::<PgConnectOptions>()
+        .unwrap()
+        .statement_cache_capacity(statement_cache);
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(CLIENTS as u32)
+        .connect_lazy_with(options)
+}
+
+/// Client `client`'s question `round`: the statement text differs per client, so a statement
+/// another client prepared on the same server connection gives a different answer.
+async fn ask(
+    pool: impl sqlx::PgExecutor<'_>,
+    client: i64,
+    round: i64,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!("SELECT $1::int8 * 100 + {client}");
+    let answer: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(round)
+        .fetch_one(pool)
+        .await?;
+    Ok(answer == round * 100 + client)
+}
+
+#[tokio::test]
+async fn plain_sqlx_through_the_pooler_answers_with_other_clients_statements() {
+    // Why the setting exists: sqlx parses and binds in two round trips, and the pooler may hand the
+    // server connection to another client between them.
+    let bouncer = PgBouncer::start(2).await;
+    let database = TestDatabase::new().await;
+    let pool = raw_pool(&bouncer, &database.name, 100);
+
+    let mut broken = 0;
+    for _ in 0..50 {
+        let rounds = (0..CLIENTS).map(|client| {
+            let pool = pool.clone();
+            async move {
+                let mut broken = 0;
+                for round in 0..20 {
+                    broken += usize::from(!ask(&pool, client, round).await.unwrap_or(false));
+                }
+                broken
+            }
+        });
+        broken += join_all(rounds).await.into_iter().sum::<usize>();
+        if broken > 0 {
+            break;
+        }
+    }
+
+    assert!(
+        broken > 0,
+        "sqlx's defaults survived a transaction pooler: BRX_PG_POOLER=transaction may be moot"
+    );
+}
+
+#[tokio::test]
+async fn the_service_pool_keeps_every_statement_and_transaction_on_one_server_connection() {
+    let bouncer = PgBouncer::start(2).await;
+    let database = TestDatabase::new().await;
+    let pg = Pg::new(raw_pool(&bouncer, &database.name, 0), PgPooler::Transaction);
+
+    let clients = (0..CLIENTS).map(|client| {
+        let pg = pg.clone();
+        async move {
+            let (mut wrong, mut errors) = (0, Vec::new());
+            for round in 0..25 {
+                // A statement on its own.
+                match ask(&pg, client, round).await {
+                    Ok(right) => wrong += usize::from(!right),
+                    Err(err) => errors.push(err.to_string()),
+                }
+                // A transaction of several statements, as a chunk or a saga step writes.
+                let in_transaction = async {
+                    let mut tx = pg.begin().await?;
+                    let first = ask(&mut *tx, client, round).await?;
+                    let second = ask(&mut *tx, client, round + 1).await?;
+                    let rows = sqlx::query("SELECT g FROM generate_series(1, $1::int4) g")
+                        .bind(i32::try_from(client + 1).unwrap())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(first && second && rows.len() as i64 == client + 1)
+                };
+                match in_transaction.await {
+                    Ok(right) => wrong += usize::from(!right),
+                    Err(err) => errors.push(err.to_string()),
+                }
+                // Several rows from a statement on its own.
+                match sqlx::query("SELECT g FROM generate_series(1, $1::int4) g")
+                    .bind(i32::try_from(client + 1).unwrap())
+                    .fetch_all(&pg)
+                    .await
+                {
+                    Ok(rows) => {
+                        let last: i32 = rows.last().unwrap().get(0);
+                        wrong += usize::from(i64::from(last) != client + 1);
+                    }
+                    Err(err) => errors.push(err.to_string()),
+                }
+            }
+            (wrong, errors)
+        }
+    });
+    let outcomes = join_all(clients).await;
+
+    let wrong: usize = outcomes.iter().map(|(wrong, _)| wrong).sum();
+    let errors: Vec<&String> = outcomes.iter().flat_map(|(_, errors)| errors).collect();
+    assert_eq!(wrong, 0, "answers computed by another client's statement");
+    assert!(
+        errors.is_empty(),
+        "{} errors, e.g. {:?}",
+        errors.len(),
+        errors.first()
+    );
+}
+
+#[tokio::test]
+async fn syncs_and_concurrent_purchases_run_through_the_pooler() {
+    let bouncer = PgBouncer::start(2).await;
+    let shop = PurchaseRig::with(8, 60, through(&bouncer)).await;
+    let items = shop.stocked(1, 12).await;
+
+    // Twelve buyers at once, each taking one unit of its own item: sagas, step logs, job claims,
+    // heartbeats and wake-ups all sharing two server connections.
+    let purchases = join_all(items.iter().enumerate().map(|(n, item)| {
+        let shop = &shop;
+        async move { shop.buy(&format!("pooled-{n}"), &[(*item, 1)]).await }
+    }))
+    .await;
+
+    for purchase in &purchases {
+        let purchase = purchase.as_ref().unwrap();
+        assert_eq!(purchase.state(), PurchaseState::Completed, "{purchase:?}");
+    }
+    // CardTrader drops a product sold out; locally the row stays at zero until a sync sweeps it.
+    for item in &items {
+        let upstream = shop.upstream(*item).unwrap_or(0);
+        assert_eq!(
+            shop.local(*item).await,
+            Some((i32::try_from(upstream).unwrap(), 0))
+        );
+    }
+    assert_eq!(shop.leftovers().await, (0, 0));
+
+    // A full sync through the pooled pool ends, and agrees with CardTrader on every item bought.
+    let synced = shop.rig.sync(shop.user).await;
+    assert_eq!(synced.state, JobState::Succeeded, "{synced:?}");
+    for item in &items {
+        assert_eq!(
+            shop.local(*item)
+                .await
+                .map(|(quantity, _)| i64::from(quantity)),
+            shop.upstream(*item)
+        );
+    }
+}
