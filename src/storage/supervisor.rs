@@ -120,7 +120,9 @@ impl StorageSupervisor {
             }
             return Err(error);
         }
-        let pool = &self.storage.pg_direct;
+        // Plain reads (no parameters), fine through a transaction pooler: the direct connection
+        // is opened only to migrate.
+        let pool = &self.storage.pg_probe;
         let mut applied = migrations_applied(pool)
             .await
             .map_err(|err| err.to_string())?;

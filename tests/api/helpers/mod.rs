@@ -185,6 +185,13 @@ pub(crate) async fn start_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp 
     let (mut config, database_name) = test_config();
     config.cardtrader.base_url = simulator.base_url();
     adjust(&mut config);
+    if config.storage.pg_pooler == brx_sync::config::PgPooler::Transaction {
+        // Created first: PgBouncer waits out `server_login_retry` (15 s) after a login to a
+        // database that does not exist yet, which the replica's own start would otherwise hit.
+        brx_sync::storage::ensure_database(config.storage.migration_url().unwrap())
+            .await
+            .unwrap();
+    }
     let jwt_secret = config
         .auth
         .jwt_hs256_secret
