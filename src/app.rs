@@ -453,7 +453,10 @@ fn job_workers(
     metrics: &Metrics,
     purchase_events: &PurchaseEvents,
 ) -> Vec<Worker> {
-    let owner = format!("brx-sync-{}", uuid::Uuid::new_v4().simple());
+    // `lease_owner` names the pod holding a job (Kubernetes sets HOSTNAME to the pod's name), so an
+    // operator reading the jobs table sees which replica has it; the suffix tells restarts apart.
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "brx-sync".to_owned());
+    let owner = format!("{host}-{}", uuid::Uuid::new_v4().simple());
     // One cap for every sync of this replica, below the pool size (config validation), so chunk
     // writers can never take the connections RPCs and job bookkeeping need.
     let writers = Arc::new(tokio::sync::Semaphore::new(config.sync.db_writers as usize));

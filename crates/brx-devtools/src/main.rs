@@ -33,6 +33,9 @@ enum Tool {
     /// The CardTrader simulator (as the `cardtrader-sim` binary), which the load tests run as a
     /// child process of this binary.
     Simulator(cardtrader_sim::SimulatorArgs),
+    /// One replica of the service, as `brx-sync serve` runs it (settings from the environment);
+    /// the soak runs several as child processes of this binary.
+    Replica,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,5 +93,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Tool::Simulator(args) => cardtrader_sim::run(args).await,
+        Tool::Replica => {
+            let app = brx_sync::App::build(cli.config).await?;
+            app.run_until_stopped(brx_sync::shutdown::signal()).await
+        }
     }
 }

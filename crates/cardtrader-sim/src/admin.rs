@@ -96,7 +96,10 @@ async fn patch_seller(
 
 #[derive(Deserialize)]
 struct QuantityPatch {
-    quantity: i64,
+    /// The new quantity.
+    quantity: Option<i64>,
+    /// Or a change to the current one, applied atomically (a sale elsewhere on CardTrader: -1).
+    delta: Option<i64>,
 }
 
 async fn patch_product(
@@ -108,8 +111,22 @@ async fn patch_product(
         .by_token(&token)
         .ok_or_else(|| ApiError::NotFound("Unknown token".into()))?;
     let mut inventory = lock(&seller.inventory);
-    let product = ops::set_quantity(&mut inventory, id, body.quantity)
-        .map_err(|_| ApiError::NotFound("Product not found".into()))?;
+    let not_found = |_| ApiError::NotFound("Product not found".into());
+    let product = match (body.quantity, body.delta) {
+        (Some(quantity), None) => {
+            ops::set_quantity(&mut inventory, id, quantity).map_err(not_found)?
+        }
+        (None, Some(delta)) => {
+            ops::increment(&mut inventory, id, delta)
+                .map_err(not_found)?
+                .product
+        }
+        _ => {
+            return Err(ApiError::MissingParameter(
+                "quantity or delta (one of them)".into(),
+            ));
+        }
+    };
     Ok(Json(product.export_json(
         seller.info.user_id,
         state.exports_expansion(),

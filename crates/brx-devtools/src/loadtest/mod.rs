@@ -16,6 +16,7 @@ mod purchases;
 mod rig;
 mod scale;
 mod simulator;
+mod soak;
 mod webhooks;
 
 use std::time::Duration;
@@ -49,19 +50,34 @@ pub struct LoadtestArgs {
     /// How long each idle phase measures GetSyncStatus (isolation).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub idle_for: Duration,
-    /// Concurrent buyers calling PurchaseService.Purchase (purchases).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
-    pub buyers: u32,
-    /// How long each purchases phase (closed loop, paced, paced with faults) keeps buying, and each
-    /// webhooks phase (ceiling, closed loop, paced) keeps sending.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
+    /// Concurrent buyers calling PurchaseService.CreatePurchase (100 for purchases and 8 for the soak
+    /// when omitted).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub buyers: Option<u32>,
+    /// How long each purchases phase (closed loop, paced, paced with faults) keeps buying, each
+    /// webhooks phase (ceiling, closed loop, paced) keeps sending (20 s when omitted), and the soak's
+    /// chaos runs (3 minutes when omitted).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Replica processes the soak runs.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replicas: u32,
+    /// The PgBouncer (transaction mode) the soak's replicas reach PostgreSQL through; `.ci/run`
+    /// starts one on this port.
+    #[arg(long, default_value = "127.0.0.1:6433")]
+    pub pgbouncer: std::net::SocketAddr,
+    /// The soak's replicas reach PostgreSQL directly instead of through `--pgbouncer`.
+    #[arg(long)]
+    pub direct: bool,
+    /// `BRX_JOB_LEASE` of the soak's replicas (their CardTrader budgets follow from it).
+    #[arg(long = "replica-lease", id = "replica_lease", default_value = "6s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
     /// Purchases per second the buyers offer together in the paced purchases phases, each buyer
     /// on its own evenly spaced schedule.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: u32,
     /// Purchases each purchases phase makes instead of running for `--duration`.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "purchases-per-phase", id = "purchases_per_phase", value_parser = clap::value_parser!(u64).range(1..))]
     pub purchases: Option<u64>,
     /// Concurrent senders POSTing webhook deliveries (webhooks).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -91,6 +107,10 @@ pub enum Scenario {
     /// against `GET /livez` on the same port, time until every event is applied, and local stock
     /// taken exactly once per order.
     Webhooks,
+    /// Several replica processes through PgBouncer with every kind of work at once, CardTrader
+    /// faults, and replicas killed, drained and cut off from Redis and the catalogue; then every
+    /// invariant checked: nothing lost, nothing done twice.
+    Soak,
 }
 
 impl Scenario {
@@ -100,16 +120,40 @@ impl Scenario {
             Scenario::Isolation => "isolation",
             Scenario::Purchases => "purchases",
             Scenario::Webhooks => "webhooks",
+            Scenario::Soak => "soak",
         }
     }
 }
 
 impl LoadtestArgs {
+    fn duration(&self) -> Duration {
+        let default = match self.scenario {
+            Scenario::Soak => Duration::from_secs(180),
+            _ => Duration::from_secs(20),
+        };
+        self.duration.unwrap_or(default)
+    }
+
+    fn buyers(&self) -> u32 {
+        let default = if self.scenario == Scenario::Soak {
+            8
+        } else {
+            100
+        };
+        self.buyers.unwrap_or(default)
+    }
+
+    /// The PgBouncer the soak's replicas go through, unless `--direct`.
+    fn pooler(&self) -> Option<std::net::SocketAddr> {
+        (!self.direct).then_some(self.pgbouncer)
+    }
+
     fn sellers(&self) -> u32 {
         match self.scenario {
             Scenario::Scale => self.sellers.unwrap_or(1_000),
             Scenario::Isolation => 1,
             Scenario::Purchases | Scenario::Webhooks => self.sellers.unwrap_or(100),
+            Scenario::Soak => self.sellers.unwrap_or(12),
         }
     }
 
@@ -118,6 +162,7 @@ impl LoadtestArgs {
             Scenario::Scale => 1_000,
             Scenario::Isolation => 200_000,
             Scenario::Purchases | Scenario::Webhooks => 10,
+            Scenario::Soak => 40,
         };
         self.products.unwrap_or(default)
     }
@@ -126,6 +171,9 @@ impl LoadtestArgs {
 /// Runs the chosen scenario and prints its report; tears everything down whatever the outcome, and
 /// fails when a sync failed (or, for purchases and webhooks, when the stock invariant was violated).
 pub async fn run(config: Config, args: LoadtestArgs) -> anyhow::Result<()> {
+    if args.scenario == Scenario::Soak {
+        return soak::run(config, &args).await;
+    }
     let (sellers, products) = (args.sellers(), args.products());
     println!(
         "brx-sync loadtest ({}): {} sellers x {} products on one replica\n",
@@ -135,7 +183,7 @@ pub async fn run(config: Config, args: LoadtestArgs) -> anyhow::Result<()> {
     );
     let config = match args.scenario {
         Scenario::Purchases => purchases::replica_config(config),
-        Scenario::Scale | Scenario::Isolation | Scenario::Webhooks => config,
+        Scenario::Scale | Scenario::Isolation | Scenario::Webhooks | Scenario::Soak => config,
     };
     let rig = rig::Rig::start(config, sellers, products).await?;
     let scenario = async {
@@ -144,6 +192,7 @@ pub async fn run(config: Config, args: LoadtestArgs) -> anyhow::Result<()> {
             Scenario::Isolation => isolation::run(&rig, &args).await,
             Scenario::Purchases => purchases::run(&rig, &args).await,
             Scenario::Webhooks => webhooks::run(&rig, &args).await,
+            Scenario::Soak => Err(anyhow::anyhow!("the soak runs its own replicas")),
         }
     };
     let outcome = tokio::select! {

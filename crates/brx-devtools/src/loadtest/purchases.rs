@@ -133,7 +133,7 @@ pub(super) async fn run(rig: &Rig, args: &LoadtestArgs) -> anyhow::Result<()> {
          sellers' rate-limit windows to empty",
         thousands(sellers.len() as u64 * ceiling::PAIRS_PER_SELLER)
     );
-    let ceiling = ceiling::measure(rig, &sellers, &lowered, args.buyers).await?;
+    let ceiling = ceiling::measure(rig, &sellers, &lowered, args.buyers()).await?;
     let report = report::Report {
         config: &rig.config,
         args,

@@ -34,6 +34,7 @@ pub(super) struct SimStats {
 pub(super) struct SimProduct {
     pub(super) id: i64,
     pub(super) quantity: i64,
+    pub(super) price_cents: i64,
 }
 
 impl SimulatorProcess {
@@ -196,6 +197,28 @@ impl SimulatorApi {
         product: i64,
         quantity: i64,
     ) -> anyhow::Result<()> {
+        let change = serde_json::json!({ "quantity": quantity });
+        self.patch_product(seller, product, change).await
+    }
+
+    /// Adds `delta` to a product's quantity behind every client's back, atomically (admin route):
+    /// a sale elsewhere on CardTrader is `-1`.
+    pub(super) async fn adjust_quantity(
+        &self,
+        seller: u32,
+        product: i64,
+        delta: i64,
+    ) -> anyhow::Result<()> {
+        let change = serde_json::json!({ "delta": delta });
+        self.patch_product(seller, product, change).await
+    }
+
+    async fn patch_product(
+        &self,
+        seller: u32,
+        product: i64,
+        change: serde_json::Value,
+    ) -> anyhow::Result<()> {
         let url = format!(
             "http://{}/_sim/sellers/{}/products/{product}",
             self.addr,
@@ -203,11 +226,28 @@ impl SimulatorApi {
         );
         self.http
             .patch(url)
-            .json(&serde_json::json!({ "quantity": quantity }))
+            .json(&change)
             .send()
             .await?
             .error_for_status()?;
         Ok(())
+    }
+
+    /// The secret CardTrader signs seller `seller`'s webhooks with, as its `GET /info` shows it.
+    pub(super) async fn shared_secret(&self, seller: u32) -> anyhow::Result<String> {
+        let info: serde_json::Value = self
+            .http
+            .get(format!("{}/info", self.base_url()))
+            .bearer_auth(token(seller))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        info["shared_secret"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("GET /info of {} has no shared_secret", token(seller)))
     }
 
     /// Replaces the injected faults.
@@ -229,7 +269,7 @@ fn token(seller: u32) -> String {
 }
 
 /// A loopback address with a port that was free a moment ago (the child binds it right after).
-fn free_local_addr() -> anyhow::Result<SocketAddr> {
+pub(super) fn free_local_addr() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
 }

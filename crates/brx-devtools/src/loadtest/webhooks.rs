@@ -6,7 +6,7 @@
 
 mod ceiling;
 mod check;
-mod deliveries;
+pub(super) mod deliveries;
 mod report;
 mod senders;
 
@@ -15,7 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
@@ -45,8 +44,8 @@ struct Seller {
 
 /// One item on sale, with what an order line shows of it.
 #[derive(Debug, Clone, sqlx::FromRow)]
-struct Item {
-    product_id: i64,
+pub(super) struct Item {
+    pub(super) product_id: i64,
     blueprint_id: i64,
     name: String,
     price_cents: i64,
@@ -98,9 +97,10 @@ pub(super) async fn run(rig: &Rig, args: &LoadtestArgs) -> anyhow::Result<()> {
     let sellers = Arc::new(sync_sellers(rig, &users, args.timeout).await?);
     println!(
         "  run:   ceiling: GET /livez on the side port, {} senders back to back for {:?}",
-        args.senders, args.duration
+        args.senders,
+        args.duration()
     );
-    let ceiling = ceiling::measure(rig, args.senders, args.duration).await?;
+    let ceiling = ceiling::measure(rig, args.senders, args.duration()).await?;
     let closed_loop = run_phase(rig, &sellers, args, Phase::ClosedLoop).await?;
     let paced = run_phase(rig, &sellers, args, Phase::Paced).await?;
     let report = report::Report {
@@ -172,27 +172,11 @@ async fn sync_sellers(
 
 /// The shared secret of simulator sellers 1..=n, in order, as CardTrader's `GET /info` shows it.
 async fn shared_secrets(rig: &Rig, n: usize) -> anyhow::Result<Vec<String>> {
-    let http = reqwest::Client::new();
-    let url = format!("{}/info", rig.simulator.base_url());
-    futures::stream::iter(1..=n)
+    let api = rig.simulator.api();
+    futures::stream::iter(1..=n as u32)
         .map(|seller| {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let info: serde_json::Value = http
-                    .get(url)
-                    .bearer_auth(format!("sim-token-{seller}"))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
-                info["shared_secret"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .with_context(|| {
-                        format!("GET /info of sim-token-{seller} has no shared_secret")
-                    })
-            }
+            let api = api.clone();
+            async move { api.shared_secret(seller).await }
         })
         .buffered(SETUP_CONCURRENCY)
         .try_collect()

@@ -51,7 +51,7 @@ struct Schedule {
     start: Instant,
     rate: f64,
     buyers: u64,
-    /// Calls are due before this offset, or (with `--purchases`) number fewer than this many.
+    /// Calls are due before this offset, or (with `--purchases-per-phase`) number fewer than this many.
     until: Option<Duration>,
     calls: Option<u64>,
 }
@@ -61,8 +61,8 @@ impl Schedule {
         Self {
             start,
             rate: f64::from(args.rate),
-            buyers: u64::from(args.buyers),
-            until: args.purchases.is_none().then_some(args.duration),
+            buyers: u64::from(args.buyers()),
+            until: args.purchases.is_none().then_some(args.duration()),
             calls: args.purchases,
         }
     }
@@ -76,7 +76,7 @@ impl Schedule {
     }
 }
 
-/// Runs `args.buyers` buyers, closed-loop or paced as the phase is, until the phase's budget is spent
+/// Runs `args.buyers()` buyers, closed-loop or paced as the phase is, until the phase's budget is spent
 /// and every call was answered.
 pub(super) async fn buy(
     rig: &Rig,
@@ -89,7 +89,7 @@ pub(super) async fn buy(
     let mut tasks = JoinSet::new();
     if phase.paced() {
         let schedule = Arc::new(Schedule::new(started, args));
-        for buyer in 0..args.buyers {
+        for buyer in 0..args.buyers() {
             let buyer = Buyer::new(rig, sellers, phase, buyer);
             tasks.spawn(buyer.paced(schedule.clone(), pacing()));
         }
@@ -99,9 +99,9 @@ pub(super) async fn buy(
                 sent: AtomicU64::new(0),
                 limit,
             },
-            None => Budget::Until(started + args.duration),
+            None => Budget::Until(started + args.duration()),
         });
-        for buyer in 0..args.buyers {
+        for buyer in 0..args.buyers() {
             tasks.spawn(Buyer::new(rig, sellers, phase, buyer).closed_loop(budget.clone()));
         }
     }

@@ -35,11 +35,11 @@ impl Report<'_> {
         let items: usize = self.sellers.iter().map(|seller| seller.items.len()).sum();
         let budget = match self.args.purchases {
             Some(count) => format!("{} purchases a phase", thousands(count)),
-            None => format!("{:?} a phase", self.args.duration),
+            None => format!("{:?} a phase", self.args.duration()),
         };
         println!(
             "\n  ── purchases: {} buyers over {} items of {} sellers, {budget} ──",
-            self.args.buyers,
+            self.args.buyers(),
             thousands(items as u64),
             self.sellers.len()
         );
@@ -104,7 +104,7 @@ impl Report<'_> {
     }
 
     fn print_heading(&self, run: &PhaseRun) {
-        let (buyers, rate) = (self.args.buyers, self.args.rate);
+        let (buyers, rate) = (self.args.buyers(), self.args.rate);
         let paced = format!(
             "{rate} purchases/s offered by {buyers} buyers, each one every {} on its own schedule; \
              latency counts from the scheduled send",

@@ -198,7 +198,7 @@ fn signed(
 
 /// The Order as the seller sees it, as the simulator renders one (`commerce::orders::order_json`):
 /// a regular order, paid now, one unit of each item.
-fn order_json(order_id: i64, items: &[&Item]) -> Value {
+pub(in crate::loadtest) fn order_json(order_id: i64, items: &[&Item]) -> Value {
     let now = chrono::Utc::now();
     let subtotal: i64 = items.iter().map(|item| item.price_cents).sum();
     let fee = subtotal * 5 / 100;

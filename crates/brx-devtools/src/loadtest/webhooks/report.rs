@@ -31,7 +31,7 @@ impl Report<'_> {
             self.args.senders,
             thousands(items as u64),
             self.sellers.len(),
-            self.args.duration
+            self.args.duration()
         );
         self.print_ceiling();
         for run in &self.phases {

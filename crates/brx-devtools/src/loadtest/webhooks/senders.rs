@@ -183,7 +183,7 @@ pub(super) async fn send(
         start: started,
         rate,
         senders: u64::from(args.senders),
-        until: args.duration,
+        until: args.duration(),
     });
     let mut tasks = JoinSet::new();
     for number in 0..args.senders {
@@ -194,7 +194,7 @@ pub(super) async fn send(
             answers: Answers::new(pacing()),
         };
         match phase {
-            Phase::ClosedLoop => tasks.spawn(sender.closed_loop(started + args.duration)),
+            Phase::ClosedLoop => tasks.spawn(sender.closed_loop(started + args.duration())),
             Phase::Paced => tasks.spawn(sender.paced(schedule.clone(), u64::from(number))),
         };
     }
