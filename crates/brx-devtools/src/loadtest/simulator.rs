@@ -33,6 +33,7 @@ pub(super) struct SimStats {
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 pub(super) struct SimProduct {
     pub(super) id: i64,
+    pub(super) blueprint_id: i64,
     pub(super) quantity: i64,
     pub(super) price_cents: i64,
 }

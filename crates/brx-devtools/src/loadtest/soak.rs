@@ -53,7 +53,11 @@ pub(super) async fn run(config: Config, args: &LoadtestArgs) -> anyhow::Result<(
     );
     let simulator = SimulatorProcess::start(sellers, products).await?;
     let setup = Setup::prepare(config, &simulator, args).await?;
-    let outcome = soak(&setup, &simulator, args, sellers, buyers).await;
+    // Interrupted, the soak's future is dropped with its replicas, whose processes die with it.
+    let outcome = tokio::select! {
+        outcome = soak(&setup, &simulator, args, sellers, buyers) => outcome,
+        () = brx_sync::shutdown::signal() => Err(anyhow::anyhow!("interrupted")),
+    };
     setup.tear_down().await;
     simulator.stop().await;
     outcome
@@ -233,11 +237,13 @@ async fn soak(
     let run_started = Instant::now();
     let until = tokio::time::Instant::now() + args.duration();
     let drivers = work::start(&shop, &ledger, &api, buyers, until);
+    let progress = tokio::spawn(progress(ledger.clone(), run_started, until));
     let mut chaos = Chaos::default();
     let chaos_outcome = chaos
         .run(&mut replicas, setup, &api, until, args.lease)
         .await;
     let driven = futures::future::join_all(drivers).await;
+    progress.abort();
     let ran_for = run_started.elapsed();
     chaos_outcome?;
     for outcome in driven {
@@ -319,4 +325,22 @@ fn through(url: &SecretString, proxy: SocketAddr) -> anyhow::Result<String> {
     url.set_port(Some(proxy.port()))
         .map_err(|()| anyhow::anyhow!("cannot set a port on {url}"))?;
     Ok(url.to_string())
+}
+
+/// A line every 30 s while the chaos runs, so a long soak shows it is alive.
+async fn progress(ledger: Arc<Ledger>, started: Instant, until: tokio::time::Instant) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.tick().await;
+    while tokio::time::Instant::now() < until {
+        tick.tick().await;
+        let work = ledger.totals();
+        println!(
+            "    {:>4.0} s: {} purchases answered, {} price edits, {} sales, {} syncs requested",
+            started.elapsed().as_secs_f64(),
+            thousands(work.purchases),
+            thousands(work.edits),
+            thousands(work.sales),
+            thousands(work.syncs_requested)
+        );
+    }
 }

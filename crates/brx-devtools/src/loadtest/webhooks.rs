@@ -46,7 +46,7 @@ struct Seller {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(super) struct Item {
     pub(super) product_id: i64,
-    blueprint_id: i64,
+    pub(super) blueprint_id: i64,
     name: String,
     price_cents: i64,
     properties: serde_json::Value,

@@ -6,11 +6,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::work::{Ledger, Shop};
+use super::work::{CREATED_UNITS, Created, Ledger, Shop};
 use crate::loadtest::simulator::SimulatorProcess;
 
 /// Most requests CardTrader allows one token in 10 seconds (the simulator's default).
 const GENERAL_PER_10S: u64 = 200;
+
+/// Pending pushes, less those of items a purchase in REQUIRES_ATTENTION still holds: those wait for
+/// the person who resolves the purchase, by design, and would keep the soak waiting forever.
+const PENDING_PUSHES: &str = "SELECT count(*) FROM inventory_pushes ip WHERE ip.state = 'pending' \
+     AND NOT EXISTS (SELECT 1 FROM purchase_lines l JOIN purchases p ON p.id = l.purchase_id \
+                     WHERE p.state = 'requires_attention' AND p.user_id = ip.user_id \
+                       AND l.product_id = ip.product_id)";
 
 /// What the checks found.
 #[derive(Debug, Default)]
@@ -54,16 +61,18 @@ pub(super) async fn settle(
     let started = Instant::now();
     let deadline = started + timeout;
     loop {
-        let (open_purchases, pending_pushes, unapplied, other_jobs): (i64, i64, i64, i64) =
-            sqlx::query_as(
-                "SELECT \
-                   (SELECT count(*) FROM purchases \
-                     WHERE state NOT IN ('completed', 'failed', 'requires_attention')), \
-                   (SELECT count(*) FROM inventory_pushes WHERE state = 'pending'), \
-                   (SELECT count(*) FROM webhook_events WHERE applied_at IS NULL), \
-                   (SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') \
-                     AND kind NOT LIKE 'sync%')",
-            )
+        // Push jobs are judged by their pushes (they retry those held for a person forever).
+        let (open_purchases, unapplied, other_jobs): (i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+               (SELECT count(*) FROM purchases \
+                 WHERE state NOT IN ('completed', 'failed', 'requires_attention')), \
+               (SELECT count(*) FROM webhook_events WHERE applied_at IS NULL), \
+               (SELECT count(*) FROM jobs WHERE state IN ('queued', 'running') \
+                 AND kind NOT LIKE 'sync%' AND kind <> 'inventory_push')",
+        )
+        .fetch_one(monitor)
+        .await?;
+        let pending_pushes: i64 = sqlx::query_scalar(PENDING_PUSHES)
             .fetch_one(monitor)
             .await?;
         if open_purchases + pending_pushes + unapplied + other_jobs == 0 {
@@ -124,16 +133,41 @@ pub(super) async fn verify(
         .map(|prices| prices.clone())
         .unwrap_or_default();
 
+    let creates = ledger
+        .creates
+        .lock()
+        .map(|creates| creates.clone())
+        .unwrap_or_default();
+    let (mut creates_wrong, mut first_create_wrong) = (0, None);
     let (mut stock_wrong, mut local_wrong, mut price_wrong, mut reserved) = (0, 0, 0, 0_i64);
     let (mut products, mut first_wrong) = (0, None);
     let mut attention_products = 0;
     for (index, seller) in shop.sellers.iter().enumerate() {
-        let upstream: HashMap<i64, (i64, i64)> = api
-            .export(seller.number, None)
-            .await?
-            .into_iter()
+        let exported = api.export(seller.number, None).await?;
+        let upstream: HashMap<i64, (i64, i64)> = exported
+            .iter()
             .map(|product| (product.id, (product.quantity, product.price_cents)))
             .collect();
+        for (_, blueprint, created) in creates.iter().filter(|(of, _, _)| *of == index) {
+            let listed: Vec<i64> = exported
+                .iter()
+                .filter(|product| product.blueprint_id == *blueprint)
+                .map(|product| product.quantity)
+                .collect();
+            let once = listed == [i64::from(CREATED_UNITS)];
+            let holds = match created {
+                Created::Yes => once,
+                Created::No => listed.is_empty(),
+                Created::Maybe => once || listed.is_empty(),
+            };
+            if !holds {
+                creates_wrong += 1;
+                first_create_wrong.get_or_insert(format!(
+                    "sim-token-{} blueprint {blueprint} ({created:?}): CardTrader lists {listed:?}",
+                    seller.number
+                ));
+            }
+        }
         let completed: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(
             "SELECT l.product_id, sum(l.quantity)::int8 FROM purchase_lines l \
              JOIN purchases p ON p.id = l.purchase_id \
@@ -201,6 +235,25 @@ pub(super) async fn verify(
             first_wrong.map(|first| format!(", e.g. {first}")).unwrap_or_default()
         ),
     );
+    let count = |kind: Created| {
+        creates
+            .iter()
+            .filter(|(_, _, created)| *created == kind)
+            .count()
+    };
+    report.check(
+        creates_wrong == 0,
+        "every accepted create on CardTrader exactly once, refused ones not at all",
+        format!(
+            "{} accepted, {} refused, {} unanswered; {creates_wrong} wrong{}",
+            count(Created::Yes),
+            count(Created::No),
+            count(Created::Maybe),
+            first_create_wrong
+                .map(|first| format!(", e.g. {first}"))
+                .unwrap_or_default()
+        ),
+    );
     report.check(
         local_wrong == 0,
         "local quantity = CardTrader's after the final sync",
@@ -247,16 +300,23 @@ pub(super) async fn verify(
         println!("         {count} held for a person: {reason}");
     }
 
-    let (pushes_open, pushes_failed): (i64, i64) = sqlx::query_as(
+    let (pending, pushes_failed): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'failed') \
          FROM inventory_pushes",
     )
     .fetch_one(monitor)
     .await?;
+    let pushes_open: i64 = sqlx::query_scalar(PENDING_PUSHES)
+        .fetch_one(monitor)
+        .await?;
     report.check(
         pushes_open == 0 && pushes_failed == 0,
         "every accepted edit pushed",
-        format!("{pushes_open} pending, {pushes_failed} failed"),
+        format!(
+            "{pushes_open} pending, {pushes_failed} failed; {} waiting for a person to resolve a \
+             purchase of their item",
+            pending - pushes_open
+        ),
     );
 
     let acknowledged = ledger

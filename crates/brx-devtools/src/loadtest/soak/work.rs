@@ -20,8 +20,8 @@ use anyhow::Context;
 use brx_sync::{
     domain::UserId,
     pb::v1::{
-        ConnectAccountRequest, CreatePurchaseRequest, PurchaseLine, StartSyncRequest,
-        UpdateItemRequest, account_service_client::AccountServiceClient,
+        ConnectAccountRequest, CreateItemRequest, CreatePurchaseRequest, PurchaseLine,
+        StartSyncRequest, UpdateItemRequest, account_service_client::AccountServiceClient,
         inventory_service_client::InventoryServiceClient,
         purchase_service_client::PurchaseServiceClient, sync_service_client::SyncServiceClient,
     },
@@ -258,7 +258,23 @@ pub(super) struct Ledger {
     pub(super) acknowledged: Mutex<Vec<uuid::Uuid>>,
     /// Webhook deliveries no replica took.
     pub(super) unacknowledged: AtomicU64,
+    /// Every CreateItem sent: (seller index, blueprint, what the answer says of it).
+    pub(super) creates: Mutex<Vec<(usize, i64, Created)>>,
 }
+
+/// What a CreateItem's answer says about the item it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Created {
+    /// Accepted: it must be on CardTrader exactly once.
+    Yes,
+    /// Refused: it must not be there.
+    No,
+    /// No answer (the replica died mid-call): there once, or not at all, never twice.
+    Maybe,
+}
+
+/// Units of each item the soak creates.
+pub(super) const CREATED_UNITS: i32 = 5;
 
 /// The ledger's counts at the end.
 #[derive(Debug, Clone, Copy)]
@@ -307,6 +323,10 @@ pub(super) fn start(
     let (shop_, ledger_) = (shop.clone(), ledger.clone());
     drivers.push(tokio::spawn(async move {
         edit_prices(&shop_, &ledger_, until).await
+    }));
+    let (shop_, ledger_) = (shop.clone(), ledger.clone());
+    drivers.push(tokio::spawn(async move {
+        create_items(&shop_, &ledger_, until).await
     }));
     let (shop_, ledger_, api) = (shop.clone(), ledger.clone(), api.clone());
     drivers.push(tokio::spawn(async move {
@@ -398,6 +418,64 @@ async fn edit_prices(shop: &Shop, ledger: &Ledger, until: Deadline) -> anyhow::R
             }
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    Ok(())
+}
+
+/// New items the shop lists, each of a blueprint its seller has nowhere else, so CardTrader's stock
+/// of that blueprint tells whether the create landed once, not at all, or twice. One attempt each:
+/// CreateItem carries no idempotency key, so a caller retrying after a lost answer may create twice
+/// by its own doing.
+async fn create_items(shop: &Shop, ledger: &Ledger, until: Deadline) -> anyhow::Result<()> {
+    let mut used: std::collections::HashSet<(usize, i64)> = shop
+        .sellers
+        .iter()
+        .enumerate()
+        .flat_map(|(index, seller)| {
+            seller
+                .items
+                .iter()
+                .map(move |item| (index, item.blueprint_id))
+        })
+        .collect();
+    while Deadline::now() < until {
+        let seller = rand::random_range(0..shop.sellers.len());
+        let blueprint = rand::random_range(1..=cardtrader_sim::CATALOGUE_BLUEPRINTS);
+        if !used.insert((seller, blueprint)) {
+            continue;
+        }
+        let request = CreateItemRequest {
+            user_id: shop.sellers[seller].user.to_string(),
+            blueprint_id: blueprint,
+            price_cents: 500,
+            quantity: CREATED_UNITS,
+            ..CreateItemRequest::default()
+        };
+        let channel = shop.channel(0);
+        let answer = match with_bearer(request, &shop.token) {
+            Ok(request) => {
+                InventoryServiceClient::new(channel)
+                    .create_item(request)
+                    .await
+            }
+            Err(err) => Err(internal(err)),
+        };
+        let created = match answer {
+            Ok(_) => Created::Yes,
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound
+                ) =>
+            {
+                Created::No
+            }
+            Err(_) => Created::Maybe,
+        };
+        if let Ok(mut creates) = ledger.creates.lock() {
+            creates.push((seller, blueprint, created));
+        }
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
     }
     Ok(())
 }
@@ -494,15 +572,24 @@ impl Chaos {
             replicas.sample_rss();
             let index = rand::random_range(0..replicas.slots.len());
             match turn % 5 {
-                0 => self.kill(replicas, setup, index, lease).await?,
+                0 => {
+                    self.kill(replicas, setup, index, lease).await?;
+                    println!("      SIGKILL {} (restarted)", replicas.slots[index].name);
+                }
                 1 => {
                     setup.redis.cut().await;
                     tokio::time::sleep(CUT_FOR).await;
                     setup.redis.restore();
+                    println!("      Redis cut for {CUT_FOR:?}");
                     self.redis_cuts += 1;
                 }
                 2 => {
                     let drained = replicas.drain(index).await?;
+                    println!(
+                        "      SIGTERM {}: drained in {:.1} s (restarted)",
+                        replicas.slots[index].name,
+                        drained.as_secs_f64()
+                    );
                     self.drains.push(drained);
                     replicas.spawn(index)?;
                     replicas.wait_serving(index).await?;
@@ -511,6 +598,7 @@ impl Chaos {
                     setup.catalogue.cut().await;
                     tokio::time::sleep(CUT_FOR).await;
                     setup.catalogue.restore();
+                    println!("      catalogue cut for {CUT_FOR:?}");
                     self.catalogue_cuts += 1;
                 }
                 _ => {
@@ -521,6 +609,7 @@ impl Chaos {
                     .await?;
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     api.set_faults(&super::work::faults()).await?;
+                    println!("      30 answers 429 in a burst");
                     self.bursts_429 += 1;
                 }
             }
