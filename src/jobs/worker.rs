@@ -495,14 +495,23 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
+/// How long before the lease runs out a job stops (`call_budget`, but never more than two thirds of
+/// the lease), and how often the lease is renewed: every third of it, and at least twice before that
+/// stopping point. Found by the soak: with the lease exactly 1.5 × the budget (the defaults: 30 s and
+/// 20 s) the first beat was due at the very instant the job gave up, so every job longer than a third
+/// of the lease was stopped without one renewal tried.
+fn beat_schedule(lease: Duration, call_budget: Duration) -> (Duration, Duration) {
+    let margin = call_budget.min(lease * 2 / 3);
+    let beat_every = (lease / 3).min((lease - margin) / 2);
+    (margin, beat_every)
+}
+
 /// Extends the lease every third of its length and passes on cancellation requests. Returns once
 /// the lease is lost: taken over, or not renewed in time for a CardTrader call started now to end
 /// before the lease does (`call_budget` before it runs out), having told the job to stop.
 async fn keep_lease(pool: &Pg, context: &JobContext, settings: &WorkerSettings) {
     let lease = settings.lease;
-    // Never less than a third of the lease, so a budget as long as the lease still leaves beats.
-    let margin = settings.call_budget.min(lease * 2 / 3);
-    let beat_every = lease / 3;
+    let (margin, beat_every) = beat_schedule(lease, settings.call_budget);
     let mut renewed_at = context.lease().renewed_at;
     let mut next_beat = Instant::now() + beat_every;
     loop {
@@ -535,6 +544,28 @@ async fn keep_lease(pool: &Pg, context: &JobContext, settings: &WorkerSettings) 
             }
             // A missed beat is not fatal yet: the job is stopped only when the lease is about to end.
             Err(error) => tracing::warn!(%error, "lease heartbeat failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_is_renewed_at_least_twice_before_a_job_would_stop() {
+        let second = Duration::from_secs(1);
+        // The defaults, the soak's, the 1.5x boundary the configuration allows, and a long lease.
+        for (lease, budget) in [(30, 20), (6, 4), (15, 10), (120, 20)] {
+            let (lease, budget) = (second * lease, second * budget);
+            let (margin, beat_every) = beat_schedule(lease, budget);
+            assert_eq!(margin, budget);
+            assert!(beat_every <= lease / 3);
+            assert!(
+                beat_every * 2 <= lease - margin,
+                "lease {lease:?}, budget {budget:?}: beats every {beat_every:?}, stops {margin:?} \
+                 before the end"
+            );
         }
     }
 }

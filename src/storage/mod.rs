@@ -33,8 +33,9 @@ pub struct Storage {
     /// PostgreSQL, the source of truth.
     pub pg: Pg,
     /// One connection of its own for health checks, so a busy main pool (every connection checked
-    /// out by sync writers) never reads as "database down" and flips readiness.
-    pg_probe: sqlx::PgPool,
+    /// out by sync writers) never reads as "database down" and flips readiness. A [`Pg`] like the
+    /// main pool: behind a transaction pooler its checks must stay on one server connection too.
+    pg_probe: Pg,
     /// One connection straight to PostgreSQL (past any pooler) for migrations.
     pg_direct: sqlx::PgPool,
     /// The read-only MySQL blueprint catalogue.
@@ -70,7 +71,10 @@ impl Storage {
                 )?,
                 config.pg_pooler,
             ),
-            pg_probe: postgres::lazy_pool(config, &config.database_url, "BRX_DATABASE_URL", 1)?,
+            pg_probe: Pg::new(
+                postgres::lazy_pool(config, &config.database_url, "BRX_DATABASE_URL", 1)?,
+                config.pg_pooler,
+            ),
             // Without a direct URL behind a transaction pooler, migrations are refused by
             // `StorageConfig::migration_url`; this pool then only reads which ones are applied.
             pg_direct: postgres::lazy_pool(

@@ -210,7 +210,7 @@ pub(super) fn usage(pool: &PgPool) -> PoolSnapshot {
     )
 }
 
-pub(super) async fn ping(pool: &PgPool) -> Result<(), String> {
+pub(super) async fn ping(pool: &Pg) -> Result<(), String> {
     sqlx::query("SELECT 1")
         .execute(pool)
         .await
@@ -219,7 +219,7 @@ pub(super) async fn ping(pool: &PgPool) -> Result<(), String> {
 }
 
 /// True when every migration this build carries has been applied successfully.
-pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
+pub async fn migrations_applied(pool: &Pg) -> Result<bool, sqlx::Error> {
     let table_exists: bool =
         sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(pool)

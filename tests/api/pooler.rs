@@ -192,3 +192,50 @@ async fn syncs_and_concurrent_purchases_run_through_the_pooler() {
         );
     }
 }
+
+#[tokio::test]
+async fn health_checks_through_the_pooler_never_read_another_clients_answer() {
+    // Found by the soak: the replica's own health probe (a pool of one, apart from the main pool)
+    // used plain sqlx, and behind PgBouncer its checks failed now and then ("bind message supplies
+    // 0 parameters, but prepared statement \"sqlx_s_300\" requires 1"), flipping readiness.
+    let bouncer = PgBouncer::start(2).await;
+    let database = TestDatabase::new().await;
+    let (mut config, _) = crate::helpers::test_config();
+    through(&bouncer)(&mut config);
+    let url = format!("postgres://postgres@{}/{}", bouncer.addr, database.name);
+    config.storage.database_url = SecretString::from(url);
+    let storage = brx_sync::storage::Storage::connect_lazy(&config.storage).unwrap();
+
+    // Other clients keep every server connection busy with statements of their own.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let noise = raw_pool(&bouncer, &database.name, 100);
+    let others: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (noise, stop) = (noise.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut round = 0;
+                while !stop.is_cancelled() {
+                    let _ = ask(&noise, client, round).await;
+                    round += 1;
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for _ in 0..300 {
+        if let Err(err) = storage.check(brx_sync::storage::PoolKind::Postgres).await {
+            failures.push(err);
+        }
+    }
+    stop.cancel();
+    for other in others {
+        other.await.unwrap();
+    }
+
+    assert!(
+        failures.is_empty(),
+        "{} of 300 checks failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+}

@@ -69,6 +69,9 @@ pub struct LoadtestArgs {
     /// The soak's replicas reach PostgreSQL directly instead of through `--pgbouncer`.
     #[arg(long)]
     pub direct: bool,
+    /// `BRX_LOG` of the soak's replicas, whose logs go to the soak's standard error.
+    #[arg(long, default_value = "error")]
+    pub replica_log: String,
     /// `BRX_JOB_LEASE` of the soak's replicas (their CardTrader budgets follow from it).
     #[arg(long = "replica-lease", id = "replica_lease", default_value = "6s", value_parser = humantime::parse_duration)]
     pub lease: Duration,

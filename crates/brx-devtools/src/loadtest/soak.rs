@@ -160,7 +160,7 @@ impl Setup {
         set("BRX_RECONNECT_MAX_DELAY", "1s".into());
         set("BRX_SHUTDOWN_DRAIN_DELAY", "0s".into());
         set("BRX_SHUTDOWN_GRACE_PERIOD", "15s".into());
-        set("BRX_LOG", "error".into());
+        set("BRX_LOG", args.replica_log.clone());
         let monitor = PgPoolOptions::new()
             .max_connections(2)
             .connect_lazy_with(direct.as_str().parse::<PgConnectOptions>()?);

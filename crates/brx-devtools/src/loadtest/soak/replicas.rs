@@ -84,8 +84,8 @@ impl Replicas {
             .env("BRX_ADMIN_ADDR", slot.admin.to_string())
             // Its jobs' `lease_owner` starts with this, so the soak can see whose leases are whose.
             .env("HOSTNAME", &slot.name)
+            // Logs (at `--replica-log`) go where the soak's own output goes.
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", slot.name))?;
