@@ -40,6 +40,7 @@ impl pb::blueprint_service_server::BlueprintService for BlueprintApi {
         // Within the caller's own deadline, less a little to encode the answer: ids the catalogue
         // could not answer by then come back UNKNOWN beside the cached ones, not as DEADLINE_EXCEEDED.
         let deadline = RpcDeadline::answer_by(&request, ANSWER_MARGIN)
+            .at()
             .into_std()
             .min(Instant::now() + DEFAULT_BUDGET);
         let answers = self.catalog.resolve_many(&ids, deadline).await;

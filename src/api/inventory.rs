@@ -129,10 +129,13 @@ impl pb::inventory_service_server::InventoryService for InventoryApi {
                 .create_status(user_id, &tag)
                 .await
                 .map_err(Status::from)?;
-            if status.push != PushStatus::Pending || tokio::time::Instant::now() >= answer_by {
+            if status.push != PushStatus::Pending || answer_by.is_due() {
                 return Ok(Response::new(encode_create(&status)));
             }
-            tokio::time::sleep(CREATE_POLL.min(answer_by - tokio::time::Instant::now())).await;
+            tokio::select! {
+                () = tokio::time::sleep(CREATE_POLL) => {}
+                () = answer_by.due() => {}
+            }
         }
     }
 

@@ -8,11 +8,12 @@ use std::{
 };
 
 use http_body::{Body, Frame};
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tower::{BoxError, Layer, Service};
 
 use super::status::{code_of_layer_error, resource_exhausted};
-use crate::metrics::Metrics;
+use crate::{metrics::Metrics, shutdown::AnswerBy};
 
 /// Shed RPCs (tower's `Overloaded`) become `RESOURCE_EXHAUSTED` with a `retry-after-ms` hint.
 pub(crate) fn shed_to_status(
@@ -38,15 +39,17 @@ const CALLER_DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
 /// Bounds each RPC by the configured timeout, or by the caller's shorter `grpc-timeout`, answering
 /// `DEADLINE_EXCEEDED` (tonic's own timeout answers `CANCELLED`, which callers would not retry right).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct DeadlineLayer {
     ceiling: Duration,
+    draining: CancellationToken,
 }
 
 impl DeadlineLayer {
-    /// No RPC runs longer than `ceiling`.
-    pub(crate) fn new(ceiling: Duration) -> Self {
-        Self { ceiling }
+    /// No RPC runs longer than `ceiling`; handlers that answer with what they have answer at once
+    /// when `draining` is cancelled.
+    pub(crate) fn new(ceiling: Duration, draining: CancellationToken) -> Self {
+        Self { ceiling, draining }
     }
 }
 
@@ -57,32 +60,36 @@ impl<S> Layer<S> for DeadlineLayer {
         Deadline {
             inner,
             ceiling: self.ceiling,
+            draining: self.draining.clone(),
         }
     }
 }
 
 /// When the RPC's budget runs out, for handlers that answer with what they have before then
-/// (Purchase answers with the saga's current state).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RpcDeadline(pub(crate) tokio::time::Instant);
+/// (CreatePurchase answers with the saga's current state), and the server's drain signal, at which
+/// they answer at once.
+#[derive(Debug, Clone)]
+pub(crate) struct RpcDeadline {
+    at: tokio::time::Instant,
+    draining: CancellationToken,
+}
 
 impl RpcDeadline {
     /// When a handler that answers with what it has should answer: `margin` before the RPC's
     /// deadline (30 s from now if the layer set none), so the caller gets an answer rather than
-    /// DEADLINE_EXCEEDED.
-    pub(crate) fn answer_by<T>(
-        request: &tonic::Request<T>,
-        margin: std::time::Duration,
-    ) -> tokio::time::Instant {
-        request
-            .extensions()
-            .get::<RpcDeadline>()
-            .map_or_else(
-                || tokio::time::Instant::now() + std::time::Duration::from_secs(30),
-                |deadline| deadline.0,
-            )
+    /// DEADLINE_EXCEEDED; or as soon as the server drains.
+    pub(crate) fn answer_by<T>(request: &tonic::Request<T>, margin: Duration) -> AnswerBy {
+        let (at, draining) = request.extensions().get::<RpcDeadline>().map_or_else(
+            || {
+                let at = tokio::time::Instant::now() + Duration::from_secs(30);
+                (at, CancellationToken::new())
+            },
+            |deadline| (deadline.at, deadline.draining.clone()),
+        );
+        let at = at
             .checked_sub(margin)
-            .unwrap_or_else(tokio::time::Instant::now)
+            .unwrap_or_else(tokio::time::Instant::now);
+        AnswerBy::new(at, draining)
     }
 }
 
@@ -91,6 +98,7 @@ impl RpcDeadline {
 pub(crate) struct Deadline<S> {
     inner: S,
     ceiling: Duration,
+    draining: CancellationToken,
 }
 
 impl<S, B> Service<http::Request<B>> for Deadline<S>
@@ -116,7 +124,10 @@ where
         // The deadline is fixed now, when tonic arms its timer, not at the first poll of the future
         // below: under load that poll can come later than the margin, and tonic's CANCELLED would win.
         let deadline = tokio::time::Instant::now() + budget;
-        request.extensions_mut().insert(RpcDeadline(deadline));
+        request.extensions_mut().insert(RpcDeadline {
+            at: deadline,
+            draining: self.draining.clone(),
+        });
         let future = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, future).await {

@@ -147,7 +147,10 @@ pub fn grpc_server(
         ))
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit))
-        .layer(layers::DeadlineLayer::new(config.rpc_timeout))
+        .layer(layers::DeadlineLayer::new(
+            config.rpc_timeout,
+            shutdown.clone(),
+        ))
         .layer(auth::AuthLayer::new(parts.authenticator))
         .into_inner();
 

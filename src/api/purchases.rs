@@ -62,7 +62,7 @@ impl pb::purchase_service_server::PurchaseService for PurchaseApi {
             self.purchases.deadline_from_now(),
         );
         let new = check.finish_with(new)?;
-        let outcome = self.purchases.purchase(&new, answer_by).await?;
+        let outcome = self.purchases.purchase(&new, &answer_by).await?;
         let mut answer = encode(&outcome.purchase);
         answer.replayed = outcome.replayed;
         if let Phase::Failed { reason } = &outcome.purchase.saga.phase {

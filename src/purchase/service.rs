@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::storage::Pg;
 use chrono::{DateTime, Utc};
-use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{
@@ -19,6 +18,7 @@ use crate::{
     domain::UserId,
     jobs::{Lane, wake::JobWakeups, worker::LocalStart},
     metrics::Metrics,
+    shutdown::AnswerBy,
 };
 
 /// How often a waiting caller re-reads a purchase another replica may be driving (this replica's
@@ -99,7 +99,7 @@ impl Purchases {
     pub async fn purchase(
         &self,
         purchase: &NewPurchase,
-        wait_until: Instant,
+        answer_by: &AnswerBy,
     ) -> Result<Outcome, PurchaseError> {
         let account = self
             .accounts
@@ -149,13 +149,11 @@ impl Purchases {
         let purchase = self
             .watch(
                 id,
-                wait_until,
+                answer_by,
                 Watch {
                     changes,
                     read_first: !fresh,
                 },
-                |_| false,
-                |change| change.ended,
             )
             .await?;
         Ok(Outcome {
@@ -182,23 +180,13 @@ impl Purchases {
         store::list(&self.pool, user_id, state, before, limit).await
     }
 
-    /// Waits until purchase `id` ends or `until`, and returns it as it is then.
-    pub async fn wait(&self, id: Uuid, until: Instant) -> Result<StoredPurchase, PurchaseError> {
-        // Only the announcement of its end is worth a re-read.
-        let watch = Watch::from_now(&self.events);
-        self.watch(id, until, watch, |_| false, |change| change.ended)
-            .await
-    }
-
-    /// Re-reads purchase `id` until it ends, `done` says so, or `until`; between reads, waits for an
-    /// announcement that `wakes`, or the poll interval (another replica may be driving it).
+    /// Re-reads purchase `id` until it ends or its answer is due; between reads, waits for the
+    /// announcement of its end, or the poll interval (another replica may be driving it).
     async fn watch(
         &self,
         id: Uuid,
-        until: Instant,
+        answer_by: &AnswerBy,
         watch: Watch,
-        done: impl Fn(&StoredPurchase) -> bool,
-        wakes: impl Fn(&Change) -> bool,
     ) -> Result<StoredPurchase, PurchaseError> {
         let Watch {
             mut changes,
@@ -207,7 +195,7 @@ impl Purchases {
         loop {
             if read_first {
                 let purchase = self.get(id).await?;
-                if done(&purchase) || purchase.saga.phase.is_terminal() || Instant::now() >= until {
+                if purchase.saga.phase.is_terminal() || answer_by.is_due() {
                     return Ok(purchase);
                 }
             }
@@ -217,9 +205,9 @@ impl Purchases {
             loop {
                 tokio::select! {
                     () = &mut poll => break,
-                    () = tokio::time::sleep_until(until) => break,
+                    () = answer_by.due() => break,
                     change = changes.recv() => match change {
-                        Ok(change) if change.id != id || !wakes(&change) => continue,
+                        Ok(change) if change.id != id || !change.ended => continue,
                         // Ours, or announcements were missed: re-read.
                         _ => break,
                     },
@@ -324,16 +312,6 @@ impl Purchases {
 struct Watch {
     changes: tokio::sync::broadcast::Receiver<Change>,
     read_first: bool,
-}
-
-impl Watch {
-    /// Listening from now, reading the purchase first.
-    fn from_now(events: &PurchaseEvents) -> Self {
-        Self {
-            changes: events.subscribe(),
-            read_first: true,
-        }
-    }
 }
 
 fn apply(saga: &Saga, event: &Event) -> Saga {

@@ -469,3 +469,59 @@ async fn a_caller_whose_deadline_comes_first_gets_the_current_state_and_the_saga
     assert_eq!(ended.saga.phase, brx_sync::purchase::saga::Phase::Completed);
     assert_eq!(shop.upstream(item), Some(before - 1));
 }
+
+#[tokio::test]
+async fn a_purchase_in_flight_when_the_server_drains_is_answered_at_once_with_its_current_state() {
+    // The soak found drains running into the grace period: CreatePurchase kept waiting for a saga
+    // the drain had just handed back to the queue, and was cut at the end of the grace.
+    let shop = PurchaseRig::with(4, 10, |config| {
+        config.server.shutdown_grace_period = Duration::from_secs(20);
+    })
+    .await;
+    let item = shop.stocked(2, 1).await[0];
+    shop.rig.app.simulator.set_faults(Faults {
+        latency_ms: 3_000,
+        ..Faults::default()
+    });
+    let mut client = shop.client().await;
+    let request = authorized(
+        shop.request("draining", &[(item, 1)]),
+        &shop.rig.app.seller_token(shop.user),
+    );
+    let in_flight = tokio::spawn(async move { client.create_purchase(request).await });
+    let pool = shop.rig.pool.clone();
+    wait_until(
+        "the purchase to be taking stock",
+        Duration::from_secs(10),
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM purchases WHERE state = 'taking'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                    == 1
+            }
+        },
+    )
+    .await;
+
+    let stopped = tokio::time::timeout(Duration::from_secs(10), shop.rig.app.stop()).await;
+
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "the drain must not wait out the 20 s grace: {stopped:?}"
+    );
+    let answer = in_flight.await.unwrap().expect("answered, not cut");
+    let purchase = answer.into_inner().purchase.unwrap();
+    assert!(
+        !matches!(
+            purchase.state(),
+            PurchaseState::Completed | PurchaseState::Failed
+        ),
+        "answered with the saga still in progress (another replica finishes it): {purchase:?}"
+    );
+    assert!(!purchase.purchase_id.is_empty());
+}
