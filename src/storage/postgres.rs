@@ -49,8 +49,10 @@ impl Pg {
     /// Opens a transaction on a pooled connection.
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         match self.pooler {
-            PgPooler::None => self.pool.begin().await,
-            PgPooler::Transaction => self.pool.begin_with(BEGIN_BEHIND_POOLER).await,
+            PgPooler::None => begin_whole(self.pool.clone(), "BEGIN".into()).await,
+            PgPooler::Transaction => {
+                begin_whole(self.pool.clone(), BEGIN_BEHIND_POOLER.into()).await
+            }
         }
     }
 
@@ -60,10 +62,9 @@ impl Pg {
         statement: &'static str,
     ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         match self.pooler {
-            PgPooler::None => self.pool.begin_with(statement).await,
+            PgPooler::None => begin_whole(self.pool.clone(), statement.into()).await,
             PgPooler::Transaction => {
-                let statement = format!("{statement}; DEALLOCATE ALL");
-                self.pool.begin_with(sqlx::AssertSqlSafe(statement)).await
+                begin_whole(self.pool.clone(), format!("{statement}; DEALLOCATE ALL")).await
             }
         }
     }
@@ -86,7 +87,7 @@ impl Pg {
     where
         E: 'q + Execute<'q, Postgres>,
     {
-        let mut tx = pool.begin().await?;
+        let mut tx = begin_whole(pool, "BEGIN".into()).await?;
         let steps = tx.fetch_many(Unnamed(query)).try_collect().await?;
         tx.commit().await?;
         Ok(steps)
@@ -153,6 +154,21 @@ impl<'p> Executor<'p> for &'_ Pg {
     {
         (&self.pool).describe(sql)
     }
+}
+
+/// Acquires a connection and runs `statement` (a BEGIN) on a task of its own, so it is never
+/// dropped halfway. sqlx counts a transaction as open only once BEGIN is answered: a future dropped
+/// between sending BEGIN and reading the answer (a caller's deadline, a cancelled RPC) hands the
+/// connection back to the pool with the server inside a transaction sqlx does not know of, and the
+/// next autocommit statement on it never commits. Finished on its task, a transaction whose caller
+/// has gone is dropped there and rolled back like any other.
+async fn begin_whole(
+    pool: PgPool,
+    statement: String,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    tokio::spawn(async move { pool.begin_with(sqlx::AssertSqlSafe(statement)).await })
+        .await
+        .map_err(|_| sqlx::Error::WorkerCrashed)?
 }
 
 /// A statement sqlx prepares unnamed: it lives until the next statement on the server connection,

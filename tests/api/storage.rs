@@ -67,3 +67,48 @@ async fn readiness_stays_up_while_every_connection_of_the_main_pool_is_checked_o
     storage.close().await;
     drop_database(&database);
 }
+
+#[tokio::test]
+async fn a_transaction_dropped_while_it_begins_leaves_its_connection_out_of_any_transaction() {
+    // A caller's deadline or a cancelled RPC drops a future at any await. Dropped between sending
+    // BEGIN and reading its answer, sqlx hands the connection back with the server inside a
+    // transaction it does not know of; the next autocommit statement on it would then never commit
+    // (the soak saw "there is already a transaction in progress").
+    let (mut config, database) = test_config();
+    config.storage.pg_max_connections = 1;
+    ensure_database(&config.storage.database_url).await.unwrap();
+    let storage = Storage::connect_lazy(&config.storage).unwrap();
+    let pg = &storage.pg;
+    sqlx::query("CREATE TABLE marks (id int)")
+        .execute(pg)
+        .await
+        .unwrap();
+
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        pg.begin_with("BEGIN; SELECT pg_sleep(0.5)"),
+    )
+    .await;
+    assert!(dropped.is_err(), "dropped before the BEGIN was answered");
+    // The pool's only connection, once it is back: an autocommit insert on it.
+    sqlx::query("INSERT INTO marks VALUES (1)")
+        .execute(pg)
+        .await
+        .unwrap();
+
+    let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+    let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM marks")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen, 1,
+        "the insert committed, visible to another connection"
+    );
+    drop(other);
+    storage.close().await;
+    drop_database(&database);
+}
