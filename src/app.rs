@@ -2,7 +2,7 @@
 //! `run_until_stopped` serves until the shutdown future resolves, then drains in the order STYLE.md
 //! describes.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use futures::future::BoxFuture;
@@ -271,7 +271,7 @@ impl App {
 /// A replica's running parts, and the tokens that stop them.
 struct Running {
     supervisor: JoinHandle<anyhow::Result<()>>,
-    background: JoinSet<anyhow::Result<()>>,
+    background: NamedTasks,
     grpc: JoinHandle<anyhow::Result<()>>,
     http: JoinHandle<anyhow::Result<()>>,
     health: api::HealthBridge,
@@ -298,7 +298,7 @@ impl Running {
             result = &mut self.supervisor => Some(report_exit("storage supervisor", result)),
             // Workers, the scheduler, the remap watch, the wake-up listener and the change relay
             // only return at shutdown.
-            Some(result) = self.background.join_next() => Some(report_exit("background work", result)),
+            Some((name, result)) = self.background.join_next() => Some(report_exit(name, result)),
         }
     }
 
@@ -313,15 +313,28 @@ impl Running {
         }
         self.stop_background.cancel();
         self.stop_grpc.cancel();
+        let (mut grpc_drained, mut supervisor_stopped) = (false, false);
         let drained = tokio::time::timeout(self.grace_period, async {
             let _ = (&mut self.grpc).await;
+            grpc_drained = true;
             let _ = (&mut self.supervisor).await;
+            supervisor_stopped = true;
             // Workers hand their running jobs back to the queue as they stop.
             while self.background.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(grace = ?self.grace_period, "grace period over: cutting in-flight RPCs");
+            // Named, so an operator whose drains run into the grace period knows what to look at.
+            let still_running = [
+                (!grpc_drained).then_some("in-flight RPCs"),
+                (!supervisor_stopped).then_some("storage supervisor"),
+            ]
+            .into_iter()
+            .flatten()
+            .chain(self.background.running())
+            .collect::<Vec<_>>()
+            .join(", ");
+            tracing::warn!(grace = ?self.grace_period, %still_running, "grace period over: cutting what is still running");
             self.grpc.abort();
             self.supervisor.abort();
             self.background.abort_all();
@@ -333,10 +346,53 @@ impl Running {
     }
 }
 
+/// Background tasks, each with the name a log line gives it when it stops or outlasts a drain.
+#[derive(Default)]
+struct NamedTasks {
+    tasks: JoinSet<anyhow::Result<()>>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl NamedTasks {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let id = self.tasks.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// The next task to end, by name, and how it ended; `None` when none is left.
+    async fn join_next(
+        &mut self,
+    ) -> Option<(
+        &'static str,
+        Result<anyhow::Result<()>, tokio::task::JoinError>,
+    )> {
+        let ended = self.tasks.join_next_with_id().await?;
+        let id = match &ended {
+            Ok((id, _)) => *id,
+            Err(error) => error.id(),
+        };
+        let name = self.names.remove(&id).unwrap_or("background task");
+        Some((name, ended.map(|(_, result)| result)))
+    }
+
+    /// The names of the tasks still running.
+    fn running(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.names.values().copied()
+    }
+
+    fn abort_all(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
 /// Everything a replica runs besides serving: job workers per lane, the sync scheduler, retention,
 /// the remap watch, the push requeue, the wake-up listener and the change relay.
 struct Background {
-    tasks: JoinSet<anyhow::Result<()>>,
+    tasks: NamedTasks,
     wakeups: JobWakeups,
     purchase_events: PurchaseEvents,
     /// Starts a new purchase on this replica's interactive worker at once, when it has one.
@@ -408,12 +464,12 @@ impl Background {
             crate::retention::RetentionSettings::from_config(&config.retention),
         );
 
-        let mut tasks = JoinSet::new();
+        let mut tasks = NamedTasks::default();
         // Claiming, scheduling and pruning need the jobs table: each waits until the database is
         // reachable and migrated. The wake-up listener and the change relay need only Redis.
-        let mut once_migrated = |run: BoxFuture<'static, anyhow::Result<()>>| {
+        let mut once_migrated = |name, run: BoxFuture<'static, anyhow::Result<()>>| {
             let (stop, mut ready) = (stop.clone(), readiness.subscribe());
-            tasks.spawn(async move {
+            tasks.spawn(name, async move {
                 let migrated = tokio::select! {
                     () = stop.cancelled() => false,
                     _ = ready.wait_for(|state| state.database_ready) => true,
@@ -422,18 +478,26 @@ impl Background {
             });
         };
         for worker in workers {
-            once_migrated(Box::pin(worker.run(stop.clone())));
+            let name = match worker.lane() {
+                Lane::Interactive => "interactive job worker",
+                Lane::Bulk => "bulk job worker",
+            };
+            once_migrated(name, Box::pin(worker.run(stop.clone())));
         }
-        once_migrated(Box::pin(scheduler.run(stop.clone())));
-        once_migrated(Box::pin(retention.run(stop.clone())));
-        once_migrated(Box::pin(unknown_prints.run(stop.clone())));
-        once_migrated(Box::pin(push_requeue.run(stop.clone())));
+        once_migrated("sync scheduler", Box::pin(scheduler.run(stop.clone())));
+        once_migrated("retention", Box::pin(retention.run(stop.clone())));
+        once_migrated("remap watch", Box::pin(unknown_prints.run(stop.clone())));
+        once_migrated("push re-queuer", Box::pin(push_requeue.run(stop.clone())));
         tasks.spawn(
+            "wake-up listener",
             wakeups
                 .clone()
                 .listen(config.storage.redis_url.clone(), stop.clone()),
         );
-        tasks.spawn(change_relay.run(storage.redis.clone(), stop.clone()));
+        tasks.spawn(
+            "change relay",
+            change_relay.run(storage.redis.clone(), stop.clone()),
+        );
         Self {
             tasks,
             wakeups,

@@ -6,6 +6,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     panic::AssertUnwindSafe,
     sync::{
         Arc,
@@ -253,11 +254,12 @@ impl Worker {
             .take()
             .ok_or_else(|| anyhow::anyhow!("the worker is already running"))?;
         let this = Arc::new(self);
-        let mut running = tokio::task::JoinSet::new();
-        let spawn = |running: &mut tokio::task::JoinSet<()>, lease: Lease, permit| {
+        let mut running = RunningJobs::default();
+        let spawn = |running: &mut RunningJobs, lease: Lease, permit| {
             let this = this.clone();
             let shutdown = shutdown.clone();
-            running.spawn(async move {
+            let job = format!("{} job {}", lease.job.kind.name(), lease.job.id);
+            running.spawn(job, async move {
                 this.execute(lease, shutdown).await;
                 drop(permit);
             });
@@ -310,7 +312,7 @@ impl Worker {
                 Some((lease, permit)) = handed.recv() => spawn(&mut running, lease, permit),
                 () = this.wake.notified() => {}
                 () = tokio::time::sleep(this.settings.poll_interval) => {}
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                () = running.join_next(), if !running.is_empty() => {}
             }
         }
         // Jobs handed over but not started go back to the queue, like interrupted ones.
@@ -320,7 +322,7 @@ impl Worker {
             this.settle(&context, None, Err(JobFailure::Interrupted))
                 .await;
         }
-        while running.join_next().await.is_some() {}
+        running.finish(this.settings.lane.as_str()).await;
         Ok(())
     }
 
@@ -360,13 +362,17 @@ impl Worker {
             return;
         }
         // The heartbeat runs inside this task, not beside it: if the task dies, the lease stops being
-        // extended and another worker takes the job over.
-        let run = AssertUnwindSafe(handler.run(&context)).catch_unwind();
-        let beat = keep_lease(&self.pool, &context, &self.settings);
-        tokio::pin!(run, beat);
-        let caught = tokio::select! {
-            caught = &mut run => caught,
-            () = &mut beat => run.await,
+        // extended and another worker takes the job over. Both futures end with this block, before
+        // the settle: a heartbeat left alive mid-transaction (behind a pooler each one is a
+        // transaction) would hold the job's row while the settle waits for it, forever.
+        let caught = {
+            let run = AssertUnwindSafe(handler.run(&context)).catch_unwind();
+            let beat = keep_lease(&self.pool, &context, &self.settings);
+            tokio::pin!(run, beat);
+            tokio::select! {
+                caught = &mut run => caught,
+                () = &mut beat => run.await,
+            }
         };
         let outcome = match caught {
             Ok(outcome) => outcome,
@@ -493,6 +499,56 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|text| (*text).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The jobs a worker is running, by task, so a drain can say which ones it is waiting for.
+#[derive(Default)]
+struct RunningJobs {
+    tasks: tokio::task::JoinSet<()>,
+    /// "kind job id" of each task.
+    jobs: HashMap<tokio::task::Id, String>,
+}
+
+impl RunningJobs {
+    fn spawn(&mut self, job: String, task: impl Future<Output = ()> + Send + 'static) {
+        let id = self.tasks.spawn(task).id();
+        self.jobs.insert(id, job);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Waits for the next job to end.
+    async fn join_next(&mut self) {
+        if let Some(ended) = self.tasks.join_next_with_id().await {
+            let id = match ended {
+                Ok((id, ())) => id,
+                Err(error) => error.id(),
+            };
+            self.jobs.remove(&id);
+        }
+    }
+
+    /// Waits for every job to reach a safe point and hand itself back, naming the ones still
+    /// running every few seconds: a drain that runs into its grace period says what it waited for.
+    async fn finish(mut self, lane: &str) {
+        const REPORT_EVERY: Duration = Duration::from_secs(5);
+        while !self.is_empty() {
+            if tokio::time::timeout(REPORT_EVERY, self.join_next())
+                .await
+                .is_err()
+            {
+                let mut still_running = self.jobs.values().cloned().collect::<Vec<_>>();
+                still_running.sort();
+                tracing::warn!(
+                    lane,
+                    still_running = still_running.join(", "),
+                    "stopping: waiting for running jobs to reach a safe point"
+                );
+            }
+        }
+    }
 }
 
 /// How long before the lease runs out a job stops (`call_budget`, but never more than two thirds of

@@ -89,6 +89,7 @@ impl Pg {
     {
         let mut tx = begin_whole(pool, "BEGIN".into()).await?;
         let steps = tx.fetch_many(Unnamed(query)).try_collect().await?;
+        crate::failpoint::pause("pg.alone_before_commit").await;
         tx.commit().await?;
         Ok(steps)
     }

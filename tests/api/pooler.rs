@@ -239,3 +239,121 @@ async fn health_checks_through_the_pooler_never_read_another_clients_answer() {
         failures.first()
     );
 }
+
+/// A job that runs until the test lets it finish.
+struct Gated {
+    started: tokio::sync::mpsc::UnboundedSender<()>,
+    finish: tokio_util::sync::CancellationToken,
+}
+
+#[tonic::async_trait]
+impl brx_sync::jobs::worker::JobHandler for Gated {
+    fn kind(&self) -> brx_sync::jobs::KindName {
+        brx_sync::jobs::KindName::SyncFull
+    }
+
+    async fn run(
+        &self,
+        _context: &brx_sync::jobs::JobContext,
+    ) -> Result<(), brx_sync::jobs::worker::JobFailure> {
+        let _ = self.started.send(());
+        self.finish.cancelled().await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_job_ending_while_its_heartbeat_is_in_flight_settles_without_waiting_for_it() {
+    // Found by the soak: behind the pooler a heartbeat is a transaction of its own. A job that
+    // ended while one was in flight settled with the heartbeat still alive but no longer polled:
+    // its transaction held the job's row, the settle waited for that row, and the job stayed
+    // `running` under a lease nobody could take over (SKIP LOCKED passes a locked row by).
+    use brx_sync::jobs::{
+        JobKind, Lane, NewJob, QueueLimit, Ranking, store,
+        worker::{Worker, WorkerSettings},
+    };
+    use std::{sync::Arc, time::Duration};
+
+    let bouncer = PgBouncer::start(2).await;
+    let database = TestDatabase::new().await;
+    let pooled = format!("postgres://postgres@{}/{}", bouncer.addr, database.name)
+        .parse::<PgConnectOptions>()
+        .unwrap()
+        .statement_cache_capacity(0);
+    let pool = Pg::new(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_lazy_with(pooled),
+        PgPooler::Transaction,
+    );
+    let user = brx_sync::domain::UserId::from_uuid(uuid::Uuid::new_v4()).unwrap();
+    let job = store::enqueue(
+        &database.pool,
+        &NewJob::new(user, JobKind::SyncFull),
+        QueueLimit::Depth(10),
+    )
+    .await
+    .unwrap()
+    .job()
+    .id;
+    let (started, mut has_started) = tokio::sync::mpsc::unbounded_channel();
+    let finish = tokio_util::sync::CancellationToken::new();
+    let settings = WorkerSettings {
+        owner: "heartbeat-test".into(),
+        lane: Lane::Bulk,
+        // One slot: with the job running, the worker claims nothing, and the only statements
+        // through the pool are the heartbeats.
+        concurrency: 1,
+        lease: Duration::from_secs(3),
+        call_budget: Duration::from_secs(1),
+        poll_interval: Duration::from_millis(50),
+        ranking: Ranking {
+            aging: Duration::from_secs(60),
+            turn: Duration::from_secs(1),
+        },
+        retry_min: Duration::from_millis(10),
+        retry_max: Duration::from_millis(50),
+    };
+    let handler = Gated {
+        started,
+        finish: finish.clone(),
+    };
+    let worker = Worker::new(
+        pool,
+        vec![Arc::new(handler)],
+        settings,
+        brx_sync::metrics::Metrics::new().unwrap(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    has_started.recv().await.unwrap();
+
+    // The next heartbeat stops between its UPDATE and its COMMIT, holding the job's row.
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("pg.alone_before_commit", "1*return(60000)").unwrap();
+    let monitor = &database.pool;
+    crate::helpers::wait_until(
+        "a heartbeat holding the job's row",
+        Duration::from_secs(10),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state = 'idle in transaction' AND query LIKE 'UPDATE jobs SET lease_expires_at%'",
+            )
+            .fetch_one(monitor)
+            .await
+            .unwrap()
+                == 1
+        },
+    )
+    .await;
+    finish.cancel();
+
+    crate::helpers::wait_until("the job to settle", Duration::from_secs(10), || async {
+        store::get(monitor, job).await.unwrap().state == JobState::Succeeded
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    scenario.teardown();
+}
