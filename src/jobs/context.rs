@@ -3,7 +3,8 @@
 //! transaction, and [`JobContext::read`] a read-only transaction. A handler holds no pool of its
 //! own, so a write that skips the fence cannot be written. The context also tells the handler when
 //! to stop: a cancellation, a shutdown, or a lease it could not renew ([`JobContext::lease_token`],
-//! which CardTrader calls watch, fires before the lease runs out).
+//! which CardTrader calls watch, fires before the lease runs out; [`JobContext::read_stop_token`]
+//! fires at a shutdown too, for reads a stopping worker need not wait for).
 
 use std::{
     ops::{Deref, DerefMut},
@@ -33,6 +34,8 @@ pub struct JobContext {
     signals: Arc<Signals>,
     shutdown: CancellationToken,
     lease_token: CancellationToken,
+    /// A child of `shutdown`, also cancelled with `lease_token`.
+    read_stop_token: CancellationToken,
     changes: Changes,
 }
 
@@ -55,6 +58,7 @@ impl JobContext {
             lease,
             pool,
             signals: Arc::default(),
+            read_stop_token: shutdown.child_token(),
             shutdown,
             lease_token: CancellationToken::new(),
             changes,
@@ -120,6 +124,14 @@ impl JobContext {
         self.lease_token.clone()
     }
 
+    /// Fires when the lease is lost or the worker stops. For CardTrader reads only (the export): a
+    /// read abandoned halfway changes nothing, so a draining replica hands the job back at once
+    /// instead of waiting out an export that may take minutes. A write's outcome must be known, so
+    /// writes watch [`Self::lease_token`] alone and run to their end.
+    pub fn read_stop_token(&self) -> CancellationToken {
+        self.read_stop_token.clone()
+    }
+
     /// Whether the lease was lost (see [`Self::lease_token`]).
     pub fn lease_lost(&self) -> bool {
         self.signals.lease_lost.load(Ordering::Relaxed)
@@ -183,6 +195,7 @@ impl JobContext {
     pub(super) fn lose_lease(&self) {
         self.signals.lease_lost.store(true, Ordering::Relaxed);
         self.lease_token.cancel();
+        self.read_stop_token.cancel();
     }
 }
 

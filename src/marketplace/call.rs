@@ -178,10 +178,21 @@ impl Inner {
             )
             .bearer_auth(seller.token.expose_secret())
             .timeout(spec.timeout);
-        let sent = with_traceparent(request, &span)
+        // A stream is only ever a read (the export): abandoned when the caller stops.
+        let send = with_traceparent(request, &span)
             .send()
-            .instrument(span.clone())
-            .await;
+            .instrument(span.clone());
+        let sent = match &options.cancel {
+            Some(cancel) => tokio::select! {
+                sent = send => sent,
+                () = cancel.cancelled() => {
+                    return self
+                        .settle(admission, seller, spec, Err(MarketplaceError::Cancelled))
+                        .await;
+                }
+            },
+            None => send.await,
+        };
         if let Ok(response) = &sent {
             span.record("http.response.status_code", response.status().as_u16());
         }

@@ -23,6 +23,9 @@ pub enum ExportError {
         /// The bound, in bytes.
         limit: usize,
     },
+    /// The caller's cancellation token fired (the job is stopping); the body was dropped unread.
+    #[error("the export was abandoned: the job is stopping")]
+    Stopped,
 }
 
 /// Splits a byte stream holding one JSON array into the raw bytes of each element, holding at most
@@ -157,6 +160,28 @@ impl ArraySplitter {
     }
 }
 
+/// Ends `items` with [`ExportError::Stopped`] as soon as `cancel` fires, even while waiting for
+/// the network: the rest of the body is dropped unread.
+pub fn stopped_by<T>(
+    items: impl Stream<Item = Result<T, ExportError>> + Send + 'static,
+    cancel: tokio_util::sync::CancellationToken,
+) -> impl Stream<Item = Result<T, ExportError>> + Send + 'static
+where
+    T: Send + 'static,
+{
+    futures::stream::unfold(Some(Box::pin(items)), move |items| {
+        let cancel = cancel.clone();
+        async move {
+            let mut items = items?;
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => Some((Err(ExportError::Stopped), None)),
+                next = items.next() => next.map(|item| (item, Some(items))),
+            }
+        }
+    })
+}
+
 /// Turns a streamed export body into a stream of parsed items; a product longer than
 /// `max_product_bytes` ends the stream with [`ExportError::ProductTooLarge`] (and the body is
 /// dropped unread).
@@ -211,6 +236,29 @@ mod tests {
 
     /// A bound far above every element of these tests but the ones meant to pass it.
     const LIMIT: usize = 1024;
+
+    #[tokio::test]
+    async fn a_stopped_read_ends_with_stopped_even_while_the_body_is_silent() {
+        // One product, then a body that never sends another byte (a hung export).
+        let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(Bytes::from(
+            "[{\"id\": 1}",
+        ))])
+        .chain(futures::stream::pending());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut items = Box::pin(stopped_by(
+            products::<serde_json::Value, _, _>(Box::pin(body), LIMIT),
+            cancel.clone(),
+        ));
+
+        let first = items.next().await.unwrap().unwrap();
+        cancel.cancel();
+        let then = items.next().await;
+        let after = items.next().await;
+
+        assert_eq!(first["id"], 1);
+        assert!(matches!(then, Some(Err(ExportError::Stopped))), "{then:?}");
+        assert!(after.is_none(), "nothing after the stop");
+    }
 
     fn split_in_pieces(body: &str, piece: usize) -> Result<Vec<String>, ExportError> {
         let mut splitter = ArraySplitter::new(LIMIT);

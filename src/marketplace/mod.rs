@@ -279,8 +279,10 @@ impl MarketplaceClient {
             Box::pin(response.bytes_stream()),
             self.inner.max_export_product_bytes,
         );
+        // Without a token nothing stops it: a token that never fires.
+        let cancel = options.cancel.clone().unwrap_or_default();
         Ok(futures::TryStreamExt::map_ok(
-            products,
+            export::stopped_by(products, cancel),
             move |mut product| {
                 learn_from_filter(&mut product, filter);
                 product

@@ -160,7 +160,8 @@ impl SyncHandler {
             SyncScope::Full => CallOptions::bulk(self.settings.export_budget),
             SyncScope::Targeted { .. } => CallOptions::interactive(self.settings.export_budget),
         }
-        .stopped_by(context.lease_token());
+        // Everything a sync sends CardTrader is a read: a stopping worker abandons it.
+        .stopped_by(context.read_stop_token());
         let expansions = Arc::new(ExpansionFill::new(
             &self.catalog,
             self.accounts.marketplace(),
@@ -343,7 +344,7 @@ impl SyncHandler {
             MarketplaceError::RateLimited { retry_after, .. } => {
                 JobFailure::RateLimited { wait: retry_after }
             }
-            MarketplaceError::Cancelled => JobFailure::LeaseLost,
+            MarketplaceError::Cancelled => context.should_stop().unwrap_or(JobFailure::LeaseLost),
             other => JobFailure::Transient(other.to_string()),
         }
     }
@@ -397,6 +398,8 @@ fn chunk_failure(error: ChunkError) -> JobFailure {
 fn export_failure(error: ExportError) -> JobFailure {
     match error {
         ExportError::ProductTooLarge { .. } => JobFailure::Permanent(error.to_string()),
+        // The lease was lost or the worker is stopping; the worker settles by its own flags.
+        ExportError::Stopped => JobFailure::Interrupted,
         other => transient(other),
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use brx_sync::jobs::JobState;
 
-use crate::helpers::{SyncRig, progress};
+use crate::helpers::{SyncRig, progress, wait_until};
 
 #[tokio::test]
 async fn a_full_sync_lands_exactly_the_simulators_inventory_and_a_resync_writes_only_what_changed()
@@ -195,5 +195,49 @@ async fn a_product_past_the_size_bound_fails_the_sync_naming_the_setting_and_swe
         setup.local_rows(user).await,
         3_000,
         "a sync that could not read its whole export sweeps nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_draining_replica_hands_back_a_sync_waiting_on_its_export_at_once() {
+    // Found by the soak: drains ran into their grace period waiting for a sync whose export was in
+    // flight (CardTrader asks clients to give it minutes). A read abandoned halfway changes
+    // nothing, so the job goes back to the queue for another replica straight away.
+    let mut rig = SyncRig::with(|config| {
+        config.jobs.bulk_concurrency = 2;
+        config.jobs.poll_interval = Duration::from_millis(100);
+        config.server.shutdown_grace_period = Duration::from_secs(30);
+    })
+    .await;
+    let seller = rig.app.simulator.add_seller(100);
+    let user = rig.connect(&seller.token).await;
+    let calls_before = rig.app.simulator.stats(&seller.token).total;
+    rig.app.simulator.set_faults(cardtrader_sim::Faults {
+        export_delay_ms: 120_000,
+        ..cardtrader_sim::Faults::default()
+    });
+    let job = rig.queue(user).await;
+    // The sync's first CardTrader call is the export.
+    wait_until(
+        "the export to be asked for",
+        Duration::from_secs(10),
+        || {
+            let calls = rig.app.simulator.stats(&seller.token).total;
+            async move { calls > calls_before }
+        },
+    )
+    .await;
+
+    let stopped = tokio::time::timeout(Duration::from_secs(10), rig.app.shut_down()).await;
+
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "the drain must not wait for the export: {stopped:?}"
+    );
+    let handed_back = brx_sync::jobs::store::get(&rig.pool, job).await.unwrap();
+    assert_eq!(
+        handed_back.state,
+        JobState::Queued,
+        "free for another replica: {handed_back:?}"
     );
 }

@@ -326,6 +326,11 @@ impl TestApp {
 
     /// Triggers shutdown and waits for `run_until_stopped` to return.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        self.shut_down().await
+    }
+
+    /// [`Self::stop`], keeping the database (dropped with the app) for the test to read.
+    pub(crate) async fn shut_down(&mut self) -> anyhow::Result<()> {
         self.trigger_shutdown();
         let task = self.task.take().expect("not stopped yet");
         task.await.expect("app task did not panic")
