@@ -52,6 +52,22 @@ pub(super) struct Item {
     properties: serde_json::Value,
 }
 
+impl Item {
+    /// The items `user` has in the shop after its sync, by product id.
+    pub(super) async fn of_seller(
+        monitor: &sqlx::PgPool,
+        user: brx_sync::domain::UserId,
+    ) -> Result<Vec<Self>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT product_id, blueprint_id, name, price_cents, properties FROM inventory_items \
+             WHERE user_id = $1 ORDER BY product_id",
+        )
+        .bind(user.as_uuid())
+        .fetch_all(monitor)
+        .await
+    }
+}
+
 /// The sending phases, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -143,13 +159,7 @@ async fn sync_sellers(
     let secrets = shared_secrets(rig, users.len()).await?;
     let mut sellers = Vec::with_capacity(users.len());
     for (user, secret) in users.iter().zip(secrets) {
-        let items: Vec<Item> = sqlx::query_as(
-            "SELECT product_id, blueprint_id, name, price_cents, properties FROM inventory_items \
-             WHERE user_id = $1 ORDER BY product_id",
-        )
-        .bind(user.as_uuid())
-        .fetch_all(&rig.monitor)
-        .await?;
+        let items = Item::of_seller(&rig.monitor, *user).await?;
         if !items.is_empty() {
             let url = format!("http://{}/webhooks/cardtrader/{user}", rig.http_addr);
             sellers.push(Seller { url, secret, items });

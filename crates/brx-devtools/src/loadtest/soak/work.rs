@@ -133,13 +133,7 @@ impl Shop {
             .try_collect()
             .await?;
         for ((number, user), secret) in users.into_iter().zip(secrets) {
-            let items: Vec<Item> = sqlx::query_as(
-                "SELECT product_id, blueprint_id, name, price_cents, properties FROM inventory_items \
-                 WHERE user_id = $1 ORDER BY product_id",
-            )
-            .bind(user.as_uuid())
-            .fetch_all(&setup.monitor)
-            .await?;
+            let items = Item::of_seller(&setup.monitor, user).await?;
             anyhow::ensure!(
                 !items.is_empty(),
                 "sim-token-{number} lists nothing after its sync"
