@@ -13,6 +13,7 @@ mod store;
 
 pub use decide::RETRY_ROUNDS;
 pub use service::Inventory;
+pub use store::{PAGE_BEGIN, page_statement};
 
 /// Of the seller's `product_ids`, those with a local edit still on its way to CardTrader, in the
 /// caller's transaction. A sync leaves them alone: its export predates the edit, and writing it
