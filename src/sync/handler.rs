@@ -14,10 +14,11 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::{
-    chunk::{ChunkError, ChunkOutcome, ChunkTarget, write_chunk},
+    chunk::{ChunkError, ChunkTarget, write_chunk},
     expansions::ExpansionFill,
     scope::{SyncProgress, SyncScope},
     store::{self, SweepScope, SweepSettings, SyncRow},
+    upsert,
 };
 use crate::{
     accounts::{AccountError, Accounts},
@@ -25,7 +26,7 @@ use crate::{
     config::{CardTraderConfig, SyncConfig},
     domain::BlueprintId,
     jobs::{
-        JobContext, KindName,
+        JobContext, JobError, KindName,
         worker::{JobFailure, JobHandler},
     },
     marketplace::{CallOptions, MarketplaceError, Seller, export::ExportError, types::Product},
@@ -34,6 +35,32 @@ use crate::{
 
 /// How long a chunk's catalogue lookup may take before unanswered blueprints count as unknown.
 const CATALOG_BUDGET: Duration = Duration::from_secs(30);
+
+/// Mapped chunks waiting for the writer while it holds a chunk transaction.
+const MAPPED_AHEAD: usize = 2;
+
+/// How often the progress of chunks that needed no transaction is written to the job (and a
+/// cancellation looked for) while nothing else writes it.
+const UNCHANGED_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// One chunk of the export, mapped: the rows to write, and what the rows found unchanged add.
+#[derive(Debug)]
+struct MappedChunk {
+    product_ids: Vec<i64>,
+    changed: Vec<SyncRow>,
+    unchanged: SyncProgress,
+}
+
+/// What one chunk did, whether or not it needed a transaction.
+#[derive(Debug)]
+struct WrittenChunk {
+    /// Counters of all of its rows.
+    progress: SyncProgress,
+    /// Read in its transaction.
+    cancel_requested: bool,
+    /// No transaction: `progress` is not on the job row yet.
+    skipped: bool,
+}
 
 /// Tuning of the sync.
 #[derive(Debug, Clone)]
@@ -169,7 +196,7 @@ impl SyncHandler {
             options.clone(),
             context,
         ));
-        let chunks = self
+        let products = self
             .export(credentials.seller(), &scope, options)
             .try_chunks(self.settings.chunk_size)
             .map_err(|TryChunksError(_, stop)| stop)
@@ -179,28 +206,12 @@ impl SyncHandler {
                 let expansions = expansions.clone();
                 async move { expansions.fill(products).await.map_err(Stop::Job) }
             });
-        // Memory stays bounded: at most `chunks_in_flight` chunks are being mapped or written, and
-        // one more is being read.
-        let mut written = std::pin::pin!(
-            chunks
-                .map_ok(|products| self.write(context, products, read_since))
-                .try_buffer_unordered(self.settings.chunks_in_flight)
-        );
-        // The product ids this attempt's export listed: what the sweep keeps. Per attempt and in
-        // memory, because an attempt is never resumed (a takeover re-reads the export), and a
-        // compressed bitmap holds a million ids in a few hundred kilobytes.
-        let mut seen = RoaringTreemap::new();
-        while let Some((chunk, product_ids)) = written.try_next().await? {
-            seen.extend(product_ids.into_iter().map(store::seen_key));
-            progress.add(&chunk.progress);
-            crate::failpoint::pause("sync.after_chunk").await;
-            if chunk.cancel_requested {
-                return Err(JobFailure::Cancelled.into());
-            }
-            if let Some(stop) = context.should_stop() {
-                return Err(stop.into());
-            }
-        }
+        // Rows stored before this sync may already hold what the export says: those chunks are
+        // compared first and written only where they differ. A first import has nothing to compare.
+        let compare = stored > 0;
+        let seen = self
+            .map_and_write(context, products, compare, read_since, &mut progress)
+            .await?;
         progress.chunks_total = progress.chunks_done;
         let sweep = SweepSettings {
             batch: self.settings.sweep_batch,
@@ -231,6 +242,8 @@ impl SyncHandler {
                 .map_err(account_failure)?;
         }
         unit.commit().await.map_err(JobFailure::from)?;
+        self.refresh_statistics(context, progress.written + progress.deleted)
+            .await;
         tracing::info!(
             products_seen = progress.products_seen,
             written = progress.written,
@@ -241,6 +254,26 @@ impl SyncHandler {
             "sync finished"
         );
         Ok(())
+    }
+
+    /// Refreshes the items' statistics after a sync that changed a large share of them, so the
+    /// pages read right after a bulk load are planned on what the table now holds. Best effort: the
+    /// sync is done, and autovacuum analyzes later where it runs.
+    async fn refresh_statistics(&self, context: &JobContext, changed: u64) {
+        let refresh = async {
+            let mut unit = context.begin().await?;
+            let statement_timeout = self.settings.statement_timeout;
+            let analyzed = store::refresh_statistics(&mut unit, changed, statement_timeout).await?;
+            unit.commit().await?;
+            Ok::<_, JobError>(analyzed)
+        };
+        match refresh.await {
+            Ok(true) => tracing::info!(changed, "refreshed the inventory's statistics"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, changed, "could not refresh the inventory's statistics")
+            }
+        }
     }
 
     /// The products of `scope`, one export call after another.
@@ -258,19 +291,157 @@ impl SyncHandler {
             .try_flatten()
     }
 
-    /// Maps one chunk's blueprints and writes it with the progress it adds; returns what it did and
-    /// the product ids it holds.
-    async fn write(
+    /// Maps the export's chunks and writes them, two stages running at once: while the writer holds a
+    /// chunk transaction, the next chunks are read, mapped through the catalogue and compared with
+    /// what is stored (at most [`MAPPED_AHEAD`] of them wait for the writer). Returns the product ids
+    /// the export listed, with `progress` counting what every chunk did.
+    async fn map_and_write(
+        &self,
+        context: &JobContext,
+        chunks: impl Stream<Item = Result<Vec<Product>, Stop>>,
+        compare: bool,
+        read_since: chrono::DateTime<chrono::Utc>,
+        progress: &mut SyncProgress,
+    ) -> Result<RoaringTreemap, Stop> {
+        let (mapped_tx, mapped_rx) = tokio::sync::mpsc::channel::<MappedChunk>(MAPPED_AHEAD);
+        let map_stage = async move {
+            let mut chunks = std::pin::pin!(chunks);
+            while let Some(products) = chunks.try_next().await? {
+                let chunk = self.map_chunk(context, products, compare).await?;
+                if mapped_tx.send(chunk).await.is_err() {
+                    // The writer stopped; its error is the sync's.
+                    break;
+                }
+            }
+            Ok::<(), Stop>(())
+        };
+        let write_stage = async {
+            // Memory stays bounded: at most `chunks_in_flight` chunks are being written, MAPPED_AHEAD
+            // wait, and one more is being read and mapped.
+            let mut written = std::pin::pin!(
+                tokio_stream::wrappers::ReceiverStream::new(mapped_rx)
+                    .map(|chunk| self.write(context, chunk, read_since))
+                    .buffer_unordered(self.settings.chunks_in_flight)
+            );
+            // The product ids this attempt's export listed: what the sweep keeps. Per attempt and in
+            // memory, because an attempt is never resumed (a takeover re-reads the export), and a
+            // compressed bitmap holds a million ids in a few hundred kilobytes.
+            let mut seen = RoaringTreemap::new();
+            // What chunks that needed no transaction did, not yet on the job row.
+            let mut unrecorded = SyncProgress::default();
+            let mut recorded_at = Instant::now();
+            while let Some((chunk, product_ids)) = written.try_next().await? {
+                seen.extend(product_ids.into_iter().map(store::seen_key));
+                progress.add(&chunk.progress);
+                crate::failpoint::pause("sync.after_chunk").await;
+                let mut cancel_requested = chunk.cancel_requested;
+                if chunk.skipped {
+                    unrecorded.add(&chunk.progress);
+                    if recorded_at.elapsed() >= UNCHANGED_PROGRESS_EVERY {
+                        cancel_requested = self.add_progress(context, &unrecorded).await?;
+                        unrecorded = SyncProgress::default();
+                        recorded_at = Instant::now();
+                    }
+                }
+                if cancel_requested {
+                    return Err(JobFailure::Cancelled.into());
+                }
+                if let Some(stop) = context.should_stop() {
+                    return Err(stop.into());
+                }
+            }
+            Ok(seen)
+        };
+        let ((), seen) = tokio::try_join!(map_stage, write_stage)?;
+        Ok(seen)
+    }
+
+    /// One chunk's products as rows, and, when `compare`, which of them differ from what is stored:
+    /// a chunk where none does needs no transaction.
+    async fn map_chunk(
         &self,
         context: &JobContext,
         products: Vec<Product>,
-        read_since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(ChunkOutcome, Vec<i64>), Stop> {
+        compare: bool,
+    ) -> Result<MappedChunk, Stop> {
         let rows = self.rows(context, &products).await?;
+        let product_ids: Vec<i64> = products.iter().map(|product| product.id).collect();
+        drop(products);
+        if !compare {
+            return Ok(MappedChunk {
+                product_ids,
+                changed: rows,
+                unchanged: SyncProgress::default(),
+            });
+        }
+        let stale = {
+            let mut read = context.read().await.map_err(JobFailure::from)?;
+            upsert::stale_rows(&mut read, context.user_id(), &rows)
+                .await
+                .map_err(transient)?
+        };
+        let (changed, same): (Vec<SyncRow>, Vec<SyncRow>) = rows
+            .into_iter()
+            .partition(|row| stale.contains(&row.product_id));
+        let unchanged = SyncProgress {
+            products_seen: same.len() as u64,
+            unchanged: same.len() as u64,
+            unmapped: same.iter().filter(|row| row.print.is_none()).count() as u64,
+            ..SyncProgress::default()
+        };
+        Ok(MappedChunk {
+            product_ids,
+            changed,
+            unchanged,
+        })
+    }
+
+    /// Adds progress that no chunk transaction carried (fenced, like every write of the job);
+    /// whether a cancellation was requested.
+    async fn add_progress(
+        &self,
+        context: &JobContext,
+        progress: &SyncProgress,
+    ) -> Result<bool, Stop> {
+        let mut unit = context.begin().await.map_err(JobFailure::from)?;
+        let cancel_requested = unit
+            .add_progress(&progress.to_json())
+            .await
+            .map_err(JobFailure::from)?;
+        unit.commit().await.map_err(JobFailure::from)?;
+        context.announce();
+        Ok(cancel_requested)
+    }
+
+    /// Writes the changed rows of one chunk with the progress they add, in one chunk transaction;
+    /// a chunk without changed rows opens none. Returns what it did and the product ids it holds.
+    async fn write(
+        &self,
+        context: &JobContext,
+        chunk: MappedChunk,
+        read_since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(WrittenChunk, Vec<i64>), Stop> {
         // Lets a test change rows between the export's reading and this chunk's write.
         crate::failpoint::pause("sync.before_chunk_write").await;
-        let product_ids = products.iter().map(|product| product.id).collect();
-        drop(products);
+        let MappedChunk {
+            product_ids,
+            changed,
+            unchanged,
+        } = chunk;
+        self.count_unchanged(&unchanged);
+        if changed.is_empty() {
+            let progress = SyncProgress {
+                chunks_done: 1,
+                ..unchanged
+            };
+            let skipped = WrittenChunk {
+                progress,
+                cancel_requested: false,
+                skipped: true,
+            };
+            return Ok((skipped, product_ids));
+        }
+        let rows = changed;
         let target = ChunkTarget {
             job: context,
             writers: &self.writers,
@@ -283,7 +454,24 @@ impl SyncHandler {
             .await
             .map_err(chunk_failure)?;
         context.announce();
-        Ok((outcome, product_ids))
+        let mut progress = outcome.progress;
+        progress.add(&unchanged);
+        let written = WrittenChunk {
+            progress,
+            cancel_requested: outcome.cancel_requested,
+            skipped: false,
+        };
+        Ok((written, product_ids))
+    }
+
+    /// The rows metrics of rows found unchanged before any transaction (`write_chunk` counts the
+    /// rows it is given).
+    fn count_unchanged(&self, unchanged: &SyncProgress) {
+        let rows = &self.metrics.sync_rows;
+        rows.with_label_values(&["unchanged"])
+            .inc_by(unchanged.unchanged);
+        rows.with_label_values(&["unmapped"])
+            .inc_by(unchanged.unmapped);
     }
 
     /// Products → rows, with prints from one batched catalogue lookup. A blueprint the catalogue

@@ -114,6 +114,52 @@ pub(super) async fn stored_prints(
         .await
 }
 
+/// Rows a sync must have written or deleted before it refreshes the items' statistics: at least
+/// this many, and more than [`STATISTICS_SHARE`] of the rows PostgreSQL believes the table holds.
+const STATISTICS_MIN_CHANGES: u64 = 1_000;
+/// See [`STATISTICS_MIN_CHANGES`]; autovacuum's own default analyze threshold.
+const STATISTICS_SHARE: f64 = 0.1;
+/// Key of the advisory lock that keeps replicas from analyzing the table at the same time.
+const STATISTICS_LOCK: i64 = 0x6272_785f_616e_6c7a; // "brx_anlz"
+
+/// Refreshes `inventory_items`' statistics, in the caller's transaction, when `changed` rows are a
+/// large share of the table; whether it did. Right after a bulk load the statistics still describe
+/// the table before it, and autovacuum analyzes only later (or never, where it is off), so plans made
+/// meanwhile guess. Another replica analyzing already is enough: this one then skips.
+pub(super) async fn refresh_statistics(
+    conn: &mut PgConnection,
+    changed: u64,
+    statement_timeout: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    if changed < STATISTICS_MIN_CHANGES {
+        return Ok(false);
+    }
+    // -1 (as 0 here) until the table was first analyzed.
+    let estimated: f32 = sqlx::query_scalar(
+        "SELECT reltuples FROM pg_class WHERE oid = 'inventory_items'::regclass",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if (changed as f64) < STATISTICS_SHARE * f64::from(estimated.max(0.0)) {
+        return Ok(false);
+    }
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(STATISTICS_LOCK)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !locked {
+        return Ok(false);
+    }
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(format!("{}ms", statement_timeout.as_millis()))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("ANALYZE inventory_items")
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
+}
+
 /// How the sweep runs: rows per batch transaction, and each batch's statement timeout.
 #[derive(Debug, Clone, Copy)]
 pub struct SweepSettings {

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
@@ -81,8 +82,39 @@ async fn stale_products(
     rows: &[SyncRow],
     fingerprints: &[i64],
 ) -> Result<HashSet<i64>, sqlx::Error> {
+    let stale = changed_upstream(conn, user_id, rows, fingerprints).await?;
+    if stale.is_empty() {
+        // An unchanged re-sync stops here: the outbox is asked only about what would be written.
+        return Ok(HashSet::new());
+    }
+    let stale: Vec<i64> = stale.into_iter().collect();
+    let pushing = crate::inventory::pending_pushes(conn, user_id, &stale).await?;
+    Ok(stale
+        .into_iter()
+        .filter(|product_id| !pushing.contains(product_id))
+        .collect())
+}
+
+/// The products of `rows` whose stored fingerprint is missing or differs from the row's: one
+/// anti-join over the (product id, fingerprint) pairs. Outside a chunk transaction it tells the sync
+/// which chunks need one at all.
+pub async fn stale_rows(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    rows: &[SyncRow],
+) -> Result<HashSet<i64>, sqlx::Error> {
+    let fingerprints: Vec<i64> = rows.iter().map(fingerprint).collect();
+    changed_upstream(conn, user_id, rows, &fingerprints).await
+}
+
+async fn changed_upstream(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    rows: &[SyncRow],
+    fingerprints: &[i64],
+) -> Result<HashSet<i64>, sqlx::Error> {
     let product_ids: Vec<i64> = rows.iter().map(|row| row.product_id).collect();
-    let stale: Vec<i64> = sqlx::query_scalar(
+    sqlx::query_scalar::<_, i64>(
         "SELECT u.product_id FROM UNNEST($2::bigint[], $3::bigint[]) AS u(product_id, sync_hash) \
          WHERE NOT EXISTS (SELECT 1 FROM inventory_items i \
              WHERE i.user_id = $1 AND i.product_id = u.product_id AND i.sync_hash = u.sync_hash)",
@@ -90,17 +122,9 @@ async fn stale_products(
     .bind(user_id.as_uuid())
     .bind(&product_ids)
     .bind(fingerprints)
-    .fetch_all(&mut *conn)
-    .await?;
-    if stale.is_empty() {
-        // An unchanged re-sync stops here: the outbox is asked only about what would be written.
-        return Ok(HashSet::new());
-    }
-    let pushing = crate::inventory::pending_pushes(conn, user_id, &stale).await?;
-    Ok(stale
-        .into_iter()
-        .filter(|product_id| !pushing.contains(product_id))
-        .collect())
+    .fetch(&mut *conn)
+    .try_collect()
+    .await
 }
 
 /// One set-based upsert of `rows` with their fingerprints. A row is rewritten only when its content

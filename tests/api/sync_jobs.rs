@@ -40,6 +40,18 @@ async fn a_full_sync_lands_exactly_the_simulators_inventory_and_a_resync_writes_
         "exactly the blueprints the shop lacks are stored unmapped"
     );
     assert_eq!(first_progress.unmapped as i64, unmapped);
+    // Autovacuum is off here, so only the sync can have refreshed them: pages read right after
+    // the import are planned on 10,000 rows, not on the empty table the statistics described.
+    let estimated_rows: f32 = sqlx::query_scalar(
+        "SELECT reltuples FROM pg_class WHERE oid = 'inventory_items'::regclass",
+    )
+    .fetch_one(&setup.pool)
+    .await
+    .unwrap();
+    assert!(
+        estimated_rows > 9_000.0,
+        "the import refreshed the statistics: PostgreSQL estimates {estimated_rows} rows"
+    );
     let sample: Vec<(i64, i32)> = sqlx::query_as("SELECT product_id, quantity FROM inventory_items WHERE user_id = $1 ORDER BY product_id LIMIT 50")
         .bind(user.as_uuid())
         .fetch_all(&setup.pool)
@@ -81,9 +93,37 @@ async fn a_full_sync_lands_exactly_the_simulators_inventory_and_a_resync_writes_
         second_progress.deleted, 5,
         "products removed upstream are swept"
     );
+    assert_eq!(
+        (second_progress.products_seen, second_progress.unchanged),
+        (9_995, 9_895),
+        "rows found unchanged before any transaction are counted all the same"
+    );
     assert_eq!(setup.local_rows(user).await, 9_995);
     let account = setup.handler.accounts.get(user).await.unwrap();
     assert!(account.last_sync_at.is_some());
+
+    // Nothing changed since: no chunk needs a transaction, and every row is still counted.
+    let chunk_transactions = || setup.handler.metrics.sync_chunk_seconds.get_sample_count();
+    let before = chunk_transactions();
+    let third = setup.sync(user).await;
+    assert_eq!(third.state, JobState::Succeeded, "{:?}", third.last_error);
+    let third_progress = progress(&third);
+    assert_eq!(
+        (
+            third_progress.products_seen,
+            third_progress.unchanged,
+            third_progress.written,
+            third_progress.deleted,
+            third_progress.chunks_done,
+        ),
+        (9_995, 9_995, 0, 0, 10)
+    );
+    assert_eq!(
+        chunk_transactions(),
+        before,
+        "an unchanged export opens no chunk transaction"
+    );
+    assert_eq!(setup.local_rows(user).await, 9_995);
 }
 
 #[tokio::test]
