@@ -852,7 +852,7 @@ async fn every_list_page_shape_walks_an_index_in_product_order_whatever_the_stat
                         .await
                         .unwrap_or_else(|err| panic!("{explain}: {err}"));
                     let plan: serde_json::Value = rows[0].get(0);
-                    let nodes = plan_nodes(&plan[0]["Plan"]);
+                    let nodes = crate::helpers::plan_nodes(&plan[0]["Plan"]);
                     let shape = format!("{filter:?} after={after} {plan_mode} analyzed={analyzed}");
                     assert!(
                         !nodes.iter().any(|node| node["Node Type"] == "Sort"),
@@ -863,9 +863,9 @@ async fn every_list_page_shape_walks_an_index_in_product_order_whatever_the_stat
                         .find(|node| node["Relation Name"] == "inventory_items")
                         .unwrap();
                     let wanted = if filter.blueprint_id.is_some() {
-                        "inventory_items_user_blueprint_product_idx"
+                        "inventory_items_blueprint_user_product_idx"
                     } else if filter.expansion_id.is_some() {
-                        "inventory_items_user_expansion_product_idx"
+                        "inventory_items_expansion_user_product_idx"
                     } else {
                         "inventory_items_pkey"
                     };
@@ -878,13 +878,4 @@ async fn every_list_page_shape_walks_an_index_in_product_order_whatever_the_stat
             }
         }
     }
-}
-
-/// Every node of an EXPLAIN (FORMAT JSON) plan.
-fn plan_nodes(node: &serde_json::Value) -> Vec<&serde_json::Value> {
-    let mut nodes = vec![node];
-    for child in node["Plans"].as_array().into_iter().flatten() {
-        nodes.extend(plan_nodes(child));
-    }
-    nodes
 }

@@ -495,3 +495,80 @@ async fn the_item_counter_follows_inserts_updates_sweeps_and_purges() {
         "other sellers' counts are their own"
     );
 }
+
+/// The stale check a chunk runs probes the primary key once per row, whatever the statistics say:
+/// here they were taken when one seller held every row, which made `NOT EXISTS` a hash anti-join
+/// over the whole table for each chunk of a new seller; and for that seller's own rows, while the
+/// statistics still say it has none (its first import), no index that merely starts with the seller
+/// is walked instead.
+#[tokio::test]
+async fn the_stale_check_probes_the_primary_key_whatever_the_statistics() {
+    use sqlx::Row;
+
+    let db = TestDatabase::new().await;
+    sqlx::query(
+        "INSERT INTO inventory_items (user_id, product_id, blueprint_id, name, quantity, \
+             price_cents, currency, sync_hash) \
+         SELECT $1, g, g, 'Card ' || g, 1, 100, 'EUR', g FROM generate_series(1, 50000) g",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut conn = db.pool.pool().acquire().await.unwrap();
+    sqlx::raw_sql("ANALYZE inventory_items")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // A seller whose import began after that ANALYZE: statistics know nothing of its rows.
+    let importing = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO inventory_items (user_id, product_id, blueprint_id, expansion_id, name, \
+             quantity, price_cents, currency, sync_hash) \
+         SELECT $1, g, g % 100, g % 7, 'Card ' || g, 1, 100, 'EUR', g \
+         FROM generate_series(1, 50000) g",
+    )
+    .bind(importing)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let ids = (1..=1_000)
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let sellers = [("new", uuid::Uuid::new_v4()), ("importing", importing)];
+    for ((which, seller), plan_mode) in sellers
+        .into_iter()
+        .flat_map(|seller| ["force_custom_plan", "force_generic_plan"].map(|mode| (seller, mode)))
+    {
+        let explain = format!(
+            "BEGIN; SET LOCAL plan_cache_mode = {plan_mode}; \
+             PREPARE stale_{which}_{plan_mode} AS {}; \
+             EXPLAIN (FORMAT JSON) EXECUTE stale_{which}_{plan_mode}('{seller}', \
+                 '{{{ids}}}', '{{{ids}}}'); ROLLBACK",
+            brx_sync::sync::upsert::STALE_ROWS
+        );
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(explain))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let plan: serde_json::Value = rows[0].get(0);
+        let nodes = crate::helpers::plan_nodes(&plan[0]["Plan"]);
+        let items: Vec<_> = nodes
+            .iter()
+            .filter(|node| node["Relation Name"] == "inventory_items")
+            .collect();
+        assert!(!items.is_empty(), "{plan:#}");
+        for node in items {
+            assert_eq!(
+                (node["Node Type"].as_str(), node["Index Name"].as_str()),
+                (Some("Index Scan"), Some("inventory_items_pkey")),
+                "{which} seller, {plan_mode}\n{plan:#}"
+            );
+        }
+        assert!(
+            !nodes.iter().any(|node| node["Node Type"] == "Hash"),
+            "{which} seller, {plan_mode}: no hash of the table\n{plan:#}"
+        );
+    }
+}

@@ -450,3 +450,12 @@ impl Drop for TestDatabase {
         drop_database(&self.name);
     }
 }
+
+/// Every node of an EXPLAIN (FORMAT JSON) plan.
+pub(crate) fn plan_nodes(node: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut nodes = vec![node];
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        nodes.extend(plan_nodes(child));
+    }
+    nodes
+}
