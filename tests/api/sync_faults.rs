@@ -134,13 +134,24 @@ async fn a_running_sync_cancelled_stops_after_its_chunk_and_sweeps_nothing() {
     let seller = rig.app.simulator.add_seller(8_000);
     let user = rig.connect(&seller.token).await;
     assert_eq!(rig.sync(user).await.state, JobState::Succeeded);
-    let first: i64 =
-        sqlx::query_scalar("SELECT min(product_id) FROM inventory_items WHERE user_id = $1")
-            .bind(user.as_uuid())
-            .fetch_one(&rig.pool)
-            .await
-            .unwrap();
-    rig.app.simulator.set_quantity(&seller.token, first, 0);
+    let stored: Vec<(i64, i32)> = sqlx::query_as(
+        "SELECT product_id, quantity FROM inventory_items WHERE user_id = $1 ORDER BY product_id",
+    )
+    .bind(user.as_uuid())
+    .fetch_all(&rig.pool)
+    .await
+    .unwrap();
+    // Every product changes, so every chunk of the re-sync is a chunk transaction (one whose rows
+    // are all unchanged opens none, and is checked for a cancellation only once a second), and
+    // the first is gone from CardTrader: a sync that ran to its end would sweep it.
+    for (product, quantity) in &stored {
+        rig.app
+            .simulator
+            .set_quantity(&seller.token, *product, i64::from(*quantity) + 1);
+    }
+    rig.app
+        .simulator
+        .set_quantity(&seller.token, stored[0].0, 0);
     fail::cfg("sync.after_chunk", "return(300)").unwrap();
     let id = rig.queue(user).await;
     let stop = CancellationToken::new();
