@@ -2,6 +2,8 @@
 //! (simulator export over HTTP → streaming parse → catalogue → chunk transactions → sweep) against a
 //! raw COPY of the same rows, the chunk upsert path against a staged set-based upsert, an unchanged
 //! re-sync and the rows it rewrote, two overlapping syncs and their deadlock retries, and peak RSS.
+//! The expansion index is seeded first, as any shop has it after its first seller (a cold index is
+//! a one-off of one CardTrader read per expansion at the rate limit, not the path measured here).
 //!
 //! `cargo bench --bench ingest` (needs the local PostgreSQL, MariaDB and Redis; BENCH_PRODUCTS,
 //! BENCH_RSS_PRODUCTS (0 skips), BENCH_OVERLAP_PRODUCTS and BENCH_SWEEP_SECONDS tune it). Its
@@ -36,7 +38,7 @@ use brx_sync::{
         scope::SyncProgress,
     },
 };
-use cardtrader_sim::{CATALOGUE_BLUEPRINTS, SimSeller};
+use cardtrader_sim::{CATALOGUE_BLUEPRINTS, MAX_BLUEPRINT, SimSeller, blueprint_expansion};
 use futures::{StreamExt, TryStreamExt};
 use mysql_async::prelude::Queryable;
 use rand::seq::SliceRandom;
@@ -282,6 +284,37 @@ impl Stack {
             settings: SyncSettings::from_config(&config.sync, &config.cardtrader),
         };
         Ok(Self { storage, handler })
+    }
+
+    /// Fills the expansion index in Redis as a shop's first sellers leave it (every blueprint's
+    /// expansion, every expansion read just now), so a first sync measures the catalogue and the
+    /// writes. A cold index costs one `/blueprints/export` per expansion at the seller's rate
+    /// limit (3,100 reads, about 195 s on this simulator whatever the seller's size), paid once
+    /// per shop, not per seller.
+    async fn seed_expansion_index(&self, prefix: &str) -> anyhow::Result<()> {
+        let mut redis = self.storage.redis.get().await?;
+        let ttl = Config::defaults().catalog.expansion_index_ttl.as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let blueprints: Vec<i64> = (1..=MAX_BLUEPRINT).collect();
+        for batch in blueprints.chunks(10_000) {
+            let mut pipeline = deadpool_redis::redis::pipe();
+            for &blueprint in batch {
+                let key = format!("{prefix}bpx:{blueprint}");
+                let expansion = blueprint_expansion(blueprint);
+                pipeline.set_ex(key, expansion, ttl).ignore();
+            }
+            pipeline.query_async::<()>(&mut redis).await?;
+        }
+        let mut pipeline = deadpool_redis::redis::pipe();
+        for expansion in 1..=blueprint_expansion(MAX_BLUEPRINT) {
+            pipeline
+                .set_ex(format!("{prefix}bpxr:{expansion}"), now, ttl)
+                .ignore();
+        }
+        pipeline.query_async::<()>(&mut redis).await?;
+        Ok(())
     }
 
     /// Connects a new shop user to the simulator seller behind `token`.
@@ -598,8 +631,12 @@ struct Peak {
 async fn peak_rss(run: &Run, products: u64) -> anyhow::Result<Peak> {
     let pool = run.create_database("rss").await?;
     let token = run.simulator.add_seller(products).await?;
-    let stack = Stack::build(&run.config("rss", "rss"))?;
+    let config = run.config("rss", "rss");
+    let stack = Stack::build(&config)?;
     let user = stack.connect(&token).await?;
+    stack
+        .seed_expansion_index(&config.storage.redis_key_prefix)
+        .await?;
     run.settle().await?;
     let hwm_before = status_mb("VmHWM")?;
     // "5" resets VmHWM to the current RSS (Linux 4.0+).
@@ -665,8 +702,12 @@ async fn syncs(run: &Run, products: u64) -> anyhow::Result<Figures> {
     eprintln!("syncing {products} products twice, and the COPY ceiling …");
     let main = run.create_database("main").await?;
     let token = run.simulator.add_seller(products).await?;
-    let stack = Stack::build(&run.config("main", "main"))?;
+    let config = run.config("main", "main");
+    let stack = Stack::build(&config)?;
     let user = stack.connect(&token).await?;
+    stack
+        .seed_expansion_index(&config.storage.redis_key_prefix)
+        .await?;
     run.settle().await?;
     let first = stack.sync(user, products).await?;
     anyhow::ensure!(first.progress.written == products, "{:?}", first.progress);

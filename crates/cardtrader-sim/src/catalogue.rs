@@ -10,7 +10,7 @@ pub const CATALOGUE_BLUEPRINTS: i64 = 300_000;
 /// Blueprints CardTrader knows but the shop does not (ids just above the mapped range).
 pub(crate) const UNMAPPED_BLUEPRINTS: i64 = 10_000;
 /// Highest blueprint id the simulated CardTrader knows.
-pub(crate) const MAX_BLUEPRINT: i64 = CATALOGUE_BLUEPRINTS + UNMAPPED_BLUEPRINTS;
+pub const MAX_BLUEPRINT: i64 = CATALOGUE_BLUEPRINTS + UNMAPPED_BLUEPRINTS;
 /// Blueprints per expansion, fixed so ids map to expansions by arithmetic.
 const PER_EXPANSION: i64 = 100;
 /// Highest expansion id (3,000 mapped + 100 unmapped).

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use catalogue::{CATALOGUE_BLUEPRINTS, blueprint_expansion};
+pub use catalogue::{CATALOGUE_BLUEPRINTS, MAX_BLUEPRINT, blueprint_expansion};
 pub use handle::SimulatorHandle;
 pub use rate_limit::TokenStats;
 pub use webhook::sign as webhook_signature;
