@@ -77,7 +77,9 @@ pub(crate) fn retry_reason(err: &ChunkError) -> &'static str {
 }
 
 /// Writes `rows` (sorted here by product id, the lock order shared by every writer, and de-duplicated)
-/// and adds what it did to the job's progress, rerunning the transaction on transient failures.
+/// and adds what it did to the job's progress, rerunning the transaction on transient failures. The
+/// rows are those the sync found new or changed ([`upsert::stale_rows`]): they are not compared with
+/// the stored fingerprints again inside the transaction.
 pub async fn write_chunk(
     target: ChunkTarget<'_>,
     user_id: UserId,
@@ -87,8 +89,10 @@ pub async fn write_chunk(
     rows.sort_unstable_by_key(|row| row.product_id);
     rows.dedup_by_key(|row| row.product_id);
     let started = Instant::now();
-    let rows: &[SyncRow] = &rows;
-    let once = || write_once(target, user_id, rows);
+    // Computed once, not per rerun of the transaction.
+    let fingerprints: Vec<i64> = rows.iter().map(upsert::fingerprint).collect();
+    let (rows, fingerprints): (&[SyncRow], &[i64]) = (&rows, &fingerprints);
+    let once = || write_once(target, user_id, rows, fingerprints);
     let outcome = once
         .retry(full_jitter(
             Duration::from_millis(50),
@@ -122,6 +126,7 @@ async fn write_once(
     target: ChunkTarget<'_>,
     user_id: UserId,
     rows: &[SyncRow],
+    fingerprints: &[i64],
 ) -> Result<ChunkOutcome, ChunkError> {
     // Taken per attempt, so a chunk backing off after a deadlock holds no permit. The semaphore is
     // never closed, so acquiring only fails if it were.
@@ -135,7 +140,8 @@ async fn write_once(
         .bind(format!("{}ms", target.statement_timeout.as_millis()))
         .execute(&mut *unit)
         .await?;
-    let written = upsert::upsert_rows(&mut unit, user_id, rows, target.read_since).await?;
+    let written =
+        upsert::upsert_rows(&mut unit, user_id, rows, fingerprints, target.read_since).await?;
     let progress = SyncProgress {
         chunks_done: 1,
         products_seen: rows.len() as u64,

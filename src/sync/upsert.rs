@@ -1,7 +1,8 @@
 //! The chunk upsert. Each row carries a fingerprint of its upstream content; one cheap query over
-//! (product id, fingerprint) pairs finds the rows that are new or changed since the last sync wrote
-//! them, and only those go through the set-based `UNNEST` upsert, which still rewrites a row only
-//! when its content differs and leaves the quantity of reserved rows to the purchase saga.
+//! (product id, fingerprint) pairs, before any transaction, finds the rows that are new or changed
+//! since the last sync wrote them, and only those go through the set-based `UNNEST` upsert, which
+//! still rewrites a row only when its content differs and leaves the quantity of reserved rows to
+//! the purchase saga.
 
 use std::collections::HashSet;
 
@@ -65,71 +66,49 @@ pub const STALE_ROWS: &str = "SELECT u.product_id \
 /// from deadlocking) and returns how many rows were inserted or changed. `read_since` is when the
 /// export these rows come from was requested: a row changed locally since then (a purchase, an
 /// edit) keeps its quantity, which the export may predate.
+///
+/// The rows are the ones the sync found new or changed before the transaction ([`stale_rows`]), or
+/// a first import's: they are not compared again here. One that became equal meanwhile is left as
+/// it is by the upsert's own comparison and not counted.
 pub async fn upsert_rows(
     conn: &mut PgConnection,
     user_id: UserId,
     rows: &[SyncRow],
+    fingerprints: &[i64],
     read_since: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
-    let fingerprints: Vec<i64> = rows.iter().map(fingerprint).collect();
-    let stale = stale_products(conn, user_id, rows, &fingerprints).await?;
-    if stale.is_empty() {
-        return Ok(0);
+    let product_ids: Vec<i64> = rows.iter().map(|row| row.product_id).collect();
+    let pushing = crate::inventory::pending_pushes(conn, user_id, &product_ids).await?;
+    if pushing.is_empty() {
+        let rows: Vec<&SyncRow> = rows.iter().collect();
+        return write_rows(conn, user_id, &rows, fingerprints, read_since).await;
     }
-    let (changed, fingerprints): (Vec<&SyncRow>, Vec<i64>) = rows
+    // A product with a local edit still on its way to CardTrader is left out: the export predates
+    // the edit, and writing it would undo the edit locally (or bring back an item deleted locally)
+    // until the push lands.
+    let (rows, fingerprints): (Vec<&SyncRow>, Vec<i64>) = rows
         .iter()
-        .zip(fingerprints)
-        .filter(|(row, _)| stale.contains(&row.product_id))
+        .zip(fingerprints.iter().copied())
+        .filter(|(row, _)| !pushing.contains(&row.product_id))
         .unzip();
-    write_rows(conn, user_id, &changed, &fingerprints, read_since).await
+    write_rows(conn, user_id, &rows, &fingerprints, read_since).await
 }
 
-/// The products whose stored fingerprint is missing or differs: new rows, rows changed upstream,
-/// and rows another writer touched since (its trigger cleared the fingerprint). A product with a
-/// local edit still on its way to CardTrader is left out: the export predates the edit, and writing
-/// it would undo the edit locally (or bring back an item deleted locally) until the push lands.
-async fn stale_products(
-    conn: &mut PgConnection,
-    user_id: UserId,
-    rows: &[SyncRow],
-    fingerprints: &[i64],
-) -> Result<HashSet<i64>, sqlx::Error> {
-    let stale = changed_upstream(conn, user_id, rows, fingerprints).await?;
-    if stale.is_empty() {
-        // An unchanged re-sync stops here: the outbox is asked only about what would be written.
-        return Ok(HashSet::new());
-    }
-    let stale: Vec<i64> = stale.into_iter().collect();
-    let pushing = crate::inventory::pending_pushes(conn, user_id, &stale).await?;
-    Ok(stale
-        .into_iter()
-        .filter(|product_id| !pushing.contains(product_id))
-        .collect())
-}
-
-/// The products of `rows` whose stored fingerprint is missing or differs from the row's: one
-/// anti-join over the (product id, fingerprint) pairs. Outside a chunk transaction it tells the sync
-/// which chunks need one at all.
+/// The products of `rows` whose stored fingerprint is missing or differs from the row's: new rows,
+/// rows changed upstream, and rows another writer touched since the last sync (its trigger cleared
+/// the fingerprint). Asked outside any chunk transaction, it tells the sync which rows, and so which
+/// chunks, need one at all.
 pub async fn stale_rows(
     conn: &mut PgConnection,
     user_id: UserId,
     rows: &[SyncRow],
 ) -> Result<HashSet<i64>, sqlx::Error> {
-    let fingerprints: Vec<i64> = rows.iter().map(fingerprint).collect();
-    changed_upstream(conn, user_id, rows, &fingerprints).await
-}
-
-async fn changed_upstream(
-    conn: &mut PgConnection,
-    user_id: UserId,
-    rows: &[SyncRow],
-    fingerprints: &[i64],
-) -> Result<HashSet<i64>, sqlx::Error> {
     let product_ids: Vec<i64> = rows.iter().map(|row| row.product_id).collect();
+    let fingerprints: Vec<i64> = rows.iter().map(fingerprint).collect();
     sqlx::query_scalar::<_, i64>(STALE_ROWS)
         .bind(user_id.as_uuid())
         .bind(&product_ids)
-        .bind(fingerprints)
+        .bind(&fingerprints)
         .fetch(&mut *conn)
         .try_collect()
         .await
