@@ -39,11 +39,14 @@ pub struct JobContext {
     changes: Changes,
 }
 
-/// Flags the heartbeat sets while the handler runs.
+/// Flags the heartbeat sets while the handler runs, and the one a unit of work sets when it ended
+/// the job.
 #[derive(Debug, Default)]
 struct Signals {
     cancel_requested: AtomicBool,
     lease_lost: AtomicBool,
+    /// A committed unit recorded the job as succeeded ([`Fenced::settle_succeeded`]).
+    settled: AtomicBool,
 }
 
 impl JobContext {
@@ -137,6 +140,12 @@ impl JobContext {
         self.signals.lease_lost.load(Ordering::Relaxed)
     }
 
+    /// Whether one of the job's committed units already recorded it as succeeded: the worker has
+    /// nothing left to write, and the lease ended with that commit.
+    pub fn settled(&self) -> bool {
+        self.signals.settled.load(Ordering::Acquire)
+    }
+
     /// Opens a unit of work: every write the job makes goes through one, and its commit checks the
     /// fence in the same transaction.
     pub async fn begin(&self) -> Result<Fenced, JobError> {
@@ -148,6 +157,8 @@ impl JobContext {
             job_id: self.lease.job.id,
             fence: self.lease.fence,
             fence_held: false,
+            settles: false,
+            signals: self.signals.clone(),
         })
     }
 
@@ -210,6 +221,9 @@ pub struct Fenced {
     /// Set once a fenced update of the job row ran in this transaction: its row lock already
     /// holds off any takeover until the commit.
     fence_held: bool,
+    /// Whether this unit records the job as succeeded.
+    settles: bool,
+    signals: Arc<Signals>,
 }
 
 impl Fenced {
@@ -233,6 +247,16 @@ impl Fenced {
         store::enqueue_in(&mut self.tx, new, QueueLimit::Unbounded).await
     }
 
+    /// Records the job as succeeded in this unit (fenced): the work it commits is the job's last,
+    /// and the job ends with it instead of in a transaction of its own after the handler returns.
+    /// The handler must return `Ok` once this unit has committed.
+    pub async fn settle_succeeded(&mut self) -> Result<(), JobError> {
+        store::succeed_in(&mut self.tx, self.job_id, self.fence).await?;
+        self.fence_held = true;
+        self.settles = true;
+        Ok(())
+    }
+
     /// Checks that this claim still holds the job (holding the job row, so a takeover waits for
     /// this commit) and commits; [`JobError::LeaseLost`] rolls everything back.
     pub async fn commit(mut self) -> Result<(), JobError> {
@@ -240,6 +264,9 @@ impl Fenced {
             store::lock_fenced(&mut self.tx, self.job_id, self.fence).await?;
         }
         self.tx.commit().await?;
+        if self.settles {
+            self.signals.settled.store(true, Ordering::Release);
+        }
         Ok(())
     }
 }

@@ -491,27 +491,45 @@ pub async fn bury(pool: &Pg, lease: &Lease, error: &str) -> Result<(), JobError>
     finish(pool, lease, JobState::Dead, Some(error)).await
 }
 
+/// Ends a running job (fenced) in `state`, keeping `error` (`$4`) unless it succeeded: a job that
+/// succeeded has no error now, and an earlier attempt's (a 429, a shutdown that handed it over)
+/// would read as the outcome.
+const FINISH: &str = "UPDATE jobs SET state = $3, \
+         last_error = CASE WHEN $3 = 'succeeded' THEN NULL ELSE coalesce($4, last_error) END, \
+         finished_at = now(), \
+         lease_owner = NULL, lease_expires_at = NULL, updated_at = now() \
+     WHERE id = $1 AND fence = $2 AND state = 'running'";
+
+/// The job finished its work, recorded in the caller's transaction, which holds the job's row
+/// until it commits.
+pub(super) async fn succeed_in(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    fence: i64,
+) -> Result<(), JobError> {
+    let updated = sqlx::query(FINISH)
+        .bind(job_id)
+        .bind(fence)
+        .bind(JobState::Succeeded.as_str())
+        .bind(None::<&str>)
+        .execute(conn)
+        .await?;
+    fenced(updated.rows_affected())
+}
+
 async fn finish(
     pool: &Pg,
     lease: &Lease,
     state: JobState,
     error: Option<&str>,
 ) -> Result<(), JobError> {
-    let updated = sqlx::query(
-        // A job that succeeded has no error now: an earlier attempt's (a 429, a shutdown that handed
-        // it over) would read as the outcome.
-        "UPDATE jobs SET state = $3, \
-             last_error = CASE WHEN $3 = 'succeeded' THEN NULL ELSE coalesce($4, last_error) END, \
-             finished_at = now(), \
-             lease_owner = NULL, lease_expires_at = NULL, updated_at = now() \
-         WHERE id = $1 AND fence = $2 AND state = 'running'",
-    )
-    .bind(lease.job.id)
-    .bind(lease.fence)
-    .bind(state.as_str())
-    .bind(error)
-    .execute(pool)
-    .await?;
+    let updated = sqlx::query(FINISH)
+        .bind(lease.job.id)
+        .bind(lease.fence)
+        .bind(state.as_str())
+        .bind(error)
+        .execute(pool)
+        .await?;
     fenced(updated.rows_affected())
 }
 

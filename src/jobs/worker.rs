@@ -389,7 +389,7 @@ impl Worker {
                 )))
             }
         };
-        if context.lease_lost() {
+        if context.lease_lost() && !context.settled() {
             // Whatever the job did after losing the lease was refused by the fence; settling would be too.
             self.count(job.kind.name(), "lease_lost");
             return;
@@ -426,6 +426,8 @@ impl Worker {
             reason
         };
         let (label, result) = match outcome {
+            // Its last unit of work ended it, in the same transaction as its last write.
+            Ok(()) if context.settled() => ("succeeded", Ok(())),
             Ok(()) => ("succeeded", store::succeed(&self.pool, lease).await),
             Err(JobFailure::Cancelled) => ("cancelled", store::cancelled(&self.pool, lease).await),
             Err(JobFailure::LeaseLost) => ("lease_lost", Ok(())),
@@ -594,6 +596,11 @@ async fn keep_lease(pool: &Pg, context: &JobContext, settings: &WorkerSettings) 
                 renewed_at = sent;
                 context.note_cancel_requested(cancel);
             }
+            // The job's last unit ended it meanwhile: the lease ended with it, nothing was lost. (A
+            // beat that waited on that commit may see it before the handler has noted it; then it
+            // stops the job's calls, of which there are none left, and the worker still reads the
+            // job as settled.)
+            Err(JobError::LeaseLost) if context.settled() => return,
             Err(JobError::LeaseLost) => {
                 context.lose_lease();
                 return;

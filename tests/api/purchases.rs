@@ -37,9 +37,28 @@ async fn a_purchase_takes_stock_on_both_sides_and_completes() {
         assert_eq!(shop.local(*id).await, Some((local - bought, 0)));
     }
     assert_eq!(shop.leftovers().await, (0, 0));
+    // Four transactions for five entries: the last take and the sale commit together (the same
+    // now()), and that transaction also ends the purchase's job, not one of the worker's own.
+    let id = uuid::Uuid::parse_str(&purchase.purchase_id).unwrap();
+    let (commits, job_ended_with_sale): (i64, bool) = sqlx::query_as(
+        "SELECT (SELECT count(DISTINCT created_at) FROM purchase_steps WHERE purchase_id = p.id), \
+                j.state = 'succeeded' AND j.finished_at = p.finished_at \
+         FROM purchases p JOIN jobs j ON j.kind = 'purchase' AND j.dedupe_key = p.id::text \
+         WHERE p.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&shop.rig.pool)
+    .await
+    .unwrap();
+    assert_eq!(commits, 4);
+    assert!(job_ended_with_sale);
     let (_, metrics) = shop.rig.app.admin_get("/metrics").await;
     assert!(
         metrics.contains(r#"brx_purchases_total{outcome="completed"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"brx_jobs_finished_total{kind="purchase",outcome="succeeded"} 1"#),
         "{metrics}"
     );
 }

@@ -126,6 +126,8 @@ impl JobHandler for PurchaseHandler {
         if run.saga.phase.is_terminal() {
             return Ok(());
         }
+        // The worker records this job as failed or dead after the saga ends: it must not succeed.
+        run.settles_job = false;
         tracing::error!(purchase_id = %run.purchase.id, %reason, "purchase driver giving up");
         run.record(
             vec![Event::GaveUp {
@@ -164,6 +166,7 @@ impl PurchaseHandler {
             saga: purchase.saga.clone(),
             purchase,
             credentials: None,
+            settles_job: true,
         })
     }
 }
@@ -178,6 +181,9 @@ struct Run<'a> {
     seq: i32,
     /// The seller's token, read when the first CardTrader call needs it.
     credentials: Option<Credentials>,
+    /// Whether the write that ends the saga also ends its job (in the same transaction, saving
+    /// the worker a commit of its own); not while the worker is giving the job up.
+    settles_job: bool,
 }
 
 /// A local write that commits together with the events it belongs to.
@@ -234,7 +240,13 @@ impl Run<'_> {
                 .purchase_step_seconds
                 .with_label_values(&[step_name(step)])
                 .observe(started.elapsed().as_secs_f64());
-            outcome?;
+            match outcome {
+                Ok(()) => {}
+                // A step whose record ended the saga (and its job) has nothing left to retry,
+                // whatever it returns: e.g. the give-back failure that used the last allowance.
+                Err(_) if self.saga.phase.is_terminal() => {}
+                Err(failure) => return Err(failure),
+            }
         }
         let outcome = match self.saga.phase {
             Phase::Completed => "completed",

@@ -7,7 +7,7 @@ use crate::{
     metrics::Metrics,
     purchase::{
         PurchaseError,
-        saga::{Event, LineStatus},
+        saga::{Event, LineStatus, Step},
         store,
     },
 };
@@ -31,15 +31,25 @@ impl Run<'_> {
     /// Writes `events` (and `also`) in one fenced transaction, then folds them into the saga.
     pub(super) async fn record(
         &mut self,
-        events: Vec<Event>,
-        also: Also,
+        mut events: Vec<Event>,
+        mut also: Also,
     ) -> Result<(), JobFailure> {
         let mut next = self.saga.clone();
         for event in &events {
             next.apply(event);
         }
+        if matches!(also, Also::Nothing) && next.next_step() == Step::Finalize {
+            // The last line taken: nothing is called between it and the sale, so they commit
+            // together, one transaction less per purchase. (A log that ends at the last `Taken`,
+            // written before, still finalizes through the step of its own.)
+            next.apply(&Event::Finalized);
+            events.push(Event::Finalized);
+            also = Also::Sale;
+        }
         let purchase = &self.purchase;
         let user_id = purchase.user_id;
+        // The saga's last write ends its job too: the driver stops after it.
+        let settles_job = self.settles_job && next.phase.is_terminal();
         let result: Result<(), PurchaseError> = async {
             let mut unit = self.context.begin().await.map_err(jobs_error)?;
             match &also {
@@ -60,6 +70,9 @@ impl Run<'_> {
                 }
             }
             store::append(&mut unit, purchase.id, self.seq, &events, &next).await?;
+            if settles_job {
+                unit.settle_succeeded().await.map_err(jobs_error)?;
+            }
             unit.commit().await.map_err(jobs_error)?;
             Ok(())
         }
