@@ -1,6 +1,7 @@
-//! `POST /webhooks/cardtrader/{user_id}`: checks the size and the `Signature`, parses the delivery,
-//! and in one short transaction stores it and makes sure the seller's apply job will run. No
-//! CardTrader call and no stock change happens here, so CardTrader gets its answer in milliseconds.
+//! `POST /webhooks/cardtrader/{user_id}`: checks the size and the `Signature` (with the seller's
+//! verification key, cached briefly), parses the delivery, and in one statement stores it and makes
+//! sure the seller's apply job will run. No CardTrader call and no stock change happens here, so
+//! CardTrader gets its answer in milliseconds.
 
 use axum::{
     body::Bytes,
@@ -12,6 +13,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 use sha2::Sha256;
+use std::sync::Arc;
 
 use super::{WebhookIntake, apply, payload::Envelope, store};
 use crate::{
@@ -82,31 +84,60 @@ pub(crate) async fn receive(
             "missing or undecodable signature",
         ))?;
     let user_id = UserId::parse(&raw_user).map_err(|_| IntakeError::Unauthorized("no seller"))?;
-    let secret = match intake.accounts.credentials(user_id).await {
-        Ok(credentials) => credentials.shared_secret,
-        Err(AccountError::NotFound | AccountError::NotConnected(_)) => {
-            return Err(IntakeError::Unauthorized("no connected seller"));
-        }
-        Err(other) => return Err(IntakeError::Internal(other.into())),
-    };
-    verify(secret.expose_secret(), &body, &signature)?;
+    intake.verify_signature(user_id, &body, &signature).await?;
     // Parsed only once signed: unauthenticated input is never interpreted.
     let envelope = Envelope::parse(&body).map_err(|err| IntakeError::Malformed(err.to_string()))?;
     // serde_json accepted it, so it is UTF-8.
     let text = std::str::from_utf8(&body).map_err(|err| IntakeError::Malformed(err.to_string()))?;
-    let mut tx = intake.pool.begin().await?;
-    let stored = store::store_event(&mut tx, user_id, &envelope, text).await?;
-    if stored {
-        // In the event's transaction: the event commits together with the promise to apply it.
-        crate::jobs::store::enqueue_in(&mut tx, &apply::job(user_id), QueueLimit::Unbounded)
-            .await?;
+    let job = apply::job(user_id);
+    let intake_row =
+        store::store_event_queued(&intake.pool, user_id, &envelope, text, &job).await?;
+    if !intake_row.connected {
+        // Disconnected since its key was cached (perhaps on another replica): refused, and the
+        // key forgotten.
+        intake.keys.invalidate(&user_id);
+        return Err(IntakeError::Unauthorized("no connected seller"));
     }
-    tx.commit().await?;
-    if stored {
+    if intake_row.stored {
+        if !intake_row.queued {
+            // Another request queued the job between the statement's look and its insert, and it
+            // may have been claimed since: one queued now sees the committed event.
+            crate::jobs::store::enqueue(&intake.pool, &job, QueueLimit::Unbounded).await?;
+        }
         // Workers would find the job at their next poll; this gets it applied at once.
         intake.wakeups.announce(crate::jobs::Lane::Interactive);
     }
     Ok(StatusCode::OK)
+}
+
+impl WebhookIntake {
+    /// Checks `signature` with the seller's verification key, cached for [`KEY_TTL`](super::KEY_TTL). A cached
+    /// key that does not match may be an old connection's (the seller connected again since): the
+    /// stored key decides before the delivery is refused.
+    async fn verify_signature(
+        &self,
+        user_id: UserId,
+        body: &[u8],
+        signature: &[u8],
+    ) -> Result<(), IntakeError> {
+        if let Some(key) = self.keys.get(&user_id) {
+            if verify(key.expose_secret(), body, signature).is_ok() {
+                return Ok(());
+            }
+            self.keys.invalidate(&user_id);
+        }
+        let key = match self.accounts.credentials(user_id).await {
+            Ok(credentials) => Arc::new(credentials.shared_secret),
+            Err(AccountError::NotFound | AccountError::NotConnected(_)) => {
+                return Err(IntakeError::Unauthorized("no connected seller"));
+            }
+            Err(other) => return Err(IntakeError::Internal(other.into())),
+        };
+        verify(key.expose_secret(), body, signature)?;
+        // Kept only once it verified a delivery: a flood of bad signatures caches nothing.
+        self.keys.insert(user_id, key);
+        Ok(())
+    }
 }
 
 /// Constant-time check of `signature` against HMAC-SHA256(`body`, `secret`).

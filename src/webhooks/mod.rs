@@ -66,12 +66,29 @@ use crate::{
 /// Largest body accepted; an order with hundreds of lines stays far below it.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// How long a seller's verification key (the shared secret, decrypted) is kept after it verified
+/// a delivery: a busy seller's deliveries then cost no read and no decryption. A key replaced by a
+/// new connection is looked up again at its first mismatch, and a disconnected seller is refused
+/// by the statement that stores the delivery, whatever the cache holds.
+const KEY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Sellers whose keys are kept at most.
+const KEYS_KEPT: u64 = 100_000;
+
 /// Receives webhook deliveries.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebhookIntake {
     pool: Pg,
     accounts: Accounts,
     wakeups: JobWakeups,
+    keys: moka::sync::Cache<crate::domain::UserId, std::sync::Arc<secrecy::SecretString>>,
+}
+
+impl std::fmt::Debug for WebhookIntake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookIntake")
+            .field("keys_cached", &self.keys.entry_count())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebhookIntake {
@@ -82,6 +99,10 @@ impl WebhookIntake {
             pool,
             accounts,
             wakeups,
+            keys: moka::sync::Cache::builder()
+                .max_capacity(KEYS_KEPT)
+                .time_to_live(KEY_TTL)
+                .build(),
         }
     }
 }

@@ -261,6 +261,78 @@ async fn webhooks_unsigned_wrongly_signed_or_for_no_connected_seller_are_refused
 }
 
 #[tokio::test]
+async fn webhooks_verified_with_a_cached_key_still_refuse_a_disconnected_seller_and_follow_a_new_secret()
+ {
+    let hooks = Hooks::new(20).await;
+    let user = hooks.rig.user.to_string();
+    let product = hooks.rig.stocked(1, 1).await[0];
+    let order = hooks.buy(product, 1, false).await;
+    let signed = |secret: &str, cause: &str| {
+        let mut delivery = event(cause, &order);
+        delivery["mode"] = json!("test");
+        let body = serde_json::to_vec(&delivery).unwrap();
+        let signature = webhook_signature(secret, &body);
+        (body, signature)
+    };
+    let post = |(body, signature): (Vec<u8>, String)| hooks.post(&user, body, Some(signature));
+    let accounts = || async { hooks.rig.rig.app.accounts().await };
+    let service = hooks.rig.rig.app.service_token();
+
+    // Accepted: the seller's key is now cached.
+    let first = post(signed(&hooks.secret, "order.create")).await;
+    accounts()
+        .await
+        .disconnect_account(crate::helpers::authorized(
+            brx_sync::pb::v1::DisconnectAccountRequest {
+                user_id: user.clone(),
+                purge_inventory: false,
+            },
+            &service,
+        ))
+        .await
+        .unwrap();
+    let after_disconnect = post(signed(&hooks.secret, "order.update")).await;
+    // The same shop user connects another CardTrader seller: a new shared secret.
+    let other = hooks.rig.rig.app.simulator.add_seller(1);
+    accounts()
+        .await
+        .connect_account(crate::helpers::authorized(
+            brx_sync::pb::v1::ConnectAccountRequest {
+                user_id: user.clone(),
+                cardtrader_token: other.token.clone(),
+            },
+            &service,
+        ))
+        .await
+        .unwrap();
+    let new_secret = post(signed(&other.shared_secret, "order.update")).await;
+    let old_secret = post(signed(&hooks.secret, "order.update")).await;
+
+    assert_eq!(first, StatusCode::OK);
+    assert_eq!(
+        after_disconnect,
+        StatusCode::UNAUTHORIZED,
+        "cached key, seller gone"
+    );
+    assert_eq!(
+        new_secret,
+        StatusCode::OK,
+        "the cached key was an old connection's"
+    );
+    assert_eq!(old_secret, StatusCode::UNAUTHORIZED);
+    assert_eq!(hooks.stored().await.0, 2);
+    // Each delivery was stored with its apply job in one statement: the same now().
+    let in_one_statement: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_events e WHERE EXISTS (SELECT 1 FROM jobs j \
+         WHERE j.user_id = e.user_id AND j.kind = 'webhook_apply' AND j.created_at = e.received_at)",
+    )
+    .fetch_one(hooks.pool())
+    .await
+    .unwrap();
+    assert!(in_one_statement >= 1, "{in_one_statement}");
+}
+
+#[tokio::test]
 async fn webhooks_oversized_or_malformed_are_refused_and_store_nothing() {
     let hooks = Hooks::new(20).await;
     let user = hooks.rig.user.to_string();
