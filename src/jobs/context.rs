@@ -26,6 +26,9 @@ use super::{
 };
 use crate::domain::UserId;
 
+/// The longest wait for a lost answer to settle that a job sleeps through in its worker slot.
+pub const WAIT_IN_SLOT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A running job's view of its claim, and its way to the database.
 #[derive(Debug, Clone)]
 pub struct JobContext {
@@ -169,9 +172,11 @@ impl JobContext {
         })
     }
 
-    /// Sleeps until `at` if it is still ahead, watching the lease; `true` after a sleep (look
-    /// again), `false` when `at` had passed (or there is none). For a write whose answer was lost:
-    /// until it has settled, "it did not apply" cannot be decided.
+    /// Waits until `at` if it is still ahead; `true` after a sleep (look again), `false` when `at`
+    /// had passed (or there is none). For a write whose answer was lost: until it has settled, "it
+    /// did not apply" cannot be decided. A wait longer than [`WAIT_IN_SLOT`] is not slept through:
+    /// the job goes back to the queue until `at` ([`JobFailure::Deferred`], no attempt spent), so
+    /// a few lost answers cannot hold every worker slot while the work behind them queues.
     pub async fn wait_until(
         &self,
         at: Option<chrono::DateTime<chrono::Utc>>,
@@ -179,6 +184,13 @@ impl JobContext {
         let Some(left) = at.and_then(|at| (at - chrono::Utc::now()).to_std().ok()) else {
             return Ok(false);
         };
+        if left > WAIT_IN_SLOT {
+            tracing::info!(
+                ?left,
+                "a write may still land; the job waits in the queue, not in its slot"
+            );
+            return Err(JobFailure::Deferred { wait: left });
+        }
         tracing::info!(
             ?left,
             "a write may still land; waiting before deciding it did not"

@@ -40,6 +40,13 @@ pub enum JobFailure {
         /// How long to wait.
         wait: Duration,
     },
+    /// The job must wait `wait` before it can go on (a lost answer settling): it goes back to the
+    /// queue until then instead of holding its slot, without spending an attempt.
+    #[error("deferred for {wait:?}")]
+    Deferred {
+        /// How long to wait.
+        wait: Duration,
+    },
     /// Retrying cannot help (e.g. the seller's token is invalid).
     #[error("{0}")]
     Permanent(String),
@@ -274,15 +281,14 @@ impl Worker {
                 permit = slots.clone().acquire_owned() => permit?,
             };
             // Every free slot is filled by one claim: claiming one job per round trip capped a busy
-            // lane at a few hundred jobs a second while slots stood idle.
-            let mut permits = vec![permit];
-            while permits.len() < MAX_CLAIM_BATCH {
-                match slots.clone().try_acquire_owned() {
-                    Ok(permit) => permits.push(permit),
-                    Err(_) => break,
-                }
-            }
-            let wanted = permits.len();
+            // lane at a few hundred jobs a second while slots stood idle. Only one slot is held
+            // while the claim runs: holding them all kept local starts (a purchase started on the
+            // replica that took it) from finding a free slot, so under load nearly every purchase
+            // was queued and claimed instead, and waited for it.
+            let wanted = (1 + slots.available_permits()).min(MAX_CLAIM_BATCH);
+            // Let a test hold a claim in progress, and know when one is.
+            let _ = crate::failpoint::hit("jobs.claiming");
+            crate::failpoint::pause("jobs.claim").await;
             match store::claim_many(
                 &this.pool,
                 this.settings.lane,
@@ -295,8 +301,17 @@ impl Worker {
             {
                 Ok(leases) => {
                     let drained = leases.len() < wanted;
-                    for (lease, permit) in leases.into_iter().zip(permits) {
-                        spawn(&mut running, lease, permit);
+                    let mut permit = Some(permit);
+                    for lease in leases {
+                        match permit
+                            .take()
+                            .map_or_else(|| slots.clone().try_acquire_owned().ok(), Some)
+                        {
+                            Some(permit) => spawn(&mut running, lease, permit),
+                            // A local start took the slot while the claim ran: the job goes back
+                            // to the queue at once, its attempt given back, for the next claim.
+                            None => this.hand_back(lease).await,
+                        }
                     }
                     if !drained {
                         continue;
@@ -324,6 +339,23 @@ impl Worker {
         }
         running.finish(this.settings.lane.as_str()).await;
         Ok(())
+    }
+
+    /// Puts a job claimed without a free slot back in the queue, its attempt given back.
+    async fn hand_back(&self, lease: Lease) {
+        let queued = store::retry_later(
+            &self.pool,
+            &lease,
+            Duration::ZERO,
+            "claimed when no slot was free; queued again",
+            false,
+        )
+        .await;
+        if let Err(error) = queued {
+            // Its lease runs out and any worker rescues it.
+            tracing::warn!(%error, job_id = %lease.job.id, "handing back a claimed job failed");
+        }
+        self.backlog.store(true, Ordering::Relaxed);
     }
 
     /// Runs the job in its span, which continues the trace of the request that queued it.
@@ -436,6 +468,17 @@ impl Worker {
                 let error = give_up(error).await;
                 ("failed", store::fail(&self.pool, lease, &error).await)
             }
+            Err(JobFailure::Deferred { wait }) => (
+                "deferred",
+                store::retry_later(
+                    &self.pool,
+                    lease,
+                    wait,
+                    "waiting until a lost answer can no longer land",
+                    false,
+                )
+                .await,
+            ),
             Err(JobFailure::RateLimited { wait }) => (
                 "rate_limited",
                 store::retry_later(&self.pool, lease, wait, "rate limited by CardTrader", false)

@@ -280,6 +280,98 @@ async fn a_decrement_applied_but_unanswered_is_decided_as_applied_and_not_sent_t
 }
 
 #[tokio::test]
+async fn a_purchase_arriving_while_its_worker_claims_starts_at_once_in_a_free_slot() {
+    let shop = PurchaseRig::new(4, 10).await;
+    let item = shop.stocked(3, 1).await[0];
+    let claiming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = claiming.clone();
+    fail::cfg_callback("jobs.claiming", move || {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    })
+    .unwrap();
+    // Every claim of the worker's now takes three seconds.
+    fail::cfg("jobs.claim", "return(3000)").unwrap();
+    wait_until(
+        "the worker to be claiming",
+        Duration::from_secs(5),
+        || async { claiming.load(std::sync::atomic::Ordering::SeqCst) },
+    )
+    .await;
+
+    let purchase = shop.buy("during-claim", &[(item, 1)]).await;
+    fail::remove("jobs.claim");
+    fail::remove("jobs.claiming");
+
+    assert_eq!(purchase.unwrap().state(), PurchaseState::Completed);
+    // Created claimed, in the transaction that took the request (the same now()), not queued for
+    // the claim to find: the claim in progress held one slot, not every free one.
+    let started_locally: bool = sqlx::query_scalar(
+        "SELECT started_at = created_at FROM jobs WHERE kind = 'purchase' AND dedupe_key = $1",
+    )
+    .bind(shop.purchase_id("during-claim").await.to_string())
+    .fetch_one(&shop.rig.pool)
+    .await
+    .unwrap();
+    assert!(started_locally);
+}
+
+#[tokio::test]
+async fn a_purchase_waiting_for_a_lost_answer_leaves_its_worker_slot_to_others() {
+    // One worker slot; a lost answer settles a few seconds after it was sent.
+    let shop = PurchaseRig::with(1, 10, |config| {
+        config.cardtrader.request_timeout = Duration::from_millis(800);
+        config.cardtrader.call_budget = Duration::from_secs(3);
+    })
+    .await;
+    let items = shop.stocked(3, 2).await;
+    // The first decrement times out unapplied: until it can no longer land, the purchase cannot
+    // tell "not applied" from "not applied yet".
+    shop.rig.app.simulator.set_faults(Faults {
+        timeout_rate: 1.0,
+        path_ends_with: "/increment".into(),
+        max_faulted: 1,
+        ..Faults::default()
+    });
+    let waiting_in_queue = || async {
+        let deferred: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE kind = 'purchase' AND state = 'queued' \
+             AND last_error LIKE 'waiting until a lost answer%'",
+        )
+        .fetch_one(&shop.rig.pool)
+        .await
+        .unwrap();
+        deferred == 1
+    };
+    let (hung_lines, other_lines) = ([(items[0], 1)], [(items[1], 1)]);
+
+    let (hung, (other, hung_state_then)) = tokio::join!(shop.buy("hung", &hung_lines), async {
+        wait_until(
+            "the hung purchase to wait in the queue",
+            Duration::from_secs(10),
+            waiting_in_queue,
+        )
+        .await;
+        let other = shop.buy("other", &other_lines).await.unwrap();
+        let id = shop.purchase_id("hung").await;
+        let state: String = sqlx::query_scalar("SELECT state FROM purchases WHERE id = $1")
+            .bind(id)
+            .fetch_one(&shop.rig.pool)
+            .await
+            .unwrap();
+        (other, state)
+    });
+
+    assert_eq!(other.state(), PurchaseState::Completed, "{other:?}");
+    assert_eq!(
+        hung_state_then, "taking",
+        "the other purchase did not wait for it"
+    );
+    let hung = hung.unwrap();
+    assert_eq!(hung.state(), PurchaseState::Completed, "{hung:?}");
+    assert_eq!(shop.leftovers().await, (0, 0));
+}
+
+#[tokio::test]
 async fn two_hundred_buyers_racing_for_ten_units_sell_exactly_ten_on_both_sides() {
     let shop = PurchaseRig::new(16, 10).await;
     let item = shop.stocked(1, 1).await[0];
