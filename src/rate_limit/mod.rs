@@ -8,7 +8,7 @@ mod fallback;
 
 use std::time::{Duration, Instant};
 
-use deadpool_redis::redis::Script;
+use deadpool_redis::redis::{Script, aio::MultiplexedConnection};
 
 use crate::{config::CardTraderConfig, metrics::Metrics};
 pub use bucket::{BucketParams, Decision};
@@ -130,13 +130,27 @@ impl Limits {
 }
 
 /// The shared limiter; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RateLimiter {
     redis: deadpool_redis::Pool,
+    /// One of the pool's multiplexed connections, kept for every check of this replica: concurrent
+    /// checks are pipelined on it rather than each checking a connection out of the pool and back
+    /// (which held the limiter to 0.71x of a raw EVALSHA). Dropped after a failed call, so the
+    /// next one takes a fresh connection from the pool.
+    shared: std::sync::Arc<std::sync::Mutex<Option<MultiplexedConnection>>>,
     key_prefix: String,
     limits: Limits,
     fallback: std::sync::Arc<Fallback>,
     metrics: Metrics,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("key_prefix", &self.key_prefix)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimiter {
@@ -149,6 +163,7 @@ impl RateLimiter {
     ) -> Self {
         Self {
             redis,
+            shared: std::sync::Arc::default(),
             key_prefix: format!("{key_prefix}rl:"),
             limits,
             fallback: std::sync::Arc::new(Fallback::new(
@@ -244,6 +259,29 @@ impl RateLimiter {
         self.fallback.run(op, seller, scope, params, reserve)
     }
 
+    /// The shared connection, taken from the pool the first time (and after a failure).
+    async fn connection(&self) -> Result<MultiplexedConnection, String> {
+        if let Some(conn) = self.lock_shared().as_ref() {
+            return Ok(conn.clone());
+        }
+        let pooled = self.redis.get().await.map_err(|err| err.to_string())?;
+        // A clone shares the pooled connection's socket, which outlives the pool object.
+        let conn = MultiplexedConnection::clone(&pooled);
+        *self.lock_shared() = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn forget_connection(&self) {
+        *self.lock_shared() = None;
+    }
+
+    fn lock_shared(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        // A panic while holding this lock cannot leave the Option half-written.
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn run_in_redis(
         &self,
         op: BucketOp,
@@ -252,7 +290,7 @@ impl RateLimiter {
         params: &BucketParams,
         reserve: f64,
     ) -> Result<Decision, String> {
-        let mut conn = self.redis.get().await.map_err(|err| err.to_string())?;
+        let mut conn = self.connection().await?;
         let window_ms = params.window.as_millis() as u64;
         // Idle buckets expire after a few windows; a returning seller starts full, as after a restart.
         let ttl_ms = window_ms * 4 + 60_000;
@@ -268,7 +306,10 @@ impl RateLimiter {
             .arg(ttl_ms)
             .invoke_async(&mut conn)
             .await
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| {
+                self.forget_connection();
+                err.to_string()
+            })?;
         Ok(Decision {
             granted: granted == 1,
             wait: Duration::from_millis(wait_ms.max(0) as u64),
