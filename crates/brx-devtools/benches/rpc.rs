@@ -29,7 +29,8 @@ use tonic::{Request, Response, Status, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const CONNECTIONS: usize = 4;
-const SECRET: &str = "bench-secret";
+/// At least 32 bytes: `serve` refuses a shorter HS256 secret.
+const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
 
 struct Echo;
 
@@ -130,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
         average(&health_runs),
         Some(echo),
     );
-    println!("targets: RPS >= 0.80x echo, p99 <= 1.5x echo");
+    println!("targets: RPS >= 0.9x echo, p99 <= 1.5x echo");
     Ok(())
 }
 
@@ -246,6 +247,8 @@ async fn start_app() -> anyhow::Result<(SocketAddr, tokio::sync::oneshot::Sender
     config.storage.database_url =
         SecretString::from("postgres://postgres@127.0.0.1:5432/brx_bench".to_owned());
     config.auth.jwt_hs256_secret = Some(SecretString::from(SECRET.to_owned()));
+    // No seller is connected here: no token to encrypt, so no keys to configure.
+    config.auth.dev_mode = true;
     config.telemetry.log_filter = "error".into();
     let app = App::build(config).await?;
     let addr = app.grpc_addr();
