@@ -11,7 +11,7 @@ use brx_sync::{
 };
 use cardtrader_sim::Faults;
 
-use crate::helpers::{PurchaseRig, Workers, authorized};
+use crate::helpers::{PurchaseRig, Workers, authorized, wait_until};
 
 const LEASE: Duration = Duration::from_secs(1);
 
@@ -227,13 +227,18 @@ async fn a_purchase_whose_job_runs_out_of_attempts_with_stock_taken_waits_for_a_
         matches!(&stuck.saga.phase, Phase::RequiresAttention { reason, .. } if reason.contains("out of attempts")),
         "{stuck:?}"
     );
-    let job: String =
-        sqlx::query_scalar("SELECT state FROM jobs WHERE kind = 'purchase' AND dedupe_key = $1")
-            .bind(id.to_string())
-            .fetch_one(&shop.rig.pool)
-            .await
-            .unwrap();
-    assert_eq!(job, "dead");
+    // The worker buries the job just after the driver recorded the purchase's end.
+    wait_until("the job to end dead", Duration::from_secs(10), || async {
+        let job: String = sqlx::query_scalar(
+            "SELECT state FROM jobs WHERE kind = 'purchase' AND dedupe_key = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(&shop.rig.pool)
+        .await
+        .unwrap();
+        job == "dead"
+    })
+    .await;
     // An operator retries it once CardTrader is reachable: it completes.
     fail::remove("purchase.after_record");
     let request = RetryPurchaseRequest {

@@ -316,11 +316,60 @@ async fn a_purchase_arriving_while_its_worker_claims_starts_at_once_in_a_free_sl
 }
 
 #[tokio::test]
+async fn a_decrement_seen_to_end_unanswered_settles_one_grace_later_not_at_the_call_deadline() {
+    // The logged settle instant allows for the call's whole budget (20 s); the driver that saw the
+    // request end knows it was sent once, so it waits one request timeout from there.
+    let shop = PurchaseRig::with(4, 10, |config| {
+        config.cardtrader.request_timeout = Duration::from_millis(500);
+        config.cardtrader.call_budget = Duration::from_secs(20);
+    })
+    .await;
+    let item = shop.stocked(3, 1).await[0];
+    let upstream = shop.upstream(item).unwrap();
+    shop.rig.app.simulator.set_faults(Faults {
+        timeout_rate: 1.0,
+        path_ends_with: "/increment".into(),
+        max_faulted: 1,
+        ..Faults::default()
+    });
+
+    let purchase = shop.buy("unanswered", &[(item, 1)]).await.unwrap();
+
+    assert_eq!(purchase.state(), PurchaseState::Completed, "{purchase:?}");
+    assert_eq!(shop.upstream(item), Some(upstream - 1), "applied once");
+    // Decided not applied and sent again without going back to the queue to wait out 20 s.
+    let (_, metrics) = shop.rig.app.admin_get("/metrics").await;
+    assert!(
+        !metrics.contains(r#"brx_jobs_finished_total{kind="purchase",outcome="deferred"}"#),
+        "{metrics}"
+    );
+    let id = uuid::Uuid::try_parse(&purchase.purchase_id).unwrap();
+    let log = brx_sync::purchase::step_log(&shop.rig.pool, id)
+        .await
+        .unwrap();
+    use brx_sync::purchase::saga::Event;
+    assert!(
+        matches!(
+            log.as_slice(),
+            [
+                Event::DecrementSent { line: 0, .. },
+                Event::NotTaken { line: 0 },
+                Event::DecrementSent { line: 0, .. },
+                Event::Taken { line: 0 },
+                Event::Finalized
+            ]
+        ),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_purchase_waiting_for_a_lost_answer_leaves_its_worker_slot_to_others() {
-    // One worker slot; a lost answer settles a few seconds after it was sent.
+    // One worker slot; a lost answer settles two seconds (one request timeout) after the client
+    // stopped waiting for it.
     let shop = PurchaseRig::with(1, 10, |config| {
-        config.cardtrader.request_timeout = Duration::from_millis(800);
-        config.cardtrader.call_budget = Duration::from_secs(3);
+        config.cardtrader.request_timeout = Duration::from_secs(2);
+        config.cardtrader.call_budget = Duration::from_secs(6);
     })
     .await;
     let items = shop.stocked(3, 2).await;

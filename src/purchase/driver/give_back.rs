@@ -60,6 +60,7 @@ impl Run<'_> {
         };
         self.record(vec![sent_event], Also::Memo(line, memo))
             .await?;
+        self.unanswered.remove(&line);
         let credentials = self.credentials()?;
         let seller = credentials.seller();
         let sent = match plan {
@@ -79,6 +80,7 @@ impl Run<'_> {
             Ok(new_id) => self.given_back(line, plan, product_id, new_id).await,
             Err(err) if outcome_unknown(&err) => {
                 tracing::info!(error = %err, line, "give-back outcome unknown; verifying");
+                self.note_unanswered(line);
                 Ok(())
             }
             Err(MarketplaceError::Cancelled) => Err(JobFailure::LeaseLost),

@@ -167,6 +167,7 @@ impl PurchaseHandler {
             purchase,
             credentials: None,
             settles_job: true,
+            unanswered: std::collections::HashMap::new(),
         })
     }
 }
@@ -184,6 +185,9 @@ struct Run<'a> {
     /// Whether the write that ends the saga also ends its job (in the same transaction, saving
     /// the worker a commit of its own); not while the worker is giving the job up.
     settles_job: bool,
+    /// Lines whose last write this run saw end without an answer, and when that write will have
+    /// settled (sooner than the logged instant, which had to allow for the call's whole deadline).
+    unanswered: std::collections::HashMap<usize, chrono::DateTime<chrono::Utc>>,
 }
 
 /// A local write that commits together with the events it belongs to.

@@ -128,6 +128,7 @@ impl Run<'_> {
         };
         self.record(vec![sent_event], Also::Memo(line, memo))
             .await?;
+        self.unanswered.remove(&line);
         let credentials = self.credentials()?;
         let sent = self
             .marketplace()
@@ -147,6 +148,7 @@ impl Run<'_> {
             // The next step verifies it.
             Err(err) if outcome_unknown(&err) => {
                 tracing::info!(error = %err, line, "decrement outcome unknown; verifying");
+                self.note_unanswered(line);
                 Ok(())
             }
             // The lease was lost before the call went out: whoever holds it now verifies.
@@ -237,9 +239,24 @@ impl Run<'_> {
         })
     }
 
-    /// When the last write sent for `line` will have settled, from the step log.
+    /// When the last write sent for `line` will have settled: from the step log (the call's
+    /// deadline plus the grace, recorded before it was sent), or sooner when this run saw the call
+    /// end without an answer.
     pub(super) fn settled_by(&self, line: usize) -> Option<chrono::DateTime<Utc>> {
-        self.saga.settled_by(line)
+        let logged = self.saga.settled_by(line);
+        match (logged, self.unanswered.get(&line)) {
+            (Some(logged), Some(&seen)) => Some(logged.min(seen)),
+            (logged, _) => logged,
+        }
+    }
+
+    /// This run saw the write just sent for `line` end without an answer: it was sent once and is
+    /// no longer retried, so it lands within the grace from now or not at all. A run that did not
+    /// see it end (a takeover after a crash) keeps to the logged instant.
+    pub(super) fn note_unanswered(&mut self, line: usize) {
+        let grace =
+            chrono::TimeDelta::from_std(self.handler.write_grace).unwrap_or(chrono::TimeDelta::MAX);
+        self.unanswered.insert(line, Utc::now() + grace);
     }
 
     /// The sales could not be established: try again later (a sale landed meanwhile, CardTrader
