@@ -10,6 +10,17 @@ use tonic::Code;
 
 use crate::helpers::{PurchaseRig, authorized, wait_until};
 
+/// Sets the fault `set` on the next `POST /products/:id/increment` only.
+fn fault_next_increment(shop: &PurchaseRig, set: impl FnOnce(&mut Faults)) {
+    let mut faults = Faults {
+        path_ends_with: "/increment".into(),
+        max_faulted: 1,
+        ..Faults::default()
+    };
+    set(&mut faults);
+    shop.rig.app.simulator.set_faults(faults);
+}
+
 #[tokio::test]
 async fn a_purchase_takes_stock_on_both_sides_and_completes() {
     let shop = PurchaseRig::new(4, 40).await;
@@ -246,12 +257,7 @@ async fn a_decrement_applied_but_unanswered_is_decided_as_applied_and_not_sent_t
         shop.upstream(item).unwrap(),
         shop.local(item).await.unwrap(),
     );
-    shop.rig.app.simulator.set_faults(Faults {
-        timeout_after_apply_rate: 1.0,
-        path_ends_with: "/increment".into(),
-        max_faulted: 1,
-        ..Faults::default()
-    });
+    fault_next_increment(&shop, |faults| faults.timeout_after_apply_rate = 1.0);
 
     let purchase = shop.buy("hung", &[(item, 2)]).await.unwrap();
 
@@ -326,12 +332,7 @@ async fn a_decrement_seen_to_end_unanswered_settles_one_grace_later_not_at_the_c
     .await;
     let item = shop.stocked(3, 1).await[0];
     let upstream = shop.upstream(item).unwrap();
-    shop.rig.app.simulator.set_faults(Faults {
-        timeout_rate: 1.0,
-        path_ends_with: "/increment".into(),
-        max_faulted: 1,
-        ..Faults::default()
-    });
+    fault_next_increment(&shop, |faults| faults.timeout_rate = 1.0);
 
     let purchase = shop.buy("unanswered", &[(item, 1)]).await.unwrap();
 
@@ -375,12 +376,7 @@ async fn a_purchase_waiting_for_a_lost_answer_leaves_its_worker_slot_to_others()
     let items = shop.stocked(3, 2).await;
     // The first decrement times out unapplied: until it can no longer land, the purchase cannot
     // tell "not applied" from "not applied yet".
-    shop.rig.app.simulator.set_faults(Faults {
-        timeout_rate: 1.0,
-        path_ends_with: "/increment".into(),
-        max_faulted: 1,
-        ..Faults::default()
-    });
+    fault_next_increment(&shop, |faults| faults.timeout_rate = 1.0);
     let waiting_in_queue = || async {
         let deferred: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM jobs WHERE kind = 'purchase' AND state = 'queued' \
