@@ -3,6 +3,9 @@
 
 // A failed unwrap is how a test reports a broken expectation.
 #![allow(clippy::unwrap_used)]
+// The futures of job handlers written here nest every layer of the CardTrader client (rate limiter,
+// retries, deadlines); a non-incremental build (CI) computes their layout past the default depth.
+#![recursion_limit = "256"]
 
 mod helpers;
 
