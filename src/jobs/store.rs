@@ -144,7 +144,44 @@ pub async fn enqueue(pool: &Pg, new: &NewJob, limit: QueueLimit) -> Result<Enque
     Ok(enqueued)
 }
 
-fn bind_new<'q, O>(
+/// For a caller that queues its job in the statement of its own write: the CTEs `joined` (the
+/// seller's queued job of the kind, held `FOR SHARE` until the statement commits, as
+/// [`enqueue_in`] holds it) and `created` (a new job when none is queued), both only when the
+/// caller's CTE `gate` returned a row. Their parameters start at `$first`, in [`bind_new`]'s
+/// order. The caller queues the job again after its commit when neither has a row: a job queued
+/// between this statement's look and its insert may have been claimed since.
+pub(crate) fn queue_in_statement(gate: &str, first: usize) -> String {
+    let [
+        id,
+        user,
+        kind,
+        lane,
+        payload,
+        priority,
+        attempts,
+        dedupe,
+        trace,
+    ] = std::array::from_fn::<usize, 9, _>(|k| first + k);
+    format!(
+        "joined AS ( \
+             SELECT id FROM jobs \
+             WHERE user_id = ${user} AND kind = ${kind} AND dedupe_key = ${dedupe} \
+               AND state = 'queued' AND EXISTS (SELECT 1 FROM {gate}) \
+             FOR SHARE \
+         ), created AS ( \
+             INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key, \
+                 trace_parent) \
+             SELECT ${id}, ${user}, ${kind}, ${lane}, ${payload}, ${priority}, ${attempts}, ${dedupe}, \
+                 ${trace} \
+             WHERE EXISTS (SELECT 1 FROM {gate}) AND NOT EXISTS (SELECT 1 FROM joined) \
+             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING \
+             RETURNING 1 \
+         )"
+    )
+}
+
+/// Binds `new` to nine parameters: those of an `INSERT INTO jobs`, or of [`queue_in_statement`].
+pub(crate) fn bind_new<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     new: &'q NewJob,
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {

@@ -22,10 +22,9 @@ pub(crate) struct Intake {
 /// Stores a verified delivery for a connected seller and makes sure the seller's apply job
 /// (`job`) will see it, in one statement (its own transaction): the intake's only round trip.
 ///
-/// It joins a queued apply job the way [`crate::jobs::store::enqueue_in`] does, holding it `FOR
-/// SHARE` until the commit, or queues `job`. In the rare race where another request queues one
-/// between this statement's look and its insert, `queued` is `false` and the caller queues the job
-/// afterwards (any job queued after the commit sees the event).
+/// The job part is the jobs module's ([`crate::jobs::store::queue_in_statement`]): in the rare race
+/// where another request queues one between this statement's look and its insert, `queued` is
+/// `false` and the caller queues the job afterwards (any job queued after the commit sees the event).
 pub(crate) async fn store_event_queued(
     pool: &Pg,
     user_id: UserId,
@@ -33,7 +32,7 @@ pub(crate) async fn store_event_queued(
     body: &str,
     job: &NewJob,
 ) -> Result<Intake, sqlx::Error> {
-    sqlx::query_as(
+    let sql = format!(
         "WITH account AS ( \
              SELECT user_id FROM accounts WHERE user_id = $2 AND status = 'connected' \
          ), event AS ( \
@@ -41,40 +40,23 @@ pub(crate) async fn store_event_queued(
              SELECT $1, $2, $3, $4, $5, to_timestamp($6), $7::jsonb FROM account \
              ON CONFLICT ON CONSTRAINT webhook_events_pkey DO NOTHING \
              RETURNING 1 \
-         ), joined AS ( \
-             SELECT id FROM jobs \
-             WHERE user_id = $2 AND kind = $9 AND dedupe_key = $14 AND state = 'queued' \
-               AND EXISTS (SELECT 1 FROM event) \
-             FOR SHARE \
-         ), created AS ( \
-             INSERT INTO jobs (id, user_id, kind, lane, payload, priority, max_attempts, dedupe_key, \
-                 trace_parent) \
-             SELECT $8, $2, $9, $10, $11, $12, $13, $14, $15 \
-             WHERE EXISTS (SELECT 1 FROM event) AND NOT EXISTS (SELECT 1 FROM joined) \
-             ON CONFLICT (user_id, kind, dedupe_key) WHERE state = 'queued' DO NOTHING \
-             RETURNING 1 \
-         ) \
+         ), {} \
          SELECT EXISTS (SELECT 1 FROM account) AS connected, \
                 EXISTS (SELECT 1 FROM event) AS stored, \
                 EXISTS (SELECT 1 FROM joined) OR EXISTS (SELECT 1 FROM created) AS queued",
-    )
-    .bind(envelope.id)
-    .bind(user_id.as_uuid())
-    .bind(&envelope.cause)
-    .bind(envelope.object_id)
-    .bind(&envelope.mode)
-    .bind(envelope.time)
-    .bind(body)
-    .bind(Uuid::new_v4())
-    .bind(job.kind.name().as_str())
-    .bind(job.kind.lane().as_str())
-    .bind(job.kind.payload())
-    .bind(job.priority)
-    .bind(job.max_attempts)
-    .bind(job.kind.dedupe_key())
-    .bind(job.trace_parent.as_deref())
-    .fetch_one(pool)
-    .await
+        crate::jobs::store::queue_in_statement("event", 8)
+    );
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(envelope.id)
+        .bind(user_id.as_uuid())
+        .bind(&envelope.cause)
+        .bind(envelope.object_id)
+        .bind(&envelope.mode)
+        .bind(envelope.time)
+        .bind(body);
+    crate::jobs::store::bind_new(query, job)
+        .fetch_one(pool)
+        .await
 }
 
 /// An event waiting to be applied.
