@@ -38,6 +38,38 @@ pub enum Command {
     Migrate,
     /// Print a caller JWT signed with BRX_JWT_HS256_SECRET, for grpcurl and local testing.
     Token(TokenArgs),
+    /// Move sellers over from the Python service's database: their CardTrader tokens (re-encrypted),
+    /// webhook secrets and inventories, then a full sync each. Safe to run again.
+    ImportLegacy(ImportLegacyArgs),
+}
+
+/// Arguments of `brx-sync import-legacy`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportLegacyArgs {
+    /// PostgreSQL URL of the Python service's database. It is only read (every transaction on it
+    /// is read-only), never written.
+    #[arg(long = "from", env = "BRX_LEGACY_DATABASE_URL", value_parser = secret, hide_env_values = true)]
+    pub from: SecretString,
+    /// The Python service's FERNET_KEY (URL-safe base64 of 32 bytes). Give it through the
+    /// environment: a flag's value shows in the process list.
+    #[arg(long, env = "BRX_LEGACY_FERNET_KEY", value_parser = secret, hide_env_values = true)]
+    pub fernet_key: SecretString,
+    /// Decide and report everything, write nothing (CardTrader is still asked with --verify).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only these sellers (comma-separated user UUIDs), to move a few first.
+    #[arg(long, value_delimiter = ',')]
+    pub sellers: Vec<uuid::Uuid>,
+    /// Check each token with CardTrader's /info (within the seller's rate limit) before storing
+    /// it: a token CardTrader refuses is stored as TOKEN_INVALID and no sync is queued.
+    #[arg(long)]
+    pub verify: bool,
+    /// Also write the report (every seller, every skipped row and why) as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Sellers moved at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
 }
 
 /// Arguments of `brx-sync token`.
@@ -564,6 +596,12 @@ impl Config {
     /// Checks what clap cannot: combinations of settings and files they point at.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.auth.validate()?;
+        self.validate_settings()
+    }
+
+    /// [`Self::validate`] without the caller-authentication checks, for commands that serve no
+    /// callers (`import-legacy`).
+    pub fn validate_settings(&self) -> Result<(), ConfigError> {
         if self.storage.migrate_on_start {
             self.storage.migration_url()?;
         }

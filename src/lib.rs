@@ -36,6 +36,7 @@ pub mod domain;
 pub mod http;
 pub mod inventory;
 pub mod jobs;
+pub mod legacy;
 pub mod marketplace;
 pub mod metrics;
 pub mod purchase;

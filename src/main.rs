@@ -10,6 +10,9 @@ use brx_sync::{
 };
 use secrecy::ExposeSecret;
 
+/// sysexits' EX_TEMPFAIL: `import-legacy` left sellers to retry; the same command again resumes.
+const EXIT_TEMPFAIL: u8 = 75;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // reqwest, the OTLP exporter and TLS all share rustls; pick its crypto provider once, first.
@@ -32,6 +35,10 @@ async fn main() -> ExitCode {
     telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<brx_sync::legacy::Incomplete>() => {
+            eprintln!("brx-sync: {err}");
+            ExitCode::from(EXIT_TEMPFAIL)
+        }
         Err(err) if err.is::<ConfigError>() => {
             // One line naming the setting, as clap's own refusals are.
             eprintln!("{err}");
@@ -52,6 +59,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown::signal()).await
         }
         Command::Migrate => brx_sync::app::migrate(&cli.config.storage).await,
+        Command::ImportLegacy(args) => brx_sync::legacy::run_command(&cli.config, &args)
+            .await
+            .map(drop),
         Command::Token(args) => {
             let secret = cli.config.auth.jwt_hs256_secret.as_ref().ok_or_else(|| {
                 anyhow::anyhow!("BRX_JWT_HS256_SECRET must be set to mint a token")

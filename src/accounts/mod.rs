@@ -5,7 +5,7 @@
 mod crypto;
 mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -14,7 +14,7 @@ pub use crypto::{DecryptError, Keyring, Sealed};
 
 use crate::{
     domain::UserId,
-    marketplace::{CallOptions, MarketplaceClient, MarketplaceError, Seller},
+    marketplace::{CallOptions, MarketplaceClient, MarketplaceError, Seller, types::Info},
 };
 
 /// How long ConnectAccount waits for CardTrader's `/info` (rate-limit wait included).
@@ -61,6 +61,24 @@ pub struct Account {
     pub last_sync_at: Option<DateTime<Utc>>,
     /// When anything last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+/// A seller's account as another service (the Python one `import-legacy` moves shops from) left
+/// it, to be stored as if it had been connected here.
+#[derive(Debug, Clone)]
+pub struct ImportedAccount {
+    /// The seller.
+    pub user_id: UserId,
+    /// Where it stands.
+    pub status: AccountStatus,
+    /// The CardTrader token, if one is kept.
+    pub token: Option<SecretString>,
+    /// The webhook shared secret, if known.
+    pub shared_secret: Option<SecretString>,
+    /// The CardTrader user, when `/info` was asked.
+    pub cardtrader_user_id: Option<i64>,
+    /// The CardTrader app, when `/info` was asked.
+    pub cardtrader_app_id: Option<i64>,
 }
 
 /// A connected seller's decrypted credentials, for calls to CardTrader on their behalf.
@@ -163,16 +181,7 @@ impl Accounts {
             .keyring
             .as_ref()
             .ok_or(AccountError::EncryptionNotConfigured)?;
-        let key = user_id.to_string();
-        let seller = Seller {
-            key: &key,
-            token: &token,
-        };
-        let info = self
-            .marketplace
-            .info(seller, CallOptions::interactive(CONNECT_BUDGET))
-            .await
-            .map_err(connect_error)?;
+        let info = self.check_token(user_id, &token, CONNECT_BUDGET).await?;
         let token_sealed =
             keyring.seal(token.expose_secret().as_bytes(), &context(user_id, "token"));
         let secret_sealed = keyring.seal(
@@ -199,6 +208,77 @@ impl Accounts {
         // Typed fields: a number when CardTrader said, absent when it did not (never "Some(…)").
         tracing::info!(cardtrader_user_id = info.user_id, "account connected");
         account(row)
+    }
+
+    /// Asks CardTrader's `/info` whether `token` works, within `budget` (rate-limit wait included),
+    /// storing nothing: what ConnectAccount checks, and `import-legacy --verify`.
+    pub async fn check_token(
+        &self,
+        user_id: UserId,
+        token: &SecretString,
+        budget: Duration,
+    ) -> Result<Info, AccountError> {
+        let key = user_id.to_string();
+        let seller = Seller { key: &key, token };
+        self.marketplace
+            .info(seller, CallOptions::interactive(budget))
+            .await
+            .map_err(connect_error)
+    }
+
+    /// Of `users`, those with an account, and where each stands.
+    pub async fn statuses(
+        &self,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, AccountStatus>, AccountError> {
+        let ids: Vec<uuid::Uuid> = users.iter().map(|user| user.as_uuid()).collect();
+        let mut found = HashMap::with_capacity(ids.len());
+        for (user_id, raw) in store::statuses(&self.pg, &ids).await? {
+            let user = UserId::from_uuid(user_id).map_err(anyhow::Error::from)?;
+            found.insert(user, status(&raw)?);
+        }
+        Ok(found)
+    }
+
+    /// Stores an account brought over from another service, in the caller's transaction, unless the
+    /// seller already has one (returns false then, and writes nothing). Its secrets are sealed as
+    /// ConnectAccount seals them; a `Connected` account must bring both.
+    pub async fn insert_imported_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        account: &ImportedAccount,
+    ) -> Result<bool, AccountError> {
+        let keyring = self
+            .keyring
+            .as_ref()
+            .ok_or(AccountError::EncryptionNotConfigured)?;
+        let user_id = account.user_id;
+        let seal = |secret: &Option<SecretString>, field: &str| {
+            secret.as_ref().map(|plain| {
+                keyring.seal(plain.expose_secret().as_bytes(), &context(user_id, field))
+            })
+        };
+        let token = seal(&account.token, "token");
+        let shared_secret = seal(&account.shared_secret, "shared_secret");
+        let key_id = token
+            .as_ref()
+            .or(shared_secret.as_ref())
+            .map(|sealed| sealed.key_id.as_str());
+        let row = store::ImportedRow {
+            user_id: user_id.as_uuid(),
+            status: status_name(account.status),
+            cardtrader_user_id: account.cardtrader_user_id,
+            cardtrader_app_id: account.cardtrader_app_id,
+            token_ciphertext: token.as_ref().map(|sealed| sealed.bytes.as_slice()),
+            shared_secret_ciphertext: shared_secret.as_ref().map(|sealed| sealed.bytes.as_slice()),
+            encryption_key_id: key_id,
+        };
+        store::insert_imported(conn, &row).await.map_err(|err| {
+            match err.as_database_error().and_then(|db| db.constraint()) {
+                Some("accounts_cardtrader_user_id_key") => AccountError::CardTraderAccountTaken,
+                _ => err.into(),
+            }
+        })
     }
 
     /// The account of `user_id`.
@@ -313,6 +393,14 @@ fn connect_error(error: MarketplaceError) -> AccountError {
             AccountError::CardTraderUnavailable("no answer in time".into())
         }
         other => AccountError::CardTraderUnavailable(other.to_string()),
+    }
+}
+
+fn status_name(status: AccountStatus) -> &'static str {
+    match status {
+        AccountStatus::Connected => "connected",
+        AccountStatus::TokenInvalid => "token_invalid",
+        AccountStatus::Disconnected => "disconnected",
     }
 }
 

@@ -64,6 +64,52 @@ pub(super) async fn upsert_connected(
         .await
 }
 
+/// An account brought over from another service (`import-legacy`).
+#[derive(Debug)]
+pub(super) struct ImportedRow<'a> {
+    pub(super) user_id: Uuid,
+    pub(super) status: &'static str,
+    pub(super) cardtrader_user_id: Option<i64>,
+    pub(super) cardtrader_app_id: Option<i64>,
+    pub(super) token_ciphertext: Option<&'a [u8]>,
+    pub(super) shared_secret_ciphertext: Option<&'a [u8]>,
+    pub(super) encryption_key_id: Option<&'a str>,
+}
+
+/// Inserts `row` unless the seller has an account; whether it did.
+pub(super) async fn insert_imported(
+    executor: impl PgExecutor<'_>,
+    row: &ImportedRow<'_>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO accounts (user_id, status, cardtrader_user_id, cardtrader_app_id, token_ciphertext, \
+             shared_secret_ciphertext, encryption_key_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT ON CONSTRAINT accounts_pkey DO NOTHING",
+    )
+    .bind(row.user_id)
+    .bind(row.status)
+    .bind(row.cardtrader_user_id)
+    .bind(row.cardtrader_app_id)
+    .bind(row.token_ciphertext)
+    .bind(row.shared_secret_ciphertext)
+    .bind(row.encryption_key_id)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The status of each of `user_ids` that has an account.
+pub(super) async fn statuses(
+    executor: impl PgExecutor<'_>,
+    user_ids: &[Uuid],
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT user_id, status FROM accounts WHERE user_id = ANY($1)")
+        .bind(user_ids)
+        .fetch_all(executor)
+        .await
+}
+
 pub(super) async fn find(
     executor: impl PgExecutor<'_>,
     user_id: Uuid,

@@ -73,10 +73,11 @@ impl BlueprintCatalog {
     }
 }
 
-impl ExpansionLookup {
-    /// The expansion of each of `blueprints` the index knows or can learn; the others are left out.
-    pub async fn expansions_of(&self, blueprints: &[i64]) -> HashMap<i64, i64> {
-        let inner = &self.catalog.inner;
+impl BlueprintCatalog {
+    /// The expansion of each of `blueprints` the index already holds (L1, then Redis), asking
+    /// CardTrader nothing; the others are left out.
+    pub async fn known_expansions(&self, blueprints: &[i64]) -> HashMap<i64, i64> {
+        let inner = &self.inner;
         let mut found = HashMap::with_capacity(blueprints.len());
         let mut misses = Vec::new();
         let mut seen = HashSet::with_capacity(blueprints.len());
@@ -101,7 +102,22 @@ impl ExpansionLookup {
             inner.expansion_l1.insert(id, expansion);
         }
         found.extend(cached);
-        misses.retain(|id| !found.contains_key(id));
+        found
+    }
+}
+
+impl ExpansionLookup {
+    /// The expansion of each of `blueprints` the index knows or can learn; the others are left out.
+    pub async fn expansions_of(&self, blueprints: &[i64]) -> HashMap<i64, i64> {
+        let inner = &self.catalog.inner;
+        let mut found = self.catalog.known_expansions(blueprints).await;
+        let mut misses: Vec<i64> = blueprints
+            .iter()
+            .copied()
+            .filter(|id| *id > 0 && !found.contains_key(id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         if !misses.is_empty() && inner.settings.expansion_learn {
             let learnt = self.learn(&misses).await;
             inner.count_expansions("cardtrader", learnt.len());

@@ -4,6 +4,7 @@
 //! sends it. The outbox holds one row per item with the latest wanted values: a newer edit merges
 //! into it, superseding what was pending.
 
+mod carried;
 mod decide;
 mod outbox;
 pub mod push;
@@ -11,6 +12,7 @@ pub mod requeue;
 mod service;
 mod store;
 
+pub use carried::{CarriedItem, copy_carried_in};
 pub use decide::RETRY_ROUNDS;
 pub use service::Inventory;
 pub use store::{PAGE_BEGIN, page_statement};

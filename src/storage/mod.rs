@@ -2,6 +2,7 @@
 //! supervisor that connects them with backoff and reports their state. Queries live with the capability
 //! that owns the data, never here.
 
+mod copy_csv;
 mod mysql;
 mod pool_health;
 mod postgres;
@@ -15,6 +16,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::StorageConfig;
 
+pub use copy_csv::CopyCsv;
 pub use mysql::ensure_database as ensure_catalog_database;
 pub use pool_health::{PoolKind, PoolSnapshot, PoolState};
 pub use postgres::{MIGRATOR, Pg, ensure_database, is_outage, is_retryable, migrations_applied};

@@ -22,6 +22,7 @@ mod health;
 mod inventory;
 mod jobs;
 mod jobs_order;
+mod legacy_import;
 mod lifecycle;
 mod load_shedding;
 mod marketplace;

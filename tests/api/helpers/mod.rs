@@ -1,6 +1,7 @@
 //! `spawn_app()` and what tests need around it: a fresh database per test, typed clients, tokens.
 
 mod catalog;
+mod legacy;
 mod pgbouncer;
 mod process;
 mod proxy;
@@ -28,6 +29,7 @@ use tonic_health::pb::{
 };
 
 pub(crate) use catalog::{CatalogDb, CatalogueLock};
+pub(crate) use legacy::{LegacyDatabase, OldItem};
 pub(crate) use pgbouncer::PgBouncer;
 pub(crate) use process::{PROTECTED_ENV, ServeProcess};
 pub(crate) use proxy::TcpProxy;
