@@ -51,8 +51,6 @@ use crate::{
     storage::{Pg, Storage, migrations_applied},
 };
 
-/// How long one seller's `/info` may take, waiting for the seller's rate limit included.
-const VERIFY_BUDGET: Duration = Duration::from_secs(30);
 /// How long one seller's catalogue lookup may take before its rows are stored with prints unknown
 /// (and remapped once the catalogue answers), as a sync would store them.
 const CATALOG_BUDGET: Duration = Duration::from_secs(30);
@@ -98,6 +96,8 @@ pub struct Importer {
     pg: Pg,
     accounts: Accounts,
     catalog: BlueprintCatalog,
+    /// How long one seller's `/info` may take, retries and the rate-limit wait included.
+    verify_budget: Duration,
 }
 
 /// One seller to move, with what the run already knows of them.
@@ -145,16 +145,28 @@ impl Importer {
             &config.storage.redis_key_prefix,
             metrics,
         );
-        Ok((Self::new(storage.pg.clone(), accounts, catalog), storage))
+        let importer = Self::new(
+            storage.pg.clone(),
+            accounts,
+            catalog,
+            config.cardtrader.call_budget,
+        );
+        Ok((importer, storage))
     }
 
     /// An importer writing to `pg`, sealing secrets and asking CardTrader through `accounts`,
-    /// mapping prints through `catalog`.
-    pub fn new(pg: Pg, accounts: Accounts, catalog: BlueprintCatalog) -> Self {
+    /// mapping prints through `catalog`, giving each `/info` `verify_budget`.
+    pub fn new(
+        pg: Pg,
+        accounts: Accounts,
+        catalog: BlueprintCatalog,
+        verify_budget: Duration,
+    ) -> Self {
         Self {
             pg,
             accounts,
             catalog,
+            verify_budget,
         }
     }
 
@@ -364,7 +376,7 @@ impl Importer {
         }
         match self
             .accounts
-            .check_token(user_id, &token, VERIFY_BUDGET)
+            .check_token(user_id, &token, self.verify_budget)
             .await
         {
             Ok(info) => {

@@ -744,3 +744,74 @@ async fn a_run_killed_midway_and_run_again_ends_as_an_uninterrupted_run_does() {
         assert_eq!(&resumed[table], rows, "{table}: resumed vs uninterrupted");
     }
 }
+
+#[tokio::test]
+async fn sellers_cardtrader_could_not_verify_are_left_unwritten_and_the_next_run_moves_them() {
+    let catalogue = CatalogDb::seeded(CATALOGUE_PRINTS).await;
+    let app = app(&catalogue, false).await;
+    let shop = shop(&app, 2, 3).await;
+    let pool = pool_of(&app);
+    app.simulator.set_faults(Faults {
+        error_5xx_rate: 1.0,
+        path_ends_with: "/info".into(),
+        ..Faults::default()
+    });
+
+    let down = import(
+        &app.config,
+        &shop.legacy,
+        &shop.legacy.key,
+        &options(false, true),
+    )
+    .await
+    .unwrap();
+    // Both good sellers needed /info (verifying) and got only 5xx; the undecryptable one is
+    // skipped before any call, the disconnected one needs none.
+    for seller in &shop.good {
+        let report = down
+            .sellers
+            .iter()
+            .find(|s| s.user_id == seller.user)
+            .unwrap();
+        assert_eq!(report.outcome, Outcome::Failed);
+        assert!(
+            report.reason.as_deref().unwrap().contains("CardTrader"),
+            "{:?}",
+            report.reason
+        );
+    }
+    assert_eq!(outcome_of(&down, shop.disconnected), Outcome::Disconnected);
+    assert_eq!(outcome_of(&down, shop.unreadable), Outcome::Skipped);
+    let recorded = count(&pool, "legacy_imports").await;
+    assert_eq!(recorded as u64, shop.sellers() - 1 - down.summary.failed);
+    assert_eq!(count(&pool, "accounts").await, recorded);
+    let good: Vec<Uuid> = shop.good.iter().map(|seller| seller.user).collect();
+    let half_written: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM inventory_items WHERE user_id = ANY($1)) \
+              + (SELECT count(*) FROM accounts WHERE user_id = ANY($1)) \
+              + (SELECT count(*) FROM jobs WHERE user_id = ANY($1))",
+    )
+    .bind(&good)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        half_written, 0,
+        "a failed seller leaves nothing half-written"
+    );
+
+    app.simulator.set_faults(Faults::default());
+    let again = import(
+        &app.config,
+        &shop.legacy,
+        &shop.legacy.key,
+        &options(false, true),
+    )
+    .await
+    .unwrap();
+    for seller in &shop.good {
+        assert_eq!(outcome_of(&again, seller.user), Outcome::Moved);
+    }
+    assert_eq!(again.summary.failed, 0);
+    assert_eq!(again.summary.already_moved, recorded as u64);
+}

@@ -18,14 +18,19 @@ const ENCRYPTION_KEY: &str = "bm90LXByaW50ZWQtZW5jcnlwdGlvbi1rZXktMzJieXQ=";
 const DATABASE_PASSWORD: &str = "pg-password-never-printed-77aa";
 const MYSQL_PASSWORD: &str = "mysql-password-never-printed-88bb";
 const REDIS_PASSWORD: &str = "redis-password-never-printed-99cc";
+/// The Python service's Fernet key and its database's password (`import-legacy`).
+const FERNET_KEY: &str = "bGVnYWN5LWZlcm5ldC1rZXktbmV2ZXItcHJpbnRlZCE=";
+const LEGACY_PASSWORD: &str = "legacy-password-never-printed-11dd";
 
-fn secret_values() -> [&'static str; 5] {
+fn secret_values() -> [&'static str; 7] {
     [
         JWT_SECRET,
         ENCRYPTION_KEY,
         DATABASE_PASSWORD,
         MYSQL_PASSWORD,
         REDIS_PASSWORD,
+        FERNET_KEY,
+        LEGACY_PASSWORD,
     ]
 }
 
@@ -58,12 +63,22 @@ fn secret_env(database: &str) -> Vec<(&'static str, String)> {
             // Refused by a Redis without passwords: the same for Redis's errors.
             format!("redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0"),
         ),
+        ("BRX_LEGACY_FERNET_KEY", FERNET_KEY.to_owned()),
+        (
+            "BRX_LEGACY_DATABASE_URL",
+            format!("postgres://reader:{LEGACY_PASSWORD}@127.0.0.1:5432/cardsync"),
+        ),
     ]
 }
 
 #[test]
 fn help_lists_every_secret_setting_but_never_its_value() {
-    for args in [&["--help"][..], &["serve", "--help"], &["-h"]] {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["-h"],
+        &["import-legacy", "--help"],
+    ] {
         let output = Command::new(BINARY)
             .args(args)
             .env_clear()
@@ -82,6 +97,11 @@ fn help_lists_every_secret_setting_but_never_its_value() {
             "BRX_REDIS_URL",
         ] {
             assert!(help.contains(setting), "{args:?} documents {setting}");
+        }
+        if args[0] == "import-legacy" {
+            for setting in ["BRX_LEGACY_FERNET_KEY", "BRX_LEGACY_DATABASE_URL"] {
+                assert!(help.contains(setting), "{args:?} documents {setting}");
+            }
         }
         assert_shows_no_secret(&format!("{args:?}"), &help);
         assert_shows_no_secret(

@@ -8,44 +8,8 @@ use uuid::Uuid;
 
 use super::{POSTGRES_ADMIN_URL, drop_database};
 
-/// The old service's schema: its enum, three tables and their one unique constraint, no foreign
-/// keys, no CHECK on quantities.
-const SCHEMA: &str = "
-CREATE TYPE sync_status_enum AS ENUM ('idle', 'initial_sync', 'active', 'error');
-CREATE TABLE user_sync_settings (
-    user_id                    UUID PRIMARY KEY,
-    cardtrader_token_encrypted TEXT NOT NULL,
-    webhook_secret             VARCHAR(255),
-    sync_status                sync_status_enum NOT NULL DEFAULT 'idle',
-    last_sync_at               TIMESTAMPTZ,
-    last_error                 TEXT,
-    created_at                 TIMESTAMPTZ NOT NULL DEFAULT now(),
-    updated_at                 TIMESTAMPTZ NOT NULL DEFAULT now()
-);
-CREATE TABLE user_inventory_items (
-    id                BIGSERIAL PRIMARY KEY,
-    user_id           UUID NOT NULL,
-    blueprint_id      INT NOT NULL,
-    quantity          INT NOT NULL DEFAULT 0,
-    price_cents       INT NOT NULL,
-    properties        JSONB,
-    external_stock_id VARCHAR(255),
-    description       TEXT,
-    user_data_field   TEXT,
-    graded            BOOL,
-    created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
-    updated_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
-    UNIQUE (user_id, blueprint_id, external_stock_id)
-);
-CREATE TABLE sync_operations (
-    operation_id       VARCHAR(255) PRIMARY KEY,
-    operation_type     VARCHAR(50) NOT NULL,
-    status             VARCHAR(20) NOT NULL,
-    operation_metadata JSONB,
-    created_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
-    completed_at       TIMESTAMPTZ
-);
-";
+/// The old service's schema (LEGACY.md), shared with the legacy_import bench.
+const SCHEMA: &str = include_str!("../../fixtures/legacy_schema.sql");
 
 /// One row of `user_inventory_items` to write.
 #[derive(Debug, Clone)]
