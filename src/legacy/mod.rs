@@ -452,10 +452,12 @@ impl Importer {
                     print_unknown: matches!(resolution, Some(Resolution::Unknown)),
                     quantity: row.item.quantity,
                     price_cents: i64::from(row.item.price_cents),
-                    properties: row
-                        .item
-                        .properties
-                        .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+                    // CardTrader's properties_hash is an object; anything else the old rows hold
+                    // (NULL, a stray array) is stored empty until the sync brings CardTrader's.
+                    properties: match row.item.properties {
+                        Some(object @ serde_json::Value::Object(_)) => object,
+                        _ => serde_json::Value::Object(Default::default()),
+                    },
                     description: row.item.description,
                     user_data_field: row.item.user_data_field,
                     graded: row.item.graded,

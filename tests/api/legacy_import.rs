@@ -125,6 +125,8 @@ fn old_rows(products: &[Value], stale_base: i64) -> Vec<OldItem> {
     for n in 0..STALE_ROWS as i64 {
         rows.push(OldItem::of(stale_base + n, 5, 3));
     }
+    // Not an object, as no properties_hash is: stored as {} until the sync.
+    rows[products.len()].properties = Some(json!(["stray"]));
     rows.push(OldItem::of(0, 6, 1).external(None));
     rows.push(OldItem::of(0, 6, 1).external(Some("abc")));
     rows.push(OldItem::of(stale_base + 50, 7, 1));
@@ -450,6 +452,18 @@ async fn carried_rows_are_listed_with_their_prints_before_the_first_sync_and_a_s
         assert_eq!((item.name.as_str(), item.currency.as_str()), ("", ""));
     }
     let pool = pool_of(&app);
+    let stray: Value = sqlx::query_scalar(
+        "SELECT properties FROM inventory_items WHERE user_id = $1 AND product_id = 9000000000",
+    )
+    .bind(seller.user)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stray,
+        json!({}),
+        "an old non-object is not carried as properties"
+    );
     let queued: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE kind = 'sync_full' AND state = 'queued'",
     )
