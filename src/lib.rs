@@ -33,6 +33,7 @@ pub mod app;
 pub mod blueprints;
 pub mod config;
 pub mod domain;
+pub mod failpoint;
 pub mod http;
 pub mod inventory;
 pub mod jobs;
@@ -50,8 +51,6 @@ pub mod storage;
 pub mod sync;
 pub mod telemetry;
 pub mod webhooks;
-
-mod failpoint;
 
 pub use api::pb;
 pub use app::App;

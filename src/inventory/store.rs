@@ -199,6 +199,9 @@ pub(super) fn push_job(user_id: UserId) -> NewJob {
 }
 
 /// Applies `edit` to the item locally and records its push, in one transaction; returns the item.
+/// The row is stamped with the time of the write, not of the transaction's start (which may be
+/// before a wait for the row's lock): a sync whose export was requested after that start may still
+/// predate the edit, and compares against this stamp to leave the row alone.
 pub(super) async fn update(
     pool: &Pg,
     user_id: UserId,
@@ -222,7 +225,7 @@ pub(super) async fn update(
              description = CASE WHEN $5::text IS NULL THEN description ELSE $5 END, \
              properties = properties || coalesce($6, '{}'::jsonb), \
              user_data_field = CASE WHEN $7::text IS NULL THEN user_data_field ELSE $7 END, \
-             updated_at = now() \
+             updated_at = clock_timestamp() \
          WHERE user_id = $1 AND product_id = $2",
     )
     .bind(user_id.as_uuid())

@@ -65,7 +65,7 @@ pub const STALE_ROWS: &str = "SELECT u.product_id \
 /// Upserts `rows` (sorted by product id by the caller, the lock order that keeps concurrent chunks
 /// from deadlocking) and returns how many rows were inserted or changed. `read_since` is when the
 /// export these rows come from was requested: a row changed locally since then (a purchase, an
-/// edit) keeps its quantity, which the export may predate.
+/// edit) is left as it is, since the export may predate the change.
 ///
 /// The rows are the ones the sync found new or changed before the transaction ([`stale_rows`]), or
 /// a first import's: they are not compared again here. One that became equal meanwhile is left as
@@ -79,6 +79,8 @@ pub async fn upsert_rows(
 ) -> Result<u64, sqlx::Error> {
     let product_ids: Vec<i64> = rows.iter().map(|row| row.product_id).collect();
     let pushing = crate::inventory::pending_pushes(conn, user_id, &product_ids).await?;
+    // Lets a test commit an edit between this look at the outbox and the write below.
+    crate::failpoint::pause("sync.chunk_after_push_check").await;
     if pushing.is_empty() {
         let rows: Vec<&SyncRow> = rows.iter().collect();
         return write_rows(conn, user_id, &rows, fingerprints, read_since).await;
@@ -115,9 +117,13 @@ pub async fn stale_rows(
 }
 
 /// One set-based upsert of `rows` with their fingerprints. A row is rewritten only when its content
-/// or fingerprint differs. A reserved row (a saga owns its quantity until it ends) or one changed
-/// since `read_since` keeps its local quantity, and loses its fingerprint so the next sync compares
-/// it in full.
+/// or fingerprint differs. A reserved row (a saga owns its quantity until it ends) keeps its local
+/// quantity, and loses its fingerprint so the next sync compares it in full.
+///
+/// A row changed since `read_since` is not written at all: an edit committed after the outbox was
+/// looked at would otherwise get the export's older values written over it, and its push would
+/// then send those (the push reads the item's values when it runs). The writer that changed the
+/// row cleared its fingerprint (the `sync_hash` trigger), so the next sync compares it in full.
 async fn write_rows(
     conn: &mut PgConnection,
     user_id: UserId,
@@ -157,19 +163,18 @@ async fn write_rows(
              blueprint_id = EXCLUDED.blueprint_id, expansion_id = EXCLUDED.expansion_id, \
              print_id = EXCLUDED.print_id, print_table = EXCLUDED.print_table, \
              print_unknown = EXCLUDED.print_unknown, name = EXCLUDED.name, \
-             quantity = CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN i.quantity \
-                 ELSE EXCLUDED.quantity END, \
+             quantity = CASE WHEN i.reserved_quantity > 0 THEN i.quantity ELSE EXCLUDED.quantity END, \
              price_cents = EXCLUDED.price_cents, currency = EXCLUDED.currency, properties = EXCLUDED.properties, \
              description = EXCLUDED.description, user_data_field = EXCLUDED.user_data_field, tag = EXCLUDED.tag, \
              graded = EXCLUDED.graded, \
-             sync_hash = CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN NULL \
-                 ELSE EXCLUDED.sync_hash END, \
+             sync_hash = CASE WHEN i.reserved_quantity > 0 THEN NULL ELSE EXCLUDED.sync_hash END, \
              updated_at = now() \
-         WHERE (i.blueprint_id, i.expansion_id, i.print_id, i.print_table, i.print_unknown, i.name, \
-                CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN 0 ELSE i.quantity END, i.price_cents, \
+         WHERE i.updated_at < $17 \
+           AND (i.blueprint_id, i.expansion_id, i.print_id, i.print_table, i.print_unknown, i.name, \
+                CASE WHEN i.reserved_quantity > 0 THEN 0 ELSE i.quantity END, i.price_cents, \
                 i.currency, i.properties, i.description, i.user_data_field, i.tag, i.graded, i.sync_hash) \
            IS DISTINCT FROM (EXCLUDED.blueprint_id, EXCLUDED.expansion_id, EXCLUDED.print_id, EXCLUDED.print_table, \
-                EXCLUDED.print_unknown, EXCLUDED.name, CASE WHEN i.reserved_quantity > 0 OR i.updated_at >= $17 THEN 0 ELSE EXCLUDED.quantity END, \
+                EXCLUDED.print_unknown, EXCLUDED.name, CASE WHEN i.reserved_quantity > 0 THEN 0 ELSE EXCLUDED.quantity END, \
                 EXCLUDED.price_cents, EXCLUDED.currency, EXCLUDED.properties, EXCLUDED.description, \
                 EXCLUDED.user_data_field, EXCLUDED.tag, EXCLUDED.graded, EXCLUDED.sync_hash)",
     )

@@ -19,7 +19,7 @@ use brx_sync::{
 use cardtrader_sim::Faults;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{PurchaseRig, authorized};
+use crate::helpers::{PurchaseRig, authorized, wait_until};
 
 /// A worker of the interactive lane running only pushes, with `lease`.
 fn push_worker(shop: &PurchaseRig, owner: &str, lease: Duration) -> Worker {
@@ -326,4 +326,72 @@ async fn edits_whose_push_job_gave_up_are_queued_again_with_a_backoff_and_land()
         shop.rig.app.simulator.product(&shop.token, item).unwrap()["price_cents"],
         4_321
     );
+}
+
+/// What a 10-minute soak found: an edit committed after a sync chunk had looked at the outbox (and
+/// seen nothing pending) but before the chunk wrote, got the export's older price written over it,
+/// and the push then sent that older price to CardTrader. The export predates the edit: the chunk
+/// must leave the row to the push, and to the next sync.
+#[tokio::test]
+async fn an_edit_committed_while_a_sync_chunk_writes_keeps_its_price_on_both_sides() {
+    let shop = PurchaseRig::new(0, 10).await;
+    let item = shop.stocked(2, 1).await[0];
+    let upstream = shop.rig.app.simulator.product(&shop.token, item).unwrap();
+    let price_before = upstream["price_cents"].as_i64().unwrap();
+    // A sale on CardTrader the shop has not heard of: the export differs, so the chunk writes the row.
+    let quantity = upstream["quantity"].as_i64().unwrap();
+    shop.rig
+        .app
+        .simulator
+        .set_quantity(&shop.token, item, quantity - 1);
+    const POINT: &str = "sync.chunk_after_push_check";
+    fail::cfg(POINT, "return").unwrap();
+    let edit = UpdateItemRequest {
+        user_id: shop.user.to_string(),
+        product_id: item,
+        price_cents: Some(price_before + 777),
+        ..Default::default()
+    };
+    let editing = async {
+        wait_until(
+            "the sync chunk to have looked at the outbox",
+            Duration::from_secs(30),
+            || async { brx_sync::failpoint::held(POINT) },
+        )
+        .await;
+        inventory(&shop)
+            .await
+            .update_item(authorized(edit, &shop.rig.app.service_token()))
+            .await
+            .unwrap();
+        fail::remove(POINT);
+    };
+    let (synced, ()) = tokio::join!(shop.rig.sync(shop.user), editing);
+    assert_eq!(synced.state, brx_sync::jobs::JobState::Succeeded);
+
+    let pushers = Pushers::start(&shop, &["pusher"], Duration::from_secs(30));
+    until_outbox(&shop, "the edit pushed", |rows| rows.is_empty()).await;
+    drop(pushers);
+    let local: i64 = sqlx::query_scalar(
+        "SELECT price_cents FROM inventory_items WHERE user_id = $1 AND product_id = $2",
+    )
+    .bind(shop.user.as_uuid())
+    .bind(item)
+    .fetch_one(&shop.rig.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        local,
+        price_before + 777,
+        "the chunk undid the edit locally"
+    );
+    assert_eq!(
+        shop.rig.app.simulator.product(&shop.token, item).unwrap()["price_cents"],
+        price_before + 777,
+        "the push sent what the chunk wrote"
+    );
+    // The next sync brings the sale in, and the edit stays.
+    let again = shop.rig.sync(shop.user).await;
+    assert_eq!(again.state, brx_sync::jobs::JobState::Succeeded);
+    assert!(shop.rig.matches_upstream(shop.user, &shop.token).await);
 }
