@@ -12,7 +12,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     accounts::{Accounts, Keyring},
@@ -59,6 +59,41 @@ pub struct App {
     catalog: BlueprintCatalog,
 }
 
+/// `BRX_ENCRYPTION_KEYS` read as a keyring, or the setting named with what is wrong with it.
+pub(crate) fn parse_keyring(keys: &SecretString) -> Result<Keyring, ConfigError> {
+    Keyring::parse(keys.expose_secret()).map_err(|reason| ConfigError {
+        setting: "BRX_ENCRYPTION_KEYS",
+        reason,
+    })
+}
+
+/// The accounts (sealing tokens with `keyring`, asking CardTrader through a client behind the
+/// rate limiter every replica shares) and the blueprint catalogue over `storage`: what a replica
+/// and the legacy importer both build, so both call CardTrader within the same limits.
+pub(crate) fn accounts_and_catalog(
+    config: &Config,
+    storage: &Storage,
+    keyring: Option<Keyring>,
+    metrics: &Metrics,
+) -> anyhow::Result<(Accounts, BlueprintCatalog)> {
+    let limiter = RateLimiter::new(
+        storage.redis.clone(),
+        &config.storage.redis_key_prefix,
+        Limits::from_config(&config.cardtrader),
+        metrics.clone(),
+    );
+    let marketplace = MarketplaceClient::new(&config.cardtrader, limiter, metrics.clone())?;
+    let accounts = Accounts::new(storage.pg.clone(), keyring, marketplace);
+    let catalog = BlueprintCatalog::new(
+        &config.catalog,
+        storage.mysql.clone(),
+        storage.redis.clone(),
+        &config.storage.redis_key_prefix,
+        metrics.clone(),
+    );
+    Ok((accounts, catalog))
+}
+
 impl App {
     /// Binds both ports and builds the pools lazily: a database that is down does not stop start-up.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
@@ -66,35 +101,14 @@ impl App {
         let metrics = Metrics::new()?;
         let storage = Storage::connect_lazy(&config.storage)?;
         let authenticator = Authenticator::from_config(&config.auth)?;
-        let limiter = RateLimiter::new(
-            storage.redis.clone(),
-            &config.storage.redis_key_prefix,
-            Limits::from_config(&config.cardtrader),
-            metrics.clone(),
-        );
-        let marketplace = MarketplaceClient::new(&config.cardtrader, limiter, metrics.clone())?;
         let keyring = match &config.auth.encryption_keys {
-            Some(keys) => {
-                Some(
-                    Keyring::parse(keys.expose_secret()).map_err(|reason| ConfigError {
-                        setting: "BRX_ENCRYPTION_KEYS",
-                        reason,
-                    })?,
-                )
-            }
+            Some(keys) => Some(parse_keyring(keys)?),
             None => {
                 tracing::warn!("BRX_ENCRYPTION_KEYS is not set: accounts cannot be connected");
                 None
             }
         };
-        let accounts = Accounts::new(storage.pg.clone(), keyring, marketplace);
-        let catalog = BlueprintCatalog::new(
-            &config.catalog,
-            storage.mysql.clone(),
-            storage.redis.clone(),
-            &config.storage.redis_key_prefix,
-            metrics.clone(),
-        );
+        let (accounts, catalog) = accounts_and_catalog(&config, &storage, keyring, &metrics)?;
         let grpc_listener = TcpListener::bind(config.server.grpc_addr)
             .await
             .with_context(|| format!("binding gRPC on {}", config.server.grpc_addr))?;

@@ -28,7 +28,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use uuid::Uuid;
 
 pub use progress::ProgressMode;
@@ -39,15 +39,14 @@ pub use tokens::{KeyError, LegacyKey};
 
 use self::{progress::Progress, source::LegacySeller, tokens::LegacyToken};
 use crate::{
-    accounts::{AccountError, AccountStatus, Accounts, ImportedAccount, Keyring},
+    accounts::{AccountError, AccountStatus, Accounts, ImportedAccount},
+    app,
     blueprints::{BlueprintCatalog, Resolution},
     config::{Config, ConfigError, ImportLegacyArgs},
     domain::{BlueprintId, UserId},
     inventory::{self, CarriedItem},
     jobs::{self, JobKind, NewJob, QueueLimit},
-    marketplace::MarketplaceClient,
     metrics::Metrics,
-    rate_limit::{Limits, RateLimiter},
     storage::{Pg, Storage, migrations_applied},
 };
 
@@ -124,27 +123,10 @@ impl Importer {
                 reason: "required: the import stores sellers' CardTrader tokens encrypted with it"
                     .into(),
             })?;
-        let keyring = Keyring::parse(keys.expose_secret()).map_err(|reason| ConfigError {
-            setting: "BRX_ENCRYPTION_KEYS",
-            reason,
-        })?;
+        let keyring = app::parse_keyring(keys)?;
         let storage = Storage::connect_lazy(&config.storage)?;
-        let metrics = Metrics::new()?;
-        let limiter = RateLimiter::new(
-            storage.redis.clone(),
-            &config.storage.redis_key_prefix,
-            Limits::from_config(&config.cardtrader),
-            metrics.clone(),
-        );
-        let marketplace = MarketplaceClient::new(&config.cardtrader, limiter, metrics.clone())?;
-        let accounts = Accounts::new(storage.pg.clone(), Some(keyring), marketplace);
-        let catalog = BlueprintCatalog::new(
-            &config.catalog,
-            storage.mysql.clone(),
-            storage.redis.clone(),
-            &config.storage.redis_key_prefix,
-            metrics,
-        );
+        let (accounts, catalog) =
+            app::accounts_and_catalog(config, &storage, Some(keyring), &Metrics::new()?)?;
         let importer = Self::new(
             storage.pg.clone(),
             accounts,

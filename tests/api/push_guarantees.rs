@@ -236,14 +236,7 @@ async fn a_disconnected_sellers_pending_edits_end_failed_and_a_later_sync_update
         .unwrap();
     let synced = shop.rig.sync(shop.user).await;
     assert_eq!(synced.state, brx_sync::jobs::JobState::Succeeded);
-    let price: i64 = sqlx::query_scalar(
-        "SELECT price_cents FROM inventory_items WHERE user_id = $1 AND product_id = $2",
-    )
-    .bind(shop.user.as_uuid())
-    .bind(item)
-    .fetch_one(&shop.rig.pool)
-    .await
-    .unwrap();
+    let price = local_price(&shop, item).await;
     assert_eq!(price, price_upstream, "the sync did not skip the item");
 }
 
@@ -372,14 +365,7 @@ async fn an_edit_committed_while_a_sync_chunk_writes_keeps_its_price_on_both_sid
     let pushers = Pushers::start(&shop, &["pusher"], Duration::from_secs(30));
     until_outbox(&shop, "the edit pushed", |rows| rows.is_empty()).await;
     drop(pushers);
-    let local: i64 = sqlx::query_scalar(
-        "SELECT price_cents FROM inventory_items WHERE user_id = $1 AND product_id = $2",
-    )
-    .bind(shop.user.as_uuid())
-    .bind(item)
-    .fetch_one(&shop.rig.pool)
-    .await
-    .unwrap();
+    let local = local_price(&shop, item).await;
     assert_eq!(
         local,
         price_before + 777,
@@ -394,4 +380,16 @@ async fn an_edit_committed_while_a_sync_chunk_writes_keeps_its_price_on_both_sid
     let again = shop.rig.sync(shop.user).await;
     assert_eq!(again.state, brx_sync::jobs::JobState::Succeeded);
     assert!(shop.rig.matches_upstream(shop.user, &shop.token).await);
+}
+
+/// The shop's stored price of CardTrader product `item`.
+async fn local_price(shop: &PurchaseRig, item: i64) -> i64 {
+    sqlx::query_scalar(
+        "SELECT price_cents FROM inventory_items WHERE user_id = $1 AND product_id = $2",
+    )
+    .bind(shop.user.as_uuid())
+    .bind(item)
+    .fetch_one(&shop.rig.pool)
+    .await
+    .unwrap()
 }
