@@ -21,7 +21,7 @@ use brx_sync::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestDatabase, wait_for};
+use crate::helpers::{TestDatabase, wait_for, wait_until};
 
 fn seller() -> UserId {
     UserId::from_uuid(uuid::Uuid::new_v4()).unwrap()
@@ -440,7 +440,16 @@ async fn a_worker_that_dies_mid_job_has_its_job_finished_by_another_after_the_le
         .unwrap();
     let dying =
         tokio::spawn(worker(&db, stuck, Duration::from_millis(600)).run(CancellationToken::new()));
-    wait_for_state(&db, job.job().id, JobState::Running).await;
+    // Running in the table is not yet running in the handler: the claim commits first.
+    wait_until(
+        "the first worker's handler to start",
+        Duration::from_secs(10),
+        || {
+            let first_runs = first_runs.clone();
+            async move { first_runs.load(Ordering::SeqCst) == 1 }
+        },
+    )
+    .await;
 
     // Killed: the task and its heartbeats stop at once, nothing is handed back.
     dying.abort();
