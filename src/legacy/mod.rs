@@ -281,7 +281,7 @@ impl Importer {
             Ok(items) => items,
             Err(error) => return report.ended(Outcome::Failed, error.to_string()),
         };
-        bar.set_length(items.len() as u64);
+        Progress::seller_rows(bar, items.len() as u64);
         report.outcome = match account.status {
             AccountStatus::Connected => Outcome::Moved,
             AccountStatus::TokenInvalid => Outcome::TokenInvalid,

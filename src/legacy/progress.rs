@@ -10,6 +10,8 @@ use super::report::SellerReport;
 const OVERALL: &str =
     "{spinner} overall [{bar:30}] {pos}/{len} sellers, {msg} ({elapsed}, ~{eta} left)";
 const SELLER: &str = "  {prefix} [{bar:30}] {pos}/{len} rows {msg}";
+/// A seller's bar until its rows are read and counted (a count of 0/0 would read as "no rows").
+const SELLER_READING: &str = "  {prefix} {spinner} {msg}";
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +54,19 @@ impl Progress {
 
     /// A bar for one seller's rows, shown above the overall bar while the seller is moved.
     pub(super) fn seller(&self, user_id: uuid::Uuid) -> ProgressBar {
-        let bar = ProgressBar::new(0).with_style(style(SELLER));
+        let bar = ProgressBar::new(0).with_style(style(SELLER_READING));
         let bar = self.multi.insert_before(&self.overall, bar);
         bar.set_prefix(user_id.to_string());
-        bar.set_message("reading");
+        bar.set_message("reading rows");
+        bar.enable_steady_tick(Duration::from_millis(200));
         bar
+    }
+
+    /// The seller's `rows` are read: its bar counts them as they are written.
+    pub(super) fn seller_rows(bar: &ProgressBar, rows: u64) {
+        bar.set_length(rows);
+        bar.set_style(style(SELLER));
+        bar.set_message("");
     }
 
     /// The seller is done: its bar goes, the overall bar moves, and without a terminal its line is
@@ -96,7 +106,7 @@ mod tests {
 
     #[test]
     fn the_bar_templates_parse() {
-        for template in [OVERALL, SELLER] {
+        for template in [OVERALL, SELLER, SELLER_READING] {
             assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
         }
     }
