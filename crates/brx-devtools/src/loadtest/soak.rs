@@ -271,6 +271,7 @@ async fn soak(
         ("purchases answered", work.purchases),
         ("syncs requested", work.syncs_requested),
         ("price edits accepted", work.edits),
+        ("restocks (quantity edits) accepted", work.restocks),
         ("CardTrader sales delivered as webhooks", work.sales),
     ] {
         println!(
@@ -335,10 +336,12 @@ async fn progress(ledger: Arc<Ledger>, started: Instant, until: tokio::time::Ins
         tick.tick().await;
         let work = ledger.totals();
         println!(
-            "    {:>4.0} s: {} purchases answered, {} price edits, {} sales, {} syncs requested",
+            "    {:>4.0} s: {} purchases answered, {} price edits, {} restocks, {} sales, {} syncs \
+             requested",
             started.elapsed().as_secs_f64(),
             thousands(work.purchases),
             thousands(work.edits),
+            thousands(work.restocks),
             thousands(work.sales),
             thousands(work.syncs_requested)
         );

@@ -132,6 +132,11 @@ pub(super) async fn verify(
         .lock()
         .map(|prices| prices.clone())
         .unwrap_or_default();
+    let restocked = ledger
+        .restocked
+        .lock()
+        .map(|restocked| restocked.clone())
+        .unwrap_or_default();
 
     let creates = ledger
         .creates
@@ -195,7 +200,7 @@ pub(super) async fn verify(
         .into_iter()
         .map(|(id, quantity, reserved)| (id, (quantity, reserved)))
         .collect();
-        for item in &seller.items {
+        for item in seller.all_items() {
             let id = item.product_id;
             products += 1;
             if needing_attention.contains(&id) {
@@ -203,8 +208,11 @@ pub(super) async fn verify(
                 attention_products += 1;
                 continue;
             }
-            let expected = super::STOCK
-                - completed.get(&id).copied().unwrap_or(0)
+            // Restocks set the quantity; the sum of their changes is the last one less the start.
+            let restocks = restocked
+                .get(&(index, id))
+                .map_or(0, |last| last - super::STOCK);
+            let expected = super::STOCK - completed.get(&id).copied().unwrap_or(0) + restocks
                 - sales.get(&(index, id)).copied().unwrap_or(0);
             let (on_cardtrader, price) = upstream.get(&id).copied().unwrap_or((0, 0));
             if on_cardtrader != expected {
@@ -229,10 +237,12 @@ pub(super) async fn verify(
     let totals = ledger.totals();
     report.check(
         stock_wrong == 0,
-        "CardTrader stock = initial - completed purchase units - CardTrader sales",
+        "CardTrader stock = initial - completed purchase units - CardTrader sales + accepted restocks",
         format!(
-            "{stock_wrong} of {products} products differ{} ({attention_products} held for a person)",
-            first_wrong.map(|first| format!(", e.g. {first}")).unwrap_or_default()
+            "{stock_wrong} of {products} products differ{} ({} restocked by the shop, \
+             {attention_products} held for a person)",
+            first_wrong.map(|first| format!(", e.g. {first}")).unwrap_or_default(),
+            restocked.len()
         ),
     );
     let count = |kind: Created| {

@@ -37,6 +37,8 @@ use crate::loadtest::{
     webhooks::{Item, deliveries::order_json},
 };
 
+/// One product in this many of each seller is restocked by the shop rather than bought and sold.
+const RESTOCKED_SHARE: usize = 10;
 /// Attempts of one call across replicas before the driver gives up on it.
 const ATTEMPTS: u32 = 40;
 /// Pause between two attempts of one call.
@@ -61,8 +63,19 @@ pub(super) struct Seller {
     pub(super) user: UserId,
     /// The secret CardTrader signs this seller's webhooks with.
     secret: String,
-    /// The items the shop listed after the first sync.
+    /// The items the shop listed after the first sync that buyers and CardTrader sales take from.
     pub(super) items: Vec<Item>,
+    /// The items whose quantity the shop sets (restocks), which nobody buys or sells meanwhile: an
+    /// UpdateItem quantity is absolute, with no compare-and-set, so a restock racing a sale would
+    /// overwrite it by the caller's own doing and no ledger could say what CardTrader must hold.
+    pub(super) restocked: Vec<Item>,
+}
+
+impl Seller {
+    /// Every item of the seller the soak follows.
+    pub(super) fn all_items(&self) -> impl Iterator<Item = &Item> {
+        self.items.iter().chain(&self.restocked)
+    }
 }
 
 /// The sellers and how to reach the replicas.
@@ -133,19 +146,26 @@ impl Shop {
             .try_collect()
             .await?;
         for ((number, user), secret) in users.into_iter().zip(secrets) {
-            let items = Item::of_seller(&setup.monitor, user).await?;
+            let mut items = Item::of_seller(&setup.monitor, user).await?;
             anyhow::ensure!(
-                !items.is_empty(),
-                "sim-token-{number} lists nothing after its sync"
+                items.len() >= 2,
+                "sim-token-{number} lists {} products after its sync: the soak needs two",
+                items.len()
             );
+            let restocked = items.split_off(items.len() - (items.len() / RESTOCKED_SHARE).max(1));
             shop.sellers.push(Seller {
                 number,
                 user,
                 secret,
                 items,
+                restocked,
             });
         }
-        let items: usize = shop.sellers.iter().map(|seller| seller.items.len()).sum();
+        let items: usize = shop
+            .sellers
+            .iter()
+            .map(|seller| seller.all_items().count())
+            .sum();
         println!(
             "  setup: {sellers} sellers connected, {items} products at {stock} units each, all \
              synced, in {:.1} s",
@@ -206,6 +226,18 @@ fn replica_down(status: &tonic::Status) -> bool {
     )
 }
 
+/// Whether the service refused the request outright (nothing of it was applied).
+fn refused(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    )
+}
+
 fn internal(err: anyhow::Error) -> tonic::Status {
     tonic::Status::internal(err.to_string())
 }
@@ -248,6 +280,10 @@ pub(super) struct Ledger {
     pub(super) sales: Mutex<HashMap<(usize, i64), i64>>,
     /// The last price the shop accepted for an item, per (seller index, product).
     pub(super) prices: Mutex<HashMap<(usize, i64), i64>>,
+    /// Restocks accepted (UpdateItem of a quantity).
+    restocks: AtomicU64,
+    /// The last quantity the shop accepted for a restocked item, per (seller index, product).
+    pub(super) restocked: Mutex<HashMap<(usize, i64), i64>>,
     /// Webhook deliveries a replica answered 2xx.
     pub(super) acknowledged: Mutex<Vec<uuid::Uuid>>,
     /// Webhook deliveries no replica took.
@@ -277,6 +313,7 @@ pub(super) struct Totals {
     pub(super) purchases_given_up: u64,
     pub(super) syncs_requested: u64,
     pub(super) edits: u64,
+    pub(super) restocks: u64,
     pub(super) sales: u64,
 }
 
@@ -287,6 +324,7 @@ impl Ledger {
             purchases_given_up: self.purchases_given_up.load(Ordering::Relaxed),
             syncs_requested: self.syncs_requested.load(Ordering::Relaxed),
             edits: self.edits.load(Ordering::Relaxed),
+            restocks: self.restocks.load(Ordering::Relaxed),
             sales: self
                 .sales
                 .lock()
@@ -317,6 +355,10 @@ pub(super) fn start(
     let (shop_, ledger_) = (shop.clone(), ledger.clone());
     drivers.push(tokio::spawn(async move {
         edit_prices(&shop_, &ledger_, until).await
+    }));
+    let (shop_, ledger_) = (shop.clone(), ledger.clone());
+    drivers.push(tokio::spawn(async move {
+        restock(&shop_, &ledger_, until).await
     }));
     let (shop_, ledger_) = (shop.clone(), ledger.clone());
     drivers.push(tokio::spawn(async move {
@@ -416,6 +458,61 @@ async fn edit_prices(shop: &Shop, ledger: &Ledger, until: Deadline) -> anyhow::R
     Ok(())
 }
 
+/// New quantities for random restocked items, one after the other so "the last accepted" is well
+/// defined. A call no replica answered may have landed: it is sent again (an absolute quantity
+/// can be) until one answers, so the ledger always knows the last quantity sent.
+async fn restock(shop: &Shop, ledger: &Ledger, until: Deadline) -> anyhow::Result<()> {
+    while Deadline::now() < until {
+        let seller = rand::random_range(0..shop.sellers.len());
+        let items = &shop.sellers[seller].restocked;
+        let item = &items[rand::random_range(0..items.len())];
+        let quantity = rand::random_range(super::STOCK - 50..super::STOCK + 50);
+        let request = UpdateItemRequest {
+            user_id: shop.sellers[seller].user.to_string(),
+            product_id: item.product_id,
+            quantity: Some(i32::try_from(quantity)?),
+            ..UpdateItemRequest::default()
+        };
+        let mut rounds = 0;
+        loop {
+            let answer = shop
+                .call(|channel| {
+                    let request = request.clone();
+                    async move {
+                        InventoryServiceClient::new(channel)
+                            .update_item(with_bearer(request, &shop.token).map_err(internal)?)
+                            .await
+                    }
+                })
+                .await;
+            match answer {
+                Ok(_) => break,
+                Err(status) if refused(&status) => anyhow::bail!(
+                    "restocking sim-token-{} product {} was refused: {status}",
+                    shop.sellers[seller].number,
+                    item.product_id
+                ),
+                // No answer, or one that does not say whether the edit committed.
+                Err(status) => {
+                    rounds += 1;
+                    anyhow::ensure!(
+                        rounds < 10,
+                        "no replica took a restock of sim-token-{} product {}: {status}",
+                        shop.sellers[seller].number,
+                        item.product_id
+                    );
+                }
+            }
+        }
+        ledger.restocks.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut restocked) = ledger.restocked.lock() {
+            restocked.insert((seller, item.product_id), quantity);
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    Ok(())
+}
+
 /// New items the shop lists, each of a blueprint its seller has nowhere else, so CardTrader's stock
 /// of that blueprint tells whether the create landed once, not at all, or twice. One attempt each:
 /// CreateItem carries no idempotency key, so a caller retrying after a lost answer may create twice
@@ -427,8 +524,7 @@ async fn create_items(shop: &Shop, ledger: &Ledger, until: Deadline) -> anyhow::
         .enumerate()
         .flat_map(|(index, seller)| {
             seller
-                .items
-                .iter()
+                .all_items()
                 .map(move |item| (index, item.blueprint_id))
         })
         .collect();
