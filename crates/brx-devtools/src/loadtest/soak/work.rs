@@ -199,6 +199,20 @@ impl Shop {
         Ok(answer.job.map(|job| job.job_id).unwrap_or_default())
     }
 
+    /// UpdateItem on any replica that answers.
+    async fn update_item(&self, request: &UpdateItemRequest) -> Result<(), tonic::Status> {
+        self.call(|channel| {
+            let request = request.clone();
+            async move {
+                InventoryServiceClient::new(channel)
+                    .update_item(with_bearer(request, &self.token).map_err(internal)?)
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// `call` on one replica after another until one answers something other than "down".
     async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
     where
@@ -437,17 +451,7 @@ async fn edit_prices(shop: &Shop, ledger: &Ledger, until: Deadline) -> anyhow::R
             price_cents: Some(price),
             ..UpdateItemRequest::default()
         };
-        let answer = shop
-            .call(|channel| {
-                let request = request.clone();
-                async move {
-                    InventoryServiceClient::new(channel)
-                        .update_item(with_bearer(request, &shop.token).map_err(internal)?)
-                        .await
-                }
-            })
-            .await;
-        if answer.is_ok() {
+        if shop.update_item(&request).await.is_ok() {
             ledger.edits.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut prices) = ledger.prices.lock() {
                 prices.insert((seller, item.product_id), price);
@@ -475,17 +479,7 @@ async fn restock(shop: &Shop, ledger: &Ledger, until: Deadline) -> anyhow::Resul
         };
         let mut rounds = 0;
         loop {
-            let answer = shop
-                .call(|channel| {
-                    let request = request.clone();
-                    async move {
-                        InventoryServiceClient::new(channel)
-                            .update_item(with_bearer(request, &shop.token).map_err(internal)?)
-                            .await
-                    }
-                })
-                .await;
-            match answer {
+            match shop.update_item(&request).await {
                 Ok(_) => break,
                 Err(status) if refused(&status) => anyhow::bail!(
                     "restocking sim-token-{} product {} was refused: {status}",
