@@ -19,7 +19,7 @@ use brx_sync::{
 use cardtrader_sim::Faults;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{PurchaseRig, authorized, wait_until};
+use crate::helpers::{PurchaseRig, authorized, wait_for, wait_until};
 
 /// A worker of the interactive lane running only pushes, with `lease`.
 fn push_worker(shop: &PurchaseRig, owner: &str, lease: Duration) -> Worker {
@@ -273,10 +273,24 @@ async fn edits_whose_push_job_gave_up_are_queued_again_with_a_backoff_and_land()
             .any(|(state, _, rounds)| state == "pending" && *rounds == 1)
     })
     .await;
-    let job: String = sqlx::query_scalar("SELECT state FROM jobs WHERE kind = 'inventory_push'")
-        .fetch_one(&shop.rig.pool)
-        .await
-        .unwrap();
+    // The job records the edit's next round, then the worker buries it: wait for both.
+    let job: String = wait_for(
+        "the push job to be buried",
+        Duration::from_secs(10),
+        || async {
+            let state: String =
+                sqlx::query_scalar("SELECT state FROM jobs WHERE kind = 'inventory_push'")
+                    .fetch_one(&shop.rig.pool)
+                    .await
+                    .unwrap();
+            if state == "running" {
+                Err(state)
+            } else {
+                Ok(state)
+            }
+        },
+    )
+    .await;
     let retry_in: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM retry_at - now())::float8 FROM inventory_pushes WHERE user_id = $1",
     )
